@@ -1,0 +1,235 @@
+//! The async client: connect (optionally from a chosen source address),
+//! handshake under a deadline, then request/response calls.
+//!
+//! Runs on any tokio runtime, actix-rt's included. Every failure is a
+//! `ClientError` whose message is one line a user can act on.
+
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::timeout;
+
+use crate::connection::{Connection, ConnectionError};
+use crate::handshake::{HandshakeError, Initiator, RESPONSE_LEN, Role};
+use crate::initiation::Notice;
+use crate::keys::{PrivateKey, PublicKey};
+use crate::message::{Request, Response};
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The server's static public key, pinned: a server that does not hold the
+    /// matching private key cannot complete the handshake.
+    pub server_key: PublicKey,
+    /// With a key the handshake is Noise IK (the server sees who we are);
+    /// without, NK (anonymous).
+    pub client_key: Option<PrivateKey>,
+    /// Local address to connect from.
+    pub bind: Option<IpAddr>,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(server_key: PublicKey) -> Self {
+        ClientConfig {
+            server_key,
+            client_key: None,
+            bind: None,
+            connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot resolve {server}: {source}")]
+    Resolve {
+        server: String,
+        source: std::io::Error,
+    },
+    #[error("{server} resolves to no address{family}", family = if *.bind_filtered { " of the --bind address's family" } else { "" })]
+    NoAddress { server: String, bind_filtered: bool },
+    #[error("cannot bind to {addr}: {source}")]
+    Bind {
+        addr: IpAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {addr}: no answer within {after:?}")]
+    ConnectTimeout { addr: SocketAddr, after: Duration },
+    #[error("{addr} did not complete the handshake within {after:?}")]
+    HandshakeTimeout { addr: SocketAddr, after: Duration },
+    #[error("{addr} rejected the handshake: {notice}")]
+    Rejected { addr: SocketAddr, notice: Notice },
+    #[error(
+        "{addr} closed the connection during the handshake: this source address is probably timed out, or it is not a penaltybox server"
+    )]
+    ClosedDuringHandshake { addr: SocketAddr },
+    #[error("handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: HandshakeError,
+    },
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("no response within {0:?}")]
+    RequestTimeout(Duration),
+    #[error("{0}")]
+    Connection(#[from] ConnectionError),
+}
+
+pub struct Client {
+    connection: Connection<TcpStream>,
+    role: Role,
+    request_timeout: Duration,
+}
+
+impl Client {
+    /// Resolves `server` (HOST:PORT) and connects to the first address that
+    /// answers, then runs the handshake.
+    pub async fn connect(server: &str, config: &ClientConfig) -> Result<Client, ClientError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
+            .await
+            .map_err(|source| ClientError::Resolve {
+                server: server.to_owned(),
+                source,
+            })?
+            .filter(|addr| {
+                config
+                    .bind
+                    .is_none_or(|bind| bind.is_ipv4() == addr.is_ipv4())
+            })
+            .collect();
+        let mut last_error = None;
+        for addr in addrs {
+            match Self::connect_addr(addr, config).await {
+                Ok(client) => return Ok(client),
+                Err(error @ (ClientError::Connect { .. } | ClientError::ConnectTimeout { .. })) => {
+                    last_error = Some(error)
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or(ClientError::NoAddress {
+            server: server.to_owned(),
+            bind_filtered: config.bind.is_some(),
+        }))
+    }
+
+    pub async fn connect_addr(
+        addr: SocketAddr,
+        config: &ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|source| ClientError::Connect { addr, source })?;
+        if let Some(bind) = config.bind {
+            socket
+                .bind(SocketAddr::new(bind, 0))
+                .map_err(|source| ClientError::Bind { addr: bind, source })?;
+        }
+        let mut stream = timeout(config.connect_timeout, socket.connect(addr))
+            .await
+            .map_err(|_| ClientError::ConnectTimeout {
+                addr,
+                after: config.connect_timeout,
+            })?
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        stream.set_nodelay(true).ok();
+
+        let (transport, role) = timeout(
+            config.handshake_timeout,
+            handshake(&mut stream, addr, config),
+        )
+        .await
+        .map_err(|_| ClientError::HandshakeTimeout {
+            addr,
+            after: config.handshake_timeout,
+        })??;
+        Ok(Client {
+            connection: Connection::new(stream, transport),
+            role,
+            request_timeout: config.request_timeout,
+        })
+    }
+
+    /// The role the server granted this session.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.connection.get_ref().local_addr()
+    }
+
+    /// Sends one request and waits for its response.
+    pub async fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+        let exchange = async {
+            self.connection.send(request).await?;
+            self.connection.receive::<Response>().await
+        };
+        match timeout(self.request_timeout, exchange).await {
+            Err(_) => Err(ClientError::RequestTimeout(self.request_timeout)),
+            Ok(Ok(Some(response))) => Ok(response),
+            Ok(Ok(None)) | Ok(Err(ConnectionError::Truncated)) => Err(ClientError::Closed),
+            Ok(Err(ConnectionError::Io(e))) if is_closed(&e) => Err(ClientError::Closed),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+}
+
+async fn handshake(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    config: &ClientConfig,
+) -> Result<(crate::frame::Transport, Role), ClientError> {
+    let (initiator, message) = Initiator::start(&config.server_key, config.client_key.as_ref())
+        .map_err(|source| ClientError::Handshake { addr, source })?;
+    let closed = |e: std::io::Error| {
+        if is_closed(&e) {
+            ClientError::ClosedDuringHandshake { addr }
+        } else {
+            ClientError::Connect { addr, source: e }
+        }
+    };
+    stream.write_all(&message).await.map_err(closed)?;
+
+    let mut response = [0u8; RESPONSE_LEN];
+    let mut filled = 0;
+    while filled < RESPONSE_LEN {
+        let n = stream.read(&mut response[filled..]).await.map_err(closed)?;
+        if n == 0 {
+            return Err(match Notice::parse(&response[..filled]) {
+                Some(notice) => ClientError::Rejected { addr, notice },
+                None => ClientError::ClosedDuringHandshake { addr },
+            });
+        }
+        filled += n;
+    }
+    initiator
+        .finish(&response)
+        .map_err(|source| ClientError::Handshake { addr, source })
+}
+
+fn is_closed(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+            | ErrorKind::UnexpectedEof
+    )
+}
