@@ -169,6 +169,8 @@ impl std::fmt::Debug for Accepted {
 /// guard.
 pub struct Responder {
     private: [u8; 32],
+    /// Parsed once: parsing the Noise name per handshake is measurable.
+    params: [snow::params::NoiseParams; 2],
     mac1: Mac1Key,
     policy: AccessPolicy,
     replay: Mutex<ReplayGuard>,
@@ -178,6 +180,7 @@ impl Responder {
     pub fn new(server_key: &PrivateKey, policy: AccessPolicy) -> Self {
         Responder {
             private: server_key.to_bytes(),
+            params: [params(Pattern::NK), params(Pattern::IK)],
             mac1: Mac1Key::new(&server_key.public_key()),
             policy,
             replay: Mutex::new(ReplayGuard::new(REPLAY_GUARD_CAPACITY)),
@@ -210,7 +213,8 @@ impl Responder {
 
         let header = &message[..HEADER_LEN];
         let noise = &message[HEADER_LEN..message.len() - MAC1_LEN];
-        let mut state = snow::Builder::new(params(pattern))
+        let params = self.params[usize::from(pattern == Pattern::IK)].clone();
+        let mut state = snow::Builder::new(params)
             .prologue(header)
             .and_then(|b| b.local_private_key(&self.private))
             .and_then(|b| b.build_responder())

@@ -8,7 +8,8 @@
 //!   foreign protocols from the first read, before any Diffie-Hellman;
 //! - [`handshake`]: the Noise IK/NK handshake, client roles, replay guard;
 //! - [`frame`]: encrypted, optionally compressed transport frames;
-//! - [`message`]: the requests and responses the frames carry;
+//! - [`message`]: the requests and responses the frames carry, with
+//!   [`inline`] fixed-capacity fields for their bounded text;
 //! - [`connection`]: message I/O over an async byte stream;
 //! - [`keys`]: key files, public keys, authorized-keys lists;
 //! - [`client`]: the async client.
@@ -21,6 +22,7 @@ pub mod connection;
 pub mod frame;
 pub mod handshake;
 pub mod initiation;
+pub mod inline;
 pub mod keys;
 pub mod message;
 

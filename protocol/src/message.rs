@@ -11,6 +11,8 @@ use std::str::FromStr;
 
 use bincode::{Decode, Encode};
 
+use crate::inline::{InlineBytes, InlineStr};
+
 /// Limits on text fields; they keep any list page far below the frame limit.
 pub const MAX_VOLUME_ID_LEN: usize = 32;
 pub const MAX_MEDIA_TYPE_LEN: usize = 16;
@@ -21,6 +23,15 @@ pub const MAX_FIRST_BYTES: usize = 16;
 /// Largest page a list request may ask for; a server may return fewer.
 pub const MAX_PAGE: u16 = 256;
 
+/// Volume serial, e.g. "A00001L9".
+pub type VolumeId = InlineStr<MAX_VOLUME_ID_LEN>;
+/// e.g. "LTO-9".
+pub type MediaType = InlineStr<MAX_MEDIA_TYPE_LEN>;
+pub type Location = InlineStr<MAX_LOCATION_LEN>;
+/// Why a prefix was timed out, e.g. "bad-magic" or an admin's note.
+pub type Cause = InlineStr<MAX_CAUSE_LEN>;
+pub type FirstBytes = InlineBytes<MAX_FIRST_BYTES>;
+
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Request {
     Ping {
@@ -29,15 +40,15 @@ pub enum Request {
     /// Creates or replaces a volume; the server stamps `updated_at`.
     PutVolume(VolumeSpec),
     GetVolume {
-        id: String,
+        id: VolumeId,
     },
     MoveVolume {
-        id: String,
-        location: String,
+        id: VolumeId,
+        location: Location,
     },
     /// Volumes in id order, starting after `after`.
     ListVolumes {
-        after: Option<String>,
+        after: Option<VolumeId>,
         limit: u16,
     },
     /// Accepted only on sessions whose key is an admin key.
@@ -55,7 +66,7 @@ pub enum AdminRequest {
     AddBan {
         prefix: Cidr,
         duration_secs: Option<u64>,
-        cause: String,
+        cause: Cause,
     },
     RemoveBan {
         prefix: Cidr,
@@ -71,7 +82,7 @@ pub enum Response {
     Volume(Volume),
     Volumes {
         volumes: Vec<Volume>,
-        next_after: Option<String>,
+        next_after: Option<VolumeId>,
     },
     Bans {
         bans: Vec<BanInfo>,
@@ -147,11 +158,9 @@ impl FromStr for VolumeStatus {
 /// What a client supplies for a volume.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct VolumeSpec {
-    /// Volume serial, e.g. "A00001L9".
-    pub id: String,
-    /// e.g. "LTO-9".
-    pub media_type: String,
-    pub location: String,
+    pub id: VolumeId,
+    pub media_type: MediaType,
+    pub location: Location,
     pub status: VolumeStatus,
 }
 
@@ -167,9 +176,9 @@ pub struct Volume {
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct BanInfo {
     pub prefix: Cidr,
-    pub cause: String,
+    pub cause: Cause,
     /// First bytes the banned connection sent (at most [`MAX_FIRST_BYTES`]).
-    pub first_bytes: Vec<u8>,
+    pub first_bytes: FirstBytes,
     pub banned_at_ms: u64,
     /// Milliseconds since the Unix epoch.
     pub expires_at_ms: u64,
@@ -192,9 +201,9 @@ pub struct ServerStats {
 
 impl VolumeSpec {
     pub fn validate(&self) -> Result<(), String> {
-        check_token("volume id", &self.id, MAX_VOLUME_ID_LEN)?;
-        check_token("media type", &self.media_type, MAX_MEDIA_TYPE_LEN)?;
-        check_text("location", &self.location, MAX_LOCATION_LEN)
+        check_token("volume id", self.id.as_str())?;
+        check_token("media type", self.media_type.as_str())?;
+        check_text("location", self.location.as_str())
     }
 }
 
@@ -206,20 +215,20 @@ impl Request {
         match self {
             Request::Ping { .. } => Ok(()),
             Request::PutVolume(spec) => spec.validate(),
-            Request::GetVolume { id } => check_token("volume id", id, MAX_VOLUME_ID_LEN),
+            Request::GetVolume { id } => check_token("volume id", id.as_str()),
             Request::MoveVolume { id, location } => {
-                check_token("volume id", id, MAX_VOLUME_ID_LEN)?;
-                check_text("location", location, MAX_LOCATION_LEN)
+                check_token("volume id", id.as_str())?;
+                check_text("location", location.as_str())
             }
             Request::ListVolumes { after, limit } => {
                 if let Some(after) = after {
-                    check_token("volume id", after, MAX_VOLUME_ID_LEN)?;
+                    check_token("volume id", after.as_str())?;
                 }
                 check_page(*limit)
             }
             Request::Admin(AdminRequest::ListBans { limit, .. }) => check_page(*limit),
             Request::Admin(AdminRequest::AddBan { cause, .. }) => {
-                check_text("cause", cause, MAX_CAUSE_LEN)
+                check_text("cause", cause.as_str())
             }
             Request::Admin(AdminRequest::RemoveBan { .. } | AdminRequest::Stats) => Ok(()),
         }
@@ -234,8 +243,8 @@ fn check_page(limit: u16) -> Result<(), String> {
 }
 
 /// Identifiers: ASCII letters, digits, '-', '_', '.'.
-fn check_token(what: &str, value: &str, max: usize) -> Result<(), String> {
-    check_text(what, value, max)?;
+fn check_token(what: &str, value: &str) -> Result<(), String> {
+    check_text(what, value)?;
     if !value
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
@@ -247,16 +256,11 @@ fn check_token(what: &str, value: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Free text: non-empty, bounded, no control characters.
-fn check_text(what: &str, value: &str, max: usize) -> Result<(), String> {
+/// Free text: non-empty, no control characters. (Lengths are bounded by
+/// the field types and enforced when decoding.)
+fn check_text(what: &str, value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err(format!("{what} must not be empty"));
-    }
-    if value.len() > max {
-        return Err(format!(
-            "{what} is {} bytes; the maximum is {max}",
-            value.len()
-        ));
     }
     if value.chars().any(char::is_control) {
         return Err(format!("{what} must not contain control characters"));
@@ -412,16 +416,18 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let mut spec = VolumeSpec {
-            id: "A00001L9".into(),
-            media_type: "LTO-9".into(),
-            location: "Vault 3, shelf 12".into(),
+            id: "A00001L9".parse().unwrap(),
+            media_type: "LTO-9".parse().unwrap(),
+            location: "Vault 3, shelf 12".parse().unwrap(),
             status: VolumeStatus::Active,
         };
         assert_eq!(spec.validate(), Ok(()));
-        spec.id = "A 1".into();
+        spec.id = "A 1".parse().unwrap();
         assert!(spec.validate().unwrap_err().contains("volume id"));
-        spec.id = "A1".into();
-        spec.location = "x".repeat(65);
+        spec.id = "A1".parse().unwrap();
+        spec.location = "shelf\n12".parse().unwrap();
+        assert!(spec.validate().unwrap_err().contains("location"));
+        spec.location = "".parse().unwrap();
         assert!(spec.validate().unwrap_err().contains("location"));
         let list = Request::ListVolumes {
             after: None,

@@ -6,6 +6,7 @@ use proptest::prelude::*;
 use protocol::frame::{self, Transport};
 use protocol::handshake::Initiator;
 use protocol::initiation::{self, Classification, MAGIC};
+use protocol::inline::{InlineBytes, InlineStr};
 use protocol::message::{BanInfo, ErrorCode, ServerStats, Volume, VolumeSpec, VolumeStatus};
 use protocol::{
     AccessPolicy, AdminRequest, Cidr, PrivateKey, Rejection, Request, Responder, Response,
@@ -27,19 +28,29 @@ fn cidr() -> impl Strategy<Value = Cidr> {
     ]
 }
 
+/// Text from `regex` that fits an `InlineStr<N>` (multi-byte characters can
+/// push a string past its byte capacity; those are skipped).
+fn text<const N: usize>(regex: &'static str) -> impl Strategy<Value = InlineStr<N>> {
+    regex.prop_filter_map("fits the field", |s: String| s.parse().ok())
+}
+
 fn status() -> impl Strategy<Value = VolumeStatus> {
     proptest::sample::select(VolumeStatus::ALL.to_vec())
 }
 
 fn spec() -> impl Strategy<Value = VolumeSpec> {
-    ("[A-Z0-9]{1,32}", "[A-Z0-9-]{1,16}", "\\PC{1,20}", status()).prop_map(
-        |(id, media_type, location, status)| VolumeSpec {
+    (
+        text("[A-Z0-9]{1,32}"),
+        text("[A-Z0-9-]{1,16}"),
+        text("\\PC{1,20}"),
+        status(),
+    )
+        .prop_map(|(id, media_type, location, status)| VolumeSpec {
             id,
             media_type,
             location,
             status,
-        },
-    )
+        })
 }
 
 fn volume() -> impl Strategy<Value = Volume> {
@@ -52,8 +63,8 @@ fn volume() -> impl Strategy<Value = Volume> {
 fn ban() -> impl Strategy<Value = BanInfo> {
     (
         cidr(),
-        "[a-z-]{1,20}",
-        proptest::collection::vec(any::<u8>(), 0..16),
+        text("[a-z-]{1,20}"),
+        proptest::collection::vec(any::<u8>(), 0..16).prop_map(|b| InlineBytes::new(&b).unwrap()),
         any::<u64>(),
         any::<u64>(),
         any::<u32>(),
@@ -74,20 +85,28 @@ fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         any::<u64>().prop_map(|nonce| Request::Ping { nonce }),
         spec().prop_map(Request::PutVolume),
-        "[A-Z0-9]{1,32}".prop_map(|id| Request::GetVolume { id }),
-        ("[A-Z0-9]{1,32}", "\\PC{1,30}")
+        text::<32>("[A-Z0-9]{1,32}").prop_map(|id| Request::GetVolume { id }),
+        (text::<32>("[A-Z0-9]{1,32}"), text::<64>("\\PC{1,30}"))
             .prop_map(|(id, location)| Request::MoveVolume { id, location }),
-        (proptest::option::of("[A-Z0-9]{1,32}"), any::<u16>())
+        (
+            proptest::option::of(text::<32>("[A-Z0-9]{1,32}")),
+            any::<u16>()
+        )
             .prop_map(|(after, limit)| Request::ListVolumes { after, limit }),
         (proptest::option::of(cidr()), any::<u16>())
             .prop_map(|(after, limit)| Request::Admin(AdminRequest::ListBans { after, limit })),
-        (cidr(), proptest::option::of(any::<u64>()), "\\PC{0,30}").prop_map(
-            |(prefix, duration_secs, cause)| Request::Admin(AdminRequest::AddBan {
-                prefix,
-                duration_secs,
-                cause
-            })
-        ),
+        (
+            cidr(),
+            proptest::option::of(any::<u64>()),
+            text("\\PC{0,30}")
+        )
+            .prop_map(|(prefix, duration_secs, cause)| Request::Admin(
+                AdminRequest::AddBan {
+                    prefix,
+                    duration_secs,
+                    cause
+                }
+            )),
         cidr().prop_map(|prefix| Request::Admin(AdminRequest::RemoveBan { prefix })),
         Just(Request::Admin(AdminRequest::Stats)),
     ]
@@ -99,7 +118,7 @@ fn response() -> impl Strategy<Value = Response> {
         volume().prop_map(Response::Volume),
         (
             proptest::collection::vec(volume(), 0..50),
-            proptest::option::of("[A-Z0-9]{1,32}")
+            proptest::option::of(text("[A-Z0-9]{1,32}"))
         )
             .prop_map(|(volumes, next_after)| Response::Volumes {
                 volumes,

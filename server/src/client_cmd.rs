@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Subcommand;
-use protocol::message::{ErrorCode, Volume, VolumeSpec, VolumeStatus};
+use protocol::message::{
+    ErrorCode, Location, MediaType, Volume, VolumeId, VolumeSpec, VolumeStatus,
+};
 use protocol::{Client, ClientConfig, PrivateKey, PublicKey, Request, Response};
 
 #[derive(clap::Args)]
@@ -50,26 +52,27 @@ enum ClientCommand {
 enum VolumeCommand {
     /// Create or replace a volume.
     Put {
-        /// Volume serial, e.g. A00001L9.
-        id: String,
-        /// Media type, e.g. LTO-9.
+        /// Volume serial, e.g. A00001L9 (at most 32 characters).
+        id: VolumeId,
+        /// Media type, e.g. LTO-9 (at most 16 characters).
         #[arg(long)]
-        media: String,
+        media: MediaType,
+        /// Where the volume is (at most 64 bytes).
         #[arg(long)]
-        location: String,
+        location: Location,
         /// One of: scratch, active, full, offsite, in-transit, retired.
         #[arg(long, default_value = "scratch")]
         status: VolumeStatus,
     },
     /// Show one volume.
-    Get { id: String },
+    Get { id: VolumeId },
     /// Record that a volume moved to a new location.
-    Move { id: String, location: String },
+    Move { id: VolumeId, location: Location },
     /// List volumes in id order.
     List {
         /// Start after this id.
         #[arg(long)]
-        after: Option<String>,
+        after: Option<VolumeId>,
         /// Page size (1-256); with --all, fetch every page.
         #[arg(long, default_value_t = 100)]
         limit: u16,
@@ -162,7 +165,7 @@ async fn volume(client: &mut Client, command: VolumeCommand) -> anyhow::Result<E
 
 async fn list(
     client: &mut Client,
-    mut after: Option<String>,
+    mut after: Option<VolumeId>,
     limit: u16,
     all: bool,
 ) -> anyhow::Result<ExitCode> {
