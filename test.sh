@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole penaltybox test suite: formatting, lints, every test, and a short
+# bounded fuzz run. The README's test command, and what CI runs (.ci/run).
+# It installs what it needs first, so it works on a fresh machine with rustup.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "prerequisites"
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "fuzz: ${FUZZ_SECONDS}s per target"
+(
+  cd protocol
+  for target in first_message frame; do
+    mkdir -p "fuzz/corpus/$target"
+    log="$(mktemp)"
+    if ! cargo +nightly fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
+        -max_total_time="$FUZZ_SECONDS" >"$log" 2>&1; then
+      tail -n 60 "$log"
+      echo "fuzz target $target failed (crash input under protocol/fuzz/artifacts/$target)"
+      exit 1
+    fi
+    echo "$target: $(grep -E '^Done' "$log")"
+    rm -f "$log"
+  done
+)
+
+step "all checks passed"
