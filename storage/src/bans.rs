@@ -1,0 +1,295 @@
+//! The persistent time-out table and the ban history.
+//!
+//! Key: an 18-byte encoding of the prefix (family, 16 address bytes, prefix
+//! length), so keys sort by family, then address, then length, and list
+//! pagination is a range scan. Value of `bans`: the expiry (8 bytes,
+//! big-endian Unix milliseconds) followed by the bincode `BanInfo`; boot only
+//! reads the first 8 bytes of each value. Value of `history`: last banned-at,
+//! last duration (both u64 ms) and repeat count (u32), big-endian.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use protocol::Cidr;
+use protocol::frame::wire_config;
+use protocol::message::BanInfo;
+
+use crate::{Result, Shared, StorageError, page};
+
+const KEY_LEN: usize = 18;
+const EXPIRY_LEN: usize = 8;
+const HISTORY_LEN: usize = 20;
+
+/// The previous ban of a prefix, for escalation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct History {
+    pub last_banned_at_ms: u64,
+    pub last_duration_ms: u64,
+    pub repeat: u32,
+}
+
+/// What boot found in the table.
+#[derive(Debug, Default)]
+pub struct LoadedBans {
+    /// Live bans: prefix and expiry (Unix ms).
+    pub live: Vec<(Cidr, u64)>,
+    /// Bans that expired while the server was down; removed from the table.
+    pub discarded: usize,
+}
+
+#[derive(Clone)]
+pub struct BanStore {
+    bans: sled::Tree,
+    history: sled::Tree,
+    shared: Arc<Shared>,
+}
+
+impl BanStore {
+    pub(crate) fn new(bans: sled::Tree, history: sled::Tree, shared: Arc<Shared>) -> Self {
+        BanStore { bans, history, shared }
+    }
+
+    /// Records a ban (replacing one of the same prefix) and its history.
+    pub fn put(&self, ban: &BanInfo) -> Result<()> {
+        let key = encode_key(&ban.prefix);
+        let mut value = Vec::with_capacity(EXPIRY_LEN + 128);
+        value.extend_from_slice(&ban.expires_at_ms.to_be_bytes());
+        bincode::encode_into_std_write(ban, &mut value, wire_config()).map_err(|e| StorageError::Corrupt {
+            tree: "bans",
+            detail: e.to_string(),
+        })?;
+        let history = History {
+            last_banned_at_ms: ban.banned_at_ms,
+            last_duration_ms: ban.expires_at_ms.saturating_sub(ban.banned_at_ms),
+            repeat: ban.repeat,
+        };
+        self.shared.wrote(self.bans.insert(key, value))?;
+        self.shared.wrote(self.history.insert(key, encode_history(&history).to_vec()))?;
+        Ok(())
+    }
+
+    /// Removes a ban; returns it if there was one. History is kept, so the
+    /// next ban of the prefix still escalates; see [`BanStore::forget`].
+    pub fn remove(&self, prefix: &Cidr) -> Result<Option<BanInfo>> {
+        let old = self.shared.wrote(self.bans.remove(encode_key(prefix)))?;
+        old.map(|value| decode_ban(&value)).transpose()
+    }
+
+    /// Removes a ban and its history: an admin's pardon.
+    pub fn forget(&self, prefix: &Cidr) -> Result<Option<BanInfo>> {
+        let removed = self.remove(prefix)?;
+        self.shared.wrote(self.history.remove(encode_key(prefix)))?;
+        Ok(removed)
+    }
+
+    pub fn get(&self, prefix: &Cidr) -> Result<Option<BanInfo>> {
+        let value = self.shared.read(self.bans.get(encode_key(prefix)))?;
+        value.map(|value| decode_ban(&value)).transpose()
+    }
+
+    /// Up to `limit` bans in prefix order after `after`, and the prefix to
+    /// continue from if there are more.
+    pub fn list(&self, after: Option<&Cidr>, limit: usize) -> Result<(Vec<BanInfo>, Option<Cidr>)> {
+        let after = after.map(|prefix| encode_key(prefix).to_vec());
+        page(&self.shared, &self.bans, after, limit, decode_ban, |b: &BanInfo| b.prefix)
+    }
+
+    /// Reads every ban for boot: live ones are returned (prefix and expiry
+    /// only: the rest of each record is not decoded), expired ones removed.
+    pub fn load_live(&self, now_ms: u64) -> Result<LoadedBans> {
+        let mut loaded = LoadedBans::default();
+        let mut expired = Vec::new();
+        for entry in self.bans.iter() {
+            let (key, value) = self.shared.read(entry)?;
+            let prefix = decode_key(&key)?;
+            let expires_at_ms = decode_expiry(&value)?;
+            if expires_at_ms > now_ms {
+                loaded.live.push((prefix, expires_at_ms));
+            } else {
+                expired.push(key);
+            }
+        }
+        loaded.discarded = expired.len();
+        for key in expired {
+            self.shared.wrote(self.bans.remove(key))?;
+        }
+        Ok(loaded)
+    }
+
+    pub fn history(&self, prefix: &Cidr) -> Result<Option<History>> {
+        let value = self.shared.read(self.history.get(encode_key(prefix)))?;
+        value.map(|v| decode_history(&v)).transpose()
+    }
+
+    /// Drops history entries whose ban started before `before_ms`: they can
+    /// no longer make a new ban escalate. Returns how many were dropped.
+    pub fn purge_history(&self, before_ms: u64) -> Result<usize> {
+        let mut stale = Vec::new();
+        for entry in self.history.iter() {
+            let (key, value) = self.shared.read(entry)?;
+            if decode_history(&value)?.last_banned_at_ms < before_ms {
+                stale.push(key);
+            }
+        }
+        for key in &stale {
+            self.shared.wrote(self.history.remove(key))?;
+        }
+        Ok(stale.len())
+    }
+
+    pub fn len(&self) -> usize {
+        self.bans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bans.is_empty()
+    }
+}
+
+fn encode_key(prefix: &Cidr) -> [u8; KEY_LEN] {
+    let mut key = [0u8; KEY_LEN];
+    match prefix.addr() {
+        IpAddr::V4(v4) => {
+            key[0] = 4;
+            key[1..5].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            key[0] = 6;
+            key[1..17].copy_from_slice(&v6.octets());
+        }
+    }
+    key[17] = prefix.len();
+    key
+}
+
+fn decode_key(key: &[u8]) -> Result<Cidr> {
+    let corrupt = |detail: String| StorageError::Corrupt { tree: "bans", detail };
+    let key: &[u8; KEY_LEN] = key
+        .try_into()
+        .map_err(|_| corrupt(format!("key of {} bytes", key.len())))?;
+    let addr = match key[0] {
+        4 => IpAddr::V4(Ipv4Addr::new(key[1], key[2], key[3], key[4])),
+        6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&key[1..17]).expect("16 bytes"))),
+        other => return Err(corrupt(format!("address family {other}"))),
+    };
+    Cidr::new(addr, key[17]).map_err(|e| corrupt(e.to_string()))
+}
+
+fn decode_expiry(value: &[u8]) -> Result<u64> {
+    let bytes: [u8; EXPIRY_LEN] = value
+        .get(..EXPIRY_LEN)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| StorageError::Corrupt {
+            tree: "bans",
+            detail: format!("value of {} bytes", value.len()),
+        })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn decode_ban(value: &[u8]) -> Result<BanInfo> {
+    decode_expiry(value)?;
+    let (ban, _) = bincode::decode_from_slice(&value[EXPIRY_LEN..], wire_config()).map_err(|e| StorageError::Corrupt {
+        tree: "bans",
+        detail: e.to_string(),
+    })?;
+    Ok(ban)
+}
+
+fn encode_history(history: &History) -> [u8; HISTORY_LEN] {
+    let mut out = [0u8; HISTORY_LEN];
+    out[..8].copy_from_slice(&history.last_banned_at_ms.to_be_bytes());
+    out[8..16].copy_from_slice(&history.last_duration_ms.to_be_bytes());
+    out[16..].copy_from_slice(&history.repeat.to_be_bytes());
+    out
+}
+
+fn decode_history(value: &[u8]) -> Result<History> {
+    let value: &[u8; HISTORY_LEN] = value.try_into().map_err(|_| StorageError::Corrupt {
+        tree: "history",
+        detail: format!("value of {} bytes", value.len()),
+    })?;
+    Ok(History {
+        last_banned_at_ms: u64::from_be_bytes(value[..8].try_into().expect("8 bytes")),
+        last_duration_ms: u64::from_be_bytes(value[8..16].try_into().expect("8 bytes")),
+        repeat: u32::from_be_bytes(value[16..].try_into().expect("4 bytes")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Store, StoreOptions};
+
+    fn ban(prefix: &str, expires_at_ms: u64) -> BanInfo {
+        BanInfo {
+            prefix: prefix.parse().unwrap(),
+            cause: "bad-magic".parse().unwrap(),
+            first_bytes: protocol::inline::InlineBytes::truncated(b"GET / HTTP/1.1\r\n"),
+            banned_at_ms: 1_000,
+            expires_at_ms,
+            repeat: 1,
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_and_sort_by_family_then_address() {
+        let prefixes: Vec<Cidr> = ["10.0.0.0/8", "10.0.0.1/32", "192.0.2.7/32", "::1/128", "2001:db8::/64"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let mut keys: Vec<_> = prefixes.iter().map(encode_key).collect();
+        for (key, prefix) in keys.iter().zip(&prefixes) {
+            assert_eq!(decode_key(key).unwrap(), *prefix);
+        }
+        keys.sort();
+        let sorted: Vec<Cidr> = keys.iter().map(|k| decode_key(k).unwrap()).collect();
+        assert_eq!(sorted, prefixes);
+    }
+
+    #[test]
+    fn put_list_remove_and_boot_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let bans = store.bans();
+        for (i, prefix) in ["10.0.0.1", "10.0.0.2", "10.0.0.3", "2001:db8::/64"].iter().enumerate() {
+            bans.put(&ban(prefix, 10_000 + i as u64)).unwrap();
+        }
+        bans.put(&ban("10.0.0.9", 500)).unwrap();
+        assert_eq!(bans.len(), 5);
+
+        let (page, next) = bans.list(None, 2).unwrap();
+        assert_eq!(page.len(), 2);
+        assert_eq!(next, Some("10.0.0.2".parse().unwrap()));
+        let (page, next) = bans.list(next.as_ref(), 10).unwrap();
+        assert_eq!(page.len(), 3);
+        assert_eq!(next, None);
+        assert_eq!(page[2].prefix.to_string(), "2001:db8::/64");
+        assert_eq!(page[0], ban("10.0.0.3", 10_002));
+
+        let loaded = bans.load_live(1_000).unwrap();
+        assert_eq!(loaded.live.len(), 4);
+        assert_eq!(loaded.discarded, 1);
+        assert!(bans.get(&"10.0.0.9".parse().unwrap()).unwrap().is_none());
+
+        let removed = bans.remove(&"10.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(removed.unwrap().expires_at_ms, 10_000);
+        assert!(bans.remove(&"10.0.0.1".parse().unwrap()).unwrap().is_none());
+        // History outlives the ban, until forgotten or purged.
+        let prefix: Cidr = "10.0.0.1".parse().unwrap();
+        let history = bans.history(&prefix).unwrap().unwrap();
+        assert_eq!(history.last_duration_ms, 9_000);
+        bans.forget(&prefix).unwrap();
+        assert!(bans.history(&prefix).unwrap().is_none());
+        assert_eq!(bans.purge_history(1_001).unwrap(), 4);
+    }
+
+    #[test]
+    fn a_second_open_gets_a_clear_locked_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let second = Store::open(dir.path(), &StoreOptions::default());
+        let error = second.err().expect("the database is locked");
+        assert!(matches!(error, StorageError::Locked { .. }), "{error}");
+        assert!(error.to_string().contains("in use by another process"), "{error}");
+    }
+}

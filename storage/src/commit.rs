@@ -1,0 +1,131 @@
+//! Group commit: one background thread fsyncs the database at most once per
+//! interval, and only when something was written since the last flush.
+//!
+//! Writers never wait for the disk. The cost is a window of at most one
+//! interval (plus the fsync itself) in which a write is visible but not yet
+//! durable; `flush_now` closes it on shutdown.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub(crate) struct GroupCommit {
+    state: Arc<State>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct State {
+    db: sled::Db,
+    interval: Duration,
+    flags: Mutex<Flags>,
+    wake: Condvar,
+    errors: AtomicU64,
+    flushes: AtomicU64,
+}
+
+#[derive(Default)]
+struct Flags {
+    dirty: bool,
+    stop: bool,
+}
+
+impl GroupCommit {
+    pub(crate) fn start(db: sled::Db, interval: Duration) -> Self {
+        let state = Arc::new(State {
+            db,
+            interval,
+            flags: Mutex::new(Flags::default()),
+            wake: Condvar::new(),
+            errors: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+        });
+        let worker = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("penaltybox-flush".into())
+            .spawn(move || worker.run())
+            .expect("spawning the flush thread");
+        GroupCommit {
+            state,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    pub(crate) fn mark_dirty(&self) {
+        let mut flags = self.state.flags.lock().unwrap_or_else(|p| p.into_inner());
+        if !flags.dirty {
+            flags.dirty = true;
+            self.state.wake.notify_one();
+        }
+    }
+
+    pub(crate) fn flush_now(&self) -> sled::Result<()> {
+        self.state.flags.lock().unwrap_or_else(|p| p.into_inner()).dirty = false;
+        self.state.flush()
+    }
+
+    pub(crate) fn error_count(&self) -> u64 {
+        self.state.errors.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn flush_count(&self) -> u64 {
+        self.state.flushes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        {
+            let mut flags = self.state.flags.lock().unwrap_or_else(|p| p.into_inner());
+            flags.stop = true;
+            self.state.wake.notify_one();
+        }
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
+        }
+        if let Err(error) = self.state.flush() {
+            log::error!("final flush failed: {error}");
+        }
+    }
+}
+
+impl State {
+    fn run(&self) {
+        let mut last_flush = Instant::now();
+        loop {
+            {
+                let mut flags = self.flags.lock().unwrap_or_else(|p| p.into_inner());
+                while !flags.dirty && !flags.stop {
+                    flags = self.wake.wait(flags).unwrap_or_else(|p| p.into_inner());
+                }
+                if flags.stop {
+                    return;
+                }
+            }
+            // Let writes accumulate until a whole interval has passed since
+            // the previous flush: that is the "group" in group commit.
+            if let Some(wait) = self.interval.checked_sub(last_flush.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            self.flags.lock().unwrap_or_else(|p| p.into_inner()).dirty = false;
+            last_flush = Instant::now();
+            if let Err(error) = self.flush() {
+                log::error!("database flush failed (writes stay in memory and are retried): {error}");
+                self.flags.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
+            }
+        }
+    }
+
+    fn flush(&self) -> sled::Result<()> {
+        match self.db.flush() {
+            Ok(_) => {
+                self.flushes.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(error) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                Err(error)
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! # penaltybox-storage
+//!
+//! The server's sled database, one directory, three trees:
+//!
+//! - `bans`: the live time-out table, prefix → [`protocol::message::BanInfo`]
+//!   (see [`bans`]);
+//! - `history`: when each prefix was last banned and for how long, kept past
+//!   a ban's expiry so that a repeat offender's time-out can escalate;
+//! - `volumes`: the tape-volume inventory (see [`volumes`]).
+//!
+//! Writes go to sled at once (readers see them immediately) and are made
+//! durable by group commit ([`commit`]): one fsync at most every flush
+//! interval, never one per ban. A ban survives `kill -9` once the flush after
+//! it has completed.
+//!
+//! sled allows one process per database; [`Store::open`] turns the lock error
+//! into [`StorageError::Locked`] so that the CLI can say what to do.
+
+pub mod bans;
+mod commit;
+pub mod volumes;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use bans::{BanStore, History, LoadedBans};
+pub use volumes::VolumeStore;
+
+use commit::GroupCommit;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(
+        "data directory {dir} is in use by another process (a running `penaltybox serve`?): stop it, or use the online commands with --server"
+    )]
+    Locked { dir: PathBuf },
+    #[error("cannot open the database in {dir}: {source}")]
+    Open { dir: PathBuf, source: sled::Error },
+    #[error("database error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record in tree {tree}: {detail}")]
+    Corrupt { tree: &'static str, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// How the database is tuned.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Group-commit interval: the longest a write waits to become durable.
+    pub flush_interval: Duration,
+    /// sled's page cache, bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            flush_interval: Duration::from_millis(100),
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The open database. Cheap to clone; all clones share one flusher.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    bans: BanStore,
+    volumes: VolumeStore,
+    shared: Arc<Shared>,
+}
+
+/// What every tree handle shares: the group commit and the error count.
+pub(crate) struct Shared {
+    commit: GroupCommit,
+    errors: AtomicU64,
+}
+
+impl Shared {
+    /// Marks the database dirty after a successful write; counts a failure.
+    pub(crate) fn wrote<T>(&self, result: sled::Result<T>) -> Result<T> {
+        match result {
+            Ok(value) => {
+                self.commit.mark_dirty();
+                Ok(value)
+            }
+            Err(error) => Err(self.failed(error)),
+        }
+    }
+
+    pub(crate) fn read<T>(&self, result: sled::Result<T>) -> Result<T> {
+        result.map_err(|error| self.failed(error))
+    }
+
+    fn failed(&self, error: sled::Error) -> StorageError {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        StorageError::Sled(error)
+    }
+}
+
+/// One page of a tree in key order, starting after the key `after`: up to
+/// `limit` decoded values, and the key to continue from if more remain.
+pub(crate) fn page<T, K>(
+    shared: &Shared,
+    tree: &sled::Tree,
+    after: Option<Vec<u8>>,
+    limit: usize,
+    decode: impl Fn(&[u8]) -> Result<T>,
+    key_of: impl Fn(&T) -> K,
+) -> Result<(Vec<T>, Option<K>)> {
+    let limit = limit.max(1);
+    let entries = match after {
+        Some(after) => tree.range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+        None => tree.iter(),
+    };
+    let mut items = Vec::new();
+    for entry in entries {
+        let (_, value) = shared.read(entry)?;
+        if items.len() == limit {
+            let next = items.last().map(&key_of);
+            return Ok((items, next));
+        }
+        items.push(decode(&value)?);
+    }
+    Ok((items, None))
+}
+
+impl Store {
+    pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_bytes)
+            // We flush ourselves (group commit); sled's own timer would add
+            // fsyncs we did not ask for.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|source| match &source {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => StorageError::Locked {
+                    dir: dir.to_owned(),
+                },
+                sled::Error::Io(io) if io.to_string().contains("lock") => StorageError::Locked {
+                    dir: dir.to_owned(),
+                },
+                _ => StorageError::Open {
+                    dir: dir.to_owned(),
+                    source,
+                },
+            })?;
+        let shared = Arc::new(Shared {
+            commit: GroupCommit::start(db.clone(), options.flush_interval),
+            errors: AtomicU64::new(0),
+        });
+        let open_tree = |name: &str| {
+            db.open_tree(name).map_err(|source| StorageError::Open {
+                dir: dir.to_owned(),
+                source,
+            })
+        };
+        Ok(Store {
+            bans: BanStore::new(open_tree("bans")?, open_tree("history")?, shared.clone()),
+            volumes: VolumeStore::new(open_tree("volumes")?, shared.clone()),
+            db,
+            shared,
+        })
+    }
+
+    pub fn bans(&self) -> &BanStore {
+        &self.bans
+    }
+
+    pub fn volumes(&self) -> &VolumeStore {
+        &self.volumes
+    }
+
+    /// Storage errors seen since opening (writes, reads and flushes).
+    pub fn error_count(&self) -> u64 {
+        self.shared.errors.load(Ordering::Relaxed) + self.shared.commit.error_count()
+    }
+
+    /// Completed group-commit flushes since opening.
+    pub fn flush_count(&self) -> u64 {
+        self.shared.commit.flush_count()
+    }
+
+    /// Makes every write so far durable now (shutdown, offline CLI).
+    pub fn flush(&self) -> Result<()> {
+        // The commit thread counts flush failures itself.
+        self.shared.commit.flush_now().map_err(StorageError::Sled)
+    }
+
+    /// Bytes sled uses on disk.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        self.shared.read(self.db.size_on_disk())
+    }
+}

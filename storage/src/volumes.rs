@@ -1,0 +1,133 @@
+//! The tape-volume inventory: volume id → bincode `Volume`, in id order.
+
+use std::sync::Arc;
+
+use protocol::frame::wire_config;
+use protocol::message::{Location, Volume, VolumeId};
+
+use crate::{Result, Shared, StorageError, page};
+
+#[derive(Clone)]
+pub struct VolumeStore {
+    tree: sled::Tree,
+    shared: Arc<Shared>,
+}
+
+impl VolumeStore {
+    pub(crate) fn new(tree: sled::Tree, shared: Arc<Shared>) -> Self {
+        VolumeStore { tree, shared }
+    }
+
+    pub fn put(&self, volume: &Volume) -> Result<()> {
+        let value = encode(volume)?;
+        self.shared.wrote(self.tree.insert(volume.spec.id.as_str(), value))?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &VolumeId) -> Result<Option<Volume>> {
+        let value = self.shared.read(self.tree.get(id.as_str()))?;
+        value.map(|v| decode(&v)).transpose()
+    }
+
+    /// Moves a volume; `None` if there is no such volume. Atomic against
+    /// concurrent puts and moves of the same volume.
+    pub fn move_to(&self, id: &VolumeId, location: Location, now_ms: u64) -> Result<Option<Volume>> {
+        let mut failure = None;
+        let updated = self.shared.wrote(self.tree.update_and_fetch(id.as_str(), |old| {
+            let mut volume = match decode(old?) {
+                Ok(volume) => volume,
+                Err(error) => {
+                    failure = Some(error);
+                    return old.map(<[u8]>::to_vec);
+                }
+            };
+            volume.spec.location = location;
+            volume.updated_at_ms = now_ms;
+            encode(&volume).ok()
+        }))?;
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        updated.map(|v| decode(&v)).transpose()
+    }
+
+    /// Up to `limit` volumes after `after`, and the id to continue from.
+    pub fn list(&self, after: Option<&VolumeId>, limit: usize) -> Result<(Vec<Volume>, Option<VolumeId>)> {
+        let after = after.map(|id| id.as_str().as_bytes().to_vec());
+        page(&self.shared, &self.tree, after, limit, decode, |v: &Volume| v.spec.id)
+    }
+}
+
+fn encode(volume: &Volume) -> Result<Vec<u8>> {
+    bincode::encode_to_vec(volume, wire_config()).map_err(|e| StorageError::Corrupt {
+        tree: "volumes",
+        detail: e.to_string(),
+    })
+}
+
+fn decode(value: &[u8]) -> Result<Volume> {
+    let (volume, _) = bincode::decode_from_slice(value, wire_config()).map_err(|e| StorageError::Corrupt {
+        tree: "volumes",
+        detail: e.to_string(),
+    })?;
+    Ok(volume)
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::message::{VolumeSpec, VolumeStatus};
+
+    use crate::{Store, StoreOptions};
+
+    use super::*;
+
+    fn volume(id: &str, location: &str) -> Volume {
+        Volume {
+            spec: VolumeSpec {
+                id: id.parse().unwrap(),
+                media_type: "LTO-9".parse().unwrap(),
+                location: location.parse().unwrap(),
+                status: VolumeStatus::Active,
+            },
+            updated_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn put_get_move_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let volumes = store.volumes();
+        for id in ["A3", "A1", "A2"] {
+            volumes.put(&volume(id, "library")).unwrap();
+        }
+        let a1: VolumeId = "A1".parse().unwrap();
+        assert_eq!(volumes.get(&a1).unwrap(), Some(volume("A1", "library")));
+        let moved = volumes.move_to(&a1, "vault".parse().unwrap(), 99).unwrap().unwrap();
+        assert_eq!(moved.spec.location.as_str(), "vault");
+        assert_eq!(moved.updated_at_ms, 99);
+        assert_eq!(volumes.get(&a1).unwrap(), Some(moved));
+        assert!(volumes.move_to(&"nope".parse().unwrap(), "x".parse().unwrap(), 1).unwrap().is_none());
+
+        let (first, next) = volumes.list(None, 2).unwrap();
+        let ids: Vec<_> = first.iter().map(|v| v.spec.id.as_str()).collect();
+        assert_eq!(ids, ["A1", "A2"]);
+        let (rest, next) = volumes.list(next.as_ref(), 2).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].spec.id.as_str(), "A3");
+        assert_eq!(next, None);
+    }
+
+    #[test]
+    fn writes_survive_reopen_after_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            store.volumes().put(&volume("B1", "shelf")).unwrap();
+            store.flush().unwrap();
+            assert!(store.flush_count() >= 1);
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert!(store.volumes().get(&"B1".parse().unwrap()).unwrap().is_some());
+    }
+}
