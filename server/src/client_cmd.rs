@@ -17,14 +17,14 @@ use protocol::{Client, ClientConfig, PrivateKey, PublicKey, Request, Response};
 #[derive(clap::Args)]
 pub struct Args {
     /// Server address, HOST:PORT.
-    #[arg(long, short, env = "PENALTYBOX_SERVER")]
+    #[arg(long, short)]
     server: String,
     /// The server's public key (base64), or the path of its server.pub file.
-    #[arg(long, env = "PENALTYBOX_SERVER_KEY", value_parser = parse_server_key)]
+    #[arg(long, value_parser = parse_server_key)]
     server_key: PublicKey,
     /// Private key file to authenticate with (Noise IK). Without it the
     /// session is anonymous (Noise NK).
-    #[arg(long, short, env = "PENALTYBOX_KEY")]
+    #[arg(long, short)]
     key: Option<PathBuf>,
     /// Local address to connect from.
     #[arg(long)]
@@ -81,7 +81,7 @@ enum VolumeCommand {
     },
 }
 
-fn parse_server_key(value: &str) -> Result<PublicKey, String> {
+pub fn parse_server_key(value: &str) -> Result<PublicKey, String> {
     if let Ok(key) = value.parse() {
         return Ok(key);
     }
@@ -200,14 +200,8 @@ fn print_volume(volume: &Volume) {
         spec.media_type,
         spec.status.name(),
         spec.location,
-        format_ms(volume.updated_at_ms)
+        crate::display::rfc3339_ms(volume.updated_at_ms)
     );
-}
-
-/// Unix milliseconds as RFC 3339 UTC, to the second.
-pub fn format_ms(ms: u64) -> String {
-    let time = std::time::UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 /// A server error or an answer that does not fit the request.
@@ -223,19 +217,5 @@ fn unexpected(response: Response) -> anyhow::Result<ExitCode> {
             anyhow::bail!("server: {what}: {message}")
         }
         other => anyhow::bail!("unexpected response from server: {other:?}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::format_ms;
-
-    #[test]
-    fn rfc3339_known_answers() {
-        assert_eq!(format_ms(0), "1970-01-01T00:00:00Z");
-        // date -u -d @1700000000
-        assert_eq!(format_ms(1_700_000_000_123), "2023-11-14T22:13:20Z");
-        // date -u -d @951782400 (a leap day)
-        assert_eq!(format_ms(951_782_400_000), "2000-02-29T00:00:00Z");
     }
 }

@@ -4,8 +4,12 @@
 //! Every failure ends in one line on stderr (`penaltybox: error: ...`) and a
 //! non-zero exit: 1 for a failed operation, 2 for bad usage (clap's).
 
+mod bans_cmd;
 mod client_cmd;
+mod display;
 mod keygen;
+mod serve;
+mod settings;
 
 use std::process::ExitCode;
 
@@ -29,16 +33,44 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the server (defaults: 0.0.0.0:5000 and [::]:5000, data in ./penaltybox-data,
+    /// server key generated on first start).
+    Serve(serve::Args),
+    /// List, add or remove time-outs, online (admin key) or offline (stopped server).
+    Bans(bans_cmd::Args),
+    /// Show the effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Generate a static key pair: writes the private key (mode 0600) and prints the public key.
     Keygen(keygen::Args),
     /// Talk to a penaltybox server: ping it, or use its tape-volume inventory.
     Client(client_cmd::Args),
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the settings `serve` would use (defaults < file < environment < flags), as TOML.
+    Print(serve::Args),
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .init();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Bans(args) => bans_cmd::run(args),
+        Command::Config(ConfigCommand::Print(args)) => {
+            args.settings().and_then(|s| s.to_toml()).map(|toml| {
+                print!("{toml}");
+                ExitCode::SUCCESS
+            })
+        }
         Command::Keygen(args) => keygen::run(args),
         Command::Client(args) => client_cmd::run(args),
     };
@@ -54,13 +86,28 @@ fn main() -> ExitCode {
 /// The error and its causes on one line, skipping a cause whose text the
 /// line already holds (our errors often quote their source).
 fn one_line(error: &anyhow::Error) -> String {
-    let mut line = error.to_string();
+    let mut line = flatten(&error.to_string());
     for cause in error.chain().skip(1) {
-        let text = cause.to_string();
+        let text = flatten(&cause.to_string());
         if !line.contains(&text) {
             line.push_str(": ");
             line.push_str(&text);
         }
     }
     line
+}
+
+/// Multi-line messages (a TOML parser's source excerpt with a caret) as
+/// one line: the prose lines, without the drawing.
+fn flatten(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with('|')
+                && !l.contains(" | ")
+                && !l.chars().all(|c| c == '^' || c == ' ')
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
 }

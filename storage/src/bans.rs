@@ -46,7 +46,11 @@ pub struct BanStore {
 
 impl BanStore {
     pub(crate) fn new(bans: sled::Tree, history: sled::Tree, shared: Arc<Shared>) -> Self {
-        BanStore { bans, history, shared }
+        BanStore {
+            bans,
+            history,
+            shared,
+        }
     }
 
     /// Records a ban (replacing one of the same prefix) and its history.
@@ -54,9 +58,11 @@ impl BanStore {
         let key = encode_key(&ban.prefix);
         let mut value = Vec::with_capacity(EXPIRY_LEN + 128);
         value.extend_from_slice(&ban.expires_at_ms.to_be_bytes());
-        bincode::encode_into_std_write(ban, &mut value, wire_config()).map_err(|e| StorageError::Corrupt {
-            tree: "bans",
-            detail: e.to_string(),
+        bincode::encode_into_std_write(ban, &mut value, wire_config()).map_err(|e| {
+            StorageError::Corrupt {
+                tree: "bans",
+                detail: e.to_string(),
+            }
         })?;
         let history = History {
             last_banned_at_ms: ban.banned_at_ms,
@@ -64,7 +70,8 @@ impl BanStore {
             repeat: ban.repeat,
         };
         self.shared.wrote(self.bans.insert(key, value))?;
-        self.shared.wrote(self.history.insert(key, encode_history(&history).to_vec()))?;
+        self.shared
+            .wrote(self.history.insert(key, encode_history(&history).to_vec()))?;
         Ok(())
     }
 
@@ -91,7 +98,14 @@ impl BanStore {
     /// continue from if there are more.
     pub fn list(&self, after: Option<&Cidr>, limit: usize) -> Result<(Vec<BanInfo>, Option<Cidr>)> {
         let after = after.map(|prefix| encode_key(prefix).to_vec());
-        page(&self.shared, &self.bans, after, limit, decode_ban, |b: &BanInfo| b.prefix)
+        page(
+            &self.shared,
+            &self.bans,
+            after,
+            limit,
+            decode_ban,
+            |b: &BanInfo| b.prefix,
+        )
     }
 
     /// Reads every ban for boot: live ones are returned (prefix and expiry
@@ -163,13 +177,18 @@ fn encode_key(prefix: &Cidr) -> [u8; KEY_LEN] {
 }
 
 fn decode_key(key: &[u8]) -> Result<Cidr> {
-    let corrupt = |detail: String| StorageError::Corrupt { tree: "bans", detail };
+    let corrupt = |detail: String| StorageError::Corrupt {
+        tree: "bans",
+        detail,
+    };
     let key: &[u8; KEY_LEN] = key
         .try_into()
         .map_err(|_| corrupt(format!("key of {} bytes", key.len())))?;
     let addr = match key[0] {
         4 => IpAddr::V4(Ipv4Addr::new(key[1], key[2], key[3], key[4])),
-        6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&key[1..17]).expect("16 bytes"))),
+        6 => IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(&key[1..17]).expect("16 bytes"),
+        )),
         other => return Err(corrupt(format!("address family {other}"))),
     };
     Cidr::new(addr, key[17]).map_err(|e| corrupt(e.to_string()))
@@ -188,10 +207,13 @@ fn decode_expiry(value: &[u8]) -> Result<u64> {
 
 fn decode_ban(value: &[u8]) -> Result<BanInfo> {
     decode_expiry(value)?;
-    let (ban, _) = bincode::decode_from_slice(&value[EXPIRY_LEN..], wire_config()).map_err(|e| StorageError::Corrupt {
-        tree: "bans",
-        detail: e.to_string(),
-    })?;
+    let (ban, _) =
+        bincode::decode_from_slice(&value[EXPIRY_LEN..], wire_config()).map_err(|e| {
+            StorageError::Corrupt {
+                tree: "bans",
+                detail: e.to_string(),
+            }
+        })?;
     Ok(ban)
 }
 
@@ -233,10 +255,16 @@ mod tests {
 
     #[test]
     fn keys_round_trip_and_sort_by_family_then_address() {
-        let prefixes: Vec<Cidr> = ["10.0.0.0/8", "10.0.0.1/32", "192.0.2.7/32", "::1/128", "2001:db8::/64"]
-            .iter()
-            .map(|p| p.parse().unwrap())
-            .collect();
+        let prefixes: Vec<Cidr> = [
+            "10.0.0.0/8",
+            "10.0.0.1/32",
+            "192.0.2.7/32",
+            "::1/128",
+            "2001:db8::/64",
+        ]
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect();
         let mut keys: Vec<_> = prefixes.iter().map(encode_key).collect();
         for (key, prefix) in keys.iter().zip(&prefixes) {
             assert_eq!(decode_key(key).unwrap(), *prefix);
@@ -251,7 +279,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         let bans = store.bans();
-        for (i, prefix) in ["10.0.0.1", "10.0.0.2", "10.0.0.3", "2001:db8::/64"].iter().enumerate() {
+        for (i, prefix) in ["10.0.0.1", "10.0.0.2", "10.0.0.3", "2001:db8::/64"]
+            .iter()
+            .enumerate()
+        {
             bans.put(&ban(prefix, 10_000 + i as u64)).unwrap();
         }
         bans.put(&ban("10.0.0.9", 500)).unwrap();
@@ -290,6 +321,9 @@ mod tests {
         let second = Store::open(dir.path(), &StoreOptions::default());
         let error = second.err().expect("the database is locked");
         assert!(matches!(error, StorageError::Locked { .. }), "{error}");
-        assert!(error.to_string().contains("in use by another process"), "{error}");
+        assert!(
+            error.to_string().contains("in use by another process"),
+            "{error}"
+        );
     }
 }

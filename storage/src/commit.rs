@@ -60,7 +60,11 @@ impl GroupCommit {
     }
 
     pub(crate) fn flush_now(&self) -> sled::Result<()> {
-        self.state.flags.lock().unwrap_or_else(|p| p.into_inner()).dirty = false;
+        self.state
+            .flags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .dirty = false;
         self.state.flush()
     }
 
@@ -110,7 +114,9 @@ impl State {
             self.flags.lock().unwrap_or_else(|p| p.into_inner()).dirty = false;
             last_flush = Instant::now();
             if let Err(error) = self.flush() {
-                log::error!("database flush failed (writes stay in memory and are retried): {error}");
+                log::error!(
+                    "database flush failed (writes stay in memory and are retried): {error}"
+                );
                 self.flags.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
             }
         }

@@ -138,9 +138,11 @@ impl Store {
             .flush_every_ms(None)
             .open()
             .map_err(|source| match &source {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => StorageError::Locked {
-                    dir: dir.to_owned(),
-                },
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StorageError::Locked {
+                        dir: dir.to_owned(),
+                    }
+                }
                 sled::Error::Io(io) if io.to_string().contains("lock") => StorageError::Locked {
                     dir: dir.to_owned(),
                 },

@@ -20,7 +20,8 @@ impl VolumeStore {
 
     pub fn put(&self, volume: &Volume) -> Result<()> {
         let value = encode(volume)?;
-        self.shared.wrote(self.tree.insert(volume.spec.id.as_str(), value))?;
+        self.shared
+            .wrote(self.tree.insert(volume.spec.id.as_str(), value))?;
         Ok(())
     }
 
@@ -31,20 +32,27 @@ impl VolumeStore {
 
     /// Moves a volume; `None` if there is no such volume. Atomic against
     /// concurrent puts and moves of the same volume.
-    pub fn move_to(&self, id: &VolumeId, location: Location, now_ms: u64) -> Result<Option<Volume>> {
+    pub fn move_to(
+        &self,
+        id: &VolumeId,
+        location: Location,
+        now_ms: u64,
+    ) -> Result<Option<Volume>> {
         let mut failure = None;
-        let updated = self.shared.wrote(self.tree.update_and_fetch(id.as_str(), |old| {
-            let mut volume = match decode(old?) {
-                Ok(volume) => volume,
-                Err(error) => {
-                    failure = Some(error);
-                    return old.map(<[u8]>::to_vec);
-                }
-            };
-            volume.spec.location = location;
-            volume.updated_at_ms = now_ms;
-            encode(&volume).ok()
-        }))?;
+        let updated = self
+            .shared
+            .wrote(self.tree.update_and_fetch(id.as_str(), |old| {
+                let mut volume = match decode(old?) {
+                    Ok(volume) => volume,
+                    Err(error) => {
+                        failure = Some(error);
+                        return old.map(<[u8]>::to_vec);
+                    }
+                };
+                volume.spec.location = location;
+                volume.updated_at_ms = now_ms;
+                encode(&volume).ok()
+            }))?;
         if let Some(error) = failure {
             return Err(error);
         }
@@ -52,9 +60,20 @@ impl VolumeStore {
     }
 
     /// Up to `limit` volumes after `after`, and the id to continue from.
-    pub fn list(&self, after: Option<&VolumeId>, limit: usize) -> Result<(Vec<Volume>, Option<VolumeId>)> {
+    pub fn list(
+        &self,
+        after: Option<&VolumeId>,
+        limit: usize,
+    ) -> Result<(Vec<Volume>, Option<VolumeId>)> {
         let after = after.map(|id| id.as_str().as_bytes().to_vec());
-        page(&self.shared, &self.tree, after, limit, decode, |v: &Volume| v.spec.id)
+        page(
+            &self.shared,
+            &self.tree,
+            after,
+            limit,
+            decode,
+            |v: &Volume| v.spec.id,
+        )
     }
 }
 
@@ -66,10 +85,11 @@ fn encode(volume: &Volume) -> Result<Vec<u8>> {
 }
 
 fn decode(value: &[u8]) -> Result<Volume> {
-    let (volume, _) = bincode::decode_from_slice(value, wire_config()).map_err(|e| StorageError::Corrupt {
-        tree: "volumes",
-        detail: e.to_string(),
-    })?;
+    let (volume, _) =
+        bincode::decode_from_slice(value, wire_config()).map_err(|e| StorageError::Corrupt {
+            tree: "volumes",
+            detail: e.to_string(),
+        })?;
     Ok(volume)
 }
 
@@ -103,11 +123,19 @@ mod tests {
         }
         let a1: VolumeId = "A1".parse().unwrap();
         assert_eq!(volumes.get(&a1).unwrap(), Some(volume("A1", "library")));
-        let moved = volumes.move_to(&a1, "vault".parse().unwrap(), 99).unwrap().unwrap();
+        let moved = volumes
+            .move_to(&a1, "vault".parse().unwrap(), 99)
+            .unwrap()
+            .unwrap();
         assert_eq!(moved.spec.location.as_str(), "vault");
         assert_eq!(moved.updated_at_ms, 99);
         assert_eq!(volumes.get(&a1).unwrap(), Some(moved));
-        assert!(volumes.move_to(&"nope".parse().unwrap(), "x".parse().unwrap(), 1).unwrap().is_none());
+        assert!(
+            volumes
+                .move_to(&"nope".parse().unwrap(), "x".parse().unwrap(), 1)
+                .unwrap()
+                .is_none()
+        );
 
         let (first, next) = volumes.list(None, 2).unwrap();
         let ids: Vec<_> = first.iter().map(|v| v.spec.id.as_str()).collect();
@@ -128,6 +156,12 @@ mod tests {
             assert!(store.flush_count() >= 1);
         }
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        assert!(store.volumes().get(&"B1".parse().unwrap()).unwrap().is_some());
+        assert!(
+            store
+                .volumes()
+                .get(&"B1".parse().unwrap())
+                .unwrap()
+                .is_some()
+        );
     }
 }

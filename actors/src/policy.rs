@@ -1,0 +1,287 @@
+//! Ban policy: how long a cause times a source out, how repeat offenders
+//! escalate, which prefix a source is aggregated into, who is never timed
+//! out, and how large the table may grow. Pure functions, no I/O.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use protocol::message::{BanInfo, Cause, FirstBytes};
+use protocol::{Cidr, Rejection};
+use storage::History;
+
+/// Why a source is being timed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BanCause {
+    /// The first message was rejected (foreign bytes, bad mac1, refused key...).
+    Rejected(Rejection),
+    /// No complete handshake before the deadline (slowloris, stalled scanner).
+    HandshakeTimeout,
+    /// An authenticated session sent a frame that failed authentication or
+    /// broke a limit.
+    SessionViolation,
+}
+
+impl BanCause {
+    /// The stable name stored with the ban and shown by `bans list`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BanCause::Rejected(rejection) => rejection.cause(),
+            BanCause::HandshakeTimeout => "handshake-timeout",
+            BanCause::SessionViolation => "session-violation",
+        }
+    }
+}
+
+impl fmt::Display for BanCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Base time-out per kind of cause (OpenSSH PerSourcePenalties style).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Durations {
+    /// Bytes that are not penaltybox at all: bad magic, version, pattern, length.
+    pub non_protocol: Duration,
+    /// A penaltybox client that failed to authenticate: bad mac1, bad
+    /// handshake, unauthorized key, replay.
+    pub handshake_failure: Duration,
+    pub handshake_timeout: Duration,
+    pub session_violation: Duration,
+    /// An admin's `bans add` without `--for`.
+    pub admin_default: Duration,
+}
+
+impl Default for Durations {
+    fn default() -> Self {
+        Durations {
+            non_protocol: Duration::from_secs(15 * 60),
+            handshake_failure: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(60),
+            session_violation: Duration::from_secs(15 * 60),
+            admin_default: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanPolicy {
+    pub durations: Durations,
+    /// A source banned again within this long of its previous ban gets
+    /// double the previous time-out (fail2ban's bantime.increment).
+    pub escalation_window: Duration,
+    /// Escalation never goes past this.
+    pub max_duration: Duration,
+    /// Aggregation: one entry per IPv4 /n and per IPv6 /m.
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    /// Sources in these prefixes are never timed out.
+    pub allow: Vec<Cidr>,
+    /// Most live entries; when full the entry closest to expiry is evicted.
+    pub max_entries: usize,
+}
+
+impl Default for BanPolicy {
+    fn default() -> Self {
+        BanPolicy {
+            durations: Durations::default(),
+            escalation_window: Duration::from_secs(24 * 3600),
+            max_duration: Duration::from_secs(24 * 3600),
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            allow: Vec::new(),
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+/// What the policy decided for one ban.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub duration: Duration,
+    /// 1 for a first offence, n for the n-th within the escalation window.
+    pub repeat: u32,
+}
+
+impl BanPolicy {
+    /// The table entry a source falls into. IPv4-mapped IPv6 is IPv4.
+    pub fn prefix_for(&self, ip: IpAddr) -> Cidr {
+        let ip = ip.to_canonical();
+        let len = if ip.is_ipv4() {
+            self.ipv4_prefix
+        } else {
+            self.ipv6_prefix
+        };
+        Cidr::new(ip, len).expect("prefix lengths are validated with the config")
+    }
+
+    pub fn is_allowed(&self, ip: IpAddr) -> bool {
+        self.allow.iter().any(|cidr| cidr.contains(ip))
+    }
+
+    pub fn base_duration(&self, cause: &BanCause) -> Duration {
+        match cause {
+            BanCause::Rejected(rejection) if rejection.is_foreign_protocol() => {
+                self.durations.non_protocol
+            }
+            BanCause::Rejected(_) => self.durations.handshake_failure,
+            BanCause::HandshakeTimeout => self.durations.handshake_timeout,
+            BanCause::SessionViolation => self.durations.session_violation,
+        }
+    }
+
+    /// Applies escalation: a repeat within the window doubles the previous
+    /// time-out (never below the cause's base, never above the maximum).
+    pub fn decide(&self, cause: &BanCause, previous: Option<History>, now_ms: u64) -> Decision {
+        let base = self.base_duration(cause).min(self.max_duration);
+        let window_ms = self.escalation_window.as_millis() as u64;
+        match previous {
+            Some(history) if now_ms < history.last_banned_at_ms.saturating_add(window_ms) => {
+                let doubled = Duration::from_millis(history.last_duration_ms.saturating_mul(2));
+                Decision {
+                    duration: doubled.max(base).min(self.max_duration),
+                    repeat: history.repeat.saturating_add(1),
+                }
+            }
+            _ => Decision {
+                duration: base,
+                repeat: 1,
+            },
+        }
+    }
+}
+
+impl BanPolicy {
+    /// The record for an admin's ban (no escalation; the allow-list wins).
+    pub fn admin_ban(
+        &self,
+        prefix: Cidr,
+        duration: Option<Duration>,
+        cause: Cause,
+        now_ms: u64,
+    ) -> Result<BanInfo, String> {
+        if let Some(allowed) = self.allow.iter().find(|a| a.contains(prefix.addr())) {
+            return Err(format!("{prefix} is inside the allow-list entry {allowed}"));
+        }
+        let duration = duration.unwrap_or(self.durations.admin_default);
+        Ok(BanInfo {
+            prefix,
+            cause,
+            first_bytes: FirstBytes::default(),
+            banned_at_ms: now_ms,
+            expires_at_ms: now_ms.saturating_add(duration.as_millis() as u64),
+            repeat: 1,
+        })
+    }
+
+    /// Which table entries `bans remove PREFIX` may mean, most specific
+    /// first: the prefix itself, and for a single address also the
+    /// aggregated entry it falls in (`2001:db8::5` → `2001:db8::/64`).
+    pub fn release_candidates(&self, prefix: Cidr) -> Vec<Cidr> {
+        let single = prefix.len() == if prefix.addr().is_ipv4() { 32 } else { 128 };
+        let aggregated = self.prefix_for(prefix.addr());
+        if single && aggregated != prefix {
+            vec![prefix, aggregated]
+        } else {
+            vec![prefix]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = 60_000;
+
+    fn history(at: u64, duration: u64, repeat: u32) -> Option<History> {
+        Some(History {
+            last_banned_at_ms: at,
+            last_duration_ms: duration,
+            repeat,
+        })
+    }
+
+    #[test]
+    fn causes_map_to_their_durations() {
+        let policy = BanPolicy::default();
+        let foreign = BanCause::Rejected(Rejection::BadMagic);
+        let auth = BanCause::Rejected(Rejection::BadMac1);
+        assert_eq!(policy.base_duration(&foreign), Duration::from_secs(900));
+        assert_eq!(policy.base_duration(&auth), Duration::from_secs(60));
+        assert_eq!(
+            policy.base_duration(&BanCause::HandshakeTimeout),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            policy.base_duration(&BanCause::SessionViolation),
+            Duration::from_secs(900)
+        );
+    }
+
+    #[test]
+    fn escalation_doubles_within_the_window_up_to_the_maximum() {
+        let policy = BanPolicy::default();
+        let cause = BanCause::Rejected(Rejection::BadMagic);
+        let now = 100 * 24 * 60 * MIN;
+        assert_eq!(
+            policy.decide(&cause, None, now).duration,
+            Duration::from_secs(900)
+        );
+        let second = policy.decide(&cause, history(now - 20 * MIN, 15 * MIN, 1), now);
+        assert_eq!(
+            second,
+            Decision {
+                duration: Duration::from_secs(1800),
+                repeat: 2
+            }
+        );
+        // A cheap previous ban does not lower a costlier cause's base.
+        let after_auth = policy.decide(&cause, history(now - 5 * MIN, MIN, 1), now);
+        assert_eq!(after_auth.duration, Duration::from_secs(900));
+        let capped = policy.decide(&cause, history(now - MIN, 20 * 60 * MIN, 7), now);
+        assert_eq!(
+            capped,
+            Decision {
+                duration: Duration::from_secs(24 * 3600),
+                repeat: 8
+            }
+        );
+        // Outside the window: a first offence again.
+        let stale = policy.decide(&cause, history(now - 25 * 60 * MIN, 15 * MIN, 3), now);
+        assert_eq!(
+            stale,
+            Decision {
+                duration: Duration::from_secs(900),
+                repeat: 1
+            }
+        );
+    }
+
+    #[test]
+    fn aggregation_and_allow_list() {
+        let mut policy = BanPolicy::default();
+        assert_eq!(
+            policy
+                .prefix_for("2001:db8:1:2:3:4:5:6".parse().unwrap())
+                .to_string(),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            policy
+                .prefix_for("::ffff:192.0.2.1".parse().unwrap())
+                .to_string(),
+            "192.0.2.1/32"
+        );
+        policy.ipv4_prefix = 24;
+        assert_eq!(
+            policy.prefix_for("192.0.2.1".parse().unwrap()).to_string(),
+            "192.0.2.0/24"
+        );
+        policy.allow = vec!["10.0.0.0/8".parse().unwrap()];
+        assert!(policy.is_allowed("10.9.9.9".parse().unwrap()));
+        assert!(policy.is_allowed("::ffff:10.9.9.9".parse().unwrap()));
+        assert!(!policy.is_allowed("11.0.0.1".parse().unwrap()));
+    }
+}

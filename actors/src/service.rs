@@ -1,0 +1,117 @@
+//! The built-in service: answers one authenticated request. Ping, the tape
+//! volume inventory (sled, through `storage`), and admin requests, which are
+//! forwarded to the registry and allowed only on admin sessions.
+
+use protocol::message::{AdminRequest, ErrorCode, MAX_PAGE, Volume};
+use protocol::{Request, Response, Role};
+
+use crate::now_ms;
+use crate::registry::{AdminBan, ListBans, Unban};
+use crate::server::ServerContext;
+
+pub async fn handle(server: &ServerContext, role: Role, request: Request) -> Response {
+    if let Err(message) = request.validate() {
+        return error(ErrorCode::InvalidRequest, message);
+    }
+    match request {
+        Request::Ping { nonce } => Response::Pong { nonce },
+        Request::PutVolume(spec) => {
+            let volume = Volume {
+                spec,
+                updated_at_ms: now_ms(),
+            };
+            match server.store.volumes().put(&volume) {
+                Ok(()) => Response::Volume(volume),
+                Err(e) => storage_error(e),
+            }
+        }
+        Request::GetVolume { id } => match server.store.volumes().get(&id) {
+            Ok(Some(volume)) => Response::Volume(volume),
+            Ok(None) => error(ErrorCode::NotFound, format!("no volume {id}")),
+            Err(e) => storage_error(e),
+        },
+        Request::MoveVolume { id, location } => {
+            match server.store.volumes().move_to(&id, location, now_ms()) {
+                Ok(Some(volume)) => Response::Volume(volume),
+                Ok(None) => error(ErrorCode::NotFound, format!("no volume {id}")),
+                Err(e) => storage_error(e),
+            }
+        }
+        Request::ListVolumes { after, limit } => {
+            match server
+                .store
+                .volumes()
+                .list(after.as_ref(), usize::from(limit.min(MAX_PAGE)))
+            {
+                Ok((volumes, next_after)) => Response::Volumes {
+                    volumes,
+                    next_after,
+                },
+                Err(e) => storage_error(e),
+            }
+        }
+        Request::Admin(_) if role != Role::Admin => error(
+            ErrorCode::Forbidden,
+            "admin requests need a session authenticated with an admin key".into(),
+        ),
+        Request::Admin(admin) => handle_admin(server, admin).await,
+    }
+}
+
+async fn handle_admin(server: &ServerContext, request: AdminRequest) -> Response {
+    let registry = &server.registry;
+    let answer = match request {
+        AdminRequest::Stats => {
+            return Response::Stats(
+                server
+                    .stats
+                    .snapshot(server.view.len(), server.store.error_count()),
+            );
+        }
+        AdminRequest::ListBans { after, limit } => registry
+            .send(ListBans {
+                after,
+                limit: usize::from(limit.min(MAX_PAGE)),
+            })
+            .await
+            .map(|r| r.map(|(bans, next_after)| Response::Bans { bans, next_after })),
+        AdminRequest::AddBan {
+            prefix,
+            duration_secs,
+            cause,
+        } => registry
+            .send(AdminBan {
+                prefix,
+                duration: duration_secs.map(std::time::Duration::from_secs),
+                cause,
+            })
+            .await
+            .map(|r| r.map(Response::BanAdded)),
+        AdminRequest::RemoveBan { prefix } => registry.send(Unban { prefix }).await.map(|r| {
+            r.map(|removed| Response::BanRemoved {
+                prefix: removed.unwrap_or(prefix),
+                existed: removed.is_some(),
+            })
+        }),
+    };
+    match answer {
+        Ok(Ok(response)) => response,
+        Ok(Err(message)) => error(ErrorCode::InvalidRequest, message),
+        Err(mailbox) => error(
+            ErrorCode::Internal,
+            format!("ban registry unavailable: {mailbox}"),
+        ),
+    }
+}
+
+fn error(code: ErrorCode, message: String) -> Response {
+    Response::Error { code, message }
+}
+
+fn storage_error(failure: storage::StorageError) -> Response {
+    log::error!("volume inventory: {failure}");
+    error(
+        ErrorCode::Internal,
+        "storage error; see the server log".into(),
+    )
+}

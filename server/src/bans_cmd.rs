@@ -1,0 +1,247 @@
+//! `penaltybox bans list|add|remove`: the time-out table, online through a
+//! running server (admin key over the protocol) or offline in the data
+//! directory of a stopped one (sled allows one process at a time).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use actors::policy::BanPolicy;
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use protocol::message::{BanInfo, Cause, ErrorCode, MAX_PAGE};
+use protocol::{
+    AdminRequest, Cidr, Client, ClientConfig, PrivateKey, PublicKey, Request, Response, Role,
+};
+use storage::Store;
+
+use crate::client_cmd::parse_server_key;
+use crate::display::{ban_json, ban_line};
+use crate::settings::{self, FlagOverrides};
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Online: --server HOST:PORT --server-key KEY --key ADMIN.key\n\
+Offline (server stopped): [--data-dir DIR] [--config FILE]; the default is ./penaltybox-data"
+)]
+pub struct Args {
+    /// Online: the running server, HOST:PORT.
+    #[arg(long, short, global = true, requires_all = ["server_key", "key"])]
+    server: Option<String>,
+    /// Online: the server's public key (base64) or its server.pub file.
+    #[arg(long, global = true, value_parser = parse_server_key)]
+    server_key: Option<PublicKey>,
+    /// Online: an admin private key file (listed in keys.admin_keys).
+    #[arg(long, short, global = true)]
+    key: Option<PathBuf>,
+    /// Online: local address to connect from.
+    #[arg(long, global = true)]
+    bind: Option<IpAddr>,
+    /// Offline: the stopped server's data directory.
+    #[arg(long, global = true, conflicts_with = "server")]
+    data_dir: Option<PathBuf>,
+    /// Offline: the server's config file (for data_dir and ban policy).
+    #[arg(long, short, global = true, conflicts_with = "server")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: BansCommand,
+}
+
+#[derive(Subcommand)]
+enum BansCommand {
+    /// Every live time-out.
+    List {
+        /// One JSON object per line: prefix, cause, expires_at, remaining_s, repeat.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time out an address or CIDR prefix.
+    Add {
+        prefix: Cidr,
+        /// How long, e.g. 30m, 12h [default: bans.admin_default, 1h].
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        #[arg(long, default_value = "admin")]
+        cause: Cause,
+    },
+    /// Release an address or prefix (and forget its escalation history).
+    Remove { prefix: Cidr },
+}
+
+enum Backend {
+    Online(Box<Client>),
+    Offline(Box<Offline>),
+}
+
+struct Offline {
+    store: Store,
+    policy: BanPolicy,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let mut backend = connect(&args).await?;
+        match args.command {
+            BansCommand::List { json } => list(&mut backend, json).await,
+            BansCommand::Add {
+                prefix,
+                duration,
+                cause,
+            } => {
+                let ban = backend.add(prefix, duration, cause).await?;
+                println!("{}", ban_line(&ban, actors::now_ms()));
+                Ok(ExitCode::SUCCESS)
+            }
+            BansCommand::Remove { prefix } => match backend.remove(prefix).await? {
+                Some(removed) => {
+                    println!("released {removed}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => bail!("{prefix} is not timed out"),
+            },
+        }
+    })
+}
+
+async fn connect(args: &Args) -> anyhow::Result<Backend> {
+    if let (Some(server), Some(server_key), Some(key)) = (&args.server, args.server_key, &args.key)
+    {
+        let mut config = ClientConfig::new(server_key);
+        config.client_key = Some(PrivateKey::read(key)?);
+        config.bind = args.bind;
+        let client = Client::connect(server, &config).await?;
+        if client.role() != Role::Admin {
+            bail!(
+                "{} is not an admin key on {server} (add its public key to keys.admin_keys)",
+                key.display()
+            );
+        }
+        return Ok(Backend::Online(Box::new(client)));
+    }
+    let settings = settings::load(
+        args.config.as_deref(),
+        &FlagOverrides {
+            listen: Vec::new(),
+            data_dir: args.data_dir.clone(),
+        },
+    )?;
+    let dir = settings.database_dir();
+    if !dir.exists() {
+        bail!(
+            "{}: no penaltybox database here (pass --data-dir, or --server for a running server)",
+            settings.data_dir.display()
+        );
+    }
+    Ok(Backend::Offline(Box::new(Offline {
+        store: Store::open(&dir, &settings.store_options())?,
+        policy: settings.policy()?,
+    })))
+}
+
+async fn list(backend: &mut Backend, json: bool) -> anyhow::Result<ExitCode> {
+    let now = actors::now_ms();
+    let mut after = None;
+    loop {
+        let (bans, next) = backend.page(after).await?;
+        for ban in bans.iter().filter(|ban| ban.expires_at_ms > now) {
+            if json {
+                println!("{}", ban_json(ban, now));
+            } else {
+                println!("{}", ban_line(ban, now));
+            }
+        }
+        match next {
+            Some(next) => after = Some(next),
+            None => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+impl Backend {
+    async fn page(&mut self, after: Option<Cidr>) -> anyhow::Result<(Vec<BanInfo>, Option<Cidr>)> {
+        match self {
+            Backend::Online(client) => {
+                let request = Request::Admin(AdminRequest::ListBans {
+                    after,
+                    limit: MAX_PAGE,
+                });
+                match client.call(&request).await? {
+                    Response::Bans { bans, next_after } => Ok((bans, next_after)),
+                    other => Err(server_error(other)),
+                }
+            }
+            Backend::Offline(offline) => Ok(offline
+                .store
+                .bans()
+                .list(after.as_ref(), usize::from(MAX_PAGE))?),
+        }
+    }
+
+    async fn add(
+        &mut self,
+        prefix: Cidr,
+        duration: Option<Duration>,
+        cause: Cause,
+    ) -> anyhow::Result<BanInfo> {
+        match self {
+            Backend::Online(client) => {
+                let request = Request::Admin(AdminRequest::AddBan {
+                    prefix,
+                    duration_secs: duration.map(|d| d.as_secs()),
+                    cause,
+                });
+                match client.call(&request).await? {
+                    Response::BanAdded(ban) => Ok(ban),
+                    other => Err(server_error(other)),
+                }
+            }
+            Backend::Offline(offline) => {
+                let Offline { store, policy } = offline.as_ref();
+                let ban = policy
+                    .admin_ban(prefix, duration, cause, actors::now_ms())
+                    .map_err(anyhow::Error::msg)?;
+                store.bans().put(&ban)?;
+                store.flush()?;
+                Ok(ban)
+            }
+        }
+    }
+
+    async fn remove(&mut self, prefix: Cidr) -> anyhow::Result<Option<Cidr>> {
+        match self {
+            Backend::Online(client) => match client
+                .call(&Request::Admin(AdminRequest::RemoveBan { prefix }))
+                .await?
+            {
+                Response::BanRemoved { prefix, existed } => Ok(existed.then_some(prefix)),
+                other => Err(server_error(other)),
+            },
+            Backend::Offline(offline) => {
+                let Offline { store, policy } = offline.as_ref();
+                for candidate in policy.release_candidates(prefix) {
+                    if store.bans().forget(&candidate)?.is_some() {
+                        store.flush()?;
+                        return Ok(Some(candidate));
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn server_error(response: Response) -> anyhow::Error {
+    match response {
+        Response::Error {
+            code: ErrorCode::Forbidden,
+            message,
+        } => anyhow::anyhow!("server refused: {message}"),
+        Response::Error { message, .. } => anyhow::anyhow!("server: {message}"),
+        other => anyhow::anyhow!("unexpected response from server: {other:?}"),
+    }
+}

@@ -1,0 +1,156 @@
+//! `penaltybox serve`: settings, keys and database, then the actors, until
+//! SIGINT or SIGTERM; then stop accepting, flush, exit 0.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use actors::ServerConfig;
+use anyhow::{Context, bail};
+use protocol::keys::read_public_keys;
+use protocol::{AccessPolicy, PrivateKey};
+use storage::Store;
+
+use crate::settings::{self, FlagOverrides, Settings};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// TOML config file (see `penaltybox config print` for every key).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to listen on; repeat for several. Replaces the configured
+    /// list [default: 0.0.0.0:5000 and [::]:5000].
+    #[arg(long, short)]
+    listen: Vec<SocketAddr>,
+    /// Directory for the database and the server key pair
+    /// [default: ./penaltybox-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl Args {
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        settings::load(
+            self.config.as_deref(),
+            &FlagOverrides {
+                listen: self.listen.clone(),
+                data_dir: self.data_dir.clone(),
+            },
+        )
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let settings = args.settings()?;
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("data_dir: cannot create {}", settings.data_dir.display()))?;
+    let server_key = server_key(&settings)?;
+    let access = AccessPolicy {
+        authorized: read_key_list(
+            "keys.authorized_keys",
+            settings.keys.authorized_keys.as_deref(),
+        )?,
+        admins: read_key_list("keys.admin_keys", settings.keys.admin_keys.as_deref())?
+            .unwrap_or_default(),
+    };
+    let store = Store::open(&settings.database_dir(), &settings.store_options())?;
+    let workers = match settings.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let public = server_key.public_key();
+    let config = ServerConfig {
+        listen: settings.listen.clone(),
+        server_key,
+        access,
+        policy: settings.policy()?,
+        limits: settings.limits(),
+        handshake_timeout: settings.timeouts.handshake.0,
+        idle_timeout: settings.timeouts.idle.0,
+        workers,
+    };
+
+    actix_rt::System::new().block_on(async move {
+        let running = actors::start(config, store)?;
+        let addrs: Vec<String> = running
+            .local_addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        log::info!(
+            "penaltybox {} listening on {}",
+            env!("CARGO_PKG_VERSION"),
+            addrs.join(", ")
+        );
+        log::info!(
+            "data dir {}: {} bans restored, {} expired ones discarded, in {:.1} ms",
+            settings.data_dir.display(),
+            running.boot.restored,
+            running.boot.discarded,
+            running.boot.elapsed.as_secs_f64() * 1e3
+        );
+        let port = running.local_addrs.first().map_or(5000, SocketAddr::port);
+        log::info!(
+            "server key fingerprint {}; connect with:",
+            public.fingerprint()
+        );
+        log::info!("  penaltybox client --server HOST:{port} --server-key {public} ping");
+
+        let signal = wait_for_signal().await?;
+        log::info!("{signal}: stopping");
+        let stats = running.context.stats.clone();
+        running.shutdown().await;
+        log::info!(
+            "stopped after {} connections ({} refused at accept), {} bans",
+            stats
+                .connections_accepted
+                .load(std::sync::atomic::Ordering::Relaxed),
+            stats
+                .connections_refused
+                .load(std::sync::atomic::Ordering::Relaxed),
+            stats.bans_total.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Reads the configured server key, or generates the default one on first
+/// start (with `server.pub` beside it for clients).
+fn server_key(settings: &Settings) -> anyhow::Result<PrivateKey> {
+    let path = settings.server_key_path();
+    if path.exists() {
+        return PrivateKey::read(&path).context("keys.server_key");
+    }
+    if settings.keys.server_key.is_some() {
+        bail!("keys.server_key: {} does not exist", path.display());
+    }
+    let key = PrivateKey::generate();
+    key.write_new(&path)?;
+    let public_path = settings.data_dir.join("server.pub");
+    std::fs::write(&public_path, format!("{}\n", key.public_key()))
+        .with_context(|| format!("cannot write {}", public_path.display()))?;
+    log::info!(
+        "generated a server key pair: {} (0600) and {}",
+        path.display(),
+        public_path.display()
+    );
+    Ok(key)
+}
+
+fn read_key_list(
+    setting: &str,
+    path: Option<&Path>,
+) -> anyhow::Result<Option<std::collections::HashSet<protocol::PublicKey>>> {
+    path.map(|path| read_public_keys(path).with_context(|| setting.to_owned()))
+        .transpose()
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use actix_rt::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
+}

@@ -1,0 +1,332 @@
+//! Settings: embedded defaults < TOML file (`--config`) < `PENALTYBOX_*`
+//! environment < command-line flags, merged with the `config` crate and
+//! validated into the types the actors take. Every error names the key or
+//! file it is about.
+//!
+//! Environment names: `PENALTYBOX_` + the key path with `__` between levels,
+//! e.g. `PENALTYBOX_DATA_DIR`, `PENALTYBOX_BANS__NON_PROTOCOL=30m`;
+//! lists are comma-separated (`PENALTYBOX_LISTEN=127.0.0.1:5000,[::1]:5000`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use actors::limits::LimitConfig;
+use actors::policy::{BanPolicy, Durations};
+use anyhow::{Context, anyhow, bail};
+use protocol::Cidr;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// Database, server key pair.
+    pub data_dir: PathBuf,
+    /// Threads running sessions; 0 = one per CPU.
+    pub workers: usize,
+    pub keys: KeySettings,
+    pub timeouts: TimeoutSettings,
+    pub bans: BanSettings,
+    pub limits: LimitSettings,
+    pub storage: StorageSettings,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySettings {
+    /// Server private key; default `<data_dir>/server.key`, generated on
+    /// first start.
+    pub server_key: Option<PathBuf>,
+    /// When set, only these client keys (and the admin keys) may connect.
+    pub authorized_keys: Option<PathBuf>,
+    /// Keys allowed to send admin requests.
+    pub admin_keys: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutSettings {
+    pub handshake: Dur,
+    pub idle: Dur,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BanSettings {
+    pub non_protocol: Dur,
+    pub handshake_failure: Dur,
+    pub handshake_timeout: Dur,
+    pub session_violation: Dur,
+    pub admin_default: Dur,
+    pub escalation_window: Dur,
+    pub max_duration: Dur,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    pub allow: Vec<String>,
+    pub max_entries: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    pub max_connections: usize,
+    pub max_pending_handshakes: usize,
+    pub max_pending_per_source: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    pub flush_interval: Dur,
+    pub cache_mb: u64,
+}
+
+/// A duration written the human way ("100ms", "15m", "24h").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}); write e.g. 100ms, 30s, 15m, 24h"
+            ))
+        })
+    }
+}
+
+fn minutes(n: u64) -> Dur {
+    Dur(Duration::from_secs(n * 60))
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: vec![
+                "0.0.0.0:5000".parse().unwrap(),
+                "[::]:5000".parse().unwrap(),
+            ],
+            data_dir: PathBuf::from("./penaltybox-data"),
+            workers: 0,
+            keys: KeySettings::default(),
+            timeouts: TimeoutSettings::default(),
+            bans: BanSettings::default(),
+            limits: LimitSettings::default(),
+            storage: StorageSettings::default(),
+        }
+    }
+}
+
+impl Default for TimeoutSettings {
+    fn default() -> Self {
+        TimeoutSettings {
+            handshake: Dur(Duration::from_secs(5)),
+            idle: minutes(5),
+        }
+    }
+}
+
+impl Default for BanSettings {
+    fn default() -> Self {
+        let policy = BanPolicy::default();
+        BanSettings {
+            non_protocol: Dur(policy.durations.non_protocol),
+            handshake_failure: Dur(policy.durations.handshake_failure),
+            handshake_timeout: Dur(policy.durations.handshake_timeout),
+            session_violation: Dur(policy.durations.session_violation),
+            admin_default: Dur(policy.durations.admin_default),
+            escalation_window: Dur(policy.escalation_window),
+            max_duration: Dur(policy.max_duration),
+            ipv4_prefix: policy.ipv4_prefix,
+            ipv6_prefix: policy.ipv6_prefix,
+            allow: Vec::new(),
+            max_entries: policy.max_entries,
+        }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let limits = LimitConfig::default();
+        LimitSettings {
+            max_connections: limits.max_connections,
+            max_pending_handshakes: limits.max_pending_handshakes,
+            max_pending_per_source: limits.max_pending_per_source,
+        }
+    }
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            flush_interval: Dur(Duration::from_millis(100)),
+            cache_mb: 64,
+        }
+    }
+}
+
+/// Values from command-line flags, which override everything else.
+#[derive(Debug, Default, Clone)]
+pub struct FlagOverrides {
+    pub listen: Vec<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Loads and validates the effective settings.
+pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Settings> {
+    let mut builder = config::Config::builder();
+    if let Some(file) = file {
+        // Read it ourselves first: "cannot read" is clearer than the config
+        // crate's "not found" for a permission problem.
+        std::fs::metadata(file).with_context(|| format!("config file {}", file.display()))?;
+        builder = builder.add_source(
+            config::File::from(file)
+                .format(config::FileFormat::Toml)
+                .required(true),
+        );
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix("PENALTYBOX")
+            .prefix_separator("_")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("listen")
+            .with_list_parse_key("bans.allow")
+            .try_parsing(true),
+    );
+    if !flags.listen.is_empty() {
+        let listen: Vec<String> = flags.listen.iter().map(ToString::to_string).collect();
+        builder = builder.set_override("listen", listen)?;
+    }
+    if let Some(dir) = &flags.data_dir {
+        builder = builder.set_override("data_dir", dir.to_string_lossy().into_owned())?;
+    }
+    let source = match file {
+        Some(file) => format!(
+            "settings (file {}, PENALTYBOX_* environment, flags)",
+            file.display()
+        ),
+        None => "settings (PENALTYBOX_* environment, flags)".to_owned(),
+    };
+    let settings: Settings = builder
+        .build()
+        .and_then(config::Config::try_deserialize)
+        .map_err(|e| anyhow!("{source}: {e}"))?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+impl Settings {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.listen.is_empty() {
+            bail!("listen: at least one address is needed");
+        }
+        if self.bans.ipv4_prefix == 0 || self.bans.ipv4_prefix > 32 {
+            bail!(
+                "bans.ipv4_prefix: {} is not in 1..=32",
+                self.bans.ipv4_prefix
+            );
+        }
+        if self.bans.ipv6_prefix == 0 || self.bans.ipv6_prefix > 128 {
+            bail!(
+                "bans.ipv6_prefix: {} is not in 1..=128",
+                self.bans.ipv6_prefix
+            );
+        }
+        if self.bans.max_entries == 0 {
+            bail!("bans.max_entries: must be at least 1");
+        }
+        if self.timeouts.handshake.0.is_zero() {
+            bail!("timeouts.handshake: must be longer than 0s");
+        }
+        for (name, value) in [
+            ("limits.max_connections", self.limits.max_connections),
+            (
+                "limits.max_pending_handshakes",
+                self.limits.max_pending_handshakes,
+            ),
+            (
+                "limits.max_pending_per_source",
+                self.limits.max_pending_per_source,
+            ),
+        ] {
+            if value == 0 {
+                bail!("{name}: must be at least 1");
+            }
+        }
+        self.allow_list()?;
+        Ok(())
+    }
+
+    pub fn allow_list(&self) -> anyhow::Result<Vec<Cidr>> {
+        self.bans
+            .allow
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                text.trim()
+                    .parse()
+                    .map_err(|e| anyhow!("bans.allow[{i}]: {e}"))
+            })
+            .collect()
+    }
+
+    pub fn policy(&self) -> anyhow::Result<BanPolicy> {
+        let b = &self.bans;
+        Ok(BanPolicy {
+            durations: Durations {
+                non_protocol: b.non_protocol.0,
+                handshake_failure: b.handshake_failure.0,
+                handshake_timeout: b.handshake_timeout.0,
+                session_violation: b.session_violation.0,
+                admin_default: b.admin_default.0,
+            },
+            escalation_window: b.escalation_window.0,
+            max_duration: b.max_duration.0,
+            ipv4_prefix: b.ipv4_prefix,
+            ipv6_prefix: b.ipv6_prefix,
+            allow: self.allow_list()?,
+            max_entries: b.max_entries,
+        })
+    }
+
+    pub fn limits(&self) -> LimitConfig {
+        LimitConfig {
+            max_connections: self.limits.max_connections,
+            max_pending_handshakes: self.limits.max_pending_handshakes,
+            max_pending_per_source: self.limits.max_pending_per_source,
+        }
+    }
+
+    pub fn store_options(&self) -> storage::StoreOptions {
+        storage::StoreOptions {
+            flush_interval: self.storage.flush_interval.0,
+            cache_bytes: self.storage.cache_mb << 20,
+        }
+    }
+
+    /// Where sled keeps its files, inside the data directory.
+    pub fn database_dir(&self) -> PathBuf {
+        self.data_dir.join("db")
+    }
+
+    pub fn server_key_path(&self) -> PathBuf {
+        self.keys
+            .server_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("server.key"))
+    }
+
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}

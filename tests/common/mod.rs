@@ -1,0 +1,341 @@
+//! Helpers for the end-to-end tests: run the real `penaltybox` binary on
+//! loopback with its own data directory, talk to it as distinct sources
+//! (127.0.0.x, bound before connecting), read its log.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use protocol::{Client, ClientConfig, ClientError, PrivateKey, PublicKey, Request, Response};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_penaltybox");
+
+/// A running `penaltybox serve`.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub public_key: PublicKey,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// How to start a server: extra config (TOML), environment, data dir.
+pub struct ServerSpec {
+    pub data_dir: PathBuf,
+    pub config: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub listen: String,
+}
+
+impl ServerSpec {
+    pub fn new(data_dir: &Path) -> Self {
+        ServerSpec {
+            data_dir: data_dir.to_owned(),
+            config: None,
+            env: Vec::new(),
+            listen: "127.0.0.1:0".into(),
+        }
+    }
+
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_owned());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = addr.to_owned();
+        self
+    }
+
+    pub fn start(self) -> Server {
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .args(["--listen", &self.listen, "--data-dir"])
+            .arg(&self.data_dir)
+            .env("RUST_LOG", "info,actors=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(toml) = &self.config {
+            let path = self.data_dir.with_extension("toml");
+            std::fs::write(&path, toml).unwrap();
+            command.arg("--config").arg(path);
+        }
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn penaltybox serve");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut server = Server {
+            child: Some(child),
+            addr: "0.0.0.0:0".parse().unwrap(),
+            data_dir: self.data_dir.to_owned(),
+            public_key: PrivateKey::generate().public_key(),
+            log,
+        };
+        let line = server
+            .wait_log("listening on ", Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("server did not start; log:\n{}", server.log_text()));
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .split(", ")
+            .next()
+            .unwrap();
+        server.addr = addr.trim().parse().unwrap();
+        let public = std::fs::read_to_string(self.data_dir.join("server.pub")).unwrap();
+        server.public_key = public.trim().parse().unwrap();
+        server
+    }
+}
+
+impl Server {
+    pub fn start(data_dir: &Path) -> Server {
+        ServerSpec::new(data_dir).start()
+    }
+
+    /// The first log line containing `needle`, waiting up to `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return Some(line.clone());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new(self.public_key);
+        config.connect_timeout = Duration::from_secs(5);
+        config.handshake_timeout = Duration::from_secs(5);
+        config.request_timeout = Duration::from_secs(5);
+        config
+    }
+
+    pub fn client_from(
+        &self,
+        source: &str,
+        key: Option<&PrivateKey>,
+    ) -> Result<Client, ClientError> {
+        let mut config = self.client_config();
+        config.bind = Some(source.parse().unwrap());
+        config.client_key = key.cloned();
+        block_on(Client::connect(&self.addr.to_string(), &config))
+    }
+
+    /// Sends `request` on a fresh session from `source`.
+    pub fn call_from(&self, source: &str, key: Option<&PrivateKey>, request: Request) -> Response {
+        let mut client = self
+            .client_from(source, key)
+            .unwrap_or_else(|e| panic!("connect from {source}: {e}\n{}", self.log_text()));
+        block_on(client.call(&request)).unwrap()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal("-TERM");
+        self.wait()
+    }
+
+    /// Waits for an exit caused by a signal already sent.
+    pub fn stop_after_signal(mut self) -> ExitStatus {
+        self.wait()
+    }
+
+    /// SIGKILL: no shutdown flush.
+    pub fn kill9(mut self) {
+        self.signal("-KILL");
+        self.wait();
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+thread_local! {
+    // One runtime per test thread: a client's socket belongs to the runtime
+    // that created it, so it must outlive every call on that client.
+    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+}
+
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    RUNTIME.with(|runtime| runtime.block_on(future))
+}
+
+/// A plain TCP connection from `source` (bound before connecting).
+pub fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
+    let source: IpAddr = source.parse().unwrap();
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(server),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
+    socket
+        .connect_timeout(&server.into(), Duration::from_secs(5))
+        .unwrap();
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// What happened to a raw connection that sent `bytes`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server closed (FIN or RST) without answering; `answer` is what it sent first.
+    Closed { answer: Vec<u8> },
+    /// Still open after the wait.
+    Open,
+}
+
+/// Sends `bytes` from `source` and waits up to `wait` for the server to close.
+pub fn send_raw(source: &str, server: SocketAddr, bytes: &[u8], wait: Duration) -> Outcome {
+    let mut stream = connect_from(source, server);
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let _ = stream.write_all(bytes);
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Outcome::Closed { answer },
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Outcome::Open;
+            }
+            Err(_) => return Outcome::Closed { answer },
+        }
+    }
+}
+
+/// True if a connection from `source` is closed by the server before it
+/// reads anything: we send nothing and see the close at once.
+pub fn refused_at_accept(source: &str, server: SocketAddr) -> bool {
+    let mut stream = connect_from(source, server);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+/// Polls `condition` for up to `timeout`.
+pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    condition()
+}
+
+/// Runs the CLI; returns (exit code, stdout, stderr).
+pub fn cli(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(BIN).args(args).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Writes a new key pair under `dir`; returns the key and its file.
+pub fn key_file(dir: &Path, name: &str) -> (PrivateKey, PathBuf) {
+    let key = PrivateKey::generate();
+    let path = dir.join(name);
+    key.write_new(&path).unwrap();
+    (key, path)
+}
+
+/// True when running as root (needed to add addresses to `lo`).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n")
+}
+
+/// Skips a test that needs what this machine lacks: loudly, and never
+/// under CI, where the test must run.
+pub fn skip_or_fail(why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and this test cannot run: {why}");
+    }
+    eprintln!("SKIPPED (not a pass): {why}");
+}

@@ -1,0 +1,786 @@
+//! `penaltybox serve` end to end: the real binary on loopback, clients bound
+//! to 127.0.0.x to act as distinct sources, a real sled database on disk.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use protocol::handshake::Initiator;
+use protocol::initiation::{MAC1_LEN, Mac1Key};
+use protocol::message::{BanInfo, VolumeSpec, VolumeStatus};
+use protocol::{AdminRequest, Cidr, PrivateKey, Request, Response};
+
+const SHORT: Duration = Duration::from_millis(1500);
+
+/// A server whose `admin.key` (returned) may send admin requests.
+fn server_with_admin(dir: &std::path::Path, extra: &str) -> (Server, PrivateKey) {
+    let (admin, _) = key_file(dir, "admin.key");
+    let admins = dir.join("admins");
+    std::fs::write(&admins, format!("{}\n", admin.public_key())).unwrap();
+    let config = format!(
+        "[keys]\nadmin_keys = {:?}\n{extra}",
+        admins.display().to_string()
+    );
+    (
+        ServerSpec::new(&dir.join("data")).config(&config).start(),
+        admin,
+    )
+}
+
+fn bans(server: &Server, admin: &PrivateKey) -> Vec<BanInfo> {
+    let request = Request::Admin(AdminRequest::ListBans {
+        after: None,
+        limit: 256,
+    });
+    match server.call_from("127.0.0.1", Some(admin), request) {
+        Response::Bans { bans, .. } => bans,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn ban_of(server: &Server, admin: &PrivateKey, prefix: &str) -> Option<BanInfo> {
+    let prefix: Cidr = prefix.parse().unwrap();
+    bans(server, admin).into_iter().find(|b| b.prefix == prefix)
+}
+
+fn stats(server: &Server, admin: &PrivateKey) -> protocol::message::ServerStats {
+    match server.call_from(
+        "127.0.0.1",
+        Some(admin),
+        Request::Admin(AdminRequest::Stats),
+    ) {
+        Response::Stats(stats) => stats,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// First messages that are wrong in each way the protocol distinguishes.
+fn bad_first_messages(server: &Server) -> Vec<(&'static str, Vec<u8>)> {
+    let (_, good) = Initiator::start(&server.public_key, None).unwrap();
+    let with = |index: usize, value: u8| {
+        let mut bytes = good.clone();
+        bytes[index] = value;
+        bytes
+    };
+    let (_, wrong_key) = Initiator::start(&PrivateKey::generate().public_key(), None).unwrap();
+    let mut tampered = good.clone();
+    tampered[20] ^= 1;
+    let covered = tampered.len() - MAC1_LEN;
+    let mac = Mac1Key::new(&server.public_key).compute(&tampered[..covered]);
+    tampered[covered..].copy_from_slice(&mac);
+    vec![
+        (
+            "bad-magic",
+            vec![
+                0x16, 0x03, 0x01, 0x00, 0xf4, 0x01, 0x00, 0x00, 0xf0, 0x03, 0x03,
+            ],
+        ),
+        ("bad-magic", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("bad-version", with(4, 9)),
+        ("bad-pattern", with(5, 7)),
+        ("bad-length", with(7, 0x99)),
+        ("bad-mac1", wrong_key),
+        ("handshake-failed", tampered),
+    ]
+}
+
+#[test]
+fn a_valid_client_uses_the_volume_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let mut client = server.client_from("127.0.0.2", None).unwrap();
+    let spec = VolumeSpec {
+        id: "A00001L9".parse().unwrap(),
+        media_type: "LTO-9".parse().unwrap(),
+        location: "Library slot 12".parse().unwrap(),
+        status: VolumeStatus::Active,
+    };
+    let put = block_on(client.call(&Request::PutVolume(spec.clone()))).unwrap();
+    assert!(
+        matches!(&put, Response::Volume(v) if v.spec == spec),
+        "{put:?}"
+    );
+    let moved = block_on(client.call(&Request::MoveVolume {
+        id: spec.id,
+        location: "Vault 3".parse().unwrap(),
+    }))
+    .unwrap();
+    assert!(
+        matches!(&moved, Response::Volume(v) if v.spec.location.as_str() == "Vault 3"),
+        "{moved:?}"
+    );
+    for i in 2..=5 {
+        let mut other = spec.clone();
+        other.id = format!("A0000{i}L9").parse().unwrap();
+        block_on(client.call(&Request::PutVolume(other))).unwrap();
+    }
+    let page = block_on(client.call(&Request::ListVolumes {
+        after: None,
+        limit: 3,
+    }))
+    .unwrap();
+    let Response::Volumes {
+        volumes,
+        next_after,
+    } = page
+    else {
+        panic!("{page:?}")
+    };
+    assert_eq!(volumes.len(), 3);
+    assert_eq!(volumes[0].spec.location.as_str(), "Vault 3");
+    let rest = block_on(client.call(&Request::ListVolumes {
+        after: next_after,
+        limit: 3,
+    }))
+    .unwrap();
+    assert!(
+        matches!(rest, Response::Volumes { ref volumes, next_after: None } if volumes.len() == 2),
+        "{rest:?}"
+    );
+    let missing = block_on(client.call(&Request::GetVolume {
+        id: "NOPE".parse().unwrap(),
+    }))
+    .unwrap();
+    assert!(matches!(
+        missing,
+        Response::Error {
+            code: protocol::message::ErrorCode::NotFound,
+            ..
+        }
+    ));
+    // An anonymous session may not send admin requests, and is not banned for it.
+    let admin = block_on(client.call(&Request::Admin(AdminRequest::Stats))).unwrap();
+    assert!(matches!(
+        admin,
+        Response::Error {
+            code: protocol::message::ErrorCode::Forbidden,
+            ..
+        }
+    ));
+    assert_eq!(
+        block_on(client.call(&Request::Ping { nonce: 5 })).unwrap(),
+        Response::Pong { nonce: 5 }
+    );
+}
+
+#[test]
+fn the_client_cli_against_a_real_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let addr = server.addr.to_string();
+    let key = server.public_key.to_string();
+    let pub_file = server.data_dir.join("server.pub");
+    let base = ["client", "--server", &addr, "--server-key"];
+    let run = |key: &str, rest: &[&str]| {
+        let mut args: Vec<&str> = base.to_vec();
+        args.push(key);
+        args.extend_from_slice(rest);
+        cli(&args)
+    };
+    let (code, out, err) = run(&key, &["ping"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("pong from server in"), "{out}");
+    let (code, _, err) = run(
+        pub_file.to_str().unwrap(),
+        &[
+            "volume",
+            "put",
+            "B1",
+            "--media",
+            "LTO-8",
+            "--location",
+            "rack 1",
+            "--status",
+            "offsite",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = run(&key, &["volume", "move", "B1", "vault"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("B1\tLTO-8\toffsite\tvault\t"), "{out}");
+    let (code, out, _) = run(&key, &["volume", "list", "--all", "--limit", "1"]);
+    assert_eq!((code, out.lines().count()), (0, 1), "{out}");
+    let (code, _, err) = run(&key, &["volume", "get", "NOPE"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "penaltybox: error: server: not found: no volume NOPE"
+    );
+    let (code, _, err) = run(
+        &key,
+        &[
+            "volume",
+            "put",
+            "has space",
+            "--media",
+            "LTO",
+            "--location",
+            "x",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("volume id \"has space\" may only contain"),
+        "{err}"
+    );
+
+    // A wrong server key: one clear line (and that source is now timed out).
+    let wrong = PrivateKey::generate().public_key().to_string();
+    let (code, _, err) = cli(&[
+        "client",
+        "--server",
+        &addr,
+        "--server-key",
+        &wrong,
+        "--bind",
+        "127.0.0.9",
+        "ping",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("not this server's key"), "{err}");
+    // The same source again: refused at accept.
+    let (code, _, err) = cli(&[
+        "client",
+        "--server",
+        &addr,
+        "--server-key",
+        &key,
+        "--bind",
+        "127.0.0.9",
+        "ping",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("closed the connection during the handshake"),
+        "{err}"
+    );
+    drop(server);
+    // Unreachable now.
+    let (code, _, err) = cli(&["client", "--server", &addr, "--server-key", &key, "ping"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with(&format!("penaltybox: error: cannot connect to {addr}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_class_of_bad_first_bytes_is_timed_out_with_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin) = server_with_admin(dir.path(), "");
+    for (i, (cause, bytes)) in bad_first_messages(&server).into_iter().enumerate() {
+        let source = format!("127.0.1.{}", i + 1);
+        let outcome = send_raw(&source, server.addr, &bytes, Duration::from_secs(5));
+        assert!(
+            matches!(outcome, Outcome::Closed { .. }),
+            "{cause}: {outcome:?}"
+        );
+        assert!(
+            eventually(SHORT, || ban_of(&server, &admin, &source).is_some()),
+            "{cause}: {source} not banned\n{}",
+            server.log_text()
+        );
+        let ban = ban_of(&server, &admin, &source).unwrap();
+        assert_eq!(ban.cause.as_str(), cause, "{source}");
+        assert!(!ban.first_bytes.as_slice().is_empty());
+        assert!(
+            refused_at_accept(&source, server.addr),
+            "{cause}: {source} not refused at accept"
+        );
+        // Another source is unaffected.
+        assert_eq!(
+            server.call_from("127.0.2.1", None, Request::Ping { nonce: i as u64 }),
+            Response::Pong { nonce: i as u64 }
+        );
+    }
+    let line = server
+        .wait_log("timed out 127.0.1.1/32 for 15m", SHORT)
+        .expect("ban logged");
+    assert!(
+        line.contains("cause bad-magic") && line.contains("first bytes 16 03 01 00 f4"),
+        "{line}"
+    );
+    let stats = stats(&server, &admin);
+    assert!(stats.connections_refused >= 7, "{stats:?}");
+    assert!(stats.bans_active >= 7, "{stats:?}");
+}
+
+#[test]
+fn a_garbage_frame_after_the_handshake_is_a_session_violation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin) = server_with_admin(dir.path(), "");
+    let (initiator, first) = Initiator::start(&server.public_key, None).unwrap();
+    let mut stream = connect_from("127.0.3.1", server.addr);
+    use std::io::{Read, Write};
+    stream.write_all(&first).unwrap();
+    let mut response = [0u8; protocol::handshake::RESPONSE_LEN];
+    stream.read_exact(&mut response).unwrap();
+    initiator.finish(&response).unwrap();
+    stream.write_all(&[0, 0, 0, 40]).unwrap();
+    stream.write_all(&[0x55; 40]).unwrap();
+    let mut buf = [0u8; 8];
+    assert!(matches!(stream.read(&mut buf), Ok(0) | Err(_)));
+    assert!(eventually(SHORT, || ban_of(&server, &admin, "127.0.3.1")
+        .is_some_and(|b| b.cause.as_str() == "session-violation")));
+}
+
+#[test]
+fn slowloris_is_closed_at_the_deadline_and_timed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin) = server_with_admin(dir.path(), "[timeouts]\nhandshake = \"1s\"\n");
+    let started = std::time::Instant::now();
+    // A valid start of a first message, then nothing.
+    let outcome = send_raw(
+        "127.0.4.1",
+        server.addr,
+        &[0xF0, b'P', b'B'],
+        Duration::from_secs(5),
+    );
+    let elapsed = started.elapsed();
+    assert!(matches!(outcome, Outcome::Closed { .. }), "{outcome:?}");
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "closed after {elapsed:?}"
+    );
+    assert!(eventually(SHORT, || ban_of(&server, &admin, "127.0.4.1")
+        .is_some_and(|b| b.cause.as_str() == "handshake-timeout")));
+    // A connection that sends nothing and closes is not banned (health checks).
+    drop(connect_from("127.0.4.2", server.addr));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(ban_of(&server, &admin, "127.0.4.2").is_none());
+}
+
+#[test]
+fn time_outs_expire_and_escalate_on_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin) = server_with_admin(dir.path(), "[bans]\nnon_protocol = \"1s\"\n");
+    let source = "127.0.5.1";
+    send_raw(source, server.addr, b"GET /", SHORT);
+    assert!(eventually(SHORT, || ban_of(&server, &admin, source).is_some()));
+    let first = ban_of(&server, &admin, source).unwrap();
+    assert_eq!(
+        (first.expires_at_ms - first.banned_at_ms, first.repeat),
+        (1000, 1)
+    );
+    assert!(refused_at_accept(source, server.addr));
+    // Released by itself, and logged.
+    assert!(eventually(Duration::from_secs(3), || !refused_at_accept(
+        source,
+        server.addr
+    )));
+    assert!(
+        server
+            .wait_log(
+                &format!("released {source}/32: time-out over"),
+                Duration::from_secs(2)
+            )
+            .is_some()
+    );
+    assert_eq!(
+        server.call_from(source, None, Request::Ping { nonce: 1 }),
+        Response::Pong { nonce: 1 }
+    );
+    // Offends again within the window: double the previous time-out.
+    send_raw(source, server.addr, b"GET /", SHORT);
+    assert!(eventually(SHORT, || ban_of(&server, &admin, source).is_some()));
+    let second = ban_of(&server, &admin, source).unwrap();
+    assert_eq!(
+        (second.expires_at_ms - second.banned_at_ms, second.repeat),
+        (2000, 2)
+    );
+}
+
+#[test]
+fn allow_listed_sources_are_never_timed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin) = server_with_admin(dir.path(), "[bans]\nallow = [\"127.0.6.0/24\"]\n");
+    send_raw("127.0.6.9", server.addr, b"\x16\x03\x01 hello", SHORT);
+    assert!(server.wait_log("not timing out 127.0.6.9", SHORT).is_some());
+    assert!(ban_of(&server, &admin, "127.0.6.9").is_none());
+    assert_eq!(
+        server.call_from("127.0.6.9", None, Request::Ping { nonce: 2 }),
+        Response::Pong { nonce: 2 }
+    );
+    // An admin cannot ban inside the allow-list either.
+    let refused = server.call_from(
+        "127.0.0.1",
+        Some(&admin),
+        Request::Admin(AdminRequest::AddBan {
+            prefix: "127.0.6.1".parse().unwrap(),
+            duration_secs: None,
+            cause: "test".parse().unwrap(),
+        }),
+    );
+    assert!(
+        matches!(refused, Response::Error { ref message, .. } if message.contains("allow-list")),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn ipv6_sources_are_aggregated_per_64() {
+    if !is_root() {
+        return skip_or_fail("adding IPv6 test addresses to lo needs root");
+    }
+    // Two addresses in one /64 and one in another, on lo; removed after.
+    let addrs = ["fd7a:9b1e:42::1", "fd7a:9b1e:42::2", "fd7a:9b1e:43::1"];
+    struct Cleanup(&'static [&'static str]);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for addr in self.0 {
+                let _ = std::process::Command::new("ip")
+                    .args(["-6", "addr", "del", &format!("{addr}/128"), "dev", "lo"])
+                    .status();
+            }
+        }
+    }
+    let _cleanup = Cleanup(&["fd7a:9b1e:42::1", "fd7a:9b1e:42::2", "fd7a:9b1e:43::1"]);
+    for addr in addrs {
+        let ok = std::process::Command::new("ip")
+            .args([
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot add {addr} to lo");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = ServerSpec::new(&data).listen("[::]:0").start();
+    let target: std::net::SocketAddr = format!("[::1]:{}", server.addr.port()).parse().unwrap();
+    send_raw(addrs[0], target, b"SSH-2.0-scanner\r\n", SHORT);
+    assert!(
+        server
+            .wait_log("timed out fd7a:9b1e:42::/64", SHORT)
+            .is_some(),
+        "{}",
+        server.log_text()
+    );
+    assert!(
+        refused_at_accept(addrs[1], target),
+        "same /64 must be refused"
+    );
+    assert!(
+        !refused_at_accept(addrs[2], target),
+        "another /64 must not be"
+    );
+}
+
+#[test]
+fn a_full_table_evicts_the_entry_closest_to_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin) = server_with_admin(dir.path(), "[bans]\nmax_entries = 2\n");
+    for (i, source) in ["127.0.7.1", "127.0.7.2", "127.0.7.3"].iter().enumerate() {
+        send_raw(source, server.addr, b"GET /", SHORT);
+        assert!(
+            eventually(SHORT, || bans(&server, &admin).len() == (i + 1).min(2)),
+            "{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.wait_log("evicted 127.0.7.1/32", SHORT).is_some());
+    assert!(!refused_at_accept("127.0.7.1", server.addr));
+    assert!(refused_at_accept("127.0.7.2", server.addr));
+    assert!(refused_at_accept("127.0.7.3", server.addr));
+}
+
+#[test]
+fn bans_survive_a_clean_restart_and_kill_9_and_expire_during_downtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = "[bans]\nhandshake_failure = \"2s\"\n";
+    let server = ServerSpec::new(&data).config(config).start();
+    send_raw("127.0.8.1", server.addr, b"\x16\x03\x01", SHORT); // 15 min
+    let (_, wrong) = Initiator::start(&PrivateKey::generate().public_key(), None).unwrap();
+    send_raw("127.0.8.2", server.addr, &wrong, SHORT); // bad mac1: 2 s
+    assert!(server.wait_log("timed out 127.0.8.2/32", SHORT).is_some());
+    assert!(server.stop().success());
+
+    let server = ServerSpec::new(&data).config(config).start();
+    assert!(
+        server.log_text().contains("2 bans restored"),
+        "{}",
+        server.log_text()
+    );
+    assert!(refused_at_accept("127.0.8.1", server.addr));
+    // kill -9 after the group-commit flush (100 ms): the new ban is durable.
+    send_raw("127.0.8.3", server.addr, b"\x16\x03\x01", SHORT);
+    assert!(server.wait_log("timed out 127.0.8.3/32", SHORT).is_some());
+    std::thread::sleep(Duration::from_millis(600));
+    server.kill9();
+    std::thread::sleep(Duration::from_millis(1500)); // 127.0.8.2's 2 s run out while down
+
+    let server = ServerSpec::new(&data).config(config).start();
+    let log = server.log_text();
+    assert!(
+        log.contains("2 bans restored, 1 expired ones discarded"),
+        "{log}"
+    );
+    assert!(refused_at_accept("127.0.8.1", server.addr));
+    assert!(refused_at_accept("127.0.8.3", server.addr));
+    assert!(!refused_at_accept("127.0.8.2", server.addr));
+}
+
+#[test]
+fn admin_cli_online_and_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = server_with_admin(dir.path(), "");
+    let admin_key = dir.path().join("admin.key");
+    let addr = server.addr.to_string();
+    let pub_file = server.data_dir.join("server.pub").display().to_string();
+    let online = |args: &[&str]| {
+        let mut all = vec![
+            "bans",
+            "--server",
+            &addr,
+            "--server-key",
+            &pub_file,
+            "--key",
+            admin_key.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        cli(&all)
+    };
+    let (code, out, err) = online(&[
+        "add",
+        "192.0.2.0/24",
+        "--for",
+        "2h",
+        "--cause",
+        "abuse report",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("192.0.2.0/24"), "{out}");
+    let (code, out, _) = online(&["list", "--json"]);
+    assert_eq!(code, 0);
+    let ban: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(ban["prefix"], "192.0.2.0/24");
+    assert_eq!(ban["cause"], "abuse report");
+    assert_eq!(ban["repeat"], 1);
+    let remaining = ban["remaining_s"].as_u64().unwrap();
+    assert!((7190..=7200).contains(&remaining), "{remaining}");
+    assert!(ban["expires_at"].as_str().unwrap().ends_with('Z'));
+    // A non-admin key is told so.
+    let (_, stranger) = key_file(dir.path(), "stranger.key");
+    let (code, _, err) = cli(&[
+        "bans",
+        "--server",
+        &addr,
+        "--server-key",
+        &pub_file,
+        "--key",
+        stranger.to_str().unwrap(),
+        "list",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not an admin key"), "{err}");
+    // Offline while the server runs: the database is locked, and we say so.
+    let data = server.data_dir.display().to_string();
+    let (code, _, err) = cli(&["bans", "list", "--data-dir", &data]);
+    assert_eq!(code, 1);
+    assert!(err.contains("in use by another process"), "{err}");
+
+    let (code, out, _) = online(&["remove", "192.0.2.0/24"]);
+    assert_eq!((code, out.trim()), (0, "released 192.0.2.0/24"));
+    let (code, _, err) = online(&["remove", "192.0.2.0/24"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not timed out"), "{err}");
+    assert!(server.stop().success());
+
+    // Offline, the server stopped.
+    let (code, _, err) = cli(&["bans", "add", "198.51.100.7", "--data-dir", &data]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = cli(&["bans", "list", "--data-dir", &data]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("198.51.100.7/32") && out.contains("admin"),
+        "{out}"
+    );
+    let (code, out, _) = cli(&["bans", "remove", "198.51.100.7", "--data-dir", &data]);
+    assert_eq!((code, out.trim()), (0, "released 198.51.100.7/32"));
+    let (code, out, _) = cli(&["bans", "list", "--data-dir", &data]);
+    assert_eq!((code, out.as_str()), (0, ""));
+    let (code, _, err) = cli(&[
+        "bans",
+        "list",
+        "--data-dir",
+        &dir.path().join("nothing").display().to_string(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no penaltybox database here"), "{err}");
+}
+
+#[test]
+fn config_precedence_is_file_then_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "data_dir = \"/from/file\"\nlisten = [\"127.0.0.1:7001\"]\n[bans]\nnon_protocol = \"3m\"\nhandshake_failure = \"2m\"\n").unwrap();
+    let output = std::process::Command::new(BIN)
+        .args(["config", "print", "--config"])
+        .arg(&file)
+        .args(["--listen", "127.0.0.1:7003"])
+        .env("PENALTYBOX_BANS__NON_PROTOCOL", "4m")
+        .env("PENALTYBOX_DATA_DIR", "/from/env")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: toml::Value = toml::from_str(&String::from_utf8_lossy(&output.stdout)).unwrap();
+    assert_eq!(
+        printed["listen"][0].as_str(),
+        Some("127.0.0.1:7003"),
+        "flag beats file"
+    );
+    assert_eq!(
+        printed["data_dir"].as_str(),
+        Some("/from/env"),
+        "env beats file"
+    );
+    assert_eq!(
+        printed["bans"]["non_protocol"].as_str(),
+        Some("4m"),
+        "env beats file"
+    );
+    assert_eq!(
+        printed["bans"]["handshake_failure"].as_str(),
+        Some("2m"),
+        "file beats default"
+    );
+    assert_eq!(
+        printed["bans"]["session_violation"].as_str(),
+        Some("15m"),
+        "default"
+    );
+    assert_eq!(
+        printed["timeouts"]["handshake"].as_str(),
+        Some("5s"),
+        "default"
+    );
+}
+
+#[test]
+fn every_bad_config_is_one_clear_error_naming_the_key_or_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str)] = &[
+        ("bogus = 1\n", "unknown field `bogus`"),
+        ("[bans]\nfoo = 1\n", "unknown field `foo`"),
+        (
+            "[bans]\nnon_protocol = \"5 fortnights\"\n",
+            "bans.non_protocol",
+        ),
+        ("[bans]\nallow = [\"10.0.0.0/40\"]\n", "bans.allow[0]"),
+        ("[bans]\nallow = [\"not-an-ip\"]\n", "bans.allow[0]"),
+        ("[bans]\nipv6_prefix = 0\n", "bans.ipv6_prefix"),
+        ("listen = [\"localhost\"]\n", "listen"),
+        ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+        ("this is not toml", "c.toml"),
+    ];
+    for (toml, expected) in cases {
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, toml).unwrap();
+        let (code, _, err) = cli(&["config", "print", "--config", file.to_str().unwrap()]);
+        assert_eq!(code, 1, "{toml}");
+        assert_eq!(err.lines().count(), 1, "{toml}: {err}");
+        assert!(
+            err.starts_with("penaltybox: error: ") && err.contains(expected),
+            "{toml}: {err}"
+        );
+    }
+    let (code, _, err) = cli(&["config", "print", "--config", "/nonexistent/c.toml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/c.toml"), "{err}");
+    // Key files are checked by serve itself.
+    let data = dir.path().join("data");
+    for (toml, expected) in [
+        (
+            "[keys]\nserver_key = \"/nonexistent/server.key\"\n",
+            "keys.server_key: /nonexistent/server.key does not exist",
+        ),
+        (
+            "[keys]\nauthorized_keys = \"/nonexistent/authorized\"\n",
+            "keys.authorized_keys: /nonexistent/authorized",
+        ),
+    ] {
+        let file = dir.path().join("k.toml");
+        std::fs::write(&file, toml).unwrap();
+        let (code, _, err) = cli(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 1, "{toml}");
+        assert!(err.contains(expected), "{toml}: {err}");
+    }
+    let garbage = dir.path().join("garbage.key");
+    std::fs::write(&garbage, "not a key\n").unwrap();
+    let file = dir.path().join("g.toml");
+    std::fs::write(
+        &file,
+        format!("[keys]\nserver_key = {:?}\n", garbage.display().to_string()),
+    )
+    .unwrap();
+    let (code, _, err) = cli(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("garbage.key") && err.contains("not a key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_with_no_arguments_generates_its_key_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(data.join("server.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        server
+            .log_text()
+            .contains(&format!("--server-key {} ping", server.public_key))
+    );
+    assert!(server.log_text().contains(&server.public_key.fingerprint()));
+    assert_eq!(
+        server.call_from("127.0.0.2", None, Request::Ping { nonce: 9 }),
+        Response::Pong { nonce: 9 }
+    );
+    server.signal("-INT");
+    assert!(
+        server
+            .wait_log("SIGINT: stopping", Duration::from_secs(5))
+            .is_some()
+    );
+    assert!(server.stop_after_signal().success());
+    // Same key on the next start.
+    let again = Server::start(&data);
+    assert!(again.log_text().contains("0 bans restored"));
+}
