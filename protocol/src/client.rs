@@ -147,7 +147,11 @@ impl Client {
                 addr,
                 after: config.connect_timeout,
             })?
-            .map_err(|source| ClientError::Connect { addr, source })?;
+            .map_err(|source| match source.kind() {
+                // Accepted, then reset at once: what a timed-out source sees.
+                ErrorKind::ConnectionReset => ClientError::ClosedDuringHandshake { addr },
+                _ => ClientError::Connect { addr, source },
+            })?;
         stream.set_nodelay(true).ok();
 
         let (transport, role) = timeout(

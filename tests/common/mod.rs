@@ -225,24 +225,29 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     RUNTIME.with(|runtime| runtime.block_on(future))
 }
 
-/// A plain TCP connection from `source` (bound before connecting).
-pub fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
+/// A plain TCP connection from `source` (bound before connecting). A server
+/// that refuses at accept may reset it before connect() even returns.
+pub fn try_connect_from(source: &str, server: SocketAddr) -> std::io::Result<TcpStream> {
     let source: IpAddr = source.parse().unwrap();
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(server),
         socket2::Type::STREAM,
         None,
-    )
-    .unwrap();
-    socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
-    socket
-        .connect_timeout(&server.into(), Duration::from_secs(5))
-        .unwrap();
+    )?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&server.into(), Duration::from_secs(5))?;
     let stream: TcpStream = socket.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(stream)
+}
+
+pub fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
+    try_connect_from(source, server)
+        .unwrap_or_else(|e| panic!("connect from {source} to {server}: {e}"))
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::ConnectionReset
 }
 
 /// What happened to a raw connection that sent `bytes`.
@@ -256,7 +261,11 @@ pub enum Outcome {
 
 /// Sends `bytes` from `source` and waits up to `wait` for the server to close.
 pub fn send_raw(source: &str, server: SocketAddr, bytes: &[u8], wait: Duration) -> Outcome {
-    let mut stream = connect_from(source, server);
+    let mut stream = match try_connect_from(source, server) {
+        Ok(stream) => stream,
+        Err(e) if is_reset(&e) => return Outcome::Closed { answer: Vec::new() },
+        Err(e) => panic!("connect from {source} to {server}: {e}"),
+    };
     stream.set_read_timeout(Some(wait)).unwrap();
     let _ = stream.write_all(bytes);
     let mut answer = Vec::new();
@@ -281,14 +290,18 @@ pub fn send_raw(source: &str, server: SocketAddr, bytes: &[u8], wait: Duration) 
 /// True if a connection from `source` is closed by the server before it
 /// reads anything: we send nothing and see the close at once.
 pub fn refused_at_accept(source: &str, server: SocketAddr) -> bool {
-    let mut stream = connect_from(source, server);
+    let mut stream = match try_connect_from(source, server) {
+        Ok(stream) => stream,
+        Err(e) if is_reset(&e) => return true,
+        Err(e) => panic!("connect from {source} to {server}: {e}"),
+    };
     stream
         .set_read_timeout(Some(Duration::from_secs(3)))
         .unwrap();
     let mut buf = [0u8; 16];
     match stream.read(&mut buf) {
         Ok(0) => true,
-        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Err(e) => is_reset(&e),
         Ok(_) => false,
     }
 }
