@@ -1,0 +1,373 @@
+//! The server's cost under a scanner flood, each figure beside its baseline
+//! measured in the same run, printed as a table (docs/BENCHMARKS.md).
+//!
+//! Run: `cargo bench -p penaltybox --bench server` (add `-- --quick` for a
+//! smaller run). Everything is on loopback; the load generator shares the
+//! machine's cores with the server, as it would on a 2-core box.
+
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use actors::policy::BanPolicy;
+use actors::{RunningServer, ServerConfig};
+use protocol::message::{BanInfo, Cause, FirstBytes};
+use protocol::{AccessPolicy, Cidr, Client, ClientConfig, PrivateKey, PublicKey, Request};
+use storage::{Store, StoreOptions};
+
+struct Options {
+    flood: Duration,
+    samples: usize,
+    restore_entries: usize,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let options = if quick {
+        Options {
+            flood: Duration::from_secs(1),
+            samples: 100,
+            restore_entries: 100_000,
+        }
+    } else {
+        Options {
+            flood: Duration::from_secs(3),
+            samples: 400,
+            restore_entries: 1_000_000,
+        }
+    };
+    let mut rows: Vec<(String, String)> = Vec::new();
+    flood_and_latency(&options, &mut rows);
+    restore(&options, &mut rows);
+    println!("\n{:<58} {}", "measure", "value");
+    println!("{}", "-".repeat(100));
+    for (name, value) in rows {
+        println!("{name:<58} {value}");
+    }
+}
+
+/// Starts the real server (actors) in its own actix System thread.
+fn start_server(
+    dir: &std::path::Path,
+) -> (SocketAddr, PublicKey, Arc<actors::server::ServerContext>) {
+    let key = PrivateKey::generate();
+    let public = key.public_key();
+    let store = Store::open(&dir.join("db"), &StoreOptions::default()).unwrap();
+    let config = ServerConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        server_key: key,
+        access: AccessPolicy::default(),
+        policy: BanPolicy::default(),
+        limits: Default::default(),
+        handshake_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(60),
+        workers: 1,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let running: RunningServer = actors::start(config, store).unwrap();
+            tx.send((running.local_addrs[0], running.context.clone()))
+                .unwrap();
+            std::future::pending::<()>().await;
+        })
+    });
+    let (addr, context) = rx.recv().unwrap();
+    (addr, public, context)
+}
+
+/// A bare tokio accept loop that resets every connection: the floor.
+fn start_bare_rst_loop() -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            loop {
+                if let Ok((stream, _)) = listener.accept().await {
+                    let _ = stream.set_zero_linger();
+                }
+            }
+        })
+    });
+    rx.recv().unwrap()
+}
+
+/// Connects from `sources` in a loop on `threads` threads for `duration`;
+/// each connection waits for the server's close. Returns connections/s.
+fn flood(
+    target: SocketAddr,
+    sources: &[IpAddr],
+    threads: usize,
+    duration: Duration,
+    stop: Option<Arc<AtomicBool>>,
+) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + duration;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let done = done.clone();
+            let sources = sources.to_vec();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut i = t;
+                while Instant::now() < deadline
+                    && !stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed))
+                {
+                    let source = sources[i % sources.len()];
+                    i += threads;
+                    let socket =
+                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                            .unwrap();
+                    socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
+                    if socket.connect(&target.into()).is_ok() {
+                        let mut stream: TcpStream = socket.into();
+                        let _ = stream.read(&mut [0u8; 1]);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Connect + Noise NK handshake + one ping, `n` times in a row.
+fn handshake_latencies(addr: SocketAddr, key: PublicKey, n: usize) -> Vec<Duration> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut config = ClientConfig::new(key);
+    config.bind = Some("127.0.10.1".parse().unwrap());
+    let mut samples: Vec<Duration> = (0..n)
+        .map(|i| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                let mut client = Client::connect_addr(addr, &config).await.unwrap();
+                client
+                    .call(&Request::Ping { nonce: i as u64 })
+                    .await
+                    .unwrap();
+                started.elapsed()
+            })
+        })
+        .collect();
+    samples.sort();
+    samples
+}
+
+fn flood_and_latency(options: &Options, rows: &mut Vec<(String, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, key, context) = start_server(dir.path());
+    let flooders: Vec<IpAddr> = (1..=16)
+        .map(|i| format!("127.0.9.{i}").parse().unwrap())
+        .collect();
+    // Time-to-ban: bad first bytes from a fresh source until the view has it.
+    let mut to_ban: Vec<Duration> = (0..options.samples)
+        .map(|i| {
+            let source = format!("127.3.{}.{}", i / 250, i % 250 + 1);
+            let ip: IpAddr = source.parse().unwrap();
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.bind(&SocketAddr::new(ip, 0).into()).unwrap();
+            socket.connect(&addr.into()).unwrap();
+            let mut stream: TcpStream = socket.into();
+            let started = Instant::now();
+            std::io::Write::write_all(&mut stream, b"\x16\x03\x01\x00\xf4").unwrap();
+            // Yield rather than spin: on 2 cores a spinning poller would
+            // take the core the server needs.
+            while !context.view.is_banned(ip, actors::now_ms()) {
+                std::thread::yield_now();
+            }
+            started.elapsed()
+        })
+        .collect();
+    to_ban.sort();
+    rows.push((
+        "time to ban: bad first bytes -> entry live (p50 / p99)".into(),
+        format!(
+            "{} / {}",
+            ms(percentile(&to_ban, 0.5)),
+            ms(percentile(&to_ban, 0.99))
+        ),
+    ));
+
+    // Ban the flooders, as a scanner's later connections would be.
+    for source in &flooders {
+        let ban = BanInfo {
+            prefix: Cidr::host(*source),
+            cause: Cause::new("bench").unwrap(),
+            first_bytes: FirstBytes::default(),
+            banned_at_ms: actors::now_ms(),
+            expires_at_ms: actors::now_ms() + 3_600_000,
+            repeat: 1,
+        };
+        let registry = context.registry.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(registry.send(actors::registry::AdminBan {
+                prefix: ban.prefix,
+                duration: Some(Duration::from_secs(3600)),
+                cause: ban.cause,
+            }))
+            .unwrap()
+            .unwrap();
+    }
+    let bare = start_bare_rst_loop();
+    let bare_rate = flood(bare, &flooders, 2, options.flood, None);
+    let accepted_before = context.stats.connections_refused.load(Ordering::Relaxed);
+    let ours = flood(addr, &flooders, 2, options.flood, None);
+    let refused = context.stats.connections_refused.load(Ordering::Relaxed) - accepted_before;
+    rows.push((
+        "bare tokio accept+RST loop (connections/s)".into(),
+        format!("{bare_rate:.0}"),
+    ));
+    rows.push((
+        "penaltybox, banned sources (rejections/s)".into(),
+        format!(
+            "{ours:.0}  ({:.0} % of bare; {refused} refused at accept)",
+            100.0 * ours / bare_rate
+        ),
+    ));
+
+    let idle = handshake_latencies(addr, key, options.samples);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood_stop = stop.clone();
+    let flooders_bg = flooders.clone();
+    let background = std::thread::spawn(move || {
+        flood(
+            addr,
+            &flooders_bg,
+            1,
+            Duration::from_secs(600),
+            Some(flood_stop),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let loaded = handshake_latencies(addr, key, options.samples);
+    stop.store(true, Ordering::Relaxed);
+    let background_rate = background.join().unwrap();
+    rows.push((
+        "legit connect+handshake+ping, idle (p50 / p99)".into(),
+        format!(
+            "{} / {}",
+            ms(percentile(&idle, 0.5)),
+            ms(percentile(&idle, 0.99))
+        ),
+    ));
+    rows.push((
+        format!("  same during a banned flood of {background_rate:.0}/s (p50 / p99)"),
+        format!(
+            "{} / {}  (p99 {:.2}x idle)",
+            ms(percentile(&loaded, 0.5)),
+            ms(percentile(&loaded, 0.99)),
+            percentile(&loaded, 0.99).as_secs_f64() / percentile(&idle, 0.99).as_secs_f64()
+        ),
+    ));
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+fn restore(options: &Options, rows: &mut Vec<(String, String)>) {
+    let n = options.restore_entries;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    {
+        let store = Store::open(&db, &StoreOptions::default()).unwrap();
+        let now = actors::now_ms();
+        for i in 0..n as u32 {
+            let addr = IpAddr::from((0x0b00_0000u32 + i).to_be_bytes());
+            store
+                .bans()
+                .put(&BanInfo {
+                    prefix: Cidr::host(addr),
+                    cause: Cause::new("bad-magic").unwrap(),
+                    first_bytes: FirstBytes::truncated(b"\x16\x03\x01\x00\xf4\x01\x00\x00"),
+                    banned_at_ms: now,
+                    expires_at_ms: now + 3_600_000,
+                    repeat: 1,
+                })
+                .unwrap();
+        }
+        store.flush().unwrap();
+    }
+    // Bare: open sled and scan the same tree, nothing else.
+    let started = Instant::now();
+    {
+        let sled = sled::Config::new()
+            .path(&db)
+            .cache_capacity(64 << 20)
+            .open()
+            .unwrap();
+        let tree = sled.open_tree("bans").unwrap();
+        let mut count = 0usize;
+        for entry in tree.iter() {
+            let (key, value) = entry.unwrap();
+            count += key.len().min(1) + value.len().min(1) - 1;
+        }
+        assert_eq!(count, n);
+    }
+    let bare = started.elapsed();
+
+    let rss_before = rss_bytes();
+    let started = Instant::now();
+    let store = Store::open(&db, &StoreOptions::default()).unwrap();
+    let view = Arc::new(actors::view::BanView::default());
+    let (_registry, report) = actors::registry::BanRegistry::restore(
+        BanPolicy::default(),
+        store.clone(),
+        view.clone(),
+        Default::default(),
+    )
+    .unwrap();
+    let ours = started.elapsed();
+    let rss_after = rss_bytes();
+    assert_eq!(report.restored, n);
+    rows.push((
+        format!("bare sled open + full scan of {n} bans"),
+        format!("{:.0} ms", bare.as_secs_f64() * 1e3),
+    ));
+    rows.push((
+        format!("penaltybox restore of {n} bans (open, load, view)"),
+        format!(
+            "{:.0} ms  ({:.2}x bare)",
+            ours.as_secs_f64() * 1e3,
+            ours.as_secs_f64() / bare.as_secs_f64()
+        ),
+    ));
+    let grown = rss_after.saturating_sub(rss_before);
+    rows.push((
+        format!("RSS growth restoring {n} bans (incl. sled cache)"),
+        format!(
+            "{:.0} MiB  ({:.0} bytes/ban)",
+            grown as f64 / (1 << 20) as f64,
+            grown as f64 / n as f64
+        ),
+    ));
+}
