@@ -41,7 +41,7 @@ fn main() {
     let mut rows: Vec<(String, String)> = Vec::new();
     flood_and_latency(&options, &mut rows);
     restore(&options, &mut rows);
-    println!("\n{:<58} {}", "measure", "value");
+    println!("\n{:<58} value", "measure");
     println!("{}", "-".repeat(100));
     for (name, value) in rows {
         println!("{name:<58} {value}");
