@@ -9,14 +9,16 @@
 //!   then requests; any protocol violation becomes a `Ban` for the registry;
 //! - [`registry::BanRegistry`]: the only writer of the time-out table. It
 //!   applies the [`policy`], keeps the [`view::BanView`] the acceptors read
-//!   without a round trip, persists through `storage`, and releases expired
-//!   time-outs.
+//!   without a round trip, persists through `storage`, mirrors bans into the
+//!   kernel tier when there is one ([`kernel::KernelSync`]), and releases
+//!   expired time-outs.
 //!
 //! [`service`] answers requests; [`limits`] and [`stats`] are shared
 //! counters. No CLI parsing here: the `penaltybox` binary builds a
 //! [`ServerConfig`] and calls [`server::start`].
 
 pub mod acceptor;
+pub mod kernel;
 pub mod limits;
 pub mod policy;
 pub mod registry;

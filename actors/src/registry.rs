@@ -19,6 +19,7 @@ use protocol::Cidr;
 use protocol::message::{BanInfo, Cause, FirstBytes};
 use storage::Store;
 
+use crate::kernel::KernelSync;
 use crate::now_ms;
 use crate::policy::{BanCause, BanPolicy};
 use crate::stats::{Stats, bump};
@@ -37,6 +38,7 @@ pub struct BanRegistry {
     store: Store,
     stats: Arc<Stats>,
     by_expiry: BTreeSet<(u64, Cidr)>,
+    kernel: Option<Box<dyn KernelSync>>,
 }
 
 /// What boot restored.
@@ -44,6 +46,17 @@ pub struct BanRegistry {
 pub struct BootReport {
     pub restored: usize,
     pub discarded: usize,
+    pub elapsed: Duration,
+    /// With a kernel table: entries replayed into it, stale ones removed,
+    /// failures, and the time it took.
+    pub kernel: Option<KernelReplay>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelReplay {
+    pub replayed: usize,
+    pub removed_stale: usize,
+    pub failed: usize,
     pub elapsed: Duration,
 }
 
@@ -92,6 +105,7 @@ impl BanRegistry {
         store: Store,
         view: Arc<BanView>,
         stats: Arc<Stats>,
+        kernel: Option<Box<dyn KernelSync>>,
     ) -> Result<(Self, BootReport), storage::StorageError> {
         let started = Instant::now();
         let loaded = store.bans().load_live(now_ms())?;
@@ -100,19 +114,80 @@ impl BanRegistry {
             view.insert(*prefix, *expires);
             by_expiry.insert((*expires, *prefix));
         }
-        let report = BootReport {
-            restored: loaded.live.len(),
-            discarded: loaded.discarded,
-            elapsed: started.elapsed(),
-        };
-        let registry = BanRegistry {
+        let elapsed = started.elapsed();
+        let mut registry = BanRegistry {
             policy,
             view,
             store,
             stats,
             by_expiry,
+            kernel,
+        };
+        let kernel = registry.replay_into_kernel(&loaded.live);
+        let report = BootReport {
+            restored: loaded.live.len(),
+            discarded: loaded.discarded,
+            elapsed,
+            kernel,
         };
         Ok((registry, report))
+    }
+
+    /// Makes the kernel table hold exactly the live bans: entries it has
+    /// that storage no longer holds are removed, every live ban is written
+    /// (in place: no clearing first, so no source is let through meanwhile).
+    fn replay_into_kernel(&mut self, live: &[(Cidr, u64)]) -> Option<KernelReplay> {
+        let kernel = self.kernel.as_mut()?;
+        let started = Instant::now();
+        let mut report = KernelReplay::default();
+        let wanted: std::collections::HashSet<Cidr> = live.iter().map(|(prefix, _)| *prefix).collect();
+        match kernel.prefixes() {
+            Ok(present) => {
+                for prefix in present.iter().filter(|p| !wanted.contains(p)) {
+                    match kernel.remove(prefix) {
+                        Ok(()) => report.removed_stale += 1,
+                        Err(error) => {
+                            report.failed += 1;
+                            log::warn!("kernel table: cannot remove stale {prefix}: {error}");
+                        }
+                    }
+                }
+            }
+            Err(error) => log::warn!("kernel table: cannot list entries: {error}"),
+        }
+        let now = now_ms();
+        for (prefix, expires) in live {
+            match kernel.insert(prefix, *expires, now) {
+                Ok(()) => report.replayed += 1,
+                Err(error) => {
+                    if report.failed == 0 {
+                        log::warn!("kernel table: cannot replay {prefix}: {error} (further failures counted)");
+                    }
+                    report.failed += 1;
+                }
+            }
+        }
+        self.stats.kernel_errors.fetch_add(report.failed as u64, std::sync::atomic::Ordering::Relaxed);
+        report.elapsed = started.elapsed();
+        Some(report)
+    }
+
+    fn kernel_insert(&mut self, prefix: &Cidr, expires_ms: u64) {
+        if let Some(kernel) = self.kernel.as_mut()
+            && let Err(error) = kernel.insert(prefix, expires_ms, now_ms())
+        {
+            bump(&self.stats.kernel_errors);
+            log::warn!("kernel table: cannot add {prefix} (the userspace time-out stands): {error}");
+        }
+    }
+
+    fn kernel_remove(&mut self, prefix: &Cidr) {
+        if let Some(kernel) = self.kernel.as_mut()
+            && let Err(error) = kernel.remove(prefix)
+        {
+            bump(&self.stats.kernel_errors);
+            log::warn!("kernel table: cannot remove {prefix}: {error}");
+        }
     }
 
     pub fn view(&self) -> Arc<BanView> {
@@ -129,6 +204,7 @@ impl BanRegistry {
         }
         self.view.insert(ban.prefix, ban.expires_at_ms);
         self.by_expiry.insert((ban.expires_at_ms, ban.prefix));
+        self.kernel_insert(&ban.prefix, ban.expires_at_ms);
         if let Err(error) = self.store.bans().put(ban) {
             log::error!(
                 "could not persist the ban of {} (kept in memory): {error}",
@@ -141,6 +217,7 @@ impl BanRegistry {
     fn evict_one(&mut self) {
         if let Some((expires, prefix)) = self.by_expiry.pop_first() {
             self.view.remove(&prefix);
+            self.kernel_remove(&prefix);
             bump(&self.stats.bans_evicted);
             log::warn!(
                 "time-out table full ({} entries): evicted {prefix}, {} before its expiry",
@@ -157,6 +234,7 @@ impl BanRegistry {
         match self.view.remove(prefix) {
             Some(expires) => {
                 self.by_expiry.remove(&(expires, *prefix));
+                self.kernel_remove(prefix);
                 true
             }
             None => false,
@@ -171,6 +249,7 @@ impl BanRegistry {
             }
             self.by_expiry.pop_first();
             self.view.remove(&prefix);
+            self.kernel_remove(&prefix);
             log::info!("released {prefix}: time-out over");
             if let Err(error) = self.store.bans().remove(&prefix) {
                 log::error!("could not persist the expiry of {prefix}: {error}");

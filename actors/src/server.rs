@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Worker threads (arbiters) running sessions.
     pub workers: usize,
+    /// The kernel tier's table, when there is one.
+    pub kernel: Option<Box<dyn crate::kernel::KernelSync>>,
 }
 
 /// What every session shares.
@@ -78,7 +80,7 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
     let view = Arc::new(BanView::default());
     let stats = Arc::new(Stats::default());
     let (registry, boot) =
-        BanRegistry::restore(config.policy, store.clone(), view.clone(), stats.clone())?;
+        BanRegistry::restore(config.policy, store.clone(), view.clone(), stats.clone(), config.kernel)?;
     let registry = registry.start();
 
     let context = Arc::new(ServerContext {

@@ -17,6 +17,8 @@ pub struct Stats {
     pub handshakes_completed: AtomicU64,
     pub bans_total: AtomicU64,
     pub bans_evicted: AtomicU64,
+    /// Kernel-table updates that failed (the userspace ban stands).
+    pub kernel_errors: AtomicU64,
 }
 
 impl Default for Stats {
@@ -30,6 +32,7 @@ impl Default for Stats {
             handshakes_completed: AtomicU64::new(0),
             bans_total: AtomicU64::new(0),
             bans_evicted: AtomicU64::new(0),
+            kernel_errors: AtomicU64::new(0),
         }
     }
 }
@@ -50,6 +53,7 @@ impl Stats {
             bans_active: bans_active as u64,
             bans_total: get(&self.bans_total),
             storage_errors,
+            kernel_errors: get(&self.kernel_errors),
         }
     }
 }

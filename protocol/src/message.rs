@@ -197,6 +197,8 @@ pub struct ServerStats {
     pub bans_active: u64,
     pub bans_total: u64,
     pub storage_errors: u64,
+    /// Kernel-tier table updates that failed.
+    pub kernel_errors: u64,
 }
 
 impl VolumeSpec {

@@ -132,7 +132,7 @@ fn response() -> impl Strategy<Value = Response> {
         ban().prop_map(Response::BanAdded),
         (cidr(), any::<bool>())
             .prop_map(|(prefix, existed)| Response::BanRemoved { prefix, existed }),
-        any::<[u64; 8]>().prop_map(|v| Response::Stats(ServerStats {
+        any::<[u64; 9]>().prop_map(|v| Response::Stats(ServerStats {
             uptime_secs: v[0],
             connections_accepted: v[1],
             connections_refused: v[2],
@@ -141,6 +141,7 @@ fn response() -> impl Strategy<Value = Response> {
             bans_active: v[5],
             bans_total: v[6],
             storage_errors: v[7],
+            kernel_errors: v[8],
         })),
         (
             proptest::sample::select(vec![

@@ -64,6 +64,7 @@ fn start_server(
         handshake_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(60),
         workers: 1,
+        kernel: None,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -344,6 +345,7 @@ fn restore(options: &Options, rows: &mut Vec<(String, String)>) {
         store.clone(),
         view.clone(),
         Default::default(),
+        None,
     )
     .unwrap();
     let ours = started.elapsed();

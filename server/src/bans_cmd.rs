@@ -67,6 +67,8 @@ enum BansCommand {
     },
     /// Release an address or prefix (and forget its escalation history).
     Remove { prefix: Cidr },
+    /// The server's counters as JSON (online only).
+    Stats,
 }
 
 enum Backend {
@@ -97,6 +99,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 println!("{}", ban_line(&ban, actors::now_ms()));
                 Ok(ExitCode::SUCCESS)
             }
+            BansCommand::Stats => {
+                let Backend::Online(client) = &mut backend else {
+                    bail!("stats needs a running server: --server HOST:PORT --server-key KEY --key ADMIN.key");
+                };
+                match client.call(&Request::Admin(AdminRequest::Stats)).await? {
+                    Response::Stats(stats) => {
+                        println!("{}", crate::display::stats_json(&stats));
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    other => Err(server_error(other)),
+                }
+            }
             BansCommand::Remove { prefix } => match backend.remove(prefix).await? {
                 Some(removed) => {
                     println!("released {removed}");
@@ -126,8 +140,8 @@ async fn connect(args: &Args) -> anyhow::Result<Backend> {
     let settings = settings::load(
         args.config.as_deref(),
         &FlagOverrides {
-            listen: Vec::new(),
             data_dir: args.data_dir.clone(),
+            ..FlagOverrides::default()
         },
     )?;
     let dir = settings.database_dir();

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use protocol::message::BanInfo;
+use protocol::message::{BanInfo, ServerStats};
 
 /// Unix milliseconds as RFC 3339 UTC, to the second.
 pub fn rfc3339_ms(ms: u64) -> String {
@@ -19,6 +19,20 @@ pub fn ban_json(ban: &BanInfo, now_ms: u64) -> serde_json::Value {
         "repeat": ban.repeat,
         "banned_at": rfc3339_ms(ban.banned_at_ms),
         "first_bytes": hex(ban.first_bytes.as_slice()),
+    })
+}
+
+pub fn stats_json(stats: &ServerStats) -> serde_json::Value {
+    serde_json::json!({
+        "uptime_s": stats.uptime_secs,
+        "connections_accepted": stats.connections_accepted,
+        "connections_refused": stats.connections_refused,
+        "sessions_active": stats.sessions_active,
+        "handshakes_completed": stats.handshakes_completed,
+        "bans_active": stats.bans_active,
+        "bans_total": stats.bans_total,
+        "storage_errors": stats.storage_errors,
+        "kernel_errors": stats.kernel_errors,
     })
 }
 

@@ -7,9 +7,11 @@
 mod bans_cmd;
 mod client_cmd;
 mod display;
+mod kernel;
 mod keygen;
 mod serve;
 mod settings;
+mod xdp_cmd;
 
 use std::process::ExitCode;
 
@@ -38,6 +40,8 @@ enum Command {
     Serve(serve::Args),
     /// List, add or remove time-outs, online (admin key) or offline (stopped server).
     Bans(bans_cmd::Args),
+    /// The kernel tier: attach, inspect or detach the XDP program (Linux, CAP_BPF + CAP_NET_ADMIN).
+    Xdp(xdp_cmd::Args),
     /// Show the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bans(args) => bans_cmd::run(args),
+        Command::Xdp(args) => xdp_cmd::run(args),
         Command::Config(ConfigCommand::Print(args)) => {
             args.settings().and_then(|s| s.to_toml()).map(|toml| {
                 print!("{toml}");

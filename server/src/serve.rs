@@ -26,6 +26,15 @@ pub struct Args {
     /// [default: ./penaltybox-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Kernel tier: the pinned ban table of `penaltybox xdp attach` (its pin
+    /// directory, e.g. /sys/fs/bpf/penaltybox, or the banned_addrs map in it).
+    /// Bans are added to it and removed as they begin and end.
+    #[arg(short = 'B', long = "bpf-table", value_name = "PINNED_MAP_PATH")]
+    bpf_table: Option<PathBuf>,
+    /// Kernel tier in one step: load and attach the XDP program to IFACE
+    /// (pinned under -B, default /sys/fs/bpf/penaltybox) unless it is there.
+    #[arg(long, value_name = "IFACE")]
+    xdp_iface: Option<String>,
 }
 
 impl Args {
@@ -35,6 +44,8 @@ impl Args {
             &FlagOverrides {
                 listen: self.listen.clone(),
                 data_dir: self.data_dir.clone(),
+                kernel_table: self.bpf_table.clone(),
+                xdp_iface: self.xdp_iface.clone(),
             },
         )
     }
@@ -68,6 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         handshake_timeout: settings.timeouts.handshake.0,
         idle_timeout: settings.timeouts.idle.0,
         workers,
+        kernel: crate::kernel::open(&settings.kernel),
     };
 
     actix_rt::System::new().block_on(async move {
@@ -89,6 +101,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             running.boot.discarded,
             running.boot.elapsed.as_secs_f64() * 1e3
         );
+        if let Some(kernel) = running.boot.kernel {
+            log::info!(
+                "kernel table: {} bans replayed, {} stale entries removed, {} failed, in {:.1} ms",
+                kernel.replayed,
+                kernel.removed_stale,
+                kernel.failed,
+                kernel.elapsed.as_secs_f64() * 1e3
+            );
+        }
         let port = running.local_addrs.first().map_or(5000, SocketAddr::port);
         log::info!(
             "server key fingerprint {}; connect with:",

@@ -31,6 +31,37 @@ pub struct Settings {
     pub bans: BanSettings,
     pub limits: LimitSettings,
     pub storage: StorageSettings,
+    pub kernel: KernelSettings,
+}
+
+/// The kernel tier (XDP). Off unless `table` or `xdp_iface` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelSettings {
+    /// The pinned ban table (`-B`): the pin directory of `xdp attach`, or
+    /// its `banned_addrs` map.
+    pub table: Option<PathBuf>,
+    /// Load and attach the program to this interface at start (if it is not
+    /// pinned there already).
+    pub xdp_iface: Option<String>,
+    /// auto, driver or skb.
+    pub xdp_mode: String,
+}
+
+impl Default for KernelSettings {
+    fn default() -> Self {
+        KernelSettings {
+            table: None,
+            xdp_iface: None,
+            xdp_mode: "auto".into(),
+        }
+    }
+}
+
+impl KernelSettings {
+    pub fn mode(&self) -> xdp::AttachMode {
+        crate::kernel::parse_mode(&self.xdp_mode).expect("validated with the settings")
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -122,6 +153,7 @@ impl Default for Settings {
             bans: BanSettings::default(),
             limits: LimitSettings::default(),
             storage: StorageSettings::default(),
+            kernel: KernelSettings::default(),
         }
     }
 }
@@ -179,6 +211,8 @@ impl Default for StorageSettings {
 pub struct FlagOverrides {
     pub listen: Vec<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    pub kernel_table: Option<PathBuf>,
+    pub xdp_iface: Option<String>,
 }
 
 /// Loads and validates the effective settings.
@@ -209,6 +243,12 @@ pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Settin
     }
     if let Some(dir) = &flags.data_dir {
         builder = builder.set_override("data_dir", dir.to_string_lossy().into_owned())?;
+    }
+    if let Some(table) = &flags.kernel_table {
+        builder = builder.set_override("kernel.table", table.to_string_lossy().into_owned())?;
+    }
+    if let Some(iface) = &flags.xdp_iface {
+        builder = builder.set_override("kernel.xdp_iface", iface.clone())?;
     }
     let source = match file {
         Some(file) => format!(
@@ -263,6 +303,7 @@ impl Settings {
                 bail!("{name}: must be at least 1");
             }
         }
+        crate::kernel::parse_mode(&self.kernel.xdp_mode).map_err(|e| anyhow!("kernel.xdp_mode: {e}"))?;
         self.allow_list()?;
         Ok(())
     }

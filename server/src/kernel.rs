@@ -1,0 +1,74 @@
+//! Wiring of the kernel tier for `serve`: open the pinned table named by
+//! `-B` (attaching first with `--xdp-iface`), adapted to the registry's
+//! `KernelSync`. Any failure is one warning line and the server goes on with
+//! the userspace tier alone.
+
+use std::path::{Path, PathBuf};
+
+use actors::kernel::KernelSync;
+use protocol::Cidr;
+use xdp::{AttachMode, KernelTable};
+
+use crate::settings::KernelSettings;
+
+struct PinnedTable(KernelTable);
+
+impl KernelSync for PinnedTable {
+    fn insert(&mut self, prefix: &Cidr, expires_at_ms: u64, now_ms: u64) -> Result<(), String> {
+        self.0.insert(prefix, expires_at_ms, now_ms).map_err(|e| e.to_string())
+    }
+
+    fn remove(&mut self, prefix: &Cidr) -> Result<(), String> {
+        self.0.remove(prefix).map_err(|e| e.to_string())
+    }
+
+    fn prefixes(&mut self) -> Result<Vec<Cidr>, String> {
+        Ok(self.0.entries().map_err(|e| e.to_string())?.into_iter().map(|(p, _)| p).collect())
+    }
+}
+
+/// The kernel table to keep in step, if the settings ask for one and the
+/// kernel lets us have it.
+pub fn open(settings: &KernelSettings) -> Option<Box<dyn KernelSync>> {
+    let table_path = settings.table.clone().or_else(|| settings.xdp_iface.as_ref().map(|_| PathBuf::from(xdp::DEFAULT_PIN_DIR)))?;
+    if let Some(iface) = &settings.xdp_iface
+        && !pinned(&table_path)
+    {
+        match xdp::attach(iface, settings.mode(), &table_path, ebpf_program()) {
+            Ok(()) => log::info!("attached the XDP program to {iface}, pinned under {}", table_path.display()),
+            Err(error) => {
+                log::warn!("kernel tier off, userspace tier only: {error}");
+                return None;
+            }
+        }
+    }
+    match KernelTable::open(&table_path) {
+        Ok(table) => {
+            log::info!("kernel tier on: ban table {}", table.location().display());
+            Some(Box::new(PinnedTable(table)))
+        }
+        Err(error) => {
+            log::warn!("kernel tier off, userspace tier only: {error}");
+            None
+        }
+    }
+}
+
+fn pinned(path: &Path) -> bool {
+    let dir = if path.is_dir() { path } else { path.parent().unwrap_or(path) };
+    dir.join("link").exists()
+}
+
+fn ebpf_program() -> &'static str {
+    "penaltybox"
+}
+
+/// `--mode` values.
+pub fn parse_mode(text: &str) -> Result<AttachMode, String> {
+    match text {
+        "auto" => Ok(AttachMode::Auto),
+        "driver" => Ok(AttachMode::Driver),
+        "skb" => Ok(AttachMode::Skb),
+        other => Err(format!("unknown XDP mode {other:?}; expected auto, driver or skb")),
+    }
+}

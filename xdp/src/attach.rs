@@ -1,0 +1,195 @@
+//! `xdp attach | detach | status`: the program's life outside the server.
+//!
+//! Attaching pins the link and the maps under a bpffs directory, so the
+//! program stays attached after the loader exits and `serve -B` can find
+//! the table. bpffs holds only BPF objects and directories, so the interface
+//! is recorded as an empty directory named `iface-<name>`.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Map, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{ProgramError, Xdp, XdpMode};
+use ebpf_common::{
+    BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_PASSED_EXPIRED, COUNTERS_MAP, PIN_ADDRS, PIN_COUNTERS,
+    PIN_LINK, PIN_PREFIXES,
+};
+use protocol::Cidr;
+
+use crate::table::KernelTable;
+use crate::{OBJECT, XdpError, chain};
+
+/// BPF_FS_MAGIC, what statfs reports for a bpffs mount.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Driver mode where the driver has it, else generic.
+    Auto,
+    /// Native XDP in the driver (fastest; not every driver has it).
+    Driver,
+    /// Generic XDP in the network stack (works everywhere).
+    Skb,
+}
+
+/// Loads the embedded object, attaches `program` (normally
+/// [`ebpf_common::PROGRAM`]) to `iface`, and pins link and maps in `pin_dir`.
+pub fn attach(iface: &str, mode: AttachMode, pin_dir: &Path, program: &str) -> Result<(), XdpError> {
+    ensure_bpffs(pin_dir)?;
+    if pin_dir.join(PIN_LINK).exists() {
+        return Err(XdpError::Kernel {
+            what: format!("attach to {iface}"),
+            detail: format!(
+                "a program is already pinned at {} (`penaltybox xdp detach --pin-dir {}` first)",
+                pin_dir.display(),
+                pin_dir.display()
+            ),
+        });
+    }
+    std::fs::create_dir_all(pin_dir).map_err(|e| XdpError::from_os(format!("create {}", pin_dir.display()), &e))?;
+
+    let mut ebpf = aya::Ebpf::load(OBJECT).map_err(|e| XdpError::from_os("load the XDP object", &e))?;
+    let xdp: &mut Xdp = ebpf
+        .program_mut(program)
+        .ok_or_else(|| XdpError::Kernel {
+            what: "load the XDP object".into(),
+            detail: format!("no program {program:?} in it"),
+        })?
+        .try_into()
+        .map_err(|e: ProgramError| XdpError::from_os("load the XDP program", &e))?;
+    xdp.load().map_err(|e| XdpError::from_os("load the XDP program (verifier)", &e))?;
+    let attempt = |xdp: &mut Xdp, mode| {
+        xdp.attach(iface, mode).map_err(|e| match e {
+            ProgramError::UnknownInterface { .. } => XdpError::NoInterface(iface.to_owned()),
+            other => XdpError::from_os(format!("attach to {iface}"), &other),
+        })
+    };
+    let link_id = match mode {
+        AttachMode::Driver => attempt(xdp, XdpMode::Driver)?,
+        AttachMode::Skb => attempt(xdp, XdpMode::Skb)?,
+        AttachMode::Auto => match attempt(xdp, XdpMode::Driver) {
+            Ok(id) => id,
+            Err(XdpError::Kernel { detail, .. }) => {
+                log::info!("{iface}: no driver-mode XDP ({detail}); using generic (skb) mode");
+                attempt(xdp, XdpMode::Skb)?
+            }
+            Err(other) => return Err(other),
+        },
+    };
+    let link = xdp
+        .take_link(link_id)
+        .map_err(|e| XdpError::from_os(format!("attach to {iface}"), &e))?;
+    let link: FdLink = link.try_into().map_err(|e| XdpError::Kernel {
+        what: format!("pin the link on {iface}"),
+        detail: format!("{e} (the kernel attached through netlink; BPF links need Linux ≥ 5.9)"),
+    })?;
+    let pinned = link
+        .pin(pin_dir.join(PIN_LINK))
+        .map_err(|e| XdpError::from_os("pin the link", &e))?;
+    for (name, file) in [
+        (ebpf_common::ADDRS_MAP, PIN_ADDRS),
+        (ebpf_common::PREFIXES_MAP, PIN_PREFIXES),
+        (COUNTERS_MAP, PIN_COUNTERS),
+    ] {
+        let map = ebpf.map(name).ok_or_else(|| XdpError::Kernel {
+            what: "pin the maps".into(),
+            detail: format!("no map {name} in the object"),
+        })?;
+        map.pin(pin_dir.join(file))
+            .map_err(|e| XdpError::from_os(format!("pin {name}"), &e))?;
+    }
+    // The pinned link keeps the program attached once we exit.
+    drop(pinned);
+    let _ = std::fs::create_dir(pin_dir.join(format!("iface-{iface}")));
+    Ok(())
+}
+
+/// Unpins the link (which detaches the program) and removes the map pins.
+/// Returns false if nothing was attached there.
+pub fn detach(pin_dir: &Path) -> Result<bool, XdpError> {
+    let link_path = pin_dir.join(PIN_LINK);
+    if !link_path.exists() {
+        return Ok(false);
+    }
+    let link = PinnedLink::from_pin(&link_path).map_err(|e| XdpError::from_os(format!("open {}", link_path.display()), &e))?;
+    let link = link.unpin().map_err(|e| XdpError::from_os("unpin the link", &e))?;
+    drop(link);
+    for file in [PIN_ADDRS, PIN_PREFIXES, PIN_COUNTERS] {
+        let _ = std::fs::remove_file(pin_dir.join(file));
+    }
+    if let Ok(entries) = std::fs::read_dir(pin_dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("iface-") {
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(pin_dir);
+    Ok(true)
+}
+
+/// What `xdp status` shows.
+#[derive(Debug)]
+pub struct Status {
+    pub pin_dir: PathBuf,
+    pub interface: Option<String>,
+    pub entries: Vec<(Cidr, BanValue)>,
+    pub dropped_by_address: u64,
+    pub dropped_by_prefix: u64,
+    pub passed_expired: u64,
+}
+
+pub fn status(pin_dir: &Path) -> Result<Status, XdpError> {
+    let table = KernelTable::open(pin_dir)?;
+    let counters_path = pin_dir.join(PIN_COUNTERS);
+    let data = MapData::from_pin(&counters_path).map_err(|e| XdpError::from_os(counters_path.display().to_string(), &e))?;
+    let counters: PerCpuArray<MapData, u64> = Map::from_map_data(data)
+        .and_then(PerCpuArray::try_from)
+        .map_err(|e| XdpError::WrongMap {
+            path: counters_path.clone(),
+            detail: chain(&e),
+        })?;
+    let total = |index: u32| -> u64 { counters.get(&index, 0).map(|values| values.iter().sum()).unwrap_or(0) };
+    let interface = std::fs::read_dir(pin_dir).ok().and_then(|entries| {
+        entries
+            .flatten()
+            .find_map(|e| e.file_name().to_string_lossy().strip_prefix("iface-").map(str::to_owned))
+    });
+    Ok(Status {
+        pin_dir: pin_dir.to_owned(),
+        interface,
+        entries: table.entries()?,
+        dropped_by_address: total(COUNTER_DROPPED_ADDR),
+        dropped_by_prefix: total(COUNTER_DROPPED_PREFIX),
+        passed_expired: total(COUNTER_PASSED_EXPIRED),
+    })
+}
+
+/// Mounts bpffs at /sys/fs/bpf if the pin directory lives there and it is
+/// not mounted yet.
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), XdpError> {
+    let root = Path::new("/sys/fs/bpf");
+    if !pin_dir.starts_with(root) || is_bpffs(root) {
+        return Ok(());
+    }
+    let source = c"bpf";
+    let target = c"/sys/fs/bpf";
+    // SAFETY: NUL-terminated strings; no data argument.
+    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), source.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(XdpError::from_os("mount bpffs at /sys/fs/bpf", &error));
+    }
+    log::info!("mounted bpffs at /sys/fs/bpf");
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the struct we own from a NUL-terminated path.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
+    rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+}

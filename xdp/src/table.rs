@@ -1,0 +1,175 @@
+//! The pinned ban maps, as the registry sees them: insert a prefix until a
+//! wall-clock expiry, remove it, list what is there.
+//!
+//! Single addresses (/32, /128) go into the hash map, everything else (IPv6
+//! /64 aggregates, admin CIDRs) into the LPM trie. Keys are IPv6 or
+//! IPv4-mapped IPv6; an IPv4 prefix of length n is stored with length 96 + n.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use aya::maps::lpm_trie::Key;
+use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError};
+use ebpf_common::{AddrKey, BanValue, PIN_ADDRS, PIN_PREFIXES};
+use protocol::Cidr;
+
+use crate::{XdpError, monotonic_ns};
+
+pub struct KernelTable {
+    addrs: HashMap<MapData, AddrKey, BanValue>,
+    prefixes: LpmTrie<MapData, AddrKey, BanValue>,
+    location: PathBuf,
+}
+
+impl KernelTable {
+    /// Opens the table pinned at `path`: the pin directory, or the pinned
+    /// address map inside it (the prefix map is its sibling).
+    pub fn open(path: &Path) -> Result<Self, XdpError> {
+        let dir = if path.is_dir() {
+            path.to_owned()
+        } else {
+            path.parent().map(Path::to_owned).unwrap_or_default()
+        };
+        let addrs_path = if path.is_dir() { dir.join(PIN_ADDRS) } else { path.to_owned() };
+        let prefixes_path = dir.join(PIN_PREFIXES);
+        let addrs = open_map(&addrs_path, |map| match map {
+            Map::HashMap(data) => HashMap::try_from(Map::HashMap(data)).map_err(|e| e.to_string()),
+            other => Err(format!("a {} map, not a hash map", map_kind(&other))),
+        })?;
+        let prefixes = open_map(&prefixes_path, |map| match map {
+            Map::LpmTrie(data) => LpmTrie::try_from(Map::LpmTrie(data)).map_err(|e| e.to_string()),
+            other => Err(format!("a {} map, not an LPM trie", map_kind(&other))),
+        })?;
+        Ok(KernelTable {
+            addrs,
+            prefixes,
+            location: dir,
+        })
+    }
+
+    pub fn location(&self) -> &Path {
+        &self.location
+    }
+
+    /// Bans `prefix` until `expires_at_ms` (Unix ms), converted to
+    /// CLOCK_MONOTONIC now. Replaces an existing entry.
+    pub fn insert(&mut self, prefix: &Cidr, expires_at_ms: u64, now_ms: u64) -> Result<(), XdpError> {
+        let remaining_ns = expires_at_ms.saturating_sub(now_ms).saturating_mul(1_000_000);
+        let value = BanValue {
+            // Never 0 (which means "until removed") for a timed ban.
+            expires_ns: monotonic_ns().saturating_add(remaining_ns).max(1),
+            drops: 0,
+        };
+        let what = || format!("kernel table: insert {prefix}");
+        match key_of(prefix) {
+            MapKey::Addr(key) => self.addrs.insert(key, value, 0),
+            MapKey::Prefix(key) => self.prefixes.insert(&key, value, 0),
+        }
+        .map_err(|e| XdpError::from_os(what(), &e))
+    }
+
+    /// Removes `prefix`; absent is fine (the program may have dropped it).
+    pub fn remove(&mut self, prefix: &Cidr) -> Result<(), XdpError> {
+        let result = match key_of(prefix) {
+            MapKey::Addr(key) => self.addrs.remove(&key),
+            MapKey::Prefix(key) => self.prefixes.remove(&key),
+        };
+        match result {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(XdpError::from_os(format!("kernel table: remove {prefix}"), &e)),
+        }
+    }
+
+    /// Every entry: prefix, expiry (monotonic ns) and drops.
+    pub fn entries(&self) -> Result<Vec<(Cidr, BanValue)>, XdpError> {
+        let mut entries = Vec::new();
+        for item in self.addrs.iter() {
+            let (key, value) = item.map_err(|e| XdpError::from_os("kernel table: read", &e))?;
+            entries.push((cidr_of(&key, 128), value));
+        }
+        for item in self.prefixes.iter() {
+            let (key, value) = item.map_err(|e| XdpError::from_os("kernel table: read", &e))?;
+            entries.push((cidr_of(&key.data(), key.prefix_len() as u8), value));
+        }
+        Ok(entries)
+    }
+}
+
+fn open_map<T>(path: &Path, convert: impl FnOnce(Map) -> Result<T, String>) -> Result<T, XdpError> {
+    if !path.exists() {
+        return Err(XdpError::MissingPin { path: path.to_owned() });
+    }
+    let data = MapData::from_pin(path).map_err(|e| match XdpError::from_os(path.display().to_string(), &e) {
+        XdpError::Kernel { detail, .. } => XdpError::WrongMap {
+            path: path.to_owned(),
+            detail,
+        },
+        other => other,
+    })?;
+    let map = Map::from_map_data(data).map_err(|e| XdpError::WrongMap {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    convert(map).map_err(|detail| XdpError::WrongMap {
+        path: path.to_owned(),
+        detail,
+    })
+}
+
+fn map_kind(map: &Map) -> &'static str {
+    match map {
+        Map::Array(_) => "array",
+        Map::PerCpuArray(_) => "per-CPU array",
+        Map::HashMap(_) => "hash",
+        Map::LruHashMap(_) => "LRU hash",
+        Map::PerCpuHashMap(_) => "per-CPU hash",
+        Map::LpmTrie(_) => "LPM trie",
+        _ => "different",
+    }
+}
+
+enum MapKey {
+    Addr(AddrKey),
+    Prefix(Key<AddrKey>),
+}
+
+fn key_of(prefix: &Cidr) -> MapKey {
+    let (bytes, len) = match prefix.addr() {
+        IpAddr::V4(v4) => (ebpf_common::v4_mapped(v4.octets()), 96 + u32::from(prefix.len())),
+        IpAddr::V6(v6) => (v6.octets(), u32::from(prefix.len())),
+    };
+    if len == 128 {
+        MapKey::Addr(bytes)
+    } else {
+        MapKey::Prefix(Key::new(len, bytes))
+    }
+}
+
+/// The prefix a map key stands for (IPv4-mapped keys are IPv4).
+fn cidr_of(bytes: &AddrKey, len: u8) -> Cidr {
+    let v6 = std::net::Ipv6Addr::from(*bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4) if len >= 96 => Cidr::new(IpAddr::V4(v4), len - 96),
+        _ => Cidr::new(IpAddr::V6(v6), len),
+    }
+    .expect("lengths from the map are within range")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_through_the_map_layout() {
+        for text in ["192.0.2.7/32", "2001:db8::1/128", "2001:db8:1:2::/64", "198.51.100.0/24"] {
+            let prefix: Cidr = text.parse().unwrap();
+            let back = match key_of(&prefix) {
+                MapKey::Addr(key) => cidr_of(&key, 128),
+                MapKey::Prefix(key) => cidr_of(&key.data(), key.prefix_len() as u8),
+            };
+            assert_eq!(back, prefix, "{text}");
+        }
+        assert!(matches!(key_of(&"192.0.2.7/32".parse().unwrap()), MapKey::Addr(k) if k[10..12] == [0xff, 0xff]));
+        assert!(matches!(key_of(&"198.51.100.0/24".parse().unwrap()), MapKey::Prefix(k) if k.prefix_len() == 120));
+    }
+}
