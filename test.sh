@@ -14,14 +14,24 @@ rustup component list --installed | grep -q '^rustfmt' || rustup component add r
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# The kernel tests need iproute2 (netns, veth) and nsenter (util-linux).
+if ! command -v ip >/dev/null || ! command -v nsenter >/dev/null; then
+  apt-get update -q && apt-get install -y -q iproute2 util-linux
+fi
+ebpf-prog/toolchain.sh
+
+step "eBPF object: rebuild from source, compare with the committed one"
+ebpf-prog/build.sh --check
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+(cd ebpf-prog/program && cargo +stable fmt -- --check)
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
+# Kernel tests (tests/xdp.rs) need root; under CI=true they fail rather than skip.
 cargo test --workspace --locked
 
 step "fuzz: ${FUZZ_SECONDS}s per target"

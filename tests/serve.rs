@@ -455,7 +455,7 @@ fn ipv6_sources_are_aggregated_per_64() {
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = ServerSpec::new(&data).listen("[::]:0").start();
+    let server = ServerSpec::new(&data).listen(&["[::]:0"]).start();
     let target: std::net::SocketAddr = format!("[::1]:{}", server.addr.port()).parse().unwrap();
     send_raw(addrs[0], target, b"SSH-2.0-scanner\r\n", SHORT);
     assert!(

@@ -140,7 +140,8 @@ impl BanRegistry {
         let kernel = self.kernel.as_mut()?;
         let started = Instant::now();
         let mut report = KernelReplay::default();
-        let wanted: std::collections::HashSet<Cidr> = live.iter().map(|(prefix, _)| *prefix).collect();
+        let wanted: std::collections::HashSet<Cidr> =
+            live.iter().map(|(prefix, _)| *prefix).collect();
         match kernel.prefixes() {
             Ok(present) => {
                 for prefix in present.iter().filter(|p| !wanted.contains(p)) {
@@ -161,13 +162,17 @@ impl BanRegistry {
                 Ok(()) => report.replayed += 1,
                 Err(error) => {
                     if report.failed == 0 {
-                        log::warn!("kernel table: cannot replay {prefix}: {error} (further failures counted)");
+                        log::warn!(
+                            "kernel table: cannot replay {prefix}: {error} (further failures counted)"
+                        );
                     }
                     report.failed += 1;
                 }
             }
         }
-        self.stats.kernel_errors.fetch_add(report.failed as u64, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .kernel_errors
+            .fetch_add(report.failed as u64, std::sync::atomic::Ordering::Relaxed);
         report.elapsed = started.elapsed();
         Some(report)
     }
@@ -177,7 +182,9 @@ impl BanRegistry {
             && let Err(error) = kernel.insert(prefix, expires_ms, now_ms())
         {
             bump(&self.stats.kernel_errors);
-            log::warn!("kernel table: cannot add {prefix} (the userspace time-out stands): {error}");
+            log::warn!(
+                "kernel table: cannot add {prefix} (the userspace time-out stands): {error}"
+            );
         }
     }
 

@@ -79,8 +79,13 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
 
     let view = Arc::new(BanView::default());
     let stats = Arc::new(Stats::default());
-    let (registry, boot) =
-        BanRegistry::restore(config.policy, store.clone(), view.clone(), stats.clone(), config.kernel)?;
+    let (registry, boot) = BanRegistry::restore(
+        config.policy,
+        store.clone(),
+        view.clone(),
+        stats.clone(),
+        config.kernel,
+    )?;
     let registry = registry.start();
 
     let context = Arc::new(ServerContext {

@@ -15,7 +15,9 @@ struct PinnedTable(KernelTable);
 
 impl KernelSync for PinnedTable {
     fn insert(&mut self, prefix: &Cidr, expires_at_ms: u64, now_ms: u64) -> Result<(), String> {
-        self.0.insert(prefix, expires_at_ms, now_ms).map_err(|e| e.to_string())
+        self.0
+            .insert(prefix, expires_at_ms, now_ms)
+            .map_err(|e| e.to_string())
     }
 
     fn remove(&mut self, prefix: &Cidr) -> Result<(), String> {
@@ -23,19 +25,33 @@ impl KernelSync for PinnedTable {
     }
 
     fn prefixes(&mut self) -> Result<Vec<Cidr>, String> {
-        Ok(self.0.entries().map_err(|e| e.to_string())?.into_iter().map(|(p, _)| p).collect())
+        Ok(self
+            .0
+            .entries()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
     }
 }
 
 /// The kernel table to keep in step, if the settings ask for one and the
 /// kernel lets us have it.
 pub fn open(settings: &KernelSettings) -> Option<Box<dyn KernelSync>> {
-    let table_path = settings.table.clone().or_else(|| settings.xdp_iface.as_ref().map(|_| PathBuf::from(xdp::DEFAULT_PIN_DIR)))?;
+    let table_path = settings.table.clone().or_else(|| {
+        settings
+            .xdp_iface
+            .as_ref()
+            .map(|_| PathBuf::from(xdp::DEFAULT_PIN_DIR))
+    })?;
     if let Some(iface) = &settings.xdp_iface
         && !pinned(&table_path)
     {
         match xdp::attach(iface, settings.mode(), &table_path, ebpf_program()) {
-            Ok(()) => log::info!("attached the XDP program to {iface}, pinned under {}", table_path.display()),
+            Ok(()) => log::info!(
+                "attached the XDP program to {iface}, pinned under {}",
+                table_path.display()
+            ),
             Err(error) => {
                 log::warn!("kernel tier off, userspace tier only: {error}");
                 return None;
@@ -55,7 +71,11 @@ pub fn open(settings: &KernelSettings) -> Option<Box<dyn KernelSync>> {
 }
 
 fn pinned(path: &Path) -> bool {
-    let dir = if path.is_dir() { path } else { path.parent().unwrap_or(path) };
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(path)
+    };
     dir.join("link").exists()
 }
 
@@ -69,6 +89,8 @@ pub fn parse_mode(text: &str) -> Result<AttachMode, String> {
         "auto" => Ok(AttachMode::Auto),
         "driver" => Ok(AttachMode::Driver),
         "skb" => Ok(AttachMode::Skb),
-        other => Err(format!("unknown XDP mode {other:?}; expected auto, driver or skb")),
+        other => Err(format!(
+            "unknown XDP mode {other:?}; expected auto, driver or skb"
+        )),
     }
 }

@@ -303,7 +303,8 @@ impl Settings {
                 bail!("{name}: must be at least 1");
             }
         }
-        crate::kernel::parse_mode(&self.kernel.xdp_mode).map_err(|e| anyhow!("kernel.xdp_mode: {e}"))?;
+        crate::kernel::parse_mode(&self.kernel.xdp_mode)
+            .map_err(|e| anyhow!("kernel.xdp_mode: {e}"))?;
         self.allow_list()?;
         Ok(())
     }

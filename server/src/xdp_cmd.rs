@@ -52,7 +52,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             program,
         } => {
             xdp::attach(&iface, mode, &pin_dir, &program)?;
-            println!("attached to {iface}; ban table pinned at {} (serve -B {})", pin_dir.display(), pin_dir.display());
+            println!(
+                "attached to {iface}; ban table pinned at {} (serve -B {})",
+                pin_dir.display(),
+                pin_dir.display()
+            );
         }
         XdpCommand::Status { pin_dir } => {
             let status = xdp::status(&pin_dir)?;
@@ -75,7 +79,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     ns if ns <= now => "ended".to_owned(),
                     ns => format!("{}s left", (ns - now) / 1_000_000_000),
                 };
-                println!("{:<28} {left:<16} drops {}", prefix.to_string(), value.drops);
+                println!(
+                    "{:<28} {left:<16} drops {}",
+                    prefix.to_string(),
+                    value.drops
+                );
             }
         }
         XdpCommand::Detach { pin_dir } => {

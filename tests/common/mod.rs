@@ -29,7 +29,10 @@ pub struct ServerSpec {
     pub data_dir: PathBuf,
     pub config: Option<String>,
     pub env: Vec<(String, String)>,
-    pub listen: String,
+    pub listen: Vec<String>,
+    pub extra_args: Vec<String>,
+    /// Run inside this network namespace (`ip netns` name).
+    pub netns: Option<String>,
 }
 
 impl ServerSpec {
@@ -38,8 +41,20 @@ impl ServerSpec {
             data_dir: data_dir.to_owned(),
             config: None,
             env: Vec::new(),
-            listen: "127.0.0.1:0".into(),
+            listen: vec!["127.0.0.1:0".into()],
+            extra_args: Vec::new(),
+            netns: None,
         }
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    pub fn netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_owned());
+        self
     }
 
     pub fn config(mut self, toml: &str) -> Self {
@@ -52,16 +67,29 @@ impl ServerSpec {
         self
     }
 
-    pub fn listen(mut self, addr: &str) -> Self {
-        self.listen = addr.to_owned();
+    pub fn listen(mut self, addrs: &[&str]) -> Self {
+        self.listen = addrs.iter().map(|a| a.to_string()).collect();
         self
     }
 
     pub fn start(self) -> Server {
-        let mut command = Command::new(BIN);
+        let mut command = match &self.netns {
+            // nsenter switches only the network namespace, so /sys/fs/bpf
+            // stays visible (`ip netns exec` would remount /sys).
+            Some(ns) => {
+                let mut command = Command::new("nsenter");
+                command.arg(format!("--net=/run/netns/{ns}")).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        command.arg("serve");
+        for addr in &self.listen {
+            command.args(["--listen", addr]);
+        }
         command
-            .arg("serve")
-            .args(["--listen", &self.listen, "--data-dir"])
+            .args(&self.extra_args)
+            .arg("--data-dir")
             .arg(&self.data_dir)
             .env("RUST_LOG", "info,actors=debug")
             .stdin(Stdio::null())

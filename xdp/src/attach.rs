@@ -11,8 +11,8 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use ebpf_common::{
-    BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_PASSED_EXPIRED, COUNTERS_MAP, PIN_ADDRS, PIN_COUNTERS,
-    PIN_LINK, PIN_PREFIXES,
+    BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_PASSED_EXPIRED, COUNTERS_MAP,
+    PIN_ADDRS, PIN_COUNTERS, PIN_LINK, PIN_PREFIXES,
 };
 use protocol::Cidr;
 
@@ -34,7 +34,12 @@ pub enum AttachMode {
 
 /// Loads the embedded object, attaches `program` (normally
 /// [`ebpf_common::PROGRAM`]) to `iface`, and pins link and maps in `pin_dir`.
-pub fn attach(iface: &str, mode: AttachMode, pin_dir: &Path, program: &str) -> Result<(), XdpError> {
+pub fn attach(
+    iface: &str,
+    mode: AttachMode,
+    pin_dir: &Path,
+    program: &str,
+) -> Result<(), XdpError> {
     ensure_bpffs(pin_dir)?;
     if pin_dir.join(PIN_LINK).exists() {
         return Err(XdpError::Kernel {
@@ -46,9 +51,11 @@ pub fn attach(iface: &str, mode: AttachMode, pin_dir: &Path, program: &str) -> R
             ),
         });
     }
-    std::fs::create_dir_all(pin_dir).map_err(|e| XdpError::from_os(format!("create {}", pin_dir.display()), &e))?;
+    std::fs::create_dir_all(pin_dir)
+        .map_err(|e| XdpError::from_os(format!("create {}", pin_dir.display()), &e))?;
 
-    let mut ebpf = aya::Ebpf::load(OBJECT).map_err(|e| XdpError::from_os("load the XDP object", &e))?;
+    let mut ebpf =
+        aya::Ebpf::load(OBJECT).map_err(|e| XdpError::from_os("load the XDP object", &e))?;
     let xdp: &mut Xdp = ebpf
         .program_mut(program)
         .ok_or_else(|| XdpError::Kernel {
@@ -57,7 +64,8 @@ pub fn attach(iface: &str, mode: AttachMode, pin_dir: &Path, program: &str) -> R
         })?
         .try_into()
         .map_err(|e: ProgramError| XdpError::from_os("load the XDP program", &e))?;
-    xdp.load().map_err(|e| XdpError::from_os("load the XDP program (verifier)", &e))?;
+    xdp.load()
+        .map_err(|e| XdpError::from_os("load the XDP program (verifier)", &e))?;
     let attempt = |xdp: &mut Xdp, mode| {
         xdp.attach(iface, mode).map_err(|e| match e {
             ProgramError::UnknownInterface { .. } => XdpError::NoInterface(iface.to_owned()),
@@ -111,8 +119,11 @@ pub fn detach(pin_dir: &Path) -> Result<bool, XdpError> {
     if !link_path.exists() {
         return Ok(false);
     }
-    let link = PinnedLink::from_pin(&link_path).map_err(|e| XdpError::from_os(format!("open {}", link_path.display()), &e))?;
-    let link = link.unpin().map_err(|e| XdpError::from_os("unpin the link", &e))?;
+    let link = PinnedLink::from_pin(&link_path)
+        .map_err(|e| XdpError::from_os(format!("open {}", link_path.display()), &e))?;
+    let link = link
+        .unpin()
+        .map_err(|e| XdpError::from_os("unpin the link", &e))?;
     drop(link);
     for file in [PIN_ADDRS, PIN_PREFIXES, PIN_COUNTERS] {
         let _ = std::fs::remove_file(pin_dir.join(file));
@@ -142,18 +153,27 @@ pub struct Status {
 pub fn status(pin_dir: &Path) -> Result<Status, XdpError> {
     let table = KernelTable::open(pin_dir)?;
     let counters_path = pin_dir.join(PIN_COUNTERS);
-    let data = MapData::from_pin(&counters_path).map_err(|e| XdpError::from_os(counters_path.display().to_string(), &e))?;
+    let data = MapData::from_pin(&counters_path)
+        .map_err(|e| XdpError::from_os(counters_path.display().to_string(), &e))?;
     let counters: PerCpuArray<MapData, u64> = Map::from_map_data(data)
         .and_then(PerCpuArray::try_from)
         .map_err(|e| XdpError::WrongMap {
             path: counters_path.clone(),
             detail: chain(&e),
         })?;
-    let total = |index: u32| -> u64 { counters.get(&index, 0).map(|values| values.iter().sum()).unwrap_or(0) };
+    let total = |index: u32| -> u64 {
+        counters
+            .get(&index, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    };
     let interface = std::fs::read_dir(pin_dir).ok().and_then(|entries| {
-        entries
-            .flatten()
-            .find_map(|e| e.file_name().to_string_lossy().strip_prefix("iface-").map(str::to_owned))
+        entries.flatten().find_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix("iface-")
+                .map(str::to_owned)
+        })
     });
     Ok(Status {
         pin_dir: pin_dir.to_owned(),
@@ -175,7 +195,15 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<(), XdpError> {
     let source = c"bpf";
     let target = c"/sys/fs/bpf";
     // SAFETY: NUL-terminated strings; no data argument.
-    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), source.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            source.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
         let error = std::io::Error::last_os_error();
         return Err(XdpError::from_os("mount bpffs at /sys/fs/bpf", &error));

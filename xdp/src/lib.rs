@@ -30,9 +30,13 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/penaltybox";
 
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
-    #[error("{what}: permission denied: the kernel tier needs CAP_BPF and CAP_NET_ADMIN (run as root, or docker run --cap-add BPF --cap-add NET_ADMIN)")]
+    #[error(
+        "{what}: permission denied: the kernel tier needs CAP_BPF and CAP_NET_ADMIN (run as root, or docker run --cap-add BPF --cap-add NET_ADMIN)"
+    )]
     Permission { what: String },
-    #[error("no pinned ban table at {path}: attach the program first (`penaltybox xdp attach --iface IFACE`), or start with --xdp-iface")]
+    #[error(
+        "no pinned ban table at {path}: attach the program first (`penaltybox xdp attach --iface IFACE`), or start with --xdp-iface"
+    )]
     MissingPin { path: PathBuf },
     #[error("{path} is not a penaltybox ban table: {detail}")]
     WrongMap { path: PathBuf, detail: String },
@@ -45,7 +49,10 @@ pub enum XdpError {
 impl XdpError {
     /// Classifies an error from aya or the kernel by its OS error, so the
     /// message says what to do about it.
-    pub(crate) fn from_os(what: impl Into<String>, error: &(dyn std::error::Error + 'static)) -> Self {
+    pub(crate) fn from_os(
+        what: impl Into<String>,
+        error: &(dyn std::error::Error + 'static),
+    ) -> Self {
         let what = what.into();
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
         while let Some(e) = source {
@@ -80,7 +87,10 @@ pub(crate) fn chain(error: &dyn std::error::Error) -> String {
 
 /// CLOCK_MONOTONIC now, in nanoseconds: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC
     // always exists on Linux.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };

@@ -30,7 +30,11 @@ impl KernelTable {
         } else {
             path.parent().map(Path::to_owned).unwrap_or_default()
         };
-        let addrs_path = if path.is_dir() { dir.join(PIN_ADDRS) } else { path.to_owned() };
+        let addrs_path = if path.is_dir() {
+            dir.join(PIN_ADDRS)
+        } else {
+            path.to_owned()
+        };
         let prefixes_path = dir.join(PIN_PREFIXES);
         let addrs = open_map(&addrs_path, |map| match map {
             Map::HashMap(data) => HashMap::try_from(Map::HashMap(data)).map_err(|e| e.to_string()),
@@ -53,8 +57,15 @@ impl KernelTable {
 
     /// Bans `prefix` until `expires_at_ms` (Unix ms), converted to
     /// CLOCK_MONOTONIC now. Replaces an existing entry.
-    pub fn insert(&mut self, prefix: &Cidr, expires_at_ms: u64, now_ms: u64) -> Result<(), XdpError> {
-        let remaining_ns = expires_at_ms.saturating_sub(now_ms).saturating_mul(1_000_000);
+    pub fn insert(
+        &mut self,
+        prefix: &Cidr,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), XdpError> {
+        let remaining_ns = expires_at_ms
+            .saturating_sub(now_ms)
+            .saturating_mul(1_000_000);
         let value = BanValue {
             // Never 0 (which means "until removed") for a timed ban.
             expires_ns: monotonic_ns().saturating_add(remaining_ns).max(1),
@@ -76,7 +87,10 @@ impl KernelTable {
         };
         match result {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(XdpError::from_os(format!("kernel table: remove {prefix}"), &e)),
+            Err(e) => Err(XdpError::from_os(
+                format!("kernel table: remove {prefix}"),
+                &e,
+            )),
         }
     }
 
@@ -97,14 +111,18 @@ impl KernelTable {
 
 fn open_map<T>(path: &Path, convert: impl FnOnce(Map) -> Result<T, String>) -> Result<T, XdpError> {
     if !path.exists() {
-        return Err(XdpError::MissingPin { path: path.to_owned() });
-    }
-    let data = MapData::from_pin(path).map_err(|e| match XdpError::from_os(path.display().to_string(), &e) {
-        XdpError::Kernel { detail, .. } => XdpError::WrongMap {
+        return Err(XdpError::MissingPin {
             path: path.to_owned(),
-            detail,
-        },
-        other => other,
+        });
+    }
+    let data = MapData::from_pin(path).map_err(|e| {
+        match XdpError::from_os(path.display().to_string(), &e) {
+            XdpError::Kernel { detail, .. } => XdpError::WrongMap {
+                path: path.to_owned(),
+                detail,
+            },
+            other => other,
+        }
     })?;
     let map = Map::from_map_data(data).map_err(|e| XdpError::WrongMap {
         path: path.to_owned(),
@@ -135,7 +153,10 @@ enum MapKey {
 
 fn key_of(prefix: &Cidr) -> MapKey {
     let (bytes, len) = match prefix.addr() {
-        IpAddr::V4(v4) => (ebpf_common::v4_mapped(v4.octets()), 96 + u32::from(prefix.len())),
+        IpAddr::V4(v4) => (
+            ebpf_common::v4_mapped(v4.octets()),
+            96 + u32::from(prefix.len()),
+        ),
         IpAddr::V6(v6) => (v6.octets(), u32::from(prefix.len())),
     };
     if len == 128 {
@@ -161,7 +182,12 @@ mod tests {
 
     #[test]
     fn keys_round_trip_through_the_map_layout() {
-        for text in ["192.0.2.7/32", "2001:db8::1/128", "2001:db8:1:2::/64", "198.51.100.0/24"] {
+        for text in [
+            "192.0.2.7/32",
+            "2001:db8::1/128",
+            "2001:db8:1:2::/64",
+            "198.51.100.0/24",
+        ] {
             let prefix: Cidr = text.parse().unwrap();
             let back = match key_of(&prefix) {
                 MapKey::Addr(key) => cidr_of(&key, 128),
@@ -169,7 +195,11 @@ mod tests {
             };
             assert_eq!(back, prefix, "{text}");
         }
-        assert!(matches!(key_of(&"192.0.2.7/32".parse().unwrap()), MapKey::Addr(k) if k[10..12] == [0xff, 0xff]));
-        assert!(matches!(key_of(&"198.51.100.0/24".parse().unwrap()), MapKey::Prefix(k) if k.prefix_len() == 120));
+        assert!(
+            matches!(key_of(&"192.0.2.7/32".parse().unwrap()), MapKey::Addr(k) if k[10..12] == [0xff, 0xff])
+        );
+        assert!(
+            matches!(key_of(&"198.51.100.0/24".parse().unwrap()), MapKey::Prefix(k) if k.prefix_len() == 120)
+        );
     }
 }

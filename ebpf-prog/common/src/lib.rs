@@ -48,7 +48,9 @@ pub const PIN_LINK: &str = "link";
 /// `a.b.c.d` as `::ffff:a.b.c.d`.
 #[inline(always)]
 pub fn v4_mapped(octets: [u8; 4]) -> AddrKey {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
 }
 
 /// Is a ban with this expiry in force at `now_ns`?

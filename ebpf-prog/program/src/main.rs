@@ -18,12 +18,13 @@ use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray};
 use aya_ebpf::programs::XdpContext;
 use ebpf_common::{
-    AddrKey, BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_PASSED_EXPIRED, COUNTER_SLOTS, MAX_ADDRS,
-    MAX_PREFIXES, in_force, v4_mapped,
+    AddrKey, BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_PASSED_EXPIRED,
+    COUNTER_SLOTS, MAX_ADDRS, MAX_PREFIXES, in_force, v4_mapped,
 };
 
 #[map(name = "BANNED_ADDRS")]
-static BANNED_ADDRS: HashMap<AddrKey, BanValue> = HashMap::with_max_entries(MAX_ADDRS, BPF_F_NO_PREALLOC);
+static BANNED_ADDRS: HashMap<AddrKey, BanValue> =
+    HashMap::with_max_entries(MAX_ADDRS, BPF_F_NO_PREALLOC);
 
 #[map(name = "BANNED_PREFIXES")]
 static BANNED_PREFIXES: LpmTrie<AddrKey, BanValue> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);

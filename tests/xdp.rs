@@ -1,0 +1,419 @@
+//! The kernel tier against the real kernel: two network namespaces joined by
+//! a veth pair (made here, removed afterwards, also on failure), the XDP
+//! program attached on the server side, the server in one namespace and the
+//! client in the other. Needs root; skips loudly without it, and fails
+//! under CI=true.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+
+const SERVER_V4: &str = "10.77.0.1";
+const CLIENT_V4: &str = "10.77.0.2";
+const SERVER_V6: &str = "fd77::1";
+const CLIENT_V6: &str = "fd77::2";
+
+/// Two namespaces and a veth pair between them; the server side has the
+/// XDP program pinned under `pin_dir`. Everything is removed on drop.
+struct Testbed {
+    server_ns: String,
+    client_ns: String,
+    server_if: String,
+    pin_dir: PathBuf,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"))
+}
+
+fn ok(program: &str, args: &[&str]) {
+    let output = run(program, args);
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Testbed {
+    fn new() -> Option<Testbed> {
+        if !is_root() {
+            skip_or_fail("network namespaces, veth pairs and XDP need root");
+            return None;
+        }
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let bed = Testbed {
+            server_ns: format!("pbx-s{id}"),
+            client_ns: format!("pbx-c{id}"),
+            server_if: format!("pbs{id}"),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/penaltybox-test-{id}")),
+        };
+        let client_if = format!("pbc{id}");
+        ok("ip", &["netns", "add", &bed.server_ns]);
+        ok("ip", &["netns", "add", &bed.client_ns]);
+        ok(
+            "ip",
+            &[
+                "link",
+                "add",
+                &bed.server_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &client_if,
+            ],
+        );
+        ok(
+            "ip",
+            &["link", "set", &bed.server_if, "netns", &bed.server_ns],
+        );
+        ok("ip", &["link", "set", &client_if, "netns", &bed.client_ns]);
+        for (ns, dev, v4, v6) in [
+            (&bed.server_ns, &bed.server_if, SERVER_V4, SERVER_V6),
+            (&bed.client_ns, &client_if, CLIENT_V4, CLIENT_V6),
+        ] {
+            ok(
+                "ip",
+                &["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev],
+            );
+            ok(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{v6}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ],
+            );
+            ok("ip", &["-n", ns, "link", "set", dev, "up"]);
+            ok("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        Some(bed)
+    }
+
+    /// Runs penaltybox inside a namespace.
+    fn penaltybox(&self, ns: &str, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec![format!("--net=/run/netns/{ns}"), BIN.to_owned()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let output = Command::new("nsenter").args(&all).output().unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    fn attach(&self) {
+        let pin = self.pin_dir.display().to_string();
+        let (code, out, err) = self.penaltybox(
+            &self.server_ns,
+            &[
+                "xdp",
+                "attach",
+                "--iface",
+                &self.server_if,
+                "--pin-dir",
+                &pin,
+            ],
+        );
+        assert_eq!(code, 0, "xdp attach: {out}{err}");
+    }
+
+    fn status(&self) -> String {
+        let pin = self.pin_dir.display().to_string();
+        let (code, out, err) =
+            self.penaltybox(&self.server_ns, &["xdp", "status", "--pin-dir", &pin]);
+        assert_eq!(code, 0, "xdp status: {err}");
+        out
+    }
+
+    /// Sends bytes that are not penaltybox from the client namespace.
+    fn send_garbage(&self, server: &str) {
+        let script = format!(
+            "exec 3<>/dev/tcp/{server}/5000; printf 'GET / HTTP/1.1\\r\\n\\r\\n' >&3; cat <&3 >/dev/null 2>&1; true"
+        );
+        let output = run(
+            "nsenter",
+            &[
+                &format!("--net=/run/netns/{}", self.client_ns),
+                "bash",
+                "-c",
+                &script,
+            ],
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// A ping from the client namespace: Ok, or the client's error line.
+    fn ping(&self, server: &str, key: &Path) -> Result<(), String> {
+        let addr = if server.contains(':') {
+            format!("[{server}]:5000")
+        } else {
+            format!("{server}:5000")
+        };
+        let key = key.display().to_string();
+        let (code, _, err) = self.penaltybox(
+            &self.client_ns,
+            &[
+                "client",
+                "--server",
+                &addr,
+                "--server-key",
+                &key,
+                "--timeout",
+                "1",
+                "ping",
+            ],
+        );
+        if code == 0 { Ok(()) } else { Err(err) }
+    }
+
+    fn start_server(&self, data: &Path, config: &str) -> Server {
+        let pin = self.pin_dir.display().to_string();
+        ServerSpec::new(data)
+            .netns(&self.server_ns)
+            .listen(&[&format!("{SERVER_V4}:5000"), &format!("[{SERVER_V6}]:5000")])
+            .args(&["-B", &pin])
+            .config(config)
+            .start()
+    }
+
+    fn admin(&self, admin_key: &Path, server_pub: &Path, args: &[&str]) -> (i32, String, String) {
+        let key = admin_key.display().to_string();
+        let server_key = server_pub.display().to_string();
+        let addr = format!("{SERVER_V4}:5000");
+        let mut all = vec![
+            "bans",
+            "--server",
+            &addr,
+            "--server-key",
+            &server_key,
+            "--key",
+            &key,
+        ];
+        all.extend_from_slice(args);
+        self.penaltybox(&self.server_ns, &all)
+    }
+
+    fn accepted(&self, admin_key: &Path, server_pub: &Path) -> u64 {
+        let (code, out, err) = self.admin(admin_key, server_pub, &["stats"]);
+        assert_eq!(code, 0, "{err}");
+        let stats: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        stats["connections_accepted"].as_u64().unwrap()
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let pin = self.pin_dir.display().to_string();
+        let _ = self.penaltybox(&self.server_ns, &["xdp", "detach", "--pin-dir", &pin]);
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        // Deleting a namespace deletes the veth pair with it.
+        let _ = run("ip", &["netns", "del", &self.server_ns]);
+        let _ = run("ip", &["netns", "del", &self.client_ns]);
+    }
+}
+
+fn admin_config(dir: &Path, extra: &str) -> (PathBuf, String) {
+    let (admin, admin_path) = key_file(dir, "admin.key");
+    let list = dir.join("admins");
+    std::fs::write(&list, format!("{}\n", admin.public_key())).unwrap();
+    (
+        admin_path,
+        format!(
+            "[keys]\nadmin_keys = {:?}\n{extra}",
+            list.display().to_string()
+        ),
+    )
+}
+
+fn drops(status: &str) -> u64 {
+    // "N entries; dropped A packets by address, B by prefix; ..."
+    let line = status.lines().nth(1).unwrap_or_default();
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    numbers.get(1).copied().unwrap_or(0) + numbers.get(2).copied().unwrap_or(0)
+}
+
+#[test]
+fn banned_sources_are_dropped_in_the_kernel_until_unban_or_expiry() {
+    let Some(bed) = Testbed::new() else { return };
+    bed.attach(); // the loader exits; the pinned link keeps the program attached
+    let dir = tempfile::tempdir().unwrap();
+    let (admin_key, config) = admin_config(dir.path(), "[bans]\nnon_protocol = \"3s\"\n");
+    let server = bed.start_server(&dir.path().join("data"), &config);
+    assert!(
+        server.log_text().contains("kernel tier on"),
+        "{}",
+        server.log_text()
+    );
+    let server_pub = server.data_dir.join("server.pub");
+
+    bed.ping(SERVER_V4, &server_pub)
+        .expect("a clean client is served");
+    bed.send_garbage(SERVER_V4);
+    assert!(
+        server
+            .wait_log(&format!("timed out {CLIENT_V4}/32"), Duration::from_secs(3))
+            .is_some()
+    );
+    let accepted = bed.accepted(&admin_key, &server_pub);
+    let dropped_before = drops(&bed.status());
+
+    let error = bed
+        .ping(SERVER_V4, &server_pub)
+        .expect_err("banned in the kernel");
+    assert!(
+        error.contains("no answer within"),
+        "the SYN must never reach the server: {error}"
+    );
+    let status = bed.status();
+    assert!(status.contains(&format!("{CLIENT_V4}/32")), "{status}");
+    assert!(drops(&status) > dropped_before, "{status}");
+    // The only new connection the server saw is this stats request itself.
+    assert_eq!(
+        bed.accepted(&admin_key, &server_pub),
+        accepted + 1,
+        "a banned SYN reached the server"
+    );
+
+    // Unban: passes again, and the kernel entry is gone.
+    let (code, _, err) = bed.admin(&admin_key, &server_pub, &["remove", CLIENT_V4]);
+    assert_eq!(code, 0, "{err}");
+    bed.ping(SERVER_V4, &server_pub).expect("unbanned");
+    assert!(!bed.status().contains(&format!("{CLIENT_V4}/32")));
+
+    // IPv6: the /64 goes into the prefix trie; expiry releases it.
+    bed.send_garbage(SERVER_V6);
+    assert!(
+        server
+            .wait_log("timed out fd77::/64", Duration::from_secs(3))
+            .is_some()
+    );
+    assert!(bed.status().contains("fd77::/64"));
+    let error = bed.ping(SERVER_V6, &server_pub).expect_err("banned /64");
+    assert!(error.contains("no answer within"), "{error}");
+    assert!(
+        eventually(Duration::from_secs(6), || bed
+            .ping(SERVER_V6, &server_pub)
+            .is_ok()),
+        "expiry releases"
+    );
+    assert!(
+        server
+            .wait_log("released fd77::/64", Duration::from_secs(2))
+            .is_some()
+    );
+    assert!(!bed.status().contains("fd77::/64"));
+}
+
+#[test]
+fn restart_replays_live_bans_removes_stale_ones_and_detach_lets_traffic_through() {
+    let Some(bed) = Testbed::new() else { return };
+    bed.attach();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_, config) = admin_config(dir.path(), "");
+    let server = bed.start_server(&data, &config);
+    let server_pub = server.data_dir.join("server.pub");
+    bed.send_garbage(SERVER_V4);
+    assert!(
+        server
+            .wait_log(&format!("timed out {CLIENT_V4}/32"), Duration::from_secs(3))
+            .is_some()
+    );
+    assert!(server.stop().success());
+
+    // While stopped: storage forgets the client's ban (the map still has
+    // it) and gains one the map does not have.
+    let data_arg = data.display().to_string();
+    assert!(bed.status().contains(&format!("{CLIENT_V4}/32")));
+    let (code, _, err) = cli(&["bans", "--data-dir", &data_arg, "remove", CLIENT_V4]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&["bans", "--data-dir", &data_arg, "add", "10.77.0.99"]);
+    assert_eq!(code, 0, "{err}");
+
+    let server = bed.start_server(&data, &config);
+    let log = server.log_text();
+    assert!(
+        log.contains("kernel table: 1 bans replayed, 1 stale entries removed, 0 failed"),
+        "{log}"
+    );
+    let status = bed.status();
+    assert!(status.contains("10.77.0.99/32"), "{status}");
+    assert!(!status.contains(&format!("{CLIENT_V4}/32")), "{status}");
+    bed.ping(SERVER_V4, &server_pub).expect("no longer banned");
+
+    // Banned again; then detach: the SYN reaches the server again, which
+    // refuses it at accept (the userspace tier alone).
+    bed.send_garbage(SERVER_V4);
+    assert!(
+        server
+            .wait_log(&format!("timed out {CLIENT_V4}/32"), Duration::from_secs(3))
+            .is_some()
+    );
+    assert!(
+        bed.ping(SERVER_V4, &server_pub)
+            .unwrap_err()
+            .contains("no answer within")
+    );
+    let pin = bed.pin_dir.display().to_string();
+    let (code, _, err) = bed.penaltybox(&bed.server_ns, &["xdp", "detach", "--pin-dir", &pin]);
+    assert_eq!(code, 0, "{err}");
+    let error = bed.ping(SERVER_V4, &server_pub).unwrap_err();
+    assert!(
+        error.contains("closed the connection during the handshake"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_missing_table_is_one_clear_line_and_the_userspace_tier_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerSpec::new(&dir.path().join("data"))
+        .args(&["-B", "/sys/fs/bpf/penaltybox-no-such-table"])
+        .start();
+    let warning = server
+        .wait_log("kernel tier off", Duration::from_secs(2))
+        .expect("a warning");
+    assert!(
+        warning.contains("no pinned ban table at /sys/fs/bpf/penaltybox-no-such-table"),
+        "{warning}"
+    );
+    assert!(warning.contains("penaltybox xdp attach"), "{warning}");
+    assert_eq!(
+        server.call_from("127.0.0.2", None, protocol::Request::Ping { nonce: 1 }),
+        protocol::Response::Pong { nonce: 1 }
+    );
+    send_raw("127.0.0.3", server.addr, b"GET /", Duration::from_secs(2));
+    assert!(eventually(Duration::from_secs(2), || refused_at_accept(
+        "127.0.0.3",
+        server.addr
+    )));
+}
