@@ -13,17 +13,15 @@ use std::time::Duration;
 
 use common::*;
 
-const SERVER_V4: &str = "10.77.0.1";
-const CLIENT_V4: &str = "10.77.0.2";
-const SERVER_V6: &str = "fd77::1";
-const CLIENT_V6: &str = "fd77::2";
+#[path = "common/netns.rs"]
+mod netns;
 
-/// Two namespaces and a veth pair between them; the server side has the
-/// XDP program pinned under `pin_dir`. Everything is removed on drop.
+use netns::{CLIENT_V4, NetnsPair, SERVER_V4, SERVER_V6};
+
+/// A namespace pair whose server side has the XDP program pinned under
+/// `pin_dir`; detached and removed on drop.
 struct Testbed {
-    server_ns: String,
-    client_ns: String,
-    server_if: String,
+    pair: NetnsPair,
     pin_dir: PathBuf,
 }
 
@@ -36,79 +34,19 @@ fn run(program: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("{program}: {e}"))
 }
 
-fn ok(program: &str, args: &[&str]) {
-    let output = run(program, args);
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 impl Testbed {
     fn new() -> Option<Testbed> {
         if !is_root() {
             skip_or_fail("network namespaces, veth pairs and XDP need root");
             return None;
         }
-        let id = format!(
-            "{}{}",
-            std::process::id() % 100_000,
+        let pair = NetnsPair::create();
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/penaltybox-test-{}-{}",
+            std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let bed = Testbed {
-            server_ns: format!("pbx-s{id}"),
-            client_ns: format!("pbx-c{id}"),
-            server_if: format!("pbs{id}"),
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/penaltybox-test-{id}")),
-        };
-        let client_if = format!("pbc{id}");
-        ok("ip", &["netns", "add", &bed.server_ns]);
-        ok("ip", &["netns", "add", &bed.client_ns]);
-        ok(
-            "ip",
-            &[
-                "link",
-                "add",
-                &bed.server_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &client_if,
-            ],
-        );
-        ok(
-            "ip",
-            &["link", "set", &bed.server_if, "netns", &bed.server_ns],
-        );
-        ok("ip", &["link", "set", &client_if, "netns", &bed.client_ns]);
-        for (ns, dev, v4, v6) in [
-            (&bed.server_ns, &bed.server_if, SERVER_V4, SERVER_V6),
-            (&bed.client_ns, &client_if, CLIENT_V4, CLIENT_V6),
-        ] {
-            ok(
-                "ip",
-                &["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev],
-            );
-            ok(
-                "ip",
-                &[
-                    "-n",
-                    ns,
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{v6}/64"),
-                    "dev",
-                    dev,
-                    "nodad",
-                ],
-            );
-            ok("ip", &["-n", ns, "link", "set", dev, "up"]);
-            ok("ip", &["-n", ns, "link", "set", "lo", "up"]);
-        }
-        Some(bed)
+        ));
+        Some(Testbed { pair, pin_dir })
     }
 
     /// Runs penaltybox inside a namespace.
@@ -126,12 +64,12 @@ impl Testbed {
     fn attach(&self) {
         let pin = self.pin_dir.display().to_string();
         let (code, out, err) = self.penaltybox(
-            &self.server_ns,
+            &self.pair.server_ns,
             &[
                 "xdp",
                 "attach",
                 "--iface",
-                &self.server_if,
+                &self.pair.server_if,
                 "--pin-dir",
                 &pin,
             ],
@@ -142,7 +80,7 @@ impl Testbed {
     fn status(&self) -> String {
         let pin = self.pin_dir.display().to_string();
         let (code, out, err) =
-            self.penaltybox(&self.server_ns, &["xdp", "status", "--pin-dir", &pin]);
+            self.penaltybox(&self.pair.server_ns, &["xdp", "status", "--pin-dir", &pin]);
         assert_eq!(code, 0, "xdp status: {err}");
         out
     }
@@ -155,7 +93,7 @@ impl Testbed {
         let output = run(
             "nsenter",
             &[
-                &format!("--net=/run/netns/{}", self.client_ns),
+                &format!("--net=/run/netns/{}", self.pair.client_ns),
                 "bash",
                 "-c",
                 &script,
@@ -177,7 +115,7 @@ impl Testbed {
         };
         let key = key.display().to_string();
         let (code, _, err) = self.penaltybox(
-            &self.client_ns,
+            &self.pair.client_ns,
             &[
                 "client",
                 "--server",
@@ -195,7 +133,7 @@ impl Testbed {
     fn start_server(&self, data: &Path, config: &str) -> Server {
         let pin = self.pin_dir.display().to_string();
         ServerSpec::new(data)
-            .netns(&self.server_ns)
+            .netns(&self.pair.server_ns)
             .listen(&[&format!("{SERVER_V4}:5000"), &format!("[{SERVER_V6}]:5000")])
             .args(&["-B", &pin])
             .config(config)
@@ -216,7 +154,7 @@ impl Testbed {
             &key,
         ];
         all.extend_from_slice(args);
-        self.penaltybox(&self.server_ns, &all)
+        self.penaltybox(&self.pair.server_ns, &all)
     }
 
     fn accepted(&self, admin_key: &Path, server_pub: &Path) -> u64 {
@@ -230,11 +168,9 @@ impl Testbed {
 impl Drop for Testbed {
     fn drop(&mut self) {
         let pin = self.pin_dir.display().to_string();
-        let _ = self.penaltybox(&self.server_ns, &["xdp", "detach", "--pin-dir", &pin]);
+        let _ = self.penaltybox(&self.pair.server_ns, &["xdp", "detach", "--pin-dir", &pin]);
         let _ = std::fs::remove_dir_all(&self.pin_dir);
-        // Deleting a namespace deletes the veth pair with it.
-        let _ = run("ip", &["netns", "del", &self.server_ns]);
-        let _ = run("ip", &["netns", "del", &self.client_ns]);
+        // self.pair drops next and removes the namespaces and the veth pair.
     }
 }
 
@@ -384,7 +320,7 @@ fn restart_replays_live_bans_removes_stale_ones_and_detach_lets_traffic_through(
             .contains("no answer within")
     );
     let pin = bed.pin_dir.display().to_string();
-    let (code, _, err) = bed.penaltybox(&bed.server_ns, &["xdp", "detach", "--pin-dir", &pin]);
+    let (code, _, err) = bed.penaltybox(&bed.pair.server_ns, &["xdp", "detach", "--pin-dir", &pin]);
     assert_eq!(code, 0, "{err}");
     let error = bed.ping(SERVER_V4, &server_pub).unwrap_err();
     assert!(

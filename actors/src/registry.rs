@@ -156,20 +156,15 @@ impl BanRegistry {
             }
             Err(error) => log::warn!("kernel table: cannot list entries: {error}"),
         }
-        let now = now_ms();
-        for (prefix, expires) in live {
-            match kernel.insert(prefix, *expires, now) {
-                Ok(()) => report.replayed += 1,
-                Err(error) => {
-                    if report.failed == 0 {
-                        log::warn!(
-                            "kernel table: cannot replay {prefix}: {error} (further failures counted)"
-                        );
-                    }
-                    report.failed += 1;
-                }
-            }
+        let failures = kernel.insert_all(live, now_ms());
+        if let Some((prefix, error)) = failures.first() {
+            log::warn!(
+                "kernel table: cannot replay {prefix}: {error} ({} failures in all)",
+                failures.len()
+            );
         }
+        report.failed += failures.len();
+        report.replayed = live.len() - failures.len();
         self.stats
             .kernel_errors
             .fetch_add(report.failed as u64, std::sync::atomic::Ordering::Relaxed);

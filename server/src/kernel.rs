@@ -6,34 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use actors::kernel::KernelSync;
-use protocol::Cidr;
 use xdp::{AttachMode, KernelTable};
 
 use crate::settings::KernelSettings;
-
-struct PinnedTable(KernelTable);
-
-impl KernelSync for PinnedTable {
-    fn insert(&mut self, prefix: &Cidr, expires_at_ms: u64, now_ms: u64) -> Result<(), String> {
-        self.0
-            .insert(prefix, expires_at_ms, now_ms)
-            .map_err(|e| e.to_string())
-    }
-
-    fn remove(&mut self, prefix: &Cidr) -> Result<(), String> {
-        self.0.remove(prefix).map_err(|e| e.to_string())
-    }
-
-    fn prefixes(&mut self) -> Result<Vec<Cidr>, String> {
-        Ok(self
-            .0
-            .entries()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect())
-    }
-}
 
 /// The kernel table to keep in step, if the settings ask for one and the
 /// kernel lets us have it.
@@ -61,7 +36,7 @@ pub fn open(settings: &KernelSettings) -> Option<Box<dyn KernelSync>> {
     match KernelTable::open(&table_path) {
         Ok(table) => {
             log::info!("kernel tier on: ban table {}", table.location().display());
-            Some(Box::new(PinnedTable(table)))
+            Some(Box::new(table))
         }
         Err(error) => {
             log::warn!("kernel tier off, userspace tier only: {error}");

@@ -79,6 +79,57 @@ impl KernelTable {
         .map_err(|e| XdpError::from_os(what(), &e))
     }
 
+    /// Inserts many entries on `threads` threads, each with its own handle
+    /// on the pinned maps (a boot replay; one syscall per entry otherwise
+    /// leaves a core idle). Returns the entries that failed.
+    pub fn insert_all(
+        &self,
+        entries: &[(Cidr, u64)],
+        now_ms: u64,
+        threads: usize,
+    ) -> Vec<(Cidr, XdpError)> {
+        let chunk = entries.len().div_ceil(threads.max(1)).max(1);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = entries
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        let mut table = match KernelTable::open(&self.location) {
+                            Ok(table) => table,
+                            Err(error) => {
+                                let text = error.to_string();
+                                return part
+                                    .iter()
+                                    .map(|(p, _)| {
+                                        (
+                                            *p,
+                                            XdpError::Kernel {
+                                                what: "replay".into(),
+                                                detail: text.clone(),
+                                            },
+                                        )
+                                    })
+                                    .collect();
+                            }
+                        };
+                        part.iter()
+                            .filter_map(|(prefix, expires)| {
+                                table
+                                    .insert(prefix, *expires, now_ms)
+                                    .err()
+                                    .map(|e| (*prefix, e))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        })
+    }
+
     /// Removes `prefix`; absent is fine (the program may have dropped it).
     pub fn remove(&mut self, prefix: &Cidr) -> Result<(), XdpError> {
         let result = match key_of(prefix) {
