@@ -9,6 +9,7 @@ mod client_cmd;
 mod display;
 mod kernel;
 mod keygen;
+mod replay_cmd;
 mod serve;
 mod settings;
 mod xdp_cmd;
@@ -42,6 +43,8 @@ enum Command {
     Bans(bans_cmd::Args),
     /// The kernel tier: attach, inspect or detach the XDP program (Linux, CAP_BPF + CAP_NET_ADMIN).
     Xdp(xdp_cmd::Args),
+    /// Replay the client side of a capture's TCP streams against a live server.
+    Replay(replay_cmd::Args),
     /// Show the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Bans(args) => bans_cmd::run(args),
         Command::Xdp(args) => xdp_cmd::run(args),
+        Command::Replay(args) => replay_cmd::run(args),
         Command::Config(ConfigCommand::Print(args)) => {
             args.settings().and_then(|s| s.to_toml()).map(|toml| {
                 print!("{toml}");

@@ -130,8 +130,18 @@ impl ServerSpec {
             .next()
             .unwrap();
         server.addr = addr.trim().parse().unwrap();
-        let public = std::fs::read_to_string(self.data_dir.join("server.pub")).unwrap();
-        server.public_key = public.trim().parse().unwrap();
+        // The startup log prints the ready-to-paste client command.
+        let hint = server
+            .wait_log("--server-key ", Duration::from_secs(5))
+            .unwrap();
+        let public = hint
+            .split("--server-key ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        server.public_key = public.parse().unwrap();
         server
     }
 }

@@ -1,0 +1,225 @@
+//! Replays the fixture captures against a live server and checks the table
+//! of expected outcomes in fixtures/README.md, while a live client from
+//! another address keeps being served.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::*;
+use protocol::handshake::RESPONSE_LEN;
+use protocol::{AdminRequest, Request, Response};
+use replay::{Outcome, ReplayOptions, read_streams, replay_stream};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+/// (capture, expected cause or None for "not timed out"), from the README.
+fn expected_outcomes() -> Vec<(String, Option<String>)> {
+    let readme = std::fs::read_to_string(fixtures().join("README.md")).unwrap();
+    let rows: Vec<(String, Option<String>)> = readme
+        .lines()
+        .filter(|line| line.starts_with("| ") && line.contains(".pcap"))
+        .map(|line| {
+            let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+            let outcome = cells.last().unwrap();
+            let cause = match outcome.strip_prefix("timed out: ") {
+                Some(cause) => Some(cause.to_owned()),
+                None if *outcome == "not timed out" => None,
+                None => panic!("fixtures/README.md: unknown outcome {outcome:?}"),
+            };
+            (cells[0].to_owned(), cause)
+        })
+        .collect();
+    assert!(
+        rows.len() >= 12,
+        "the table in fixtures/README.md has {} rows",
+        rows.len()
+    );
+    rows
+}
+
+fn replay_all(capture: &Path, server: std::net::SocketAddr, source: &str) -> Vec<Outcome> {
+    let mut options = ReplayOptions::new(server);
+    options.bind = Some(source.parse().unwrap());
+    options.wait = Duration::from_millis(700);
+    read_streams(capture)
+        .unwrap()
+        .iter()
+        .map(|stream| replay_stream(stream, &options).unwrap())
+        .collect()
+}
+
+fn cause_of(server: &Server, admin: &protocol::PrivateKey, source: &str) -> Option<String> {
+    let request = Request::Admin(AdminRequest::ListBans {
+        after: None,
+        limit: 256,
+    });
+    let Response::Bans { bans, .. } = server.call_from("127.0.0.1", Some(admin), request) else {
+        panic!("cannot list bans");
+    };
+    bans.iter()
+        .find(|b| b.prefix.contains(source.parse().unwrap()))
+        .map(|b| b.cause.to_string())
+}
+
+#[test]
+fn every_capture_has_its_documented_outcome_while_a_live_client_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, _) = key_file(dir.path(), "admin.key");
+    let admins = dir.path().join("admins");
+    std::fs::write(&admins, format!("{}\n", admin.public_key())).unwrap();
+    let config = format!(
+        "[keys]\nserver_key = {:?}\nadmin_keys = {:?}\n",
+        fixtures().join("server.key").display().to_string(),
+        admins.display().to_string()
+    );
+    let server = ServerSpec::new(&dir.path().join("data"))
+        .config(&config)
+        .start();
+
+    // The live client: pings from 127.0.0.2 all along, counting failures.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let live = {
+        let (stop, served, failed) = (stop.clone(), served.clone(), failed.clone());
+        let (addr, key) = (server.addr, server.public_key);
+        std::thread::spawn(move || {
+            let mut config = protocol::ClientConfig::new(key);
+            config.bind = Some("127.0.0.2".parse().unwrap());
+            let mut client =
+                block_on(protocol::Client::connect(&addr.to_string(), &config)).unwrap();
+            let mut nonce = 0;
+            while !stop.load(Ordering::Relaxed) {
+                nonce += 1;
+                match block_on(client.call(&Request::Ping { nonce })) {
+                    Ok(Response::Pong { nonce: n }) if n == nonce => {
+                        served.fetch_add(1, Ordering::Relaxed)
+                    }
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        served.load(Ordering::Relaxed) > 0,
+        "served before the replays"
+    );
+
+    for (i, (capture, expected)) in expected_outcomes().into_iter().enumerate() {
+        let source = format!("127.0.40.{}", i + 1);
+        let outcomes = replay_all(&fixtures().join(&capture), server.addr, &source);
+        assert!(!outcomes.is_empty(), "{capture}: no streams");
+        let actual = if expected.is_some() {
+            eventually(Duration::from_secs(2), || {
+                cause_of(&server, &admin, &source).is_some()
+            });
+            cause_of(&server, &admin, &source)
+        } else {
+            std::thread::sleep(Duration::from_millis(200));
+            cause_of(&server, &admin, &source)
+        };
+        assert_eq!(
+            actual,
+            expected,
+            "{capture}: outcomes {outcomes:?}\n{}",
+            server.log_text()
+        );
+        if expected.is_some() {
+            assert!(
+                refused_at_accept(&source, server.addr),
+                "{capture}: next connection from {source} not refused"
+            );
+        }
+        if capture.starts_with("penaltybox-") {
+            // No replayed request is ever answered: at most the handshake.
+            for outcome in &outcomes {
+                if let Outcome::Closed { answer, .. } | Outcome::Open { answer, .. } = outcome {
+                    assert!(
+                        answer.len() <= RESPONSE_LEN,
+                        "{capture}: a replay got an answer: {outcome:?}"
+                    );
+                }
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    live.join().unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "the live client failed during the replays"
+    );
+    assert!(served.load(Ordering::Relaxed) > 20);
+
+    // The IK capture a second time, from another source: refused as a replay.
+    replay_all(
+        &fixtures().join("penaltybox-ik-session.pcap"),
+        server.addr,
+        "127.0.41.1",
+    );
+    assert!(eventually(Duration::from_secs(2), || cause_of(
+        &server,
+        &admin,
+        "127.0.41.1"
+    )
+    .as_deref()
+        == Some("replayed")));
+}
+
+#[test]
+fn the_replay_command_reports_each_stream_and_the_ban() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, admin_path) = key_file(dir.path(), "admin.key");
+    let admins = dir.path().join("admins");
+    std::fs::write(&admins, format!("{}\n", admin.public_key())).unwrap();
+    let config = format!("[keys]\nadmin_keys = {:?}\n", admins.display().to_string());
+    let server = ServerSpec::new(&dir.path().join("data"))
+        .config(&config)
+        .start();
+    let capture = fixtures().join("nmap-sv.pcap");
+    let (code, out, err) = cli(&[
+        "replay",
+        capture.to_str().unwrap(),
+        "--server",
+        &server.addr.to_string(),
+        "--bind",
+        "127.0.42.1",
+        "--server-key",
+        server.data_dir.join("server.pub").to_str().unwrap(),
+        "--key",
+        admin_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("stream 1: "), "{out}");
+    assert!(out.contains("refused at accept"), "{out}");
+    assert!(
+        out.trim_end()
+            .ends_with("source 127.0.42.1: timed out as 127.0.42.1/32 (cause bad-magic)"),
+        "{out}"
+    );
+    let (code, _, err) = cli(&[
+        "replay",
+        "/nonexistent.pcap",
+        "--server",
+        &server.addr.to_string(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent.pcap"), "{err}");
+    let not_a_capture = fixtures().join("README.md");
+    let (code, _, err) = cli(&[
+        "replay",
+        not_a_capture.to_str().unwrap(),
+        "--server",
+        &server.addr.to_string(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a pcap or pcapng capture"), "{err}");
+}
