@@ -12,13 +12,14 @@ step() { printf '\n==> %s\n' "$*"; }
 step "prerequisites"
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
-rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # The kernel tests need iproute2 (netns, veth) and nsenter (util-linux).
 if ! command -v ip >/dev/null || ! command -v nsenter >/dev/null; then
   apt-get update -q && apt-get install -y -q iproute2 util-linux
 fi
+# The pinned nightly (eBPF program, fuzzing) and bpf-linker.
 ebpf-prog/toolchain.sh
+NIGHTLY="$(sed -n 's/^channel = "\(.*\)"/\1/p' ebpf-prog/program/rust-toolchain.toml)"
 
 step "eBPF object: rebuild from source, compare with the committed one"
 ebpf-prog/build.sh --check
@@ -40,7 +41,7 @@ step "fuzz: ${FUZZ_SECONDS}s per target"
   for target in first_message frame; do
     mkdir -p "fuzz/corpus/$target"
     log="$(mktemp)"
-    if ! cargo +nightly fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
+    if ! cargo "+$NIGHTLY" fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
         -max_total_time="$FUZZ_SECONDS" >"$log" 2>&1; then
       tail -n 60 "$log"
       echo "fuzz target $target failed (crash input under protocol/fuzz/artifacts/$target)"
