@@ -19,9 +19,17 @@ pub fn open(settings: &KernelSettings) -> Option<Box<dyn KernelSync>> {
             .as_ref()
             .map(|_| PathBuf::from(xdp::DEFAULT_PIN_DIR))
     })?;
-    if let Some(iface) = &settings.xdp_iface
-        && !pinned(&table_path)
-    {
+    if let Some(iface) = &settings.xdp_iface {
+        // One-step mode owns its attachment: a pin left by an earlier start
+        // may point at an interface that no longer exists (a restarted
+        // container gets a new one), so start afresh. The live bans are
+        // replayed from storage into the new table right after.
+        if pinned(&table_path) {
+            match xdp::detach(&table_path) {
+                Ok(_) => log::info!("replacing the XDP program pinned under {}", table_path.display()),
+                Err(error) => log::warn!("cannot detach the old XDP program: {error}"),
+            }
+        }
         match xdp::attach(iface, settings.mode(), &table_path, ebpf_program()) {
             Ok(()) => log::info!(
                 "attached the XDP program to {iface}, pinned under {}",
@@ -56,6 +64,24 @@ fn pinned(path: &Path) -> bool {
 
 fn ebpf_program() -> &'static str {
     "penaltybox"
+}
+
+/// Raises every capability in the permitted set into the effective set.
+///
+/// The Docker image gives the binary *permitted* file capabilities (BPF,
+/// NET_ADMIN, DAC_OVERRIDE) without the effective bit: with the bit, exec
+/// would fail outright in a container started without those capabilities;
+/// without it, the binary starts either way and takes what it was granted
+/// here. Outside such a setup this is a no-op.
+pub fn raise_permitted_capabilities() {
+    let Ok(permitted) = caps::read(None, caps::CapSet::Permitted) else {
+        return;
+    };
+    for capability in permitted {
+        if let Err(error) = caps::raise(None, caps::CapSet::Effective, capability) {
+            log::debug!("cannot raise {capability}: {error}");
+        }
+    }
 }
 
 /// `--mode` values.

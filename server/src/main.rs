@@ -69,6 +69,7 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .init();
+    kernel::raise_permitted_capabilities();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bans(args) => bans_cmd::run(args),
