@@ -27,7 +27,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends libcap2-bin \
  && setcap cap_bpf,cap_net_admin,cap_dac_override+p /usr/local/bin/penaltybox \
  && apt-get purge -y --auto-remove libcap2-bin \
- && rm -rf /var/lib/apt/lists/* \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb \
  && useradd --system --uid 10001 --home-dir /var/lib/penaltybox penaltybox \
  && mkdir -p /var/lib/penaltybox \
  && chown penaltybox:penaltybox /var/lib/penaltybox
