@@ -43,8 +43,10 @@ cleanup() {
     "$DK" rmi -f penaltybox:test rust:1.95-slim-bookworm debian:bookworm-slim >/dev/null 2>&1
   fi
   if [ -f "$work/dockerd.pid" ]; then
-    kill "$(cat "$work/dockerd.pid")" 2>/dev/null
-    for _ in $(seq 1 40); do [ -e "/proc/$(cat "$work/dockerd.pid")" ] || break; sleep 0.5; done
+    local pid
+    pid="$(cat "$work/dockerd.pid")"
+    kill "$pid" 2>/dev/null
+    for _ in $(seq 1 40); do [ -e "/proc/$pid" ] || break; sleep 0.5; done
   fi
   ip link del docker0 2>/dev/null
   rm -rf "$pin"
@@ -62,7 +64,7 @@ log "Debian mirror: $mirror"
 command -v debootstrap >/dev/null || { apt-get update -q && apt-get install -y -q debootstrap; }
 mkdir -p "$work/apt/lists/partial" "$work/apt/cache/archives/partial" "$work/config/cli-plugins"
 echo "deb $mirror trixie main" > "$work/apt/sources.list"
-apt_private=(-o "Dir::Etc::SourceList=$work/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+apt_private=(-o APT::Sandbox::User=root -o "Dir::Etc::SourceList=$work/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
              -o "Dir::State::Lists=$work/apt/lists" -o "Dir::Cache=$work/apt/cache")
 apt-get "${apt_private[@]}" update -q >/dev/null
 (cd "$work/apt" && apt-get "${apt_private[@]}" download docker.io docker-cli docker-buildx >/dev/null 2>&1)
@@ -84,7 +86,7 @@ log "dockerd up"
 debootstrap --variant=minbase --include=ca-certificates bookworm "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log"; fail "debootstrap"; }
 cp /usr/local/share/ca-certificates/*.crt "$work/rootfs/usr/local/share/ca-certificates/" 2>/dev/null || true
-chroot "$work/rootfs" update-ca-certificates >/dev/null
+chroot "$work/rootfs" update-ca-certificates >/dev/null 2>&1
 rm -rf "$work"/rootfs/var/cache/apt/archives/*.deb "$work"/rootfs/var/lib/apt/lists/*
 tar -C "$work/rootfs" -c . | "$DK" import - debian:bookworm-slim >/dev/null
 mkdir -p "$work/builder"
