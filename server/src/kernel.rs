@@ -26,7 +26,10 @@ pub fn open(settings: &KernelSettings) -> Option<Box<dyn KernelSync>> {
         // replayed from storage into the new table right after.
         if pinned(&table_path) {
             match xdp::detach(&table_path) {
-                Ok(_) => log::info!("replacing the XDP program pinned under {}", table_path.display()),
+                Ok(_) => log::info!(
+                    "replacing the XDP program pinned under {}",
+                    table_path.display()
+                ),
                 Err(error) => log::warn!("cannot detach the old XDP program: {error}"),
             }
         }
