@@ -227,30 +227,12 @@ fn the_client_cli_against_a_real_server() {
 
     // A wrong server key: one clear line (and that source is now timed out).
     let wrong = PrivateKey::generate().public_key().to_string();
-    let (code, _, err) = cli(&[
-        "client",
-        "--server",
-        &addr,
-        "--server-key",
-        &wrong,
-        "--bind",
-        "127.0.0.9",
-        "ping",
-    ]);
+    let (code, _, err) = run(&wrong, &["--bind", "127.0.0.9", "ping"]);
     assert_eq!(code, 1);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("not this server's key"), "{err}");
     // The same source again: refused at accept.
-    let (code, _, err) = cli(&[
-        "client",
-        "--server",
-        &addr,
-        "--server-key",
-        &key,
-        "--bind",
-        "127.0.0.9",
-        "ping",
-    ]);
+    let (code, _, err) = run(&key, &["--bind", "127.0.0.9", "ping"]);
     assert_eq!(code, 1);
     assert!(
         err.contains("closed the connection during the handshake"),
@@ -258,7 +240,7 @@ fn the_client_cli_against_a_real_server() {
     );
     drop(server);
     // Unreachable now.
-    let (code, _, err) = cli(&["client", "--server", &addr, "--server-key", &key, "ping"]);
+    let (code, _, err) = run(&key, &["ping"]);
     assert_eq!(code, 1);
     assert!(
         err.starts_with(&format!("penaltybox: error: cannot connect to {addr}")),
