@@ -158,9 +158,16 @@ fn replay(n: usize, pin_dir: &Path, rows: &mut Vec<(String, String)>) {
             n as f64 / kernel.elapsed.as_secs_f64() / 1e6
         ),
     ));
-    // Leave the map empty for the flood.
+    // Every ban is really in the map; then leave it empty for the flood.
     let mut table = KernelTable::open(pin_dir).unwrap();
-    for (prefix, _) in table.entries().unwrap() {
+    let entries = table.entries().unwrap();
+    assert_eq!(
+        entries.len(),
+        n,
+        "the kernel map holds {} of {n} replayed bans",
+        entries.len()
+    );
+    for (prefix, _) in entries {
         table.remove(&prefix).unwrap();
     }
 }

@@ -112,14 +112,7 @@ impl KernelTable {
                                     .collect();
                             }
                         };
-                        part.iter()
-                            .filter_map(|(prefix, expires)| {
-                                table
-                                    .insert(prefix, *expires, now_ms)
-                                    .err()
-                                    .map(|e| (*prefix, e))
-                            })
-                            .collect::<Vec<_>>()
+                        table.insert_chunk(part, now_ms)
                     })
                 })
                 .collect();
@@ -128,6 +121,87 @@ impl KernelTable {
                 .flat_map(|w| w.join().unwrap_or_default())
                 .collect()
         })
+    }
+
+    /// Inserts `entries`: single addresses in batches (one syscall per
+    /// [`BATCH`] entries), prefixes one at a time (LPM tries have no batch
+    /// operations). A batch the kernel refuses is retried entry by entry,
+    /// so every failure is reported with its prefix.
+    fn insert_chunk(&mut self, entries: &[(Cidr, u64)], now_ms: u64) -> Vec<(Cidr, XdpError)> {
+        let mut failures = Vec::new();
+        let (singles, prefixes): (Vec<_>, Vec<_>) = entries
+            .iter()
+            .partition(|(prefix, _)| matches!(key_of(prefix), MapKey::Addr(_)));
+        let monotonic_now = monotonic_ns();
+        for batch in singles.chunks(BATCH) {
+            let keys: Vec<AddrKey> = batch
+                .iter()
+                .map(|(prefix, _)| match key_of(prefix) {
+                    MapKey::Addr(key) => key,
+                    MapKey::Prefix(_) => unreachable!("partitioned above"),
+                })
+                .collect();
+            let values: Vec<BanValue> = batch
+                .iter()
+                .map(|(_, expires)| ban_value(monotonic_now, *expires, now_ms))
+                .collect();
+            let done = self.update_batch(&keys, &values).unwrap_or(0);
+            for &(prefix, expires) in &batch[done..] {
+                if let Err(error) = self.insert(&prefix, expires, now_ms) {
+                    failures.push((prefix, error));
+                }
+            }
+        }
+        for (prefix, expires) in prefixes {
+            if let Err(error) = self.insert(&prefix, expires, now_ms) {
+                failures.push((prefix, error));
+            }
+        }
+        failures
+    }
+
+    /// BPF_MAP_UPDATE_BATCH on the address map (Linux ≥ 5.6); aya 0.14 has
+    /// no wrapper for it. Returns how many entries the kernel took.
+    fn update_batch(&self, keys: &[AddrKey], values: &[BanValue]) -> std::io::Result<usize> {
+        use aya::maps::IterableMap;
+        use aya_obj::generated::{bpf_attr, bpf_attr__bindgen_ty_3, bpf_cmd};
+        use std::os::fd::{AsFd, AsRawFd};
+
+        debug_assert_eq!(keys.len(), values.len());
+        // SAFETY: bpf_attr is plain old data; all zeroes is its documented
+        // "unused fields" state, which the kernel checks.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        attr.batch = bpf_attr__bindgen_ty_3 {
+            in_batch: 0,
+            out_batch: 0,
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: self.addrs.map().fd().as_fd().as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: the kernel reads `count` keys and values from the two
+        // slices, which outlive the call, and writes back only `count`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                bpf_cmd::BPF_MAP_UPDATE_BATCH as libc::c_long,
+                &mut attr as *mut bpf_attr,
+                std::mem::size_of::<bpf_attr>() as libc::c_uint,
+            )
+        };
+        // SAFETY: reading back the field we wrote; the kernel updates it.
+        let count = unsafe { attr.batch.count } as usize;
+        if rc < 0 {
+            // On error `count` says how many were done before it.
+            return if count > 0 {
+                Ok(count)
+            } else {
+                Err(std::io::Error::last_os_error())
+            };
+        }
+        Ok(count)
     }
 
     /// Removes `prefix`; absent is fine (the program may have dropped it).
@@ -194,6 +268,22 @@ fn map_kind(map: &Map) -> &'static str {
         Map::PerCpuHashMap(_) => "per-CPU hash",
         Map::LpmTrie(_) => "LPM trie",
         _ => "different",
+    }
+}
+
+/// Entries per BPF_MAP_UPDATE_BATCH call.
+const BATCH: usize = 8192;
+
+/// The map value for a ban ending at `expires_at_ms` (Unix ms), with the
+/// wall-clock remainder moved onto CLOCK_MONOTONIC.
+fn ban_value(monotonic_now: u64, expires_at_ms: u64, now_ms: u64) -> BanValue {
+    let remaining_ns = expires_at_ms
+        .saturating_sub(now_ms)
+        .saturating_mul(1_000_000);
+    BanValue {
+        // Never 0 (which means "until removed") for a timed ban.
+        expires_ns: monotonic_now.saturating_add(remaining_ns).max(1),
+        drops: 0,
     }
 }
 
