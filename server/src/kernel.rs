@@ -3,7 +3,7 @@
 //! `KernelSync`. Any failure is one warning line and the server goes on with
 //! the userspace tier alone.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use actors::kernel::KernelSync;
 use xdp::{AttachMode, KernelTable};
@@ -24,16 +24,15 @@ pub fn open(settings: &KernelSettings) -> Option<Box<dyn KernelSync>> {
         // may point at an interface that no longer exists (a restarted
         // container gets a new one), so start afresh. The live bans are
         // replayed from storage into the new table right after.
-        if pinned(&table_path) {
-            match xdp::detach(&table_path) {
-                Ok(_) => log::info!(
-                    "replacing the XDP program pinned under {}",
-                    table_path.display()
-                ),
-                Err(error) => log::warn!("cannot detach the old XDP program: {error}"),
-            }
+        match xdp::detach(&table_path) {
+            Ok(true) => log::info!(
+                "replacing the XDP program pinned under {}",
+                table_path.display()
+            ),
+            Ok(false) => {}
+            Err(error) => log::warn!("cannot detach the old XDP program: {error}"),
         }
-        match xdp::attach(iface, settings.mode(), &table_path, ebpf_program()) {
+        match xdp::attach(iface, settings.mode(), &table_path, xdp::PROGRAM) {
             Ok(()) => log::info!(
                 "attached the XDP program to {iface}, pinned under {}",
                 table_path.display()
@@ -54,19 +53,6 @@ pub fn open(settings: &KernelSettings) -> Option<Box<dyn KernelSync>> {
             None
         }
     }
-}
-
-fn pinned(path: &Path) -> bool {
-    let dir = if path.is_dir() {
-        path
-    } else {
-        path.parent().unwrap_or(path)
-    };
-    dir.join("link").exists()
-}
-
-fn ebpf_program() -> &'static str {
-    "penaltybox"
 }
 
 /// Raises every capability in the permitted set into the effective set.

@@ -28,7 +28,7 @@ enum XdpCommand {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
         /// Which program of the object: the bench attaches `drop_all` as its baseline.
-        #[arg(long, default_value = "penaltybox", hide = true)]
+        #[arg(long, default_value = xdp::PROGRAM, hide = true)]
         program: String,
     },
     /// Where the program is attached, the banned entries and drop counters.

@@ -20,6 +20,7 @@ pub mod table;
 use std::path::PathBuf;
 
 pub use attach::{AttachMode, Status, attach, detach, status};
+pub use ebpf_common::PROGRAM;
 pub use table::KernelTable;
 
 /// The XDP object built by `ebpf-prog/build.sh`.
