@@ -766,3 +766,30 @@ fn serve_with_no_arguments_generates_its_key_and_stops_cleanly() {
     let again = Server::start(&data);
     assert!(again.log_text().contains("0 bans restored"));
 }
+
+#[test]
+fn out_of_file_descriptors_the_acceptor_backs_off_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    // 64 descriptors: the server's own (sled, threads, listeners) take some,
+    // idle connections the rest.
+    let server = ServerSpec::new(&dir.path().join("data"))
+        .wrap(&["prlimit", "--nofile=64:64"])
+        .config("[timeouts]\nhandshake = \"30s\"\n[limits]\nmax_pending_per_source = 1000\nmax_pending_handshakes = 1000\n")
+        .start();
+    let held: Vec<_> = (0..80)
+        .filter_map(|_| try_connect_from("127.0.60.1", server.addr).ok())
+        .collect();
+    assert!(
+        server.wait_log("pausing", Duration::from_secs(5)).is_some(),
+        "no EMFILE backoff logged:\n{}",
+        server.log_text()
+    );
+    drop(held);
+    // Once the idle connections are gone, accepting works again.
+    assert!(eventually(Duration::from_secs(10), || server
+        .client_from("127.0.60.2", None)
+        .is_ok_and(|mut c| block_on(
+            c.call(&Request::Ping { nonce: 3 })
+        )
+        .is_ok())));
+}

@@ -353,3 +353,26 @@ fn a_missing_table_is_one_clear_line_and_the_userspace_tier_keeps_working() {
         server.addr
     )));
 }
+
+#[test]
+fn a_table_path_that_is_not_a_ban_map_is_one_clear_line() {
+    let Some(bed) = Testbed::new() else { return };
+    bed.attach();
+    let dir = tempfile::tempdir().unwrap();
+    let counters = bed.pin_dir.join("counters").display().to_string();
+    let server = ServerSpec::new(&dir.path().join("data"))
+        .netns(&bed.pair.server_ns)
+        .listen(&[&format!("{SERVER_V4}:5000")])
+        .args(&["-B", &counters])
+        .start();
+    let warning = server
+        .wait_log("kernel tier off", Duration::from_secs(2))
+        .expect("a warning");
+    assert!(
+        warning.contains("is not a penaltybox ban table: a per-CPU array map, not a hash map"),
+        "{warning}"
+    );
+    let server_pub = server.data_dir.join("server.pub");
+    bed.ping(SERVER_V4, &server_pub)
+        .expect("the userspace tier serves");
+}

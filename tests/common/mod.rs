@@ -33,6 +33,8 @@ pub struct ServerSpec {
     pub extra_args: Vec<String>,
     /// Run inside this network namespace (`ip netns` name).
     pub netns: Option<String>,
+    /// A command to run the server under, e.g. `prlimit --nofile=64`.
+    pub wrapper: Vec<String>,
 }
 
 impl ServerSpec {
@@ -44,7 +46,13 @@ impl ServerSpec {
             listen: vec!["127.0.0.1:0".into()],
             extra_args: Vec::new(),
             netns: None,
+            wrapper: Vec::new(),
         }
+    }
+
+    pub fn wrap(mut self, command: &[&str]) -> Self {
+        self.wrapper = command.iter().map(|a| a.to_string()).collect();
+        self
     }
 
     pub fn args(mut self, args: &[&str]) -> Self {
@@ -73,12 +81,16 @@ impl ServerSpec {
     }
 
     pub fn start(self) -> Server {
-        let mut command = match &self.netns {
+        let mut prefix = self.wrapper.clone();
+        if let Some(ns) = &self.netns {
             // nsenter switches only the network namespace, so /sys/fs/bpf
             // stays visible (`ip netns exec` would remount /sys).
-            Some(ns) => {
-                let mut command = Command::new("nsenter");
-                command.arg(format!("--net=/run/netns/{ns}")).arg(BIN);
+            prefix.extend(["nsenter".to_owned(), format!("--net=/run/netns/{ns}")]);
+        }
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(BIN);
                 command
             }
             None => Command::new(BIN),
