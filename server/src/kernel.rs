@@ -1,7 +1,7 @@
 //! Wiring of the kernel tier for `serve`: open the pinned table named by
-//! `-B` (attaching first with `--xdp-iface`), adapted to the registry's
-//! `KernelSync`. Any failure is one warning line and the server goes on with
-//! the userspace tier alone.
+//! `-B` (attaching first with `--xdp-iface`) for the registry to keep in
+//! step. Any failure is one warning line and the server goes on with the
+//! userspace tier alone.
 
 use std::path::PathBuf;
 
