@@ -3,7 +3,7 @@
 //! directory of a stopped one (sled allows one process at a time).
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -71,12 +71,12 @@ enum BansCommand {
     Stats,
 }
 
-enum Backend {
+pub(crate) enum Backend {
     Online(Box<Client>),
     Offline(Box<Offline>),
 }
 
-struct Offline {
+pub(crate) struct Offline {
     store: Store,
     policy: BanPolicy,
 }
@@ -122,20 +122,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// A session with a running server, authenticated with an admin key.
+pub(crate) async fn connect_admin(
+    server: &str,
+    server_key: PublicKey,
+    key: &Path,
+    bind: Option<IpAddr>,
+) -> anyhow::Result<Backend> {
+    let mut config = ClientConfig::new(server_key);
+    config.client_key = Some(PrivateKey::read(key)?);
+    config.bind = bind;
+    let client = Client::connect(server, &config).await?;
+    if client.role() != Role::Admin {
+        bail!(
+            "{} is not an admin key on {server} (add its public key to keys.admin_keys)",
+            key.display()
+        );
+    }
+    Ok(Backend::Online(Box::new(client)))
+}
+
 async fn connect(args: &Args) -> anyhow::Result<Backend> {
     if let (Some(server), Some(server_key), Some(key)) = (&args.server, args.server_key, &args.key)
     {
-        let mut config = ClientConfig::new(server_key);
-        config.client_key = Some(PrivateKey::read(key)?);
-        config.bind = args.bind;
-        let client = Client::connect(server, &config).await?;
-        if client.role() != Role::Admin {
-            bail!(
-                "{} is not an admin key on {server} (add its public key to keys.admin_keys)",
-                key.display()
-            );
-        }
-        return Ok(Backend::Online(Box::new(client)));
+        return connect_admin(server, server_key, key, args.bind).await;
     }
     let settings = settings::load(
         args.config.as_deref(),
@@ -159,24 +169,41 @@ async fn connect(args: &Args) -> anyhow::Result<Backend> {
 
 async fn list(backend: &mut Backend, json: bool) -> anyhow::Result<ExitCode> {
     let now = actors::now_ms();
-    let mut after = None;
-    loop {
-        let (bans, next) = backend.page(after).await?;
-        for ban in bans.iter().filter(|ban| ban.expires_at_ms > now) {
-            if json {
-                println!("{}", ban_json(ban, now));
-            } else {
-                println!("{}", ban_line(ban, now));
+    backend
+        .each_ban(|ban| {
+            if ban.expires_at_ms > now {
+                if json {
+                    println!("{}", ban_json(ban, now));
+                } else {
+                    println!("{}", ban_line(ban, now));
+                }
             }
-        }
-        match next {
-            Some(next) => after = Some(next),
-            None => return Ok(ExitCode::SUCCESS),
-        }
-    }
+            true
+        })
+        .await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 impl Backend {
+    /// Visits every ban in prefix order, page by page, until `visit`
+    /// returns false.
+    pub(crate) async fn each_ban(
+        &mut self,
+        mut visit: impl FnMut(&BanInfo) -> bool,
+    ) -> anyhow::Result<()> {
+        let mut after = None;
+        loop {
+            let (bans, next) = self.page(after).await?;
+            if !bans.iter().all(&mut visit) {
+                return Ok(());
+            }
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
     async fn page(&mut self, after: Option<Cidr>) -> anyhow::Result<(Vec<BanInfo>, Option<Cidr>)> {
         match self {
             Backend::Online(client) => {

@@ -4,15 +4,14 @@
 //! timed out and why.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use protocol::{
-    AdminRequest, Cidr, Client, ClientConfig, PrivateKey, PublicKey, Request, Response,
-};
+use protocol::{Cidr, PublicKey};
 use replay::{ReplayOptions, read_streams, replay_stream};
 
+use crate::bans_cmd::connect_admin;
 use crate::client_cmd::parse_server_key;
 
 #[derive(clap::Args)]
@@ -65,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Some(bind) => bind,
             None => bail!("--bind is needed to ask which source to look up"),
         };
-        match ban_of(&args.server, server_key, &PrivateKey::read(key)?, source)? {
+        match ban_of(&args.server, server_key, key, source)? {
             Some((prefix, cause)) => {
                 println!("source {source}: timed out as {prefix} (cause {cause})")
             }
@@ -79,29 +78,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn ban_of(
     server: &str,
     server_key: PublicKey,
-    key: &PrivateKey,
+    key: &Path,
     source: IpAddr,
 ) -> anyhow::Result<Option<(Cidr, String)>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut config = ClientConfig::new(server_key);
-        config.client_key = Some(key.clone());
-        let mut client = Client::connect(server, &config).await?;
-        let mut after = None;
-        loop {
-            let request = Request::Admin(AdminRequest::ListBans { after, limit: 256 });
-            let Response::Bans { bans, next_after } = client.call(&request).await? else {
-                bail!("the server did not list its bans (is --key an admin key?)");
-            };
-            if let Some(ban) = bans.iter().find(|b| b.prefix.contains(source)) {
-                return Ok(Some((ban.prefix, ban.cause.to_string())));
-            }
-            match next_after {
-                Some(next) => after = Some(next),
-                None => return Ok(None),
-            }
-        }
+        let mut backend = connect_admin(server, server_key, key, None).await?;
+        let mut found = None;
+        backend
+            .each_ban(|ban| {
+                if ban.prefix.contains(source) {
+                    found = Some((ban.prefix, ban.cause.to_string()));
+                }
+                found.is_none()
+            })
+            .await?;
+        Ok(found)
     })
 }
