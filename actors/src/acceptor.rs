@@ -19,17 +19,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::now_ms;
-use crate::server::ServerContext;
 use crate::session::Session;
+use crate::startup::Shared;
 use crate::stats::bump;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-pub struct Acceptor {
+pub(crate) struct Acceptor {
     listener: Option<TcpListener>,
     local: SocketAddr,
-    server: Arc<ServerContext>,
+    shared: Arc<Shared>,
     workers: Arc<Vec<ArbiterHandle>>,
     next_worker: usize,
     backoff: Duration,
@@ -39,18 +39,18 @@ pub struct Acceptor {
 /// Stop accepting (shutdown); the listening socket closes with the actor.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct StopAccepting;
+pub(crate) struct StopAccepting;
 
 impl Acceptor {
     pub fn new(
         listener: TcpListener,
-        server: Arc<ServerContext>,
+        shared: Arc<Shared>,
         workers: Arc<Vec<ArbiterHandle>>,
     ) -> io::Result<Self> {
         Ok(Acceptor {
             local: listener.local_addr()?,
             listener: Some(listener),
-            server,
+            shared,
             workers,
             next_worker: 0,
             backoff: MIN_BACKOFF,
@@ -91,18 +91,18 @@ impl StreamHandler<io::Result<TcpStream>> for Acceptor {
             Err(error) => return self.accept_failed(error, ctx),
         };
         self.backoff = MIN_BACKOFF;
-        bump(&self.server.stats.connections_accepted);
+        bump(&self.shared.stats.connections_accepted);
         let Ok(peer) = stream.peer_addr() else {
             return; // already reset by the peer
         };
-        if let Some((prefix, _)) = self.server.view.lookup(peer.ip(), now_ms()) {
-            bump(&self.server.stats.connections_refused);
+        if let Some((prefix, _)) = self.shared.view.lookup(peer.ip(), now_ms()) {
+            bump(&self.shared.stats.connections_refused);
             return self.refuse(stream, peer, &format!("timed out ({prefix})"));
         }
-        let slot = match self.server.limits.admit(peer.ip()) {
+        let slot = match self.shared.admission.admit(peer.ip()) {
             Ok(slot) => slot,
             Err(limit) => {
-                bump(&self.server.stats.connections_over_limit);
+                bump(&self.shared.stats.connections_over_limit);
                 return self.refuse(stream, peer, &format!("over limit: {limit:?}"));
             }
         };
@@ -112,8 +112,8 @@ impl StreamHandler<io::Result<TcpStream>> for Acceptor {
         };
         let worker = &self.workers[self.next_worker % self.workers.len()];
         self.next_worker = self.next_worker.wrapping_add(1);
-        let server = self.server.clone();
-        Session::start_in_arbiter(worker, move |_| Session::new(stream, peer, server, slot));
+        let shared = self.shared.clone();
+        Session::start_in_arbiter(worker, move |_| Session::new(stream, peer, shared, slot));
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {

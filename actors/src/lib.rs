@@ -1,38 +1,111 @@
 //! # penaltybox-actors
 //!
-//! The running server, as actix actors that exchange typed messages:
+//! The running server, as actix actors that exchange typed messages. The
+//! path of one connection reads in one direction:
 //!
-//! - [`acceptor::Acceptor`], one per listen address: accepts every
-//!   connection, closes it at once (RST, nothing read) when its source is
-//!   timed out, else starts a session on a worker arbiter;
-//! - [`session::Session`], one per connection: handshake under a deadline,
-//!   then requests; any protocol violation becomes a `Ban` for the registry;
-//! - [`registry::BanRegistry`]: the only writer of the time-out table. It
-//!   applies the [`policy`], keeps the [`view::BanView`] the acceptors read
-//!   without a round trip, persists through `storage`, mirrors bans into the
-//!   kernel tier when there is one ([`kernel::KernelSync`]), and releases
-//!   expired time-outs.
+//! 1. `acceptor` (one actor per listen address) accepts every connection;
+//!    a timed-out source is closed at once (RST, nothing read) after one
+//!    lookup in the [`BanView`]; otherwise `admission` gives it a slot and
+//!    a `session` actor starts on a worker arbiter.
+//! 2. `session` runs the handshake under a deadline, then answers requests
+//!    (`requests`). A protocol violation is a `Ban` message to the registry.
+//! 3. `registry`, the `BanRegistry` actor, is a thin mailbox over the
+//!    [`BanCore`], the one place where a time-out is decided, recorded in
+//!    storage, mirrored into the kernel table ([`KernelSync`]) and released.
+//!    It tells live sessions of a newly timed-out prefix to close (`Kick`).
 //!
-//! [`service`] answers requests; [`limits`] and [`stats`] are shared
-//! counters. No CLI parsing here: the `penaltybox` binary builds a
-//! [`ServerConfig`] and calls [`server::start`].
+//! No CLI parsing and no aya here: the `penaltybox` binary builds a
+//! [`ServerConfig`] (with its kernel-table adapter) and calls [`start`];
+//! the offline admin commands use [`BanCore::offline`].
 
-pub mod acceptor;
-pub mod kernel;
-pub mod limits;
-pub mod policy;
-pub mod registry;
-pub mod server;
-pub mod service;
-pub mod session;
-pub mod stats;
-pub mod view;
+mod acceptor;
+mod admission;
+mod ban_core;
+mod kernel_sync;
+mod policy;
+mod registry;
+mod requests;
+mod session;
+mod startup;
+mod stats;
+mod view;
 
-pub use server::{RunningServer, ServerConfig, start};
+pub use admission::LimitConfig;
+pub use ban_core::{BanCore, BanOutcome, BootReport, KernelReplay, RemoteOutcome, hex_preview};
+pub use kernel_sync::{KernelError, KernelSync};
+pub use policy::{BanPolicy, Durations, expiry_after};
+pub use startup::{RunningServer, ServerConfig, ServerHandle, StartError, start};
+pub use stats::{Stats, StatsSnapshot};
+pub use view::BanView;
+
+use model::Cidr;
+
+/// Why a ban operation failed, as the registry answers it across the actor
+/// boundary. The service tells the two kinds apart: the client's mistake
+/// ([`BanError::is_server_fault`] false) is `InvalidRequest`, the server's
+/// is `Internal`.
+#[derive(Debug, thiserror::Error)]
+pub enum BanError {
+    #[error("{prefix} is inside the allow-list entry {entry}")]
+    AllowListed { prefix: Cidr, entry: Cidr },
+    #[error("storage: {0}")]
+    Storage(#[from] storage::StorageError),
+    /// The registry actor stopped: nothing is being timed out any more.
+    #[error("the ban registry is not running")]
+    RegistryGone,
+}
+
+impl BanError {
+    pub fn is_server_fault(&self) -> bool {
+        match self {
+            BanError::AllowListed { .. } => false,
+            BanError::Storage(_) | BanError::RegistryGone => true,
+        }
+    }
+}
 
 /// Wall-clock now, Unix milliseconds: what bans are stored with.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The last instant RFC 3339 can write: 9999-12-31T23:59:59Z.
+const LAST_RFC3339_MS: u64 = 253_402_300_799_000;
+
+/// A Unix-ms instant as RFC 3339 (seconds), for logs and listings. Never
+/// panics: an instant past year 9999 (an absurd stored expiry) is written
+/// as that last second with a `+`.
+pub fn format_time(unix_ms: u64) -> String {
+    let clamped = unix_ms.min(LAST_RFC3339_MS);
+    let text = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(clamped),
+    )
+    .to_string();
+    if unix_ms > LAST_RFC3339_MS {
+        format!("{text}+")
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_format_without_panicking() {
+        assert_eq!(super::format_time(0), "1970-01-01T00:00:00Z");
+        // date -u -d @1700000000
+        assert_eq!(
+            super::format_time(1_700_000_000_123),
+            "2023-11-14T22:13:20Z"
+        );
+        // date -u -d @951782400 (a leap day)
+        assert_eq!(super::format_time(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(super::format_time(u64::MAX), "9999-12-31T23:59:59Z+");
+        assert_eq!(
+            super::format_time(super::LAST_RFC3339_MS),
+            "9999-12-31T23:59:59Z"
+        );
+    }
 }

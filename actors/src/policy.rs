@@ -2,41 +2,40 @@
 //! escalate, which prefix a source is aggregated into, who is never timed
 //! out, and how large the table may grow. Pure functions, no I/O.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use protocol::message::{BanInfo, Cause, FirstBytes};
-use protocol::{Cidr, Rejection};
+use model::ban::{BanCause, BanInfo, Cause, CauseClass, FirstBytes};
+use model::cidr::Cidr;
+use protocol::Rejection;
 use storage::History;
 
-/// Why a source is being timed out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BanCause {
-    /// The first message was rejected (foreign bytes, bad mac1, refused key...).
-    Rejected(Rejection),
-    /// No complete handshake before the deadline (slowloris, stalled scanner).
-    HandshakeTimeout,
-    /// An authenticated session sent a frame that failed authentication or
-    /// broke a limit.
-    SessionViolation,
-}
+use crate::BanError;
 
-impl BanCause {
-    /// The stable name stored with the ban and shown by `bans list`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            BanCause::Rejected(rejection) => rejection.cause(),
-            BanCause::HandshakeTimeout => "handshake-timeout",
-            BanCause::SessionViolation => "session-violation",
-        }
+/// The ban cause of a rejected first message: the protocol says what was
+/// wrong, the ban side names it.
+pub fn cause_of(rejection: &Rejection) -> BanCause {
+    match rejection {
+        Rejection::BadMagic => BanCause::BadMagic,
+        Rejection::BadVersion(_) => BanCause::BadVersion,
+        Rejection::BadPattern(_) => BanCause::BadPattern,
+        Rejection::BadLength { .. } => BanCause::BadLength,
+        Rejection::BadMac1 => BanCause::BadMac1,
+        Rejection::HandshakeFailed => BanCause::HandshakeFailed,
+        Rejection::AnonymousNotAllowed | Rejection::Unauthorized(_) => BanCause::Unauthorized,
+        Rejection::Replayed => BanCause::Replayed,
     }
 }
 
-impl fmt::Display for BanCause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
+/// `now_ms + duration`, saturating: no duration, however absurd, wraps an
+/// expiry into the past.
+pub fn expiry_after(now_ms: u64, duration: Duration) -> u64 {
+    let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    now_ms.saturating_add(millis)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Base time-out per kind of cause (OpenSSH PerSourcePenalties style).
@@ -120,22 +119,25 @@ impl BanPolicy {
         self.allow.iter().any(|cidr| cidr.contains(ip))
     }
 
-    pub fn base_duration(&self, cause: &BanCause) -> Duration {
-        match cause {
-            BanCause::Rejected(rejection) if rejection.is_foreign_protocol() => {
-                self.durations.non_protocol
-            }
-            BanCause::Rejected(_) => self.durations.handshake_failure,
-            BanCause::HandshakeTimeout => self.durations.handshake_timeout,
-            BanCause::SessionViolation => self.durations.session_violation,
+    /// The history-window start: bans before it no longer escalate.
+    pub fn escalation_cutoff(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(millis(self.escalation_window))
+    }
+
+    pub fn base_duration(&self, cause: BanCause) -> Duration {
+        match cause.class() {
+            CauseClass::ForeignProtocol => self.durations.non_protocol,
+            CauseClass::HandshakeFailure => self.durations.handshake_failure,
+            CauseClass::HandshakeTimeout => self.durations.handshake_timeout,
+            CauseClass::SessionViolation => self.durations.session_violation,
         }
     }
 
     /// Applies escalation: a repeat within the window doubles the previous
     /// time-out (never below the cause's base, never above the maximum).
-    pub fn decide(&self, cause: &BanCause, previous: Option<History>, now_ms: u64) -> Decision {
+    pub fn decide(&self, cause: BanCause, previous: Option<History>, now_ms: u64) -> Decision {
         let base = self.base_duration(cause).min(self.max_duration);
-        let window_ms = self.escalation_window.as_millis() as u64;
+        let window_ms = millis(self.escalation_window);
         match previous {
             Some(history) if now_ms < history.last_banned_at_ms.saturating_add(window_ms) => {
                 let doubled = Duration::from_millis(history.last_duration_ms.saturating_mul(2));
@@ -160,9 +162,12 @@ impl BanPolicy {
         duration: Option<Duration>,
         cause: Cause,
         now_ms: u64,
-    ) -> Result<BanInfo, String> {
+    ) -> Result<BanInfo, BanError> {
         if let Some(allowed) = self.allow.iter().find(|a| a.contains(prefix.addr())) {
-            return Err(format!("{prefix} is inside the allow-list entry {allowed}"));
+            return Err(BanError::AllowListed {
+                prefix,
+                entry: *allowed,
+            });
         }
         let duration = duration.unwrap_or(self.durations.admin_default);
         Ok(BanInfo {
@@ -170,7 +175,7 @@ impl BanPolicy {
             cause,
             first_bytes: FirstBytes::default(),
             banned_at_ms: now_ms,
-            expires_at_ms: now_ms.saturating_add(duration.as_millis() as u64),
+            expires_at_ms: expiry_after(now_ms, duration),
             repeat: 1,
         })
     }
@@ -206,30 +211,46 @@ mod tests {
     #[test]
     fn causes_map_to_their_durations() {
         let policy = BanPolicy::default();
-        let foreign = BanCause::Rejected(Rejection::BadMagic);
-        let auth = BanCause::Rejected(Rejection::BadMac1);
-        assert_eq!(policy.base_duration(&foreign), Duration::from_secs(900));
-        assert_eq!(policy.base_duration(&auth), Duration::from_secs(60));
+        let foreign = cause_of(&Rejection::BadMagic);
+        let auth = cause_of(&Rejection::BadMac1);
+        assert_eq!(policy.base_duration(foreign), Duration::from_secs(900));
+        assert_eq!(policy.base_duration(auth), Duration::from_secs(60));
         assert_eq!(
-            policy.base_duration(&BanCause::HandshakeTimeout),
+            policy.base_duration(BanCause::HandshakeTimeout),
             Duration::from_secs(60)
         );
         assert_eq!(
-            policy.base_duration(&BanCause::SessionViolation),
+            policy.base_duration(BanCause::SessionViolation),
             Duration::from_secs(900)
         );
+        for rejection in [
+            Rejection::BadMagic,
+            Rejection::BadVersion(9),
+            Rejection::BadPattern(9),
+            Rejection::BadLength {
+                declared: 1,
+                expected: 2,
+            },
+        ] {
+            assert_eq!(
+                cause_of(&rejection).class(),
+                CauseClass::ForeignProtocol,
+                "{rejection}"
+            );
+            assert!(rejection.is_foreign_protocol());
+        }
     }
 
     #[test]
     fn escalation_doubles_within_the_window_up_to_the_maximum() {
         let policy = BanPolicy::default();
-        let cause = BanCause::Rejected(Rejection::BadMagic);
+        let cause = BanCause::BadMagic;
         let now = 100 * 24 * 60 * MIN;
         assert_eq!(
-            policy.decide(&cause, None, now).duration,
+            policy.decide(cause, None, now).duration,
             Duration::from_secs(900)
         );
-        let second = policy.decide(&cause, history(now - 20 * MIN, 15 * MIN, 1), now);
+        let second = policy.decide(cause, history(now - 20 * MIN, 15 * MIN, 1), now);
         assert_eq!(
             second,
             Decision {
@@ -238,9 +259,9 @@ mod tests {
             }
         );
         // A cheap previous ban does not lower a costlier cause's base.
-        let after_auth = policy.decide(&cause, history(now - 5 * MIN, MIN, 1), now);
+        let after_auth = policy.decide(cause, history(now - 5 * MIN, MIN, 1), now);
         assert_eq!(after_auth.duration, Duration::from_secs(900));
-        let capped = policy.decide(&cause, history(now - MIN, 20 * 60 * MIN, 7), now);
+        let capped = policy.decide(cause, history(now - MIN, 20 * 60 * MIN, 7), now);
         assert_eq!(
             capped,
             Decision {
@@ -249,7 +270,7 @@ mod tests {
             }
         );
         // Outside the window: a first offence again.
-        let stale = policy.decide(&cause, history(now - 25 * 60 * MIN, 15 * MIN, 3), now);
+        let stale = policy.decide(cause, history(now - 25 * 60 * MIN, 15 * MIN, 3), now);
         assert_eq!(
             stale,
             Decision {
@@ -257,6 +278,13 @@ mod tests {
                 repeat: 1
             }
         );
+    }
+
+    #[test]
+    fn expiries_saturate() {
+        assert_eq!(expiry_after(5, Duration::from_millis(10)), 15);
+        assert_eq!(expiry_after(5, Duration::MAX), u64::MAX);
+        assert_eq!(expiry_after(u64::MAX - 1, Duration::from_secs(1)), u64::MAX);
     }
 
     #[test]

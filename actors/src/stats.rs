@@ -1,24 +1,29 @@
-//! Server-wide counters, shared by every actor; read by the admin `Stats`
-//! request and the startup/shutdown logs.
+//! Server-wide counters, shared by every actor, and [`StatsSnapshot`], the
+//! one way they are read: by the admin `Stats` request, the startup and
+//! shutdown logs, and the binary ([`crate::RunningServer::stats`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use protocol::message::ServerStats;
 
+/// The counters themselves; opaque outside this crate (read them through a
+/// [`StatsSnapshot`]).
 pub struct Stats {
     started: Instant,
-    pub connections_accepted: AtomicU64,
+    pub(crate) connections_accepted: AtomicU64,
     /// Closed at accept: the source was timed out.
-    pub connections_refused: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
     /// Closed at accept: a connection or pending-handshake limit was reached.
-    pub connections_over_limit: AtomicU64,
-    pub sessions_active: AtomicU64,
-    pub handshakes_completed: AtomicU64,
-    pub bans_total: AtomicU64,
-    pub bans_evicted: AtomicU64,
+    pub(crate) connections_over_limit: AtomicU64,
+    pub(crate) sessions_active: AtomicU64,
+    /// Established sessions closed because their source was timed out.
+    pub(crate) sessions_kicked: AtomicU64,
+    pub(crate) handshakes_completed: AtomicU64,
+    pub(crate) bans_total: AtomicU64,
+    pub(crate) bans_evicted: AtomicU64,
     /// Kernel-table updates that failed (the userspace ban stands).
-    pub kernel_errors: AtomicU64,
+    pub(crate) kernel_errors: AtomicU64,
 }
 
 impl Default for Stats {
@@ -29,6 +34,7 @@ impl Default for Stats {
             connections_refused: AtomicU64::new(0),
             connections_over_limit: AtomicU64::new(0),
             sessions_active: AtomicU64::new(0),
+            sessions_kicked: AtomicU64::new(0),
             handshakes_completed: AtomicU64::new(0),
             bans_total: AtomicU64::new(0),
             bans_evicted: AtomicU64::new(0),
@@ -37,23 +43,65 @@ impl Default for Stats {
     }
 }
 
-pub fn bump(counter: &AtomicU64) {
+pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Every counter at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub uptime_secs: u64,
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub connections_over_limit: u64,
+    pub sessions_active: u64,
+    pub sessions_kicked: u64,
+    pub handshakes_completed: u64,
+    pub bans_active: u64,
+    pub bans_total: u64,
+    pub bans_evicted: u64,
+    pub storage_flushes: u64,
+    pub storage_errors: u64,
+    pub kernel_errors: u64,
+}
+
 impl Stats {
-    pub fn snapshot(&self, bans_active: usize, storage_errors: u64) -> ServerStats {
+    pub(crate) fn snapshot(&self, bans_active: usize, store: &storage::Store) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        ServerStats {
+        StatsSnapshot {
             uptime_secs: self.started.elapsed().as_secs(),
             connections_accepted: get(&self.connections_accepted),
             connections_refused: get(&self.connections_refused),
+            connections_over_limit: get(&self.connections_over_limit),
             sessions_active: get(&self.sessions_active),
+            sessions_kicked: get(&self.sessions_kicked),
             handshakes_completed: get(&self.handshakes_completed),
             bans_active: bans_active as u64,
             bans_total: get(&self.bans_total),
-            storage_errors,
+            bans_evicted: get(&self.bans_evicted),
+            storage_flushes: store.flush_count(),
+            storage_errors: store.error_count(),
             kernel_errors: get(&self.kernel_errors),
+        }
+    }
+}
+
+impl From<StatsSnapshot> for ServerStats {
+    fn from(s: StatsSnapshot) -> Self {
+        ServerStats {
+            uptime_secs: s.uptime_secs,
+            connections_accepted: s.connections_accepted,
+            connections_refused: s.connections_refused,
+            connections_over_limit: s.connections_over_limit,
+            sessions_active: s.sessions_active,
+            sessions_kicked: s.sessions_kicked,
+            handshakes_completed: s.handshakes_completed,
+            bans_active: s.bans_active,
+            bans_total: s.bans_total,
+            bans_evicted: s.bans_evicted,
+            storage_flushes: s.storage_flushes,
+            storage_errors: s.storage_errors,
+            kernel_errors: s.kernel_errors,
         }
     }
 }

@@ -105,20 +105,6 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    /// A stable, short name used as the ban cause in logs, storage and the admin CLI.
-    pub fn cause(&self) -> &'static str {
-        match self {
-            Rejection::BadMagic => "bad-magic",
-            Rejection::BadVersion(_) => "bad-version",
-            Rejection::BadPattern(_) => "bad-pattern",
-            Rejection::BadLength { .. } => "bad-length",
-            Rejection::BadMac1 => "bad-mac1",
-            Rejection::HandshakeFailed => "handshake-failed",
-            Rejection::AnonymousNotAllowed | Rejection::Unauthorized(_) => "unauthorized",
-            Rejection::Replayed => "replayed",
-        }
-    }
-
     /// True for the reasons that mean "not our protocol at all" (decided
     /// before mac1), as opposed to a penaltybox client that failed to
     /// authenticate. Servers give the two different time-outs.

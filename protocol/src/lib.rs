@@ -8,21 +8,21 @@
 //!   foreign protocols from the first read, before any Diffie-Hellman;
 //! - [`handshake`]: the Noise IK/NK handshake, client roles, replay guard;
 //! - [`frame`]: encrypted, optionally compressed transport frames;
-//! - [`message`]: the requests and responses the frames carry, with
-//!   [`inline`] fixed-capacity fields for their bounded text;
+//! - [`message`]: the requests and responses the frames carry; the values
+//!   inside them (prefixes, ban and volume records) are `model`'s;
 //! - [`connection`]: message I/O over an async byte stream;
 //! - [`keys`]: key files, public keys, authorized-keys lists;
 //! - [`client`]: the async client.
 //!
 //! This crate owns no policy: what a server does about a rejected first
-//! message (time-outs, bans) is the `actors` crate's business.
+//! message (which time-out, under which cause name) is the `actors`
+//! crate's business; [`Rejection`] only says what was wrong.
 
 pub mod client;
 pub mod connection;
 pub mod frame;
 pub mod handshake;
 pub mod initiation;
-pub mod inline;
 pub mod keys;
 pub mod message;
 
@@ -31,3 +31,4 @@ pub use handshake::{Accepted, AccessPolicy, Peer, Responder, Role};
 pub use initiation::Rejection;
 pub use keys::{PrivateKey, PublicKey};
 pub use message::{AdminRequest, Cidr, Request, Response};
+pub use model::inline;

@@ -132,16 +132,20 @@ fn response() -> impl Strategy<Value = Response> {
         ban().prop_map(Response::BanAdded),
         (cidr(), any::<bool>())
             .prop_map(|(prefix, existed)| Response::BanRemoved { prefix, existed }),
-        any::<[u64; 9]>().prop_map(|v| Response::Stats(ServerStats {
+        any::<[u64; 13]>().prop_map(|v| Response::Stats(ServerStats {
             uptime_secs: v[0],
             connections_accepted: v[1],
             connections_refused: v[2],
-            sessions_active: v[3],
-            handshakes_completed: v[4],
-            bans_active: v[5],
-            bans_total: v[6],
-            storage_errors: v[7],
-            kernel_errors: v[8],
+            connections_over_limit: v[3],
+            sessions_active: v[4],
+            sessions_kicked: v[5],
+            handshakes_completed: v[6],
+            bans_active: v[7],
+            bans_total: v[8],
+            bans_evicted: v[9],
+            storage_flushes: v[10],
+            storage_errors: v[11],
+            kernel_errors: v[12],
         })),
         (
             proptest::sample::select(vec![

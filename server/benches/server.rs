@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use actors::policy::BanPolicy;
-use actors::{RunningServer, ServerConfig};
+use actors::{BanCore, BanPolicy, BanView, RunningServer, ServerConfig, ServerHandle};
 use protocol::message::{BanInfo, Cause, FirstBytes};
 use protocol::{AccessPolicy, Cidr, Client, ClientConfig, PrivateKey, PublicKey, Request};
 use storage::{Store, StoreOptions};
@@ -49,9 +48,7 @@ fn main() {
 }
 
 /// Starts the real server (actors) in its own actix System thread.
-fn start_server(
-    dir: &std::path::Path,
-) -> (SocketAddr, PublicKey, Arc<actors::server::ServerContext>) {
+fn start_server(dir: &std::path::Path) -> (SocketAddr, PublicKey, ServerHandle) {
     let key = PrivateKey::generate();
     let public = key.public_key();
     let store = Store::open(&dir.join("db"), &StoreOptions::default()).unwrap();
@@ -70,8 +67,7 @@ fn start_server(
     std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
             let running: RunningServer = actors::start(config, store).unwrap();
-            tx.send((running.local_addrs[0], running.context.clone()))
-                .unwrap();
+            tx.send((running.local_addrs[0], running.handle())).unwrap();
             std::future::pending::<()>().await;
         })
     });
@@ -196,7 +192,7 @@ fn flood_and_latency(options: &Options, rows: &mut Vec<(String, String)>) {
             std::io::Write::write_all(&mut stream, b"\x16\x03\x01\x00\xf4").unwrap();
             // Yield rather than spin: on 2 cores a spinning poller would
             // take the core the server needs.
-            while !context.view.is_banned(ip, actors::now_ms()) {
+            while !context.is_timed_out(ip) {
                 std::thread::yield_now();
             }
             started.elapsed()
@@ -222,25 +218,19 @@ fn flood_and_latency(options: &Options, rows: &mut Vec<(String, String)>) {
             expires_at_ms: actors::now_ms() + 3_600_000,
             repeat: 1,
         };
-        let registry = context.registry.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         runtime
-            .block_on(registry.send(actors::registry::AdminBan {
-                prefix: ban.prefix,
-                duration: Some(Duration::from_secs(3600)),
-                cause: ban.cause,
-            }))
-            .unwrap()
+            .block_on(context.admin_ban(ban.prefix, Some(Duration::from_secs(3600)), ban.cause))
             .unwrap();
     }
     let bare = start_bare_rst_loop();
     let bare_rate = flood(bare, &flooders, 2, options.flood, None);
-    let accepted_before = context.stats.connections_refused.load(Ordering::Relaxed);
+    let accepted_before = context.stats().connections_refused;
     let ours = flood(addr, &flooders, 2, options.flood, None);
-    let refused = context.stats.connections_refused.load(Ordering::Relaxed) - accepted_before;
+    let refused = context.stats().connections_refused - accepted_before;
     rows.push((
         "bare tokio accept+RST loop (connections/s)".into(),
         format!("{bare_rate:.0}"),
@@ -339,13 +329,14 @@ fn restore(options: &Options, rows: &mut Vec<(String, String)>) {
     let rss_before = rss_bytes();
     let started = Instant::now();
     let store = Store::open(&db, &StoreOptions::default()).unwrap();
-    let view = Arc::new(actors::view::BanView::default());
-    let (_registry, report) = actors::registry::BanRegistry::restore(
+    let view = Arc::new(BanView::default());
+    let (_core, report) = BanCore::restore(
         BanPolicy::default(),
         store.clone(),
         view.clone(),
         Default::default(),
         None,
+        actors::now_ms(),
     )
     .unwrap();
     let ours = started.elapsed();

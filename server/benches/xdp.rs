@@ -11,6 +11,8 @@
 
 #[path = "../../tests/common/netns.rs"]
 mod netns;
+#[path = "../src/pinned_table.rs"]
+mod pinned_table;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -18,9 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use actors::kernel::KernelSync;
-use actors::policy::BanPolicy;
+use actors::{BanCore, BanPolicy, BanView, KernelSync};
 use netns::{CLIENT_V4, NetnsPair, SERVER_V4};
+use pinned_table::PinnedTable;
 use protocol::Cidr;
 use protocol::message::{BanInfo, Cause, FirstBytes};
 use storage::{Store, StoreOptions};
@@ -133,14 +135,15 @@ fn replay(n: usize, pin_dir: &Path, rows: &mut Vec<(String, String)>) {
         store.flush().unwrap();
     }
     let store = Store::open(&db, &StoreOptions::default()).unwrap();
-    let kernel: Box<dyn KernelSync> = Box::new(KernelTable::open(pin_dir).unwrap());
+    let kernel: Box<dyn KernelSync> = Box::new(PinnedTable(KernelTable::open(pin_dir).unwrap()));
     let started = Instant::now();
-    let (_registry, report) = actors::registry::BanRegistry::restore(
+    let (_core, report) = BanCore::restore(
         BanPolicy::default(),
         store,
-        Arc::new(actors::view::BanView::default()),
+        Arc::new(BanView::default()),
         Default::default(),
         Some(kernel),
+        actors::now_ms(),
     )
     .unwrap();
     let total = started.elapsed();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use actors::policy::BanPolicy;
+use actors::BanCore;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use protocol::message::{BanInfo, Cause, ErrorCode, MAX_PAGE};
@@ -76,9 +76,9 @@ pub(crate) enum Backend {
     Offline(Box<Offline>),
 }
 
+/// A stopped server's database, through the same ban core the server runs.
 pub(crate) struct Offline {
-    store: Store,
-    policy: BanPolicy,
+    core: BanCore,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -161,9 +161,9 @@ async fn connect(args: &Args) -> anyhow::Result<Backend> {
             settings.data_dir.display()
         );
     }
+    let store = Store::open(&dir, &settings.store_options())?;
     Ok(Backend::Offline(Box::new(Offline {
-        store: Store::open(&dir, &settings.store_options())?,
-        policy: settings.policy()?,
+        core: BanCore::offline(settings.policy()?, store),
     })))
 }
 
@@ -216,10 +216,9 @@ impl Backend {
                     other => Err(server_error(other)),
                 }
             }
-            Backend::Offline(offline) => Ok(offline
-                .store
-                .bans()
-                .list(after.as_ref(), usize::from(MAX_PAGE))?),
+            Backend::Offline(offline) => {
+                Ok(offline.core.list(after.as_ref(), usize::from(MAX_PAGE))?)
+            }
         }
     }
 
@@ -242,12 +241,10 @@ impl Backend {
                 }
             }
             Backend::Offline(offline) => {
-                let Offline { store, policy } = offline.as_ref();
-                let ban = policy
-                    .admin_ban(prefix, duration, cause, actors::now_ms())
-                    .map_err(anyhow::Error::msg)?;
-                store.bans().put(&ban)?;
-                store.flush()?;
+                let ban = offline
+                    .core
+                    .admin_ban(prefix, duration, cause, actors::now_ms())?;
+                offline.core.flush()?;
                 Ok(ban)
             }
         }
@@ -263,14 +260,9 @@ impl Backend {
                 other => Err(server_error(other)),
             },
             Backend::Offline(offline) => {
-                let Offline { store, policy } = offline.as_ref();
-                for candidate in policy.release_candidates(prefix) {
-                    if store.bans().forget(&candidate)?.is_some() {
-                        store.flush()?;
-                        return Ok(Some(candidate));
-                    }
-                }
-                Ok(None)
+                let released = offline.core.release(prefix)?;
+                offline.core.flush()?;
+                Ok(released)
             }
         }
     }

@@ -200,7 +200,7 @@ fn print_volume(volume: &Volume) {
         spec.media_type,
         spec.status.name(),
         spec.location,
-        crate::display::rfc3339_ms(volume.updated_at_ms)
+        actors::format_time(volume.updated_at_ms)
     );
 }
 

@@ -5,10 +5,12 @@
 //! non-zero exit: 1 for a failed operation, 2 for bad usage (clap's).
 
 mod bans_cmd;
+mod capabilities;
 mod client_cmd;
 mod display;
-mod kernel;
+mod kernel_wiring;
 mod keygen;
+mod pinned_table;
 mod replay_cmd;
 mod serve;
 mod settings;
@@ -69,7 +71,7 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .init();
-    kernel::raise_permitted_capabilities();
+    capabilities::raise_permitted_capabilities();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bans(args) => bans_cmd::run(args),

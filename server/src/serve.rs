@@ -35,6 +35,11 @@ pub struct Args {
     /// (pinned under -B, default /sys/fs/bpf/penaltybox) unless it is there.
     #[arg(long, value_name = "IFACE")]
     xdp_iface: Option<String>,
+    /// Once the server accepts connections, write a JSON object here (pid,
+    /// bound addresses, the server's public key and fingerprint): a
+    /// readiness signal for supervisors and scripts. Replaced atomically.
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
 }
 
 impl Args {
@@ -79,7 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         handshake_timeout: settings.timeouts.handshake.0,
         idle_timeout: settings.timeouts.idle.0,
         workers,
-        kernel: crate::kernel::open(&settings.kernel),
+        kernel: crate::kernel_wiring::open(&settings.kernel),
     };
 
     actix_rt::System::new().block_on(async move {
@@ -117,22 +122,46 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         log::info!("  penaltybox client --server HOST:{port} --server-key {public} ping");
 
+        if let Some(path) = &args.ready_file {
+            write_ready_file(path, &running.local_addrs, &public)?;
+        }
+
         let signal = wait_for_signal().await?;
         log::info!("{signal}: stopping");
-        let stats = running.context.stats.clone();
-        running.shutdown().await;
+        let (stats, flushed) = running.stats_then_shutdown().await;
         log::info!(
             "stopped after {} connections ({} refused at accept), {} bans",
-            stats
-                .connections_accepted
-                .load(std::sync::atomic::Ordering::Relaxed),
-            stats
-                .connections_refused
-                .load(std::sync::atomic::Ordering::Relaxed),
-            stats.bans_total.load(std::sync::atomic::Ordering::Relaxed),
+            stats.connections_accepted,
+            stats.connections_refused,
+            stats.bans_total,
         );
-        Ok(ExitCode::SUCCESS)
+        match flushed {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(error) => {
+                log::error!("the time-out table was not fully persisted: {error}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
     })
+}
+
+/// The readiness signal: written to a temporary name, then renamed, so a
+/// reader never sees half of it.
+fn write_ready_file(
+    path: &Path,
+    addrs: &[SocketAddr],
+    public: &protocol::PublicKey,
+) -> anyhow::Result<()> {
+    let ready = serde_json::json!({
+        "pid": std::process::id(),
+        "listen": addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "public_key": public.to_string(),
+        "fingerprint": public.fingerprint(),
+    });
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, format!("{ready}\n"))
+        .and_then(|()| std::fs::rename(&partial, path))
+        .with_context(|| format!("--ready-file: cannot write {}", path.display()))
 }
 
 /// Reads the configured server key, or generates the default one on first

@@ -11,8 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use actors::limits::LimitConfig;
-use actors::policy::{BanPolicy, Durations};
+use actors::{BanPolicy, Durations, LimitConfig};
 use anyhow::{Context, anyhow, bail};
 use protocol::Cidr;
 use serde::{Deserialize, Serialize};
@@ -60,7 +59,7 @@ impl Default for KernelSettings {
 
 impl KernelSettings {
     pub fn mode(&self) -> xdp::AttachMode {
-        crate::kernel::parse_mode(&self.xdp_mode).expect("validated with the settings")
+        crate::kernel_wiring::parse_mode(&self.xdp_mode).expect("validated with the settings")
     }
 }
 
@@ -303,7 +302,7 @@ impl Settings {
                 bail!("{name}: must be at least 1");
             }
         }
-        crate::kernel::parse_mode(&self.kernel.xdp_mode)
+        crate::kernel_wiring::parse_mode(&self.kernel.xdp_mode)
             .map_err(|e| anyhow!("kernel.xdp_mode: {e}"))?;
         self.allow_list()?;
         Ok(())

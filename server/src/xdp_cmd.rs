@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use xdp::{AttachMode, DEFAULT_PIN_DIR};
 
-use crate::kernel::parse_mode;
+use crate::kernel_wiring::parse_mode;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -1,23 +1,19 @@
 //! The persistent time-out table and the ban history.
 //!
-//! Key: an 18-byte encoding of the prefix (family, 16 address bytes, prefix
-//! length), so keys sort by family, then address, then length, and list
-//! pagination is a range scan. Value of `bans`: the expiry (8 bytes,
-//! big-endian Unix milliseconds) followed by the bincode `BanInfo`; boot only
-//! reads the first 8 bytes of each value. Value of `history`: last banned-at,
-//! last duration (both u64 ms) and repeat count (u32), big-endian.
+//! Key: the 18-byte prefix encoding of [`crate::codec`], so keys sort by
+//! family, then address, then length, and list pagination is a range scan.
+//! Value of `bans`: a [`crate::codec::encode_ban`] record, which starts with
+//! the expiry, so boot reads 8 bytes of each value. Value of `history`: last
+//! banned-at, last duration (both u64 ms) and repeat count (u32), big-endian.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use protocol::Cidr;
-use protocol::frame::wire_config;
-use protocol::message::BanInfo;
+use model::ban::BanInfo;
+use model::cidr::Cidr;
 
+use crate::codec::{decode_ban, decode_expiry, decode_prefix, encode_ban, encode_prefix};
 use crate::{Result, Shared, StorageError, page};
 
-const KEY_LEN: usize = 18;
-const EXPIRY_LEN: usize = 8;
 const HISTORY_LEN: usize = 20;
 
 /// The previous ban of a prefix, for escalation.
@@ -55,15 +51,8 @@ impl BanStore {
 
     /// Records a ban (replacing one of the same prefix) and its history.
     pub fn put(&self, ban: &BanInfo) -> Result<()> {
-        let key = encode_key(&ban.prefix);
-        let mut value = Vec::with_capacity(EXPIRY_LEN + 128);
-        value.extend_from_slice(&ban.expires_at_ms.to_be_bytes());
-        bincode::encode_into_std_write(ban, &mut value, wire_config()).map_err(|e| {
-            StorageError::Corrupt {
-                tree: "bans",
-                detail: e.to_string(),
-            }
-        })?;
+        let key = encode_prefix(&ban.prefix);
+        let value = encode_ban(ban);
         let history = History {
             last_banned_at_ms: ban.banned_at_ms,
             last_duration_ms: ban.expires_at_ms.saturating_sub(ban.banned_at_ms),
@@ -78,26 +67,27 @@ impl BanStore {
     /// Removes a ban; returns it if there was one. History is kept, so the
     /// next ban of the prefix still escalates; see [`BanStore::forget`].
     pub fn remove(&self, prefix: &Cidr) -> Result<Option<BanInfo>> {
-        let old = self.shared.wrote(self.bans.remove(encode_key(prefix)))?;
+        let old = self.shared.wrote(self.bans.remove(encode_prefix(prefix)))?;
         old.map(|value| decode_ban(&value)).transpose()
     }
 
     /// Removes a ban and its history: an admin's pardon.
     pub fn forget(&self, prefix: &Cidr) -> Result<Option<BanInfo>> {
         let removed = self.remove(prefix)?;
-        self.shared.wrote(self.history.remove(encode_key(prefix)))?;
+        self.shared
+            .wrote(self.history.remove(encode_prefix(prefix)))?;
         Ok(removed)
     }
 
     pub fn get(&self, prefix: &Cidr) -> Result<Option<BanInfo>> {
-        let value = self.shared.read(self.bans.get(encode_key(prefix)))?;
+        let value = self.shared.read(self.bans.get(encode_prefix(prefix)))?;
         value.map(|value| decode_ban(&value)).transpose()
     }
 
     /// Up to `limit` bans in prefix order after `after`, and the prefix to
     /// continue from if there are more.
     pub fn list(&self, after: Option<&Cidr>, limit: usize) -> Result<(Vec<BanInfo>, Option<Cidr>)> {
-        let after = after.map(|prefix| encode_key(prefix).to_vec());
+        let after = after.map(|prefix| encode_prefix(prefix).to_vec());
         page(
             &self.shared,
             &self.bans,
@@ -115,7 +105,7 @@ impl BanStore {
         let mut expired = Vec::new();
         for entry in self.bans.iter() {
             let (key, value) = self.shared.read(entry)?;
-            let prefix = decode_key(&key)?;
+            let prefix = decode_prefix("bans", &key)?;
             let expires_at_ms = decode_expiry(&value)?;
             if expires_at_ms > now_ms {
                 loaded.live.push((prefix, expires_at_ms));
@@ -131,7 +121,7 @@ impl BanStore {
     }
 
     pub fn history(&self, prefix: &Cidr) -> Result<Option<History>> {
-        let value = self.shared.read(self.history.get(encode_key(prefix)))?;
+        let value = self.shared.read(self.history.get(encode_prefix(prefix)))?;
         value.map(|v| decode_history(&v)).transpose()
     }
 
@@ -155,66 +145,24 @@ impl BanStore {
         self.bans.len()
     }
 
+    /// Writes raw bytes as `prefix`'s ban record (its expiry first, as every
+    /// format has it): how tests make a record that does not decode.
+    #[cfg(feature = "test-support")]
+    pub fn put_raw_ban_for_test(&self, prefix: &Cidr, expires_at_ms: u64, rest: &[u8]) {
+        let mut value = expires_at_ms.to_be_bytes().to_vec();
+        value.extend_from_slice(rest);
+        self.bans.insert(encode_prefix(prefix), value).unwrap();
+    }
+
+    /// Writes raw bytes as `prefix`'s history record.
+    #[cfg(feature = "test-support")]
+    pub fn put_raw_history_for_test(&self, prefix: &Cidr, value: &[u8]) {
+        self.history.insert(encode_prefix(prefix), value).unwrap();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.bans.is_empty()
     }
-}
-
-fn encode_key(prefix: &Cidr) -> [u8; KEY_LEN] {
-    let mut key = [0u8; KEY_LEN];
-    match prefix.addr() {
-        IpAddr::V4(v4) => {
-            key[0] = 4;
-            key[1..5].copy_from_slice(&v4.octets());
-        }
-        IpAddr::V6(v6) => {
-            key[0] = 6;
-            key[1..17].copy_from_slice(&v6.octets());
-        }
-    }
-    key[17] = prefix.len();
-    key
-}
-
-fn decode_key(key: &[u8]) -> Result<Cidr> {
-    let corrupt = |detail: String| StorageError::Corrupt {
-        tree: "bans",
-        detail,
-    };
-    let key: &[u8; KEY_LEN] = key
-        .try_into()
-        .map_err(|_| corrupt(format!("key of {} bytes", key.len())))?;
-    let addr = match key[0] {
-        4 => IpAddr::V4(Ipv4Addr::new(key[1], key[2], key[3], key[4])),
-        6 => IpAddr::V6(Ipv6Addr::from(
-            <[u8; 16]>::try_from(&key[1..17]).expect("16 bytes"),
-        )),
-        other => return Err(corrupt(format!("address family {other}"))),
-    };
-    Cidr::new(addr, key[17]).map_err(|e| corrupt(e.to_string()))
-}
-
-fn decode_expiry(value: &[u8]) -> Result<u64> {
-    let bytes: [u8; EXPIRY_LEN] = value
-        .get(..EXPIRY_LEN)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| StorageError::Corrupt {
-            tree: "bans",
-            detail: format!("value of {} bytes", value.len()),
-        })?;
-    Ok(u64::from_be_bytes(bytes))
-}
-
-fn decode_ban(value: &[u8]) -> Result<BanInfo> {
-    decode_expiry(value)?;
-    let (ban, _) =
-        bincode::decode_from_slice(&value[EXPIRY_LEN..], wire_config()).map_err(|e| {
-            StorageError::Corrupt {
-                tree: "bans",
-                detail: e.to_string(),
-            }
-        })?;
-    Ok(ban)
 }
 
 fn encode_history(history: &History) -> [u8; HISTORY_LEN] {
@@ -246,7 +194,7 @@ mod tests {
         BanInfo {
             prefix: prefix.parse().unwrap(),
             cause: "bad-magic".parse().unwrap(),
-            first_bytes: protocol::inline::InlineBytes::truncated(b"GET / HTTP/1.1\r\n"),
+            first_bytes: model::inline::InlineBytes::truncated(b"GET / HTTP/1.1\r\n"),
             banned_at_ms: 1_000,
             expires_at_ms,
             repeat: 1,
@@ -265,12 +213,15 @@ mod tests {
         .iter()
         .map(|p| p.parse().unwrap())
         .collect();
-        let mut keys: Vec<_> = prefixes.iter().map(encode_key).collect();
+        let mut keys: Vec<_> = prefixes.iter().map(encode_prefix).collect();
         for (key, prefix) in keys.iter().zip(&prefixes) {
-            assert_eq!(decode_key(key).unwrap(), *prefix);
+            assert_eq!(decode_prefix("bans", key).unwrap(), *prefix);
         }
         keys.sort();
-        let sorted: Vec<Cidr> = keys.iter().map(|k| decode_key(k).unwrap()).collect();
+        let sorted: Vec<Cidr> = keys
+            .iter()
+            .map(|k| decode_prefix("bans", k).unwrap())
+            .collect();
         assert_eq!(sorted, prefixes);
     }
 

@@ -2,7 +2,7 @@
 //!
 //! The server's sled database, one directory, three trees:
 //!
-//! - `bans`: the live time-out table, prefix → [`protocol::message::BanInfo`]
+//! - `bans`: the live time-out table, prefix → [`model::BanInfo`]
 //!   (see [`bans`]);
 //! - `history`: when each prefix was last banned and for how long, kept past
 //!   a ban's expiry so that a repeat offender's time-out can escalate;
@@ -13,10 +13,16 @@
 //! interval, never one per ban. A ban survives `kill -9` once the flush after
 //! it has completed.
 //!
-//! sled allows one process per database; [`Store::open`] turns the lock error
-//! into [`StorageError::Locked`] so that the CLI can say what to do.
+//! Records have their own versioned encoding ([`codec`]), not the wire's, so
+//! the protocol and the disk can change apart; every older format still loads.
+//!
+//! One process per database: [`Store::open`] takes an exclusive lock on a
+//! `lock` file in the directory first, and a lock held elsewhere is
+//! [`StorageError::Locked`] (told by the lock call's own `WouldBlock`, not
+//! by reading sled's error text), so the CLI can say what to do.
 
 pub mod bans;
+pub mod codec;
 mod commit;
 pub mod volumes;
 
@@ -38,6 +44,11 @@ pub enum StorageError {
     Locked { dir: PathBuf },
     #[error("cannot open the database in {dir}: {source}")]
     Open { dir: PathBuf, source: sled::Error },
+    #[error("cannot lock the database in {dir}: {source}")]
+    Lock {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("database error: {0}")]
     Sled(#[from] sled::Error),
     #[error("corrupt record in tree {tree}: {detail}")]
@@ -71,6 +82,8 @@ pub struct Store {
     bans: BanStore,
     volumes: VolumeStore,
     shared: Arc<Shared>,
+    /// Held (flock) for as long as any clone lives.
+    _lock: Arc<std::fs::File>,
 }
 
 /// What every tree handle shares: the group commit and the error count.
@@ -98,6 +111,28 @@ impl Shared {
     fn failed(&self, error: sled::Error) -> StorageError {
         self.errors.fetch_add(1, Ordering::Relaxed);
         StorageError::Sled(error)
+    }
+}
+
+/// Takes the database's exclusive lock, creating the directory if needed.
+fn lock(dir: &Path) -> Result<std::fs::File> {
+    let failed = |source| StorageError::Lock {
+        dir: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked {
+            dir: dir.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(failed(source)),
     }
 }
 
@@ -130,6 +165,7 @@ pub(crate) fn page<T, K>(
 
 impl Store {
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store> {
+        let lock = lock(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(options.cache_bytes)
@@ -137,19 +173,9 @@ impl Store {
             // fsyncs we did not ask for.
             .flush_every_ms(None)
             .open()
-            .map_err(|source| match &source {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    StorageError::Locked {
-                        dir: dir.to_owned(),
-                    }
-                }
-                sled::Error::Io(io) if io.to_string().contains("lock") => StorageError::Locked {
-                    dir: dir.to_owned(),
-                },
-                _ => StorageError::Open {
-                    dir: dir.to_owned(),
-                    source,
-                },
+            .map_err(|source| StorageError::Open {
+                dir: dir.to_owned(),
+                source,
             })?;
         let shared = Arc::new(Shared {
             commit: GroupCommit::start(db.clone(), options.flush_interval),
@@ -166,6 +192,7 @@ impl Store {
             volumes: VolumeStore::new(open_tree("volumes")?, shared.clone()),
             db,
             shared,
+            _lock: Arc::new(lock),
         })
     }
 

@@ -1,11 +1,12 @@
-//! The tape-volume inventory: volume id → bincode `Volume`, in id order.
+//! The tape-volume inventory: volume id → a [`crate::codec`] volume record,
+//! in id order.
 
 use std::sync::Arc;
 
-use protocol::frame::wire_config;
-use protocol::message::{Location, Volume, VolumeId};
+use model::volume::{Location, Volume, VolumeId};
 
-use crate::{Result, Shared, StorageError, page};
+use crate::codec::{decode_volume as decode, encode_volume};
+use crate::{Result, Shared, page};
 
 #[derive(Clone)]
 pub struct VolumeStore {
@@ -19,7 +20,7 @@ impl VolumeStore {
     }
 
     pub fn put(&self, volume: &Volume) -> Result<()> {
-        let value = encode(volume)?;
+        let value = encode_volume(volume);
         self.shared
             .wrote(self.tree.insert(volume.spec.id.as_str(), value))?;
         Ok(())
@@ -51,7 +52,7 @@ impl VolumeStore {
                 };
                 volume.spec.location = location;
                 volume.updated_at_ms = now_ms;
-                encode(&volume).ok()
+                Some(encode_volume(&volume))
             }))?;
         if let Some(error) = failure {
             return Err(error);
@@ -77,25 +78,9 @@ impl VolumeStore {
     }
 }
 
-fn encode(volume: &Volume) -> Result<Vec<u8>> {
-    bincode::encode_to_vec(volume, wire_config()).map_err(|e| StorageError::Corrupt {
-        tree: "volumes",
-        detail: e.to_string(),
-    })
-}
-
-fn decode(value: &[u8]) -> Result<Volume> {
-    let (volume, _) =
-        bincode::decode_from_slice(value, wire_config()).map_err(|e| StorageError::Corrupt {
-            tree: "volumes",
-            detail: e.to_string(),
-        })?;
-    Ok(volume)
-}
-
 #[cfg(test)]
 mod tests {
-    use protocol::message::{VolumeSpec, VolumeStatus};
+    use model::volume::{VolumeSpec, VolumeStatus};
 
     use crate::{Store, StoreOptions};
 

@@ -14,7 +14,7 @@ use ebpf_common::{
     BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_PASSED_EXPIRED, COUNTERS_MAP,
     PIN_ADDRS, PIN_COUNTERS, PIN_LINK, PIN_PREFIXES,
 };
-use protocol::Cidr;
+use model::Cidr;
 
 use crate::table::KernelTable;
 use crate::{OBJECT, XdpError, chain};

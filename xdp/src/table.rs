@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use aya::maps::lpm_trie::Key;
 use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError};
 use ebpf_common::{AddrKey, BanValue, PIN_ADDRS, PIN_PREFIXES};
-use protocol::Cidr;
+use model::Cidr;
 
 use crate::{XdpError, monotonic_ns};
 
@@ -93,32 +93,37 @@ impl KernelTable {
             let workers: Vec<_> = entries
                 .chunks(chunk)
                 .map(|part| {
-                    scope.spawn(move || {
-                        let mut table = match KernelTable::open(&self.location) {
-                            Ok(table) => table,
-                            Err(error) => {
-                                let text = error.to_string();
-                                return part
-                                    .iter()
-                                    .map(|(p, _)| {
-                                        (
-                                            *p,
-                                            XdpError::Kernel {
-                                                what: "replay".into(),
-                                                detail: text.clone(),
-                                            },
-                                        )
-                                    })
-                                    .collect();
-                            }
-                        };
-                        table.insert_chunk(part, now_ms)
-                    })
+                    let worker = scope.spawn(move || -> Result<_, XdpError> {
+                        let mut table = KernelTable::open(&self.location)?;
+                        Ok(table.insert_chunk(part, now_ms))
+                    });
+                    (part, worker)
                 })
                 .collect();
             workers
                 .into_iter()
-                .flat_map(|w| w.join().unwrap_or_default())
+                .flat_map(|(part, worker)| {
+                    // A worker that could not open the table, or panicked,
+                    // inserted nothing we can vouch for: its whole part failed.
+                    let failed_whole = |detail: String| {
+                        part.iter()
+                            .map(|(prefix, _)| {
+                                (
+                                    *prefix,
+                                    XdpError::Kernel {
+                                        what: format!("kernel table: replay {prefix}"),
+                                        detail: detail.clone(),
+                                    },
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                    };
+                    match worker.join() {
+                        Ok(Ok(failures)) => failures,
+                        Ok(Err(error)) => failed_whole(error.to_string()),
+                        Err(_) => failed_whole("the replay thread panicked".into()),
+                    }
+                })
                 .collect()
         })
     }
@@ -219,16 +224,31 @@ impl KernelTable {
         }
     }
 
-    /// Every entry: prefix, expiry (monotonic ns) and drops.
+    /// Every entry: prefix, expiry (monotonic ns) and drops. An entry that
+    /// no penaltybox wrote (a prefix length no [`Cidr`] has) is skipped with
+    /// a warning: a foreign key in a pinned map must not stop a boot.
     pub fn entries(&self) -> Result<Vec<(Cidr, BanValue)>, XdpError> {
         let mut entries = Vec::new();
+        let mut foreign = 0usize;
         for item in self.addrs.iter() {
             let (key, value) = item.map_err(|e| XdpError::from_os("kernel table: read", &e))?;
-            entries.push((cidr_of(&key, 128), value));
+            match cidr_of(&key, 128) {
+                Some(prefix) => entries.push((prefix, value)),
+                None => foreign += 1,
+            }
         }
         for item in self.prefixes.iter() {
             let (key, value) = item.map_err(|e| XdpError::from_os("kernel table: read", &e))?;
-            entries.push((cidr_of(&key.data(), key.prefix_len() as u8), value));
+            match cidr_of(&key.data(), key.prefix_len()) {
+                Some(prefix) => entries.push((prefix, value)),
+                None => foreign += 1,
+            }
+        }
+        if foreign > 0 {
+            log::warn!(
+                "kernel table {}: skipped {foreign} entries penaltybox did not write",
+                self.location.display()
+            );
         }
         Ok(entries)
     }
@@ -307,14 +327,16 @@ fn key_of(prefix: &Cidr) -> MapKey {
     }
 }
 
-/// The prefix a map key stands for (IPv4-mapped keys are IPv4).
-fn cidr_of(bytes: &AddrKey, len: u8) -> Cidr {
+/// The prefix a map key stands for (IPv4-mapped keys are IPv4); `None` for
+/// a length no prefix has.
+fn cidr_of(bytes: &AddrKey, len: u32) -> Option<Cidr> {
+    let len = u8::try_from(len).ok()?;
     let v6 = std::net::Ipv6Addr::from(*bytes);
     match v6.to_ipv4_mapped() {
         Some(v4) if len >= 96 => Cidr::new(IpAddr::V4(v4), len - 96),
         _ => Cidr::new(IpAddr::V6(v6), len),
     }
-    .expect("lengths from the map are within range")
+    .ok()
 }
 
 #[cfg(test)]
@@ -332,9 +354,9 @@ mod tests {
             let prefix: Cidr = text.parse().unwrap();
             let back = match key_of(&prefix) {
                 MapKey::Addr(key) => cidr_of(&key, 128),
-                MapKey::Prefix(key) => cidr_of(&key.data(), key.prefix_len() as u8),
+                MapKey::Prefix(key) => cidr_of(&key.data(), key.prefix_len()),
             };
-            assert_eq!(back, prefix, "{text}");
+            assert_eq!(back, Some(prefix), "{text}");
         }
         assert!(
             matches!(key_of(&"192.0.2.7/32".parse().unwrap()), MapKey::Addr(k) if k[10..12] == [0xff, 0xff])
@@ -342,5 +364,7 @@ mod tests {
         assert!(
             matches!(key_of(&"198.51.100.0/24".parse().unwrap()), MapKey::Prefix(k) if k.prefix_len() == 120)
         );
+        assert_eq!(cidr_of(&[0; 16], 129), None, "a foreign length");
+        assert_eq!(cidr_of(&[0; 16], 300), None, "a foreign length");
     }
 }

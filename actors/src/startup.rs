@@ -1,5 +1,5 @@
-//! Starting and stopping the whole server inside an actix `System`:
-//! restore the ban table, start the registry, the worker arbiters for
+//! Starting and stopping the whole server inside an actix `System`: bind,
+//! restore the ban core, start the registry, the worker arbiters for
 //! sessions, and one acceptor per listen address.
 
 use std::io;
@@ -12,11 +12,14 @@ use actix_rt::Arbiter;
 use protocol::{AccessPolicy, PrivateKey, Responder};
 use storage::Store;
 
+use crate::BanError;
 use crate::acceptor::{Acceptor, StopAccepting};
-use crate::limits::{LimitConfig, Limits};
+use crate::admission::{Admission, LimitConfig};
+use crate::ban_core::{BanCore, BootReport};
+use crate::kernel_sync::KernelSync;
 use crate::policy::BanPolicy;
-use crate::registry::{BanRegistry, BootReport, Flush};
-use crate::stats::Stats;
+use crate::registry::{BanRegistry, Flush};
+use crate::stats::{Stats, StatsSnapshot};
 use crate::view::BanView;
 
 /// Everything the server needs, already parsed and validated.
@@ -31,26 +34,32 @@ pub struct ServerConfig {
     /// Worker threads (arbiters) running sessions.
     pub workers: usize,
     /// The kernel tier's table, when there is one.
-    pub kernel: Option<Box<dyn crate::kernel::KernelSync>>,
+    pub kernel: Option<Box<dyn KernelSync>>,
 }
 
-/// What every session shares.
-pub struct ServerContext {
+/// What the acceptors and every session share.
+pub(crate) struct Shared {
     pub responder: Responder,
     pub registry: Addr<BanRegistry>,
     pub store: Store,
     pub view: Arc<BanView>,
     pub stats: Arc<Stats>,
-    pub limits: Arc<Limits>,
+    pub admission: Arc<Admission>,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+}
+
+impl Shared {
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot(self.view.len(), &self.store)
+    }
 }
 
 pub struct RunningServer {
     /// The bound addresses (a `:0` port resolved).
     pub local_addrs: Vec<SocketAddr>,
     pub boot: BootReport,
-    pub context: Arc<ServerContext>,
+    shared: Arc<Shared>,
     acceptors: Vec<Addr<Acceptor>>,
     workers: Vec<Arbiter>,
 }
@@ -79,22 +88,23 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
 
     let view = Arc::new(BanView::default());
     let stats = Arc::new(Stats::default());
-    let (registry, boot) = BanRegistry::restore(
+    let (core, boot) = BanCore::restore(
         config.policy,
         store.clone(),
         view.clone(),
         stats.clone(),
         config.kernel,
+        crate::now_ms(),
     )?;
-    let registry = registry.start();
+    let registry = BanRegistry::new(core).start();
 
-    let context = Arc::new(ServerContext {
+    let shared = Arc::new(Shared {
         responder: Responder::new(&config.server_key, config.access),
         registry,
         store,
         view,
         stats,
-        limits: Limits::new(config.limits),
+        admission: Admission::new(config.limits),
         handshake_timeout: config.handshake_timeout,
         idle_timeout: config.idle_timeout,
     });
@@ -105,7 +115,7 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
     let mut acceptors = Vec::new();
     for listener in listeners {
         let acceptor =
-            Acceptor::new(listener, context.clone(), handles.clone()).map_err(|source| {
+            Acceptor::new(listener, shared.clone(), handles.clone()).map_err(|source| {
                 StartError::Listen {
                     addr: config.listen[acceptors.len()],
                     source,
@@ -117,23 +127,90 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
     Ok(RunningServer {
         local_addrs,
         boot,
-        context,
+        shared,
         acceptors,
         workers,
     })
 }
 
+/// A cheap, cloneable handle on a running server, usable from any thread:
+/// what the binary's wiring (and a bench) reads and asks, apart from the
+/// actors that serve.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// Every counter now.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats()
+    }
+
+    /// Is `ip` timed out now (the acceptors' own lookup)?
+    pub fn is_timed_out(&self, ip: std::net::IpAddr) -> bool {
+        self.shared.view.is_banned(ip, crate::now_ms())
+    }
+
+    /// An admin time-out, through the registry like the admin command's.
+    pub async fn admin_ban(
+        &self,
+        prefix: model::Cidr,
+        duration: Option<Duration>,
+        cause: model::Cause,
+    ) -> Result<model::BanInfo, BanError> {
+        match self
+            .shared
+            .registry
+            .send(crate::registry::AdminBan {
+                prefix,
+                duration,
+                cause,
+            })
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(BanError::RegistryGone),
+        }
+    }
+}
+
 impl RunningServer {
-    /// Stops accepting, makes every ban durable, stops the workers.
-    pub async fn shutdown(self) {
+    /// Every counter now.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats()
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Shuts down (see [`RunningServer::shutdown`]) and returns the counters
+    /// as they were once nothing was accepted any more.
+    pub async fn stats_then_shutdown(self) -> (StatsSnapshot, Result<(), BanError>) {
+        let shared = self.shared.clone();
+        let flushed = self.shutdown().await;
+        (shared.stats(), flushed)
+    }
+
+    /// Stops accepting, makes every ban durable, stops the workers. The
+    /// final flush's failure is returned: the caller must not report a
+    /// clean stop when time-outs were not persisted.
+    pub async fn shutdown(self) -> Result<(), BanError> {
         for acceptor in &self.acceptors {
             let _ = acceptor.send(StopAccepting).await;
         }
-        let _ = self.context.registry.send(Flush).await;
+        let flushed = match self.shared.registry.send(Flush).await {
+            Ok(result) => result,
+            Err(_) => Err(BanError::RegistryGone),
+        };
         for worker in self.workers {
             worker.stop();
             let _ = worker.join();
         }
+        flushed
     }
 }
 

@@ -1,7 +1,8 @@
-//! Connection limits: total connections, and handshakes in progress in
-//! total and per source, so that one source (or a flood of half-open
-//! handshakes) cannot take every slot. Slots are RAII guards: dropping a
-//! session frees them, however it ended.
+//! Admission: connection limits, checked by the acceptor before a session
+//! starts. Total connections, and handshakes in progress in total and per
+//! source, so that one source (or a flood of half-open handshakes) cannot
+//! take every slot. Slots are RAII guards: dropping a session frees them,
+//! however it ended.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -33,7 +34,7 @@ pub enum OverLimit {
     PendingFromSource,
 }
 
-pub struct Limits {
+pub struct Admission {
     config: LimitConfig,
     connections: AtomicUsize,
     pending: AtomicUsize,
@@ -42,13 +43,13 @@ pub struct Limits {
 
 /// A connection slot, with a pending-handshake slot until `handshake_done`.
 pub struct Slot {
-    limits: Arc<Limits>,
+    admission: Arc<Admission>,
     pending_source: Option<IpAddr>,
 }
 
-impl Limits {
+impl Admission {
     pub fn new(config: LimitConfig) -> Arc<Self> {
-        Arc::new(Limits {
+        Arc::new(Admission {
             config,
             connections: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
@@ -76,12 +77,13 @@ impl Limits {
             *count += 1;
         }
         Ok(Slot {
-            limits: self.clone(),
+            admission: self.clone(),
             pending_source: Some(source),
         })
     }
 
-    pub fn connections(&self) -> usize {
+    #[cfg(test)]
+    fn connections(&self) -> usize {
         self.connections.load(Ordering::Acquire)
     }
 
@@ -106,7 +108,7 @@ impl Slot {
     /// The handshake finished: free the pending slot, keep the connection.
     pub fn handshake_done(&mut self) {
         if let Some(source) = self.pending_source.take() {
-            self.limits.release_pending(source);
+            self.admission.release_pending(source);
         }
     }
 }
@@ -114,7 +116,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.handshake_done();
-        self.limits.connections.fetch_sub(1, Ordering::AcqRel);
+        self.admission.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -124,7 +126,7 @@ mod tests {
 
     #[test]
     fn slots_are_counted_and_freed() {
-        let limits = Limits::new(LimitConfig {
+        let limits = Admission::new(LimitConfig {
             max_connections: 3,
             max_pending_handshakes: 2,
             max_pending_per_source: 1,

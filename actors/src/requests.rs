@@ -1,15 +1,19 @@
 //! The built-in service: answers one authenticated request. Ping, the tape
 //! volume inventory (sled, through `storage`), and admin requests, which are
 //! forwarded to the registry and allowed only on admin sessions.
+//!
+//! Errors are answered by whose fault they are: the client's mistake is
+//! `InvalidRequest`, a failure on the server's side (storage, a registry
+//! that is gone) is `Internal`, with the detail in the server log.
 
 use protocol::message::{AdminRequest, ErrorCode, MAX_PAGE, Volume};
 use protocol::{Request, Response, Role};
 
-use crate::now_ms;
 use crate::registry::{AdminBan, ListBans, Unban};
-use crate::server::ServerContext;
+use crate::startup::Shared;
+use crate::{BanError, now_ms};
 
-pub async fn handle(server: &ServerContext, role: Role, request: Request) -> Response {
+pub(crate) async fn handle(shared: &Shared, role: Role, request: Request) -> Response {
     if let Err(message) = request.validate() {
         return error(ErrorCode::InvalidRequest, message);
     }
@@ -20,25 +24,25 @@ pub async fn handle(server: &ServerContext, role: Role, request: Request) -> Res
                 spec,
                 updated_at_ms: now_ms(),
             };
-            match server.store.volumes().put(&volume) {
+            match shared.store.volumes().put(&volume) {
                 Ok(()) => Response::Volume(volume),
                 Err(e) => storage_error(e),
             }
         }
-        Request::GetVolume { id } => match server.store.volumes().get(&id) {
+        Request::GetVolume { id } => match shared.store.volumes().get(&id) {
             Ok(Some(volume)) => Response::Volume(volume),
             Ok(None) => error(ErrorCode::NotFound, format!("no volume {id}")),
             Err(e) => storage_error(e),
         },
         Request::MoveVolume { id, location } => {
-            match server.store.volumes().move_to(&id, location, now_ms()) {
+            match shared.store.volumes().move_to(&id, location, now_ms()) {
                 Ok(Some(volume)) => Response::Volume(volume),
                 Ok(None) => error(ErrorCode::NotFound, format!("no volume {id}")),
                 Err(e) => storage_error(e),
             }
         }
         Request::ListVolumes { after, limit } => {
-            match server
+            match shared
                 .store
                 .volumes()
                 .list(after.as_ref(), usize::from(limit.min(MAX_PAGE)))
@@ -54,20 +58,14 @@ pub async fn handle(server: &ServerContext, role: Role, request: Request) -> Res
             ErrorCode::Forbidden,
             "admin requests need a session authenticated with an admin key".into(),
         ),
-        Request::Admin(admin) => handle_admin(server, admin).await,
+        Request::Admin(admin) => handle_admin(shared, admin).await,
     }
 }
 
-async fn handle_admin(server: &ServerContext, request: AdminRequest) -> Response {
-    let registry = &server.registry;
+async fn handle_admin(shared: &Shared, request: AdminRequest) -> Response {
+    let registry = &shared.registry;
     let answer = match request {
-        AdminRequest::Stats => {
-            return Response::Stats(
-                server
-                    .stats
-                    .snapshot(server.view.len(), server.store.error_count()),
-            );
-        }
+        AdminRequest::Stats => return Response::Stats(shared.stats().into()),
         AdminRequest::ListBans { after, limit } => registry
             .send(ListBans {
                 after,
@@ -96,11 +94,26 @@ async fn handle_admin(server: &ServerContext, request: AdminRequest) -> Response
     };
     match answer {
         Ok(Ok(response)) => response,
-        Ok(Err(message)) => error(ErrorCode::InvalidRequest, message),
-        Err(mailbox) => error(
+        Ok(Err(failure)) => ban_error(failure),
+        Err(mailbox) => {
+            log::error!("admin request: the ban registry is unavailable: {mailbox}");
+            error(
+                ErrorCode::Internal,
+                "the ban registry is unavailable; see the server log".into(),
+            )
+        }
+    }
+}
+
+fn ban_error(failure: BanError) -> Response {
+    if failure.is_server_fault() {
+        log::error!("admin request failed: {failure}");
+        error(
             ErrorCode::Internal,
-            format!("ban registry unavailable: {mailbox}"),
-        ),
+            format!("server error ({failure}); see the server log"),
+        )
+    } else {
+        error(ErrorCode::InvalidRequest, failure.to_string())
     }
 }
 

@@ -193,7 +193,10 @@ impl<'de, Context, const N: usize> bincode::BorrowDecode<'de, Context> for Inlin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::wire_config;
+
+    fn wire_config() -> impl bincode::config::Config {
+        bincode::config::standard()
+    }
 
     #[test]
     fn encodes_exactly_like_a_string() {

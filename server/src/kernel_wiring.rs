@@ -1,12 +1,14 @@
 //! Wiring of the kernel tier for `serve`: open the pinned table named by
-//! `-B` (attaching first with `--xdp-iface`) for the registry to keep in
-//! step. Any failure is one warning line and the server goes on with the
-//! userspace tier alone.
+//! `-B` (attaching first with `--xdp-iface`) and hand it to the ban core
+//! as its [`KernelSync`] (the adapter is `pinned_table.rs`). Any failure is one
+//! warning line and the server goes on with the userspace tier alone.
 
 use std::path::PathBuf;
 
-use actors::kernel::KernelSync;
+use actors::KernelSync;
 use xdp::{AttachMode, KernelTable};
+
+use crate::pinned_table::PinnedTable;
 
 use crate::settings::KernelSettings;
 
@@ -46,29 +48,11 @@ pub fn open(settings: &KernelSettings) -> Option<Box<dyn KernelSync>> {
     match KernelTable::open(&table_path) {
         Ok(table) => {
             log::info!("kernel tier on: ban table {}", table.location().display());
-            Some(Box::new(table))
+            Some(Box::new(PinnedTable(table)))
         }
         Err(error) => {
             log::warn!("kernel tier off, userspace tier only: {error}");
             None
-        }
-    }
-}
-
-/// Raises every capability in the permitted set into the effective set.
-///
-/// The Docker image gives the binary *permitted* file capabilities (BPF,
-/// NET_ADMIN, DAC_OVERRIDE) without the effective bit: with the bit, exec
-/// would fail outright in a container started without those capabilities;
-/// without it, the binary starts either way and takes what it was granted
-/// here. Outside such a setup this is a no-op.
-pub fn raise_permitted_capabilities() {
-    let Ok(permitted) = caps::read(None, caps::CapSet::Permitted) else {
-        return;
-    };
-    for capability in permitted {
-        if let Err(error) = caps::raise(None, caps::CapSet::Effective, capability) {
-            log::debug!("cannot raise {capability}: {error}");
         }
     }
 }

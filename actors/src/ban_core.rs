@@ -1,0 +1,864 @@
+//! The ban core: everything a time-out is, in one plain struct with no
+//! actix in it, so every source of time-outs (sessions, admins, the offline
+//! CLI, and later kernel detectors and the fleet) goes through one piece of
+//! logic, and that logic is unit-tested without sockets or a kernel.
+//!
+//! It owns the table in three forms, each for one reader, and keeps them in
+//! step:
+//! - the [`BanView`] (prefix → expiry) the acceptors check per connection;
+//! - `by_expiry`, ordered by expiry, for the release sweep and for evicting
+//!   the entry closest to expiry when the table is full;
+//! - the sled `bans` tree (full records), for restarts and the admin list;
+//!
+//! and mirrors it into the kernel table when there is one.
+//!
+//! The policy steps of a ban, in order: allow-list, aggregation into the
+//! table prefix, dedupe against a live entry, history, decision, record.
+//! A storage error never stops a ban: it is logged and counted, and the ban
+//! stays in force in memory. A kernel error likewise (the userspace tier
+//! still enforces).
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use model::ban::{BanCause, BanInfo, Cause, FirstBytes};
+use model::cidr::Cidr;
+use storage::{StorageError, Store};
+
+use crate::BanError;
+use crate::kernel_sync::KernelSync;
+use crate::policy::{BanPolicy, expiry_after};
+use crate::stats::{Stats, bump};
+use crate::view::BanView;
+
+pub struct BanCore {
+    policy: BanPolicy,
+    view: Arc<BanView>,
+    by_expiry: BTreeSet<(u64, Cidr)>,
+    store: Store,
+    kernel: Option<Box<dyn KernelSync>>,
+    stats: Arc<Stats>,
+}
+
+/// What boot restored.
+#[derive(Debug, Clone, Copy)]
+pub struct BootReport {
+    pub restored: usize,
+    pub discarded: usize,
+    pub elapsed: Duration,
+    /// With a kernel table: entries replayed into it, stale ones removed,
+    /// failures, and the time it took.
+    pub kernel: Option<KernelReplay>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelReplay {
+    pub replayed: usize,
+    pub removed_stale: usize,
+    pub failed: usize,
+    pub elapsed: Duration,
+}
+
+/// What became of a source's ban.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BanOutcome {
+    /// A new time-out is in force.
+    Banned(BanInfo),
+    /// The source is allow-listed: nothing happened.
+    AllowListed,
+    /// Its prefix is already timed out (concurrent sessions of one source
+    /// all fail at once; the first ban stands).
+    AlreadyBanned(Cidr),
+}
+
+/// What became of a time-out another node made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteOutcome {
+    Applied,
+    /// The record's prefix covers, or lies in, an entry of our allow-list:
+    /// our allow-list wins.
+    AllowListed,
+    /// Already over by our clock.
+    Expired,
+    /// We hold a time-out of that prefix that lasts at least as long.
+    Superseded,
+}
+
+impl BanCore {
+    /// Loads the live bans from storage into `view` (expired ones are
+    /// discarded and deleted on the way) and makes the kernel table, if
+    /// any, hold exactly those bans.
+    pub fn restore(
+        policy: BanPolicy,
+        store: Store,
+        view: Arc<BanView>,
+        stats: Arc<Stats>,
+        kernel: Option<Box<dyn KernelSync>>,
+        now_ms: u64,
+    ) -> Result<(Self, BootReport), StorageError> {
+        let started = Instant::now();
+        let loaded = store.bans().load_live(now_ms)?;
+        let mut by_expiry = BTreeSet::new();
+        for (prefix, expires) in &loaded.live {
+            view.insert(*prefix, *expires);
+            by_expiry.insert((*expires, *prefix));
+        }
+        let elapsed = started.elapsed();
+        let mut core = BanCore {
+            policy,
+            view,
+            by_expiry,
+            store,
+            kernel,
+            stats,
+        };
+        let kernel = core.replay_into_kernel(&loaded.live, now_ms);
+        let report = BootReport {
+            restored: loaded.live.len(),
+            discarded: loaded.discarded,
+            elapsed,
+            kernel,
+        };
+        Ok((core, report))
+    }
+
+    /// A core over a stopped server's database, for the offline admin
+    /// commands: no shared view, no kernel table, nothing restored (an
+    /// admin ban or release needs only storage and the policy).
+    pub fn offline(policy: BanPolicy, store: Store) -> Self {
+        BanCore {
+            policy,
+            view: Arc::new(BanView::default()),
+            by_expiry: BTreeSet::new(),
+            store,
+            kernel: None,
+            stats: Arc::new(Stats::default()),
+        }
+    }
+
+    pub fn view(&self) -> Arc<BanView> {
+        self.view.clone()
+    }
+
+    pub fn policy(&self) -> &BanPolicy {
+        &self.policy
+    }
+
+    /// The table entry `ip` falls into.
+    pub fn prefix_for(&self, ip: IpAddr) -> Cidr {
+        self.policy.prefix_for(ip)
+    }
+
+    /// A session saw `cause` from `source`: apply the policy and, unless
+    /// the source is allow-listed or already timed out, time it out.
+    pub fn ban(
+        &mut self,
+        source: IpAddr,
+        cause: BanCause,
+        first_bytes: FirstBytes,
+        now_ms: u64,
+    ) -> BanOutcome {
+        if self.policy.is_allowed(source) {
+            log::info!(
+                "not timing out {source} ({cause}): allow-listed; first bytes {}",
+                hex_preview(first_bytes.as_slice())
+            );
+            return BanOutcome::AllowListed;
+        }
+        let prefix = self.policy.prefix_for(source);
+        if self
+            .view
+            .expiry(&prefix)
+            .is_some_and(|expires| expires > now_ms)
+        {
+            return BanOutcome::AlreadyBanned(prefix);
+        }
+        let history = self.store.bans().history(&prefix).unwrap_or_else(|error| {
+            log::error!("could not read the ban history of {prefix} (no escalation): {error}");
+            None
+        });
+        let decision = self.policy.decide(cause, history, now_ms);
+        let record = BanInfo {
+            prefix,
+            cause: cause.as_cause(),
+            first_bytes,
+            banned_at_ms: now_ms,
+            expires_at_ms: expiry_after(now_ms, decision.duration),
+            repeat: decision.repeat,
+        };
+        self.insert(&record, now_ms);
+        log::info!(
+            "timed out {prefix} for {} (cause {cause}, repeat {}, source {source}, first bytes {})",
+            humantime::format_duration(decision.duration),
+            decision.repeat,
+            hex_preview(record.first_bytes.as_slice())
+        );
+        BanOutcome::Banned(record)
+    }
+
+    /// An admin's time-out of an address or prefix: no escalation, the
+    /// allow-list wins.
+    pub fn admin_ban(
+        &mut self,
+        prefix: Cidr,
+        duration: Option<Duration>,
+        cause: Cause,
+        now_ms: u64,
+    ) -> Result<BanInfo, BanError> {
+        let record = self.policy.admin_ban(prefix, duration, cause, now_ms)?;
+        self.insert(&record, now_ms);
+        log::info!(
+            "admin timed out {} until {} (cause {})",
+            record.prefix,
+            crate::format_time(record.expires_at_ms),
+            record.cause
+        );
+        Ok(record)
+    }
+
+    /// An admin's pardon: releases the entry `prefix` means (for a single
+    /// address, also the aggregated entry it falls in) and forgets its
+    /// history. Answers which entry was released, if any.
+    pub fn release(&mut self, prefix: Cidr) -> Result<Option<Cidr>, BanError> {
+        for candidate in self.policy.release_candidates(prefix) {
+            let in_memory = self.remove(&candidate);
+            let stored = self.store.bans().forget(&candidate);
+            match stored {
+                Ok(stored) if in_memory || stored.is_some() => {
+                    log::info!("admin released {candidate}");
+                    return Ok(Some(candidate));
+                }
+                Ok(_) => {}
+                Err(error) if in_memory => {
+                    log::error!(
+                        "released {candidate} in memory, but could not persist the release: {error}"
+                    );
+                    return Err(error.into());
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Applies a time-out another node made: our allow-list wins, the bound
+    /// holds, the record's own expiry, cause, origin and repeat count are
+    /// kept (no local escalation), and it is persisted and mirrored like
+    /// any other.
+    pub fn apply_remote(&mut self, record: BanInfo, now_ms: u64) -> RemoteOutcome {
+        let prefix = record.prefix;
+        let allow_listed = self
+            .policy
+            .allow
+            .iter()
+            .any(|entry| entry.contains(prefix.addr()) || prefix.contains(entry.addr()));
+        if allow_listed {
+            log::info!("not applying the remote time-out of {prefix}: allow-listed");
+            return RemoteOutcome::AllowListed;
+        }
+        if record.expires_at_ms <= now_ms {
+            return RemoteOutcome::Expired;
+        }
+        if self
+            .view
+            .expiry(&prefix)
+            .is_some_and(|expires| expires >= record.expires_at_ms)
+        {
+            return RemoteOutcome::Superseded;
+        }
+        self.insert(&record, now_ms);
+        log::info!(
+            "applied remote time-out of {prefix} until {} (cause {}, repeat {})",
+            crate::format_time(record.expires_at_ms),
+            record.cause,
+            record.repeat
+        );
+        RemoteOutcome::Applied
+    }
+
+    /// Releases every time-out that ended at or before `now_ms`; returns
+    /// how many.
+    pub fn expire(&mut self, now_ms: u64) -> usize {
+        let mut released = 0;
+        while let Some(&(expires, prefix)) = self.by_expiry.first() {
+            if expires > now_ms {
+                break;
+            }
+            self.by_expiry.pop_first();
+            self.view.remove(&prefix);
+            self.kernel_remove(&prefix);
+            released += 1;
+            log::info!("released {prefix}: time-out over");
+            if let Err(error) = self.store.bans().remove(&prefix) {
+                log::error!("could not persist the expiry of {prefix}: {error}");
+            }
+        }
+        released
+    }
+
+    /// One page of the stored table, in prefix order.
+    pub fn list(
+        &self,
+        after: Option<&Cidr>,
+        limit: usize,
+    ) -> Result<(Vec<BanInfo>, Option<Cidr>), BanError> {
+        Ok(self.store.bans().list(after, limit)?)
+    }
+
+    /// Makes every ban so far durable.
+    pub fn flush(&self) -> Result<(), BanError> {
+        Ok(self.store.flush()?)
+    }
+
+    /// Drops history that can no longer make a ban escalate. A full scan,
+    /// so it runs on a thread of its own.
+    pub fn purge_history_in_background(&self, now_ms: u64) {
+        let bans = self.store.bans().clone();
+        let before = self.policy.escalation_cutoff(now_ms);
+        std::thread::spawn(move || match bans.purge_history(before) {
+            Ok(0) => {}
+            Ok(n) => log::debug!("purged {n} stale escalation records"),
+            Err(error) => log::error!("could not purge escalation history: {error}"),
+        });
+    }
+
+    /// Live entries in memory.
+    pub fn len(&self) -> usize {
+        self.view.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.view.is_empty()
+    }
+
+    /// Puts `record` in the table, evicting the entry closest to expiry if
+    /// the table is full.
+    fn insert(&mut self, record: &BanInfo, now_ms: u64) {
+        if let Some(old) = self.view.expiry(&record.prefix) {
+            self.by_expiry.remove(&(old, record.prefix));
+        } else if self.view.len() >= self.policy.max_entries {
+            self.evict_one(now_ms);
+        }
+        self.view.insert(record.prefix, record.expires_at_ms);
+        self.by_expiry.insert((record.expires_at_ms, record.prefix));
+        self.kernel_insert(&record.prefix, record.expires_at_ms, now_ms);
+        if let Err(error) = self.store.bans().put(record) {
+            log::error!(
+                "could not persist the ban of {} (kept in memory): {error}",
+                record.prefix
+            );
+        }
+        bump(&self.stats.bans_total);
+    }
+
+    fn evict_one(&mut self, now_ms: u64) {
+        if let Some((expires, prefix)) = self.by_expiry.pop_first() {
+            self.view.remove(&prefix);
+            self.kernel_remove(&prefix);
+            bump(&self.stats.bans_evicted);
+            log::warn!(
+                "time-out table full ({} entries): evicted {prefix}, {} before its expiry",
+                self.policy.max_entries,
+                humantime::format_duration(Duration::from_secs(
+                    expires.saturating_sub(now_ms) / 1000
+                ))
+            );
+            if let Err(error) = self.store.bans().remove(&prefix) {
+                log::error!("could not persist the eviction of {prefix}: {error}");
+            }
+        }
+    }
+
+    fn remove(&mut self, prefix: &Cidr) -> bool {
+        match self.view.remove(prefix) {
+            Some(expires) => {
+                self.by_expiry.remove(&(expires, *prefix));
+                self.kernel_remove(prefix);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes the kernel table hold exactly the live bans: entries it has
+    /// that storage no longer holds are removed, every live ban is written
+    /// (in place: no clearing first, so no source is let through meanwhile).
+    fn replay_into_kernel(&mut self, live: &[(Cidr, u64)], now_ms: u64) -> Option<KernelReplay> {
+        let kernel = self.kernel.as_mut()?;
+        let started = Instant::now();
+        let mut report = KernelReplay::default();
+        let wanted: HashSet<Cidr> = live.iter().map(|(prefix, _)| *prefix).collect();
+        match kernel.prefixes() {
+            Ok(present) => {
+                for prefix in present.iter().filter(|p| !wanted.contains(p)) {
+                    match kernel.remove(prefix) {
+                        Ok(()) => report.removed_stale += 1,
+                        Err(error) => {
+                            report.failed += 1;
+                            log::warn!("kernel table: cannot remove stale {prefix}: {error}");
+                        }
+                    }
+                }
+            }
+            Err(error) => log::warn!("kernel table: cannot list entries: {error}"),
+        }
+        let failures = kernel.insert_all(live, now_ms);
+        if let Some((prefix, error)) = failures.first() {
+            log::warn!(
+                "kernel table: cannot replay {prefix}: {error} ({} failures in all)",
+                failures.len()
+            );
+        }
+        report.failed += failures.len();
+        report.replayed = live.len().saturating_sub(failures.len());
+        self.stats
+            .kernel_errors
+            .fetch_add(report.failed as u64, std::sync::atomic::Ordering::Relaxed);
+        report.elapsed = started.elapsed();
+        Some(report)
+    }
+
+    fn kernel_insert(&mut self, prefix: &Cidr, expires_ms: u64, now_ms: u64) {
+        if let Some(kernel) = self.kernel.as_mut()
+            && let Err(error) = kernel.insert(prefix, expires_ms, now_ms)
+        {
+            bump(&self.stats.kernel_errors);
+            log::warn!(
+                "kernel table: cannot add {prefix} (the userspace time-out stands): {error}"
+            );
+        }
+    }
+
+    fn kernel_remove(&mut self, prefix: &Cidr) {
+        if let Some(kernel) = self.kernel.as_mut()
+            && let Err(error) = kernel.remove(prefix)
+        {
+            bump(&self.stats.kernel_errors);
+            log::warn!("kernel table: cannot remove {prefix}: {error}");
+        }
+    }
+}
+
+/// "16 03 01 00 f4" for logs: short, and safe whatever the bytes are.
+pub fn hex_preview(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return "(none)".into();
+    }
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::kernel_sync::KernelError;
+
+    const NOW: u64 = 1_800_000_000_000;
+    const MIN: u64 = 60_000;
+
+    /// The kernel table in memory; a handle the test keeps sees what the
+    /// core wrote. `fail` makes every insert fail.
+    #[derive(Clone, Default)]
+    struct FakeKernel {
+        entries: Arc<Mutex<BTreeMap<Cidr, u64>>>,
+        fail: bool,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("map full")]
+    struct MapFull;
+
+    impl KernelSync for FakeKernel {
+        fn insert(&mut self, prefix: &Cidr, expires: u64, _: u64) -> Result<(), KernelError> {
+            if self.fail {
+                return Err(KernelError::new(MapFull));
+            }
+            self.entries.lock().unwrap().insert(*prefix, expires);
+            Ok(())
+        }
+
+        fn remove(&mut self, prefix: &Cidr) -> Result<(), KernelError> {
+            self.entries.lock().unwrap().remove(prefix);
+            Ok(())
+        }
+
+        fn prefixes(&mut self) -> Result<Vec<Cidr>, KernelError> {
+            Ok(self.entries.lock().unwrap().keys().copied().collect())
+        }
+    }
+
+    impl FakeKernel {
+        fn holds(&self, prefix: &str) -> bool {
+            self.entries
+                .lock()
+                .unwrap()
+                .contains_key(&prefix.parse().unwrap())
+        }
+    }
+
+    struct Bed {
+        core: BanCore,
+        kernel: FakeKernel,
+        stats: Arc<Stats>,
+        store: Store,
+        _dir: tempfile::TempDir,
+    }
+
+    fn bed_with(policy: BanPolicy, kernel: FakeKernel, dir: tempfile::TempDir) -> Bed {
+        let store = Store::open(dir.path(), &storage::StoreOptions::default()).unwrap();
+        let stats = Arc::new(Stats::default());
+        let (core, _) = BanCore::restore(
+            policy,
+            store.clone(),
+            Arc::new(BanView::default()),
+            stats.clone(),
+            Some(Box::new(kernel.clone())),
+            NOW,
+        )
+        .unwrap();
+        Bed {
+            core,
+            kernel,
+            stats,
+            store,
+            _dir: dir,
+        }
+    }
+
+    fn bed(policy: BanPolicy) -> Bed {
+        bed_with(policy, FakeKernel::default(), tempfile::tempdir().unwrap())
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn banned(outcome: BanOutcome) -> BanInfo {
+        match outcome {
+            BanOutcome::Banned(record) => record,
+            other => panic!("expected a ban, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_ban_is_in_the_view_storage_and_kernel_and_escalates_on_repeat() {
+        let mut bed = bed(BanPolicy::default());
+        let first = banned(bed.core.ban(
+            ip("192.0.2.7"),
+            BanCause::BadMagic,
+            FirstBytes::truncated(b"GET /"),
+            NOW,
+        ));
+        assert_eq!(first.expires_at_ms, NOW + 15 * MIN);
+        assert_eq!(first.cause.as_str(), "bad-magic");
+        assert!(bed.core.view().is_banned(ip("192.0.2.7"), NOW));
+        assert!(bed.kernel.holds("192.0.2.7/32"));
+        assert_eq!(
+            bed.store.bans().get(&first.prefix).unwrap(),
+            Some(first.clone())
+        );
+
+        // A second ban while the first is live is a no-op.
+        assert_eq!(
+            bed.core.ban(
+                ip("192.0.2.7"),
+                BanCause::BadMac1,
+                FirstBytes::default(),
+                NOW + 1
+            ),
+            BanOutcome::AlreadyBanned(first.prefix)
+        );
+
+        // After it ends: a repeat within the window doubles.
+        assert_eq!(bed.core.expire(NOW + 15 * MIN), 1);
+        assert!(!bed.core.view().is_banned(ip("192.0.2.7"), NOW + 15 * MIN));
+        assert!(!bed.kernel.holds("192.0.2.7/32"));
+        assert_eq!(bed.store.bans().get(&first.prefix).unwrap(), None);
+        let later = NOW + 20 * MIN;
+        let second = banned(bed.core.ban(
+            ip("192.0.2.7"),
+            BanCause::BadMagic,
+            FirstBytes::default(),
+            later,
+        ));
+        assert_eq!(second.repeat, 2);
+        assert_eq!(second.expires_at_ms, later + 30 * MIN);
+        assert_eq!(bed.stats.bans_total.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn ipv6_sources_aggregate_per_64_and_the_allow_list_wins() {
+        let policy = BanPolicy {
+            allow: vec!["10.0.0.0/8".parse().unwrap()],
+            ..BanPolicy::default()
+        };
+        let mut bed = bed(policy);
+        let record = banned(bed.core.ban(
+            ip("2001:db8:1:2:3:4:5:6"),
+            BanCause::HandshakeTimeout,
+            FirstBytes::default(),
+            NOW,
+        ));
+        assert_eq!(record.prefix.to_string(), "2001:db8:1:2::/64");
+        assert!(bed.core.view().is_banned(ip("2001:db8:1:2::99"), NOW));
+        assert!(bed.kernel.holds("2001:db8:1:2::/64"));
+
+        assert_eq!(
+            bed.core.ban(
+                ip("10.9.9.9"),
+                BanCause::BadMagic,
+                FirstBytes::default(),
+                NOW
+            ),
+            BanOutcome::AllowListed
+        );
+        assert!(!bed.core.view().is_banned(ip("10.9.9.9"), NOW));
+        let refused = bed
+            .core
+            .admin_ban(
+                "10.1.0.0/16".parse().unwrap(),
+                None,
+                "x".parse().unwrap(),
+                NOW,
+            )
+            .unwrap_err();
+        assert!(matches!(refused, BanError::AllowListed { .. }), "{refused}");
+        assert!(!refused.is_server_fault());
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_entry_closest_to_expiry() {
+        let policy = BanPolicy {
+            max_entries: 2,
+            ..BanPolicy::default()
+        };
+        let mut bed = bed(policy);
+        let soon = Duration::from_secs(60);
+        let later = Duration::from_secs(3600);
+        bed.core
+            .admin_ban(
+                "192.0.2.1".parse().unwrap(),
+                Some(later),
+                "a".parse().unwrap(),
+                NOW,
+            )
+            .unwrap();
+        bed.core
+            .admin_ban(
+                "192.0.2.2".parse().unwrap(),
+                Some(soon),
+                "b".parse().unwrap(),
+                NOW,
+            )
+            .unwrap();
+        bed.core
+            .admin_ban(
+                "192.0.2.3".parse().unwrap(),
+                Some(later),
+                "c".parse().unwrap(),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(bed.core.len(), 2);
+        assert!(!bed.core.view().is_banned(ip("192.0.2.2"), NOW), "evicted");
+        assert!(!bed.kernel.holds("192.0.2.2/32"));
+        assert_eq!(
+            bed.store.bans().get(&"192.0.2.2".parse().unwrap()).unwrap(),
+            None
+        );
+        assert!(bed.core.view().is_banned(ip("192.0.2.3"), NOW));
+        assert_eq!(bed.stats.bans_evicted.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn release_forgets_history_and_finds_the_aggregate_of_an_address() {
+        let mut bed = bed(BanPolicy::default());
+        banned(bed.core.ban(
+            ip("2001:db8::5"),
+            BanCause::BadMagic,
+            FirstBytes::default(),
+            NOW,
+        ));
+        let released = bed.core.release("2001:db8::5".parse().unwrap()).unwrap();
+        assert_eq!(released, Some("2001:db8::/64".parse().unwrap()));
+        assert!(!bed.core.view().is_banned(ip("2001:db8::5"), NOW));
+        assert!(!bed.kernel.holds("2001:db8::/64"));
+        let prefix: Cidr = "2001:db8::/64".parse().unwrap();
+        assert_eq!(bed.store.bans().history(&prefix).unwrap(), None);
+        assert_eq!(bed.core.release(prefix).unwrap(), None);
+    }
+
+    #[test]
+    fn restore_reloads_live_bans_and_removes_stale_kernel_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut first = bed_with(
+                BanPolicy::default(),
+                FakeKernel::default(),
+                tempfile::TempDir::new_in(dir.path()).unwrap(),
+            );
+            banned(first.core.ban(
+                ip("192.0.2.7"),
+                BanCause::BadMagic,
+                FirstBytes::default(),
+                NOW,
+            ));
+            first
+                .core
+                .admin_ban(
+                    "198.51.100.0/24".parse().unwrap(),
+                    Some(Duration::from_secs(1)),
+                    "short".parse().unwrap(),
+                    NOW,
+                )
+                .unwrap();
+            first.core.flush().unwrap();
+            let path = first._dir.path().to_owned();
+            drop(first.core);
+            drop(first.store);
+            // Reopen the same database, with a kernel table that holds a
+            // ban the database no longer has.
+            let kernel = FakeKernel::default();
+            kernel
+                .entries
+                .lock()
+                .unwrap()
+                .insert("203.0.113.1".parse().unwrap(), NOW + MIN);
+            let store = Store::open(&path, &storage::StoreOptions::default()).unwrap();
+            let (core, report) = BanCore::restore(
+                BanPolicy::default(),
+                store,
+                Arc::new(BanView::default()),
+                Arc::new(Stats::default()),
+                Some(Box::new(kernel.clone())),
+                NOW + 2_000,
+            )
+            .unwrap();
+            assert_eq!(report.restored, 1);
+            assert_eq!(report.discarded, 1, "the 1 s admin ban ran out while down");
+            let replay = report.kernel.unwrap();
+            assert_eq!(
+                (replay.replayed, replay.removed_stale, replay.failed),
+                (1, 1, 0)
+            );
+            assert!(kernel.holds("192.0.2.7/32"));
+            assert!(!kernel.holds("203.0.113.1/32"));
+            assert!(core.view().is_banned(ip("192.0.2.7"), NOW + 2_000));
+        }
+    }
+
+    #[test]
+    fn kernel_and_storage_failures_keep_the_ban_in_memory() {
+        let kernel = FakeKernel {
+            fail: true,
+            ..FakeKernel::default()
+        };
+        let mut bed = bed_with(BanPolicy::default(), kernel, tempfile::tempdir().unwrap());
+        // A history record that does not decode: the read fails (counted),
+        // the ban is made without escalation.
+        let prefix: Cidr = "192.0.2.7".parse().unwrap();
+        bed.store
+            .bans()
+            .put_raw_history_for_test(&prefix, b"garbage");
+        let record = banned(bed.core.ban(
+            ip("192.0.2.7"),
+            BanCause::BadMagic,
+            FirstBytes::default(),
+            NOW,
+        ));
+        assert_eq!(record.repeat, 1, "no escalation without a readable history");
+        assert!(bed.core.view().is_banned(ip("192.0.2.7"), NOW));
+        assert_eq!(bed.stats.kernel_errors.load(Ordering::Relaxed), 1);
+        assert!(!bed.kernel.holds("192.0.2.7/32"));
+        assert_eq!(bed.store.bans().get(&prefix).unwrap(), Some(record));
+    }
+
+    #[test]
+    fn a_release_that_cannot_be_persisted_is_a_storage_error() {
+        let mut bed = bed(BanPolicy::default());
+        let prefix: Cidr = "192.0.2.8".parse().unwrap();
+        bed.store
+            .bans()
+            .put_raw_ban_for_test(&prefix, NOW + MIN, b"\xF1garbage");
+        let error = bed.core.release(prefix).unwrap_err();
+        assert!(matches!(error, BanError::Storage(_)), "{error}");
+        assert!(error.is_server_fault());
+    }
+
+    #[test]
+    fn remote_time_outs_keep_their_expiry_and_yield_to_the_allow_list() {
+        let policy = BanPolicy {
+            allow: vec!["192.0.2.250/32".parse().unwrap()],
+            ..BanPolicy::default()
+        };
+        let mut bed = bed(policy);
+        let record = |prefix: &str, expires_at_ms| BanInfo {
+            prefix: prefix.parse().unwrap(),
+            cause: "port-scan".parse().unwrap(),
+            first_bytes: FirstBytes::default(),
+            banned_at_ms: NOW - MIN,
+            expires_at_ms,
+            repeat: 4,
+        };
+        assert_eq!(
+            bed.core
+                .apply_remote(record("198.51.100.0/24", NOW + 7 * MIN), NOW),
+            RemoteOutcome::Applied
+        );
+        let stored = bed
+            .store
+            .bans()
+            .get(&"198.51.100.0/24".parse().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!((stored.expires_at_ms, stored.repeat), (NOW + 7 * MIN, 4));
+        assert!(bed.kernel.holds("198.51.100.0/24"));
+        assert_eq!(
+            bed.core
+                .apply_remote(record("192.0.2.0/24", NOW + MIN), NOW),
+            RemoteOutcome::AllowListed,
+            "covers an allow-listed address"
+        );
+        assert_eq!(
+            bed.core
+                .apply_remote(record("203.0.113.0/24", NOW - 1), NOW),
+            RemoteOutcome::Expired
+        );
+        assert_eq!(
+            bed.core
+                .apply_remote(record("198.51.100.0/24", NOW + MIN), NOW),
+            RemoteOutcome::Superseded
+        );
+    }
+
+    #[test]
+    fn the_offline_core_writes_only_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &storage::StoreOptions::default()).unwrap();
+        let mut core = BanCore::offline(BanPolicy::default(), store.clone());
+        let record = core
+            .admin_ban(
+                "192.0.2.0/24".parse().unwrap(),
+                None,
+                "admin".parse().unwrap(),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(record.expires_at_ms, NOW + 60 * MIN);
+        assert_eq!(
+            store.bans().get(&record.prefix).unwrap(),
+            Some(record.clone())
+        );
+        assert_eq!(core.release(record.prefix).unwrap(), Some(record.prefix));
+        assert_eq!(store.bans().get(&record.prefix).unwrap(), None);
+    }
+}

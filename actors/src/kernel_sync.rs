@@ -1,0 +1,45 @@
+//! The kernel tier as the ban core sees it: a table to keep in step with
+//! the time-out table. The binary implements it for the pinned XDP maps
+//! (`server/src/kernel_wiring.rs`), so this crate links no aya; the unit
+//! tests of the ban core implement it in memory.
+
+use model::Cidr;
+
+/// A kernel-table operation that failed. It carries the kernel side's own
+/// error (the `xdp` crate's typed `XdpError` in the server) as its source,
+/// so nothing is flattened to text on the way.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KernelError(pub Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl KernelError {
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        KernelError(Box::new(error))
+    }
+
+    /// The kernel side's error, if it is an `E`.
+    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        self.0.downcast_ref()
+    }
+}
+
+pub trait KernelSync: Send + 'static {
+    /// Drop `prefix` in the kernel until `expires_at_ms` (Unix ms).
+    fn insert(&mut self, prefix: &Cidr, expires_at_ms: u64, now_ms: u64)
+    -> Result<(), KernelError>;
+    /// Stop dropping `prefix`; absent is not an error.
+    fn remove(&mut self, prefix: &Cidr) -> Result<(), KernelError>;
+    /// Every prefix the kernel table holds now.
+    fn prefixes(&mut self) -> Result<Vec<Cidr>, KernelError>;
+    /// Many inserts at once (boot replay); returns the failures.
+    fn insert_all(&mut self, entries: &[(Cidr, u64)], now_ms: u64) -> Vec<(Cidr, KernelError)> {
+        entries
+            .iter()
+            .filter_map(|(prefix, expires)| {
+                self.insert(prefix, *expires, now_ms)
+                    .err()
+                    .map(|e| (*prefix, e))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,149 @@
+//! The time-out table's records and the names of its causes: what storage
+//! keeps, the admin interface shows and (later) the fleet shares.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bincode::{Decode, Encode};
+
+use crate::cidr::Cidr;
+use crate::inline::{InlineBytes, InlineStr};
+
+pub const MAX_CAUSE_LEN: usize = 64;
+/// Most first bytes of a banned connection kept with its ban.
+pub const MAX_FIRST_BYTES: usize = 16;
+
+/// Why a prefix was timed out, as stored: a [`BanCause`] name or an admin's note.
+pub type Cause = InlineStr<MAX_CAUSE_LEN>;
+pub type FirstBytes = InlineBytes<MAX_FIRST_BYTES>;
+
+/// One entry of the time-out table, as the admin interface shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct BanInfo {
+    pub prefix: Cidr,
+    pub cause: Cause,
+    /// First bytes the banned connection sent (at most [`MAX_FIRST_BYTES`]).
+    pub first_bytes: FirstBytes,
+    pub banned_at_ms: u64,
+    /// Milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+    /// How many times this prefix was banned within the escalation window.
+    pub repeat: u32,
+}
+
+/// Why the server timed a source out. The names are stable: they are stored
+/// with each ban and shown by `bans list`, so renaming one is a format change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BanCause {
+    /// Foreign bytes: not penaltybox's magic.
+    BadMagic,
+    BadVersion,
+    BadPattern,
+    BadLength,
+    /// A penaltybox-shaped message from a sender that lacks the server key.
+    BadMac1,
+    /// The Noise message did not decrypt.
+    HandshakeFailed,
+    /// Anonymous client where only keys may connect, or a key not authorized.
+    Unauthorized,
+    /// An IK initiation whose timestamp was not newer than the last one.
+    Replayed,
+    /// No complete handshake before the deadline (slowloris, stalled scanner).
+    HandshakeTimeout,
+    /// An established session sent a frame that failed authentication or
+    /// broke a limit.
+    SessionViolation,
+}
+
+/// What kind of offence a cause is; each kind has its own base time-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CauseClass {
+    /// Not our protocol at all (decided before mac1).
+    ForeignProtocol,
+    /// A penaltybox client that failed to authenticate.
+    HandshakeFailure,
+    HandshakeTimeout,
+    SessionViolation,
+}
+
+impl BanCause {
+    pub const ALL: [BanCause; 10] = [
+        BanCause::BadMagic,
+        BanCause::BadVersion,
+        BanCause::BadPattern,
+        BanCause::BadLength,
+        BanCause::BadMac1,
+        BanCause::HandshakeFailed,
+        BanCause::Unauthorized,
+        BanCause::Replayed,
+        BanCause::HandshakeTimeout,
+        BanCause::SessionViolation,
+    ];
+
+    /// The stable name stored with the ban and shown by `bans list`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BanCause::BadMagic => "bad-magic",
+            BanCause::BadVersion => "bad-version",
+            BanCause::BadPattern => "bad-pattern",
+            BanCause::BadLength => "bad-length",
+            BanCause::BadMac1 => "bad-mac1",
+            BanCause::HandshakeFailed => "handshake-failed",
+            BanCause::Unauthorized => "unauthorized",
+            BanCause::Replayed => "replayed",
+            BanCause::HandshakeTimeout => "handshake-timeout",
+            BanCause::SessionViolation => "session-violation",
+        }
+    }
+
+    pub fn class(self) -> CauseClass {
+        match self {
+            BanCause::BadMagic
+            | BanCause::BadVersion
+            | BanCause::BadPattern
+            | BanCause::BadLength => CauseClass::ForeignProtocol,
+            BanCause::BadMac1
+            | BanCause::HandshakeFailed
+            | BanCause::Unauthorized
+            | BanCause::Replayed => CauseClass::HandshakeFailure,
+            BanCause::HandshakeTimeout => CauseClass::HandshakeTimeout,
+            BanCause::SessionViolation => CauseClass::SessionViolation,
+        }
+    }
+
+    /// The name as the stored [`Cause`] field.
+    pub fn as_cause(self) -> Cause {
+        // Every name is far below the limit (checked by a test).
+        Cause::new(self.name()).expect("cause names fit MAX_CAUSE_LEN")
+    }
+}
+
+impl fmt::Display for BanCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BanCause {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        BanCause::ALL
+            .into_iter()
+            .find(|cause| cause.name() == s)
+            .ok_or_else(|| format!("unknown ban cause {s:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cause_names_round_trip_and_fit() {
+        for cause in BanCause::ALL {
+            assert_eq!(cause.name().parse::<BanCause>(), Ok(cause));
+            assert_eq!(cause.as_cause().as_str(), cause.name());
+        }
+    }
+}

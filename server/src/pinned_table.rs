@@ -1,0 +1,43 @@
+//! The adapter between the ban core's [`KernelSync`] and the pinned XDP
+//! maps ([`xdp::KernelTable`]): the one place where the actors' view of a
+//! kernel table meets aya. Its own file so that the kernel bench can use
+//! the very same adapter (`#[path]`).
+
+use actors::{KernelError, KernelSync};
+use model::Cidr;
+use xdp::KernelTable;
+
+/// The pinned XDP maps as the ban core's kernel table. Errors keep their
+/// `XdpError` type inside the [`KernelError`].
+pub struct PinnedTable(pub KernelTable);
+
+impl KernelSync for PinnedTable {
+    fn insert(
+        &mut self,
+        prefix: &Cidr,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), KernelError> {
+        self.0
+            .insert(prefix, expires_at_ms, now_ms)
+            .map_err(KernelError::new)
+    }
+
+    fn remove(&mut self, prefix: &Cidr) -> Result<(), KernelError> {
+        self.0.remove(prefix).map_err(KernelError::new)
+    }
+
+    fn prefixes(&mut self) -> Result<Vec<Cidr>, KernelError> {
+        let entries = self.0.entries().map_err(KernelError::new)?;
+        Ok(entries.into_iter().map(|(prefix, _)| prefix).collect())
+    }
+
+    fn insert_all(&mut self, entries: &[(Cidr, u64)], now_ms: u64) -> Vec<(Cidr, KernelError)> {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        self.0
+            .insert_all(entries, now_ms, threads)
+            .into_iter()
+            .map(|(prefix, error)| (prefix, KernelError::new(error)))
+            .collect()
+    }
+}
