@@ -61,6 +61,8 @@ pub struct StatsSnapshot {
     pub bans_total: u64,
     pub bans_evicted: u64,
     pub storage_flushes: u64,
+    /// Writes not yet durable (0 once the group commit has caught up).
+    pub storage_unflushed: u64,
     pub storage_errors: u64,
     pub kernel_errors: u64,
 }
@@ -80,6 +82,7 @@ impl Stats {
             bans_total: get(&self.bans_total),
             bans_evicted: get(&self.bans_evicted),
             storage_flushes: store.flush_count(),
+            storage_unflushed: store.unflushed_writes(),
             storage_errors: store.error_count(),
             kernel_errors: get(&self.kernel_errors),
         }
@@ -100,6 +103,7 @@ impl From<StatsSnapshot> for ServerStats {
             bans_total: s.bans_total,
             bans_evicted: s.bans_evicted,
             storage_flushes: s.storage_flushes,
+            storage_unflushed: s.storage_unflushed,
             storage_errors: s.storage_errors,
             kernel_errors: s.kernel_errors,
         }

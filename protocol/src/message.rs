@@ -112,6 +112,8 @@ pub struct ServerStats {
     pub bans_evicted: u64,
     /// Completed group-commit flushes of the database.
     pub storage_flushes: u64,
+    /// Writes a crash now would lose (0 once the group commit caught up).
+    pub storage_unflushed: u64,
     pub storage_errors: u64,
     /// Kernel-tier table updates that failed.
     pub kernel_errors: u64,

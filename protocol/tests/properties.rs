@@ -132,7 +132,7 @@ fn response() -> impl Strategy<Value = Response> {
         ban().prop_map(Response::BanAdded),
         (cidr(), any::<bool>())
             .prop_map(|(prefix, existed)| Response::BanRemoved { prefix, existed }),
-        any::<[u64; 13]>().prop_map(|v| Response::Stats(ServerStats {
+        any::<[u64; 14]>().prop_map(|v| Response::Stats(ServerStats {
             uptime_secs: v[0],
             connections_accepted: v[1],
             connections_refused: v[2],
@@ -144,8 +144,9 @@ fn response() -> impl Strategy<Value = Response> {
             bans_total: v[8],
             bans_evicted: v[9],
             storage_flushes: v[10],
-            storage_errors: v[11],
-            kernel_errors: v[12],
+            storage_unflushed: v[11],
+            storage_errors: v[12],
+            kernel_errors: v[13],
         })),
         (
             proptest::sample::select(vec![

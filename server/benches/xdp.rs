@@ -28,6 +28,9 @@ use protocol::message::{BanInfo, Cause, FirstBytes};
 use storage::{Store, StoreOptions};
 use xdp::{AttachMode, KernelTable};
 
+/// The bench object: the production program plus `drop_all` (build.sh).
+static BASELINE: &[u8] = aya::include_bytes_aligned!("../../ebpf-prog/penaltybox-xdp-bench.bpf.o");
+
 fn main() {
     let is_root = std::process::Command::new("id")
         .arg("-u")
@@ -52,7 +55,7 @@ fn main() {
     ));
     in_namespace(&pair.server_ns, {
         let (iface, pin) = (pair.server_if.clone(), pin_dir.clone());
-        move || xdp::attach(&iface, AttachMode::Driver, &pin, "penaltybox").unwrap()
+        move || xdp::attach(&iface, AttachMode::Driver, &pin).unwrap()
     });
 
     replay(entries, &pin_dir, &mut rows);
@@ -74,7 +77,7 @@ fn main() {
     });
     in_namespace(&pair.server_ns, {
         let (iface, pin) = (pair.server_if.clone(), pin_dir.clone());
-        move || xdp::attach(&iface, AttachMode::Driver, &pin, "drop_all").unwrap()
+        move || xdp::attach_object(&iface, AttachMode::Driver, &pin, BASELINE, "drop_all").unwrap()
     });
     let (baseline, _) = flood_rate(&pair, &pin_dir, flood);
     in_namespace(&pair.server_ns, {

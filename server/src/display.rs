@@ -31,6 +31,7 @@ pub fn stats_json(stats: &ServerStats) -> serde_json::Value {
         "bans_total": stats.bans_total,
         "bans_evicted": stats.bans_evicted,
         "storage_flushes": stats.storage_flushes,
+        "storage_unflushed": stats.storage_unflushed,
         "storage_errors": stats.storage_errors,
         "kernel_errors": stats.kernel_errors,
     })

@@ -34,7 +34,7 @@ pub fn open(settings: &KernelSettings) -> Option<Box<dyn KernelSync>> {
             Ok(false) => {}
             Err(error) => log::warn!("cannot detach the old XDP program: {error}"),
         }
-        match xdp::attach(iface, settings.mode(), &table_path, xdp::PROGRAM) {
+        match xdp::attach(iface, settings.mode(), &table_path) {
             Ok(()) => log::info!(
                 "attached the XDP program to {iface}, pinned under {}",
                 table_path.display()

@@ -27,14 +27,15 @@ enum XdpCommand {
         mode: AttachMode,
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
-        /// Which program of the object: the bench attaches `drop_all` as its baseline.
-        #[arg(long, default_value = xdp::PROGRAM, hide = true)]
-        program: String,
     },
     /// Where the program is attached, the banned entries and drop counters.
     Status {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// One JSON object: interface, pin_dir, the drop counters, and
+        /// entries (prefix, remaining_s or null for "until removed", drops).
+        #[arg(long)]
+        json: bool,
     },
     /// Detach the program and remove its pins.
     Detach {
@@ -49,18 +50,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             iface,
             mode,
             pin_dir,
-            program,
         } => {
-            xdp::attach(&iface, mode, &pin_dir, &program)?;
+            xdp::attach(&iface, mode, &pin_dir)?;
             println!(
                 "attached to {iface}; ban table pinned at {} (serve -B {})",
                 pin_dir.display(),
                 pin_dir.display()
             );
         }
-        XdpCommand::Status { pin_dir } => {
+        XdpCommand::Status { pin_dir, json } => {
             let status = xdp::status(&pin_dir)?;
             let now = xdp::monotonic_ns();
+            if json {
+                println!("{}", status_json(&status, now));
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "attached to {}; pinned at {}",
                 status.interface.as_deref().unwrap_or("(unknown interface)"),
@@ -94,4 +98,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn status_json(status: &xdp::Status, now_ns: u64) -> serde_json::Value {
+    let entries: Vec<_> = status
+        .entries
+        .iter()
+        .map(|(prefix, value)| {
+            let remaining_s = match value.expires_ns {
+                0 => None,
+                ns => Some(ns.saturating_sub(now_ns) / 1_000_000_000),
+            };
+            serde_json::json!({
+                "prefix": prefix.to_string(),
+                "remaining_s": remaining_s,
+                "drops": value.drops,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "interface": status.interface,
+        "pin_dir": status.pin_dir.display().to_string(),
+        "dropped_by_address": status.dropped_by_address,
+        "dropped_by_address_per_cpu": status.dropped_by_address_per_cpu,
+        "dropped_by_prefix": status.dropped_by_prefix,
+        "passed_expired": status.passed_expired,
+        "entries": entries,
+    })
 }

@@ -22,6 +22,10 @@ struct State {
     wake: Condvar,
     errors: AtomicU64,
     flushes: AtomicU64,
+    /// Writes seen, and how many of them the last completed flush made
+    /// durable: their difference is what a crash now would lose.
+    written: AtomicU64,
+    durable: AtomicU64,
 }
 
 #[derive(Default)]
@@ -39,6 +43,8 @@ impl GroupCommit {
             wake: Condvar::new(),
             errors: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
         });
         let worker = state.clone();
         let thread = std::thread::Builder::new()
@@ -52,6 +58,7 @@ impl GroupCommit {
     }
 
     pub(crate) fn mark_dirty(&self) {
+        self.state.written.fetch_add(1, Ordering::AcqRel);
         let mut flags = self.state.flags.lock().unwrap_or_else(|p| p.into_inner());
         if !flags.dirty {
             flags.dirty = true;
@@ -74,6 +81,14 @@ impl GroupCommit {
 
     pub(crate) fn flush_count(&self) -> u64 {
         self.state.flushes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn unflushed(&self) -> u64 {
+        let durable = self.state.durable.load(Ordering::Acquire);
+        self.state
+            .written
+            .load(Ordering::Acquire)
+            .saturating_sub(durable)
     }
 }
 
@@ -123,8 +138,11 @@ impl State {
     }
 
     fn flush(&self) -> sled::Result<()> {
+        // Every write counted before the flush starts is in it.
+        let upto = self.written.load(Ordering::Acquire);
         match self.db.flush() {
             Ok(_) => {
+                self.durable.fetch_max(upto, Ordering::AcqRel);
                 self.flushes.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }

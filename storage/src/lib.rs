@@ -209,6 +209,12 @@ impl Store {
         self.shared.errors.load(Ordering::Relaxed) + self.shared.commit.error_count()
     }
 
+    /// Writes not yet made durable by a completed flush: what `kill -9` now
+    /// would lose.
+    pub fn unflushed_writes(&self) -> u64 {
+        self.shared.commit.unflushed()
+    }
+
     /// Completed group-commit flushes since opening.
     pub fn flush_count(&self) -> u64 {
         self.shared.commit.flush_count()

@@ -137,8 +137,10 @@ mod tests {
         {
             let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
             store.volumes().put(&volume("B1", "shelf")).unwrap();
+            assert!(store.unflushed_writes() >= 1);
             store.flush().unwrap();
             assert!(store.flush_count() >= 1);
+            assert_eq!(store.unflushed_writes(), 0);
         }
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         assert!(

@@ -1,6 +1,10 @@
 //! Helpers for the end-to-end tests: run the real `penaltybox` binary on
 //! loopback with its own data directory, talk to it as distinct sources
 //! (127.0.0.x, bound before connecting), read its log.
+//!
+//! Every server has an admin key (`Server::admin`), so tests observe the
+//! server through its own counters and table (`stats`, `bans`) instead of
+//! sleeping; it is found through its `--ready-file`, not its log.
 
 #![allow(dead_code)] // each test file uses a different subset
 
@@ -11,7 +15,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use protocol::{Client, ClientConfig, ClientError, PrivateKey, PublicKey, Request, Response};
+use protocol::message::{BanInfo, ServerStats};
+use protocol::{
+    AdminRequest, Cidr, Client, ClientConfig, ClientError, PrivateKey, PublicKey, Request, Response,
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_penaltybox");
 
@@ -21,6 +28,9 @@ pub struct Server {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     pub public_key: PublicKey,
+    /// An admin key of this server, and its file.
+    pub admin: PrivateKey,
+    pub admin_key: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -35,6 +45,28 @@ pub struct ServerSpec {
     pub netns: Option<String>,
     /// A command to run the server under, e.g. `prlimit --nofile=64`.
     pub wrapper: Vec<String>,
+    /// The admin key (and its file) the server is given, beside the data dir.
+    admin: (PrivateKey, PathBuf),
+}
+
+/// The admin key kept beside `data_dir` (one per data dir, so a restarted
+/// server keeps it), and the admins list holding its public key.
+fn admin_key_for(data_dir: &Path) -> (PrivateKey, PathBuf) {
+    let path = data_dir.with_extension("admin.key");
+    let key = if path.exists() {
+        PrivateKey::read(&path).unwrap()
+    } else {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let key = PrivateKey::generate();
+        key.write_new(&path).unwrap();
+        key
+    };
+    std::fs::write(
+        data_dir.with_extension("admins"),
+        format!("{}\n", key.public_key()),
+    )
+    .unwrap();
+    (key, path)
 }
 
 impl ServerSpec {
@@ -47,6 +79,7 @@ impl ServerSpec {
             extra_args: Vec::new(),
             netns: None,
             wrapper: Vec::new(),
+            admin: admin_key_for(data_dir),
         }
     }
 
@@ -99,11 +132,19 @@ impl ServerSpec {
         for addr in &self.listen {
             command.args(["--listen", addr]);
         }
+        let ready_file = self.data_dir.with_extension("ready");
+        let _ = std::fs::remove_file(&ready_file);
         command
             .args(&self.extra_args)
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .arg("--ready-file")
+            .arg(&ready_file)
             .env("RUST_LOG", "info,actors=debug")
+            .env(
+                "PENALTYBOX_KEYS__ADMIN_KEYS",
+                self.data_dir.with_extension("admins"),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -124,36 +165,19 @@ impl ServerSpec {
                 sink.lock().unwrap().push(line);
             }
         });
+        let (admin, admin_key) = self.admin;
         let mut server = Server {
             child: Some(child),
             addr: "0.0.0.0:0".parse().unwrap(),
             data_dir: self.data_dir.to_owned(),
             public_key: PrivateKey::generate().public_key(),
+            admin,
+            admin_key,
             log,
         };
-        let line = server
-            .wait_log("listening on ", Duration::from_secs(20))
-            .unwrap_or_else(|| panic!("server did not start; log:\n{}", server.log_text()));
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .split(", ")
-            .next()
-            .unwrap();
-        server.addr = addr.trim().parse().unwrap();
-        // The startup log prints the ready-to-paste client command.
-        let hint = server
-            .wait_log("--server-key ", Duration::from_secs(5))
-            .unwrap();
-        let public = hint
-            .split("--server-key ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap();
-        server.public_key = public.parse().unwrap();
+        let ready = server.wait_ready(&ready_file, Duration::from_secs(20));
+        server.addr = ready["listen"][0].as_str().unwrap().parse().unwrap();
+        server.public_key = ready["public_key"].as_str().unwrap().parse().unwrap();
         server
     }
 }
@@ -161,6 +185,79 @@ impl ServerSpec {
 impl Server {
     pub fn start(data_dir: &Path) -> Server {
         ServerSpec::new(data_dir).start()
+    }
+
+    /// Polls for the server's `--ready-file`; panics with the log if the
+    /// server exits or does not get ready in time.
+    fn wait_ready(&mut self, path: &Path, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                return serde_json::from_str(&text).unwrap();
+            }
+            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
+            if exited.is_some() || Instant::now() > deadline {
+                // Let the log reader catch up with the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "server did not get ready ({exited:?}); log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// An admin request from 127.0.0.1.
+    pub fn admin_call(&self, request: AdminRequest) -> Response {
+        self.call_from("127.0.0.1", Some(&self.admin), Request::Admin(request))
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> ServerStats {
+        match self.admin_call(AdminRequest::Stats) {
+            Response::Stats(stats) => stats,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The first page of the time-out table.
+    pub fn bans(&self) -> Vec<BanInfo> {
+        match self.admin_call(AdminRequest::ListBans {
+            after: None,
+            limit: 256,
+        }) {
+            Response::Bans { bans, .. } => bans,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    pub fn ban_of(&self, prefix: &str) -> Option<BanInfo> {
+        let prefix: Cidr = prefix.parse().unwrap();
+        self.bans().into_iter().find(|b| b.prefix == prefix)
+    }
+
+    /// Waits until every write so far is durable (the group commit has
+    /// caught up): a `kill -9` then loses nothing.
+    pub fn wait_durable(&self) {
+        assert!(
+            eventually(Duration::from_secs(5), || self.stats().storage_unflushed
+                == 0),
+            "writes still unflushed after 5 s; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Waits until at most `others` sessions run besides the one asking:
+    /// whatever a finished connection made the server do has been sent to
+    /// the registry by then, ahead of our next request.
+    pub fn wait_sessions(&self, others: u64) {
+        assert!(
+            eventually(Duration::from_secs(5), || self.stats().sessions_active
+                <= others + 1),
+            "sessions still active; log:\n{}",
+            self.log_text()
+        );
     }
 
     /// The first log line containing `needle`, waiting up to `timeout`.

@@ -7,10 +7,10 @@
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub const SERVER_V4: &str = "10.77.0.1";
-pub const CLIENT_V4: &str = "10.77.0.2";
-pub const SERVER_V6: &str = "fd77::1";
-pub const CLIENT_V6: &str = "fd77::2";
+pub const SERVER_V4: &str = "198.18.77.1";
+pub const CLIENT_V4: &str = "198.18.77.2";
+pub const SERVER_V6: &str = "2001:db8:77::1";
+pub const CLIENT_V6: &str = "2001:db8:77::2";
 
 pub struct NetnsPair {
     pub server_ns: String,

@@ -32,12 +32,19 @@ pub enum AttachMode {
     Skb,
 }
 
-/// Loads the embedded object, attaches `program` (normally
-/// [`ebpf_common::PROGRAM`]) to `iface`, and pins link and maps in `pin_dir`.
-pub fn attach(
+/// Loads the embedded object, attaches its program to `iface`, and pins
+/// link and maps in `pin_dir`.
+pub fn attach(iface: &str, mode: AttachMode, pin_dir: &Path) -> Result<(), XdpError> {
+    attach_object(iface, mode, pin_dir, OBJECT, ebpf_common::PROGRAM)
+}
+
+/// [`attach`] for another object with the same maps (the XDP bench's
+/// baseline object) and a program of it chosen by name.
+pub fn attach_object(
     iface: &str,
     mode: AttachMode,
     pin_dir: &Path,
+    object: &[u8],
     program: &str,
 ) -> Result<(), XdpError> {
     ensure_bpffs(pin_dir)?;
@@ -55,7 +62,7 @@ pub fn attach(
         .map_err(|e| XdpError::from_os(format!("create {}", pin_dir.display()), &e))?;
 
     let mut ebpf =
-        aya::Ebpf::load(OBJECT).map_err(|e| XdpError::from_os("load the XDP object", &e))?;
+        aya::Ebpf::load(object).map_err(|e| XdpError::from_os("load the XDP object", &e))?;
     let xdp: &mut Xdp = ebpf
         .program_mut(program)
         .ok_or_else(|| XdpError::Kernel {
@@ -148,6 +155,8 @@ pub struct Status {
     pub dropped_by_address: u64,
     pub dropped_by_prefix: u64,
     pub passed_expired: u64,
+    /// Drops by address on each CPU (the per-CPU slots behind the total).
+    pub dropped_by_address_per_cpu: Vec<u64>,
 }
 
 pub fn status(pin_dir: &Path) -> Result<Status, XdpError> {
@@ -161,12 +170,13 @@ pub fn status(pin_dir: &Path) -> Result<Status, XdpError> {
             path: counters_path.clone(),
             detail: chain(&e),
         })?;
-    let total = |index: u32| -> u64 {
+    let per_cpu = |index: u32| -> Vec<u64> {
         counters
             .get(&index, 0)
-            .map(|values| values.iter().sum())
-            .unwrap_or(0)
+            .map(|values| values.iter().copied().collect())
+            .unwrap_or_default()
     };
+    let total = |index: u32| -> u64 { per_cpu(index).iter().sum() };
     let interface = std::fs::read_dir(pin_dir).ok().and_then(|entries| {
         entries.flatten().find_map(|e| {
             e.file_name()
@@ -182,6 +192,7 @@ pub fn status(pin_dir: &Path) -> Result<Status, XdpError> {
         dropped_by_address: total(COUNTER_DROPPED_ADDR),
         dropped_by_prefix: total(COUNTER_DROPPED_PREFIX),
         passed_expired: total(COUNTER_PASSED_EXPIRED),
+        dropped_by_address_per_cpu: per_cpu(COUNTER_DROPPED_ADDR),
     })
 }
 

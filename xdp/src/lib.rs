@@ -19,7 +19,7 @@ pub mod table;
 
 use std::path::PathBuf;
 
-pub use attach::{AttachMode, Status, attach, detach, status};
+pub use attach::{AttachMode, Status, attach, attach_object, detach, status};
 pub use ebpf_common::PROGRAM;
 pub use table::KernelTable;
 

@@ -15,8 +15,8 @@ pub struct BanValue {
     /// `bpf_ktime_get_ns` reads); 0 = until removed. The program checks it,
     /// so a ban whose userspace died still ends on time.
     pub expires_ns: u64,
-    /// Packets dropped for this entry (exact-address map; approximate under
-    /// contention from several CPUs, it is a statistic).
+    /// Packets dropped for this entry (exact-address map), counted with an
+    /// atomic add: exact even when several CPUs drop for one source.
     pub drops: u64,
 }
 
