@@ -35,7 +35,7 @@ pub use ban_core::{BanCore, BanOutcome, BootReport, KernelReplay, RemoteOutcome,
 pub use kernel_sync::{KernelError, KernelSync};
 pub use policy::{BanPolicy, Durations, expiry_after};
 pub use startup::{RunningServer, ServerConfig, ServerHandle, StartError, start};
-pub use stats::{Stats, StatsSnapshot};
+pub use stats::Stats;
 pub use view::BanView;
 
 use model::Cidr;

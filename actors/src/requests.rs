@@ -65,7 +65,7 @@ pub(crate) async fn handle(shared: &Shared, role: Role, request: Request) -> Res
 async fn handle_admin(shared: &Shared, request: AdminRequest) -> Response {
     let registry = &shared.registry;
     let answer = match request {
-        AdminRequest::Stats => return Response::Stats(shared.stats().into()),
+        AdminRequest::Stats => return Response::Stats(shared.stats()),
         AdminRequest::ListBans { after, limit } => registry
             .send(ListBans {
                 after,

@@ -19,8 +19,9 @@ use crate::ban_core::{BanCore, BootReport};
 use crate::kernel_sync::KernelSync;
 use crate::policy::BanPolicy;
 use crate::registry::{BanRegistry, Flush};
-use crate::stats::{Stats, StatsSnapshot};
+use crate::stats::Stats;
 use crate::view::BanView;
+use protocol::message::ServerStats;
 
 /// Everything the server needs, already parsed and validated.
 pub struct ServerConfig {
@@ -50,7 +51,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn stats(&self) -> StatsSnapshot {
+    pub fn stats(&self) -> ServerStats {
         self.stats.snapshot(self.view.len(), &self.store)
     }
 }
@@ -143,7 +144,7 @@ pub struct ServerHandle {
 
 impl ServerHandle {
     /// Every counter now.
-    pub fn stats(&self) -> StatsSnapshot {
+    pub fn stats(&self) -> ServerStats {
         self.shared.stats()
     }
 
@@ -177,7 +178,7 @@ impl ServerHandle {
 
 impl RunningServer {
     /// Every counter now.
-    pub fn stats(&self) -> StatsSnapshot {
+    pub fn stats(&self) -> ServerStats {
         self.shared.stats()
     }
 
@@ -189,7 +190,7 @@ impl RunningServer {
 
     /// Shuts down (see [`RunningServer::shutdown`]) and returns the counters
     /// as they were once nothing was accepted any more.
-    pub async fn stats_then_shutdown(self) -> (StatsSnapshot, Result<(), BanError>) {
+    pub async fn stats_then_shutdown(self) -> (ServerStats, Result<(), BanError>) {
         let shared = self.shared.clone();
         let flushed = self.shutdown().await;
         (shared.stats(), flushed)

@@ -1,6 +1,6 @@
-//! Server-wide counters, shared by every actor, and [`StatsSnapshot`], the
-//! one way they are read: by the admin `Stats` request, the startup and
-//! shutdown logs, and the binary ([`crate::RunningServer::stats`]).
+//! Server-wide counters, shared by every actor, and their snapshot (the
+//! wire's [`ServerStats`]), the one way they are read: by the admin `Stats`
+//! request, the shutdown log, and the binary ([`crate::ServerHandle::stats`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -47,30 +47,11 @@ pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Every counter at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    pub uptime_secs: u64,
-    pub connections_accepted: u64,
-    pub connections_refused: u64,
-    pub connections_over_limit: u64,
-    pub sessions_active: u64,
-    pub sessions_kicked: u64,
-    pub handshakes_completed: u64,
-    pub bans_active: u64,
-    pub bans_total: u64,
-    pub bans_evicted: u64,
-    pub storage_flushes: u64,
-    /// Writes not yet durable (0 once the group commit has caught up).
-    pub storage_unflushed: u64,
-    pub storage_errors: u64,
-    pub kernel_errors: u64,
-}
-
 impl Stats {
-    pub(crate) fn snapshot(&self, bans_active: usize, store: &storage::Store) -> StatsSnapshot {
+    /// Every counter at one moment, as the admin `Stats` answer carries them.
+    pub(crate) fn snapshot(&self, bans_active: usize, store: &storage::Store) -> ServerStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        StatsSnapshot {
+        ServerStats {
             uptime_secs: self.started.elapsed().as_secs(),
             connections_accepted: get(&self.connections_accepted),
             connections_refused: get(&self.connections_refused),
@@ -85,27 +66,6 @@ impl Stats {
             storage_unflushed: store.unflushed_writes(),
             storage_errors: store.error_count(),
             kernel_errors: get(&self.kernel_errors),
-        }
-    }
-}
-
-impl From<StatsSnapshot> for ServerStats {
-    fn from(s: StatsSnapshot) -> Self {
-        ServerStats {
-            uptime_secs: s.uptime_secs,
-            connections_accepted: s.connections_accepted,
-            connections_refused: s.connections_refused,
-            connections_over_limit: s.connections_over_limit,
-            sessions_active: s.sessions_active,
-            sessions_kicked: s.sessions_kicked,
-            handshakes_completed: s.handshakes_completed,
-            bans_active: s.bans_active,
-            bans_total: s.bans_total,
-            bans_evicted: s.bans_evicted,
-            storage_flushes: s.storage_flushes,
-            storage_unflushed: s.storage_unflushed,
-            storage_errors: s.storage_errors,
-            kernel_errors: s.kernel_errors,
         }
     }
 }
