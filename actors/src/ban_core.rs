@@ -226,7 +226,7 @@ impl BanCore {
             let in_memory = self.remove(&candidate);
             let stored = self.store.bans().forget(&candidate);
             match stored {
-                Ok(stored) if in_memory || stored.is_some() => {
+                Ok(stored) if in_memory || stored => {
                     log::info!("admin released {candidate}");
                     return Ok(Some(candidate));
                 }
@@ -783,15 +783,17 @@ mod tests {
     }
 
     #[test]
-    fn a_release_that_cannot_be_persisted_is_a_storage_error() {
+    fn an_undecodable_record_fails_the_list_but_can_still_be_released() {
         let mut bed = bed(BanPolicy::default());
         let prefix: Cidr = "192.0.2.8".parse().unwrap();
         bed.store
             .bans()
             .put_raw_ban_for_test(&prefix, NOW + MIN, b"\xF1garbage");
-        let error = bed.core.release(prefix).unwrap_err();
+        let error = bed.core.list(None, 10).unwrap_err();
         assert!(matches!(error, BanError::Storage(_)), "{error}");
         assert!(error.is_server_fault());
+        assert_eq!(bed.core.release(prefix).unwrap(), Some(prefix));
+        assert_eq!(bed.core.list(None, 10).unwrap(), (Vec::new(), None));
     }
 
     #[test]

@@ -64,15 +64,17 @@ impl BanStore {
         Ok(())
     }
 
-    /// Removes a ban; returns it if there was one. History is kept, so the
-    /// next ban of the prefix still escalates; see [`BanStore::forget`].
-    pub fn remove(&self, prefix: &Cidr) -> Result<Option<BanInfo>> {
+    /// Removes a ban; says whether there was one. The old record is not
+    /// decoded: a record that no longer decodes can still be removed.
+    /// History is kept, so the next ban of the prefix still escalates; see
+    /// [`BanStore::forget`].
+    pub fn remove(&self, prefix: &Cidr) -> Result<bool> {
         let old = self.shared.wrote(self.bans.remove(encode_prefix(prefix)))?;
-        old.map(|value| decode_ban(&value)).transpose()
+        Ok(old.is_some())
     }
 
     /// Removes a ban and its history: an admin's pardon.
-    pub fn forget(&self, prefix: &Cidr) -> Result<Option<BanInfo>> {
+    pub fn forget(&self, prefix: &Cidr) -> Result<bool> {
         let removed = self.remove(prefix)?;
         self.shared
             .wrote(self.history.remove(encode_prefix(prefix)))?;
@@ -253,9 +255,8 @@ mod tests {
         assert_eq!(loaded.discarded, 1);
         assert!(bans.get(&"10.0.0.9".parse().unwrap()).unwrap().is_none());
 
-        let removed = bans.remove(&"10.0.0.1".parse().unwrap()).unwrap();
-        assert_eq!(removed.unwrap().expires_at_ms, 10_000);
-        assert!(bans.remove(&"10.0.0.1".parse().unwrap()).unwrap().is_none());
+        assert!(bans.remove(&"10.0.0.1".parse().unwrap()).unwrap());
+        assert!(!bans.remove(&"10.0.0.1".parse().unwrap()).unwrap());
         // History outlives the ban, until forgotten or purged.
         let prefix: Cidr = "10.0.0.1".parse().unwrap();
         let history = bans.history(&prefix).unwrap().unwrap();
