@@ -24,6 +24,7 @@ pub fn cause_of(rejection: &Rejection) -> BanCause {
         Rejection::HandshakeFailed => BanCause::HandshakeFailed,
         Rejection::AnonymousNotAllowed | Rejection::Unauthorized(_) => BanCause::Unauthorized,
         Rejection::Replayed => BanCause::Replayed,
+        Rejection::FutureTimestamp => BanCause::FutureTimestamp,
     }
 }
 

@@ -48,6 +48,8 @@ pub enum BanCause {
     Unauthorized,
     /// An IK initiation whose timestamp was not newer than the last one.
     Replayed,
+    /// An IK initiation whose timestamp is far ahead of the server's clock.
+    FutureTimestamp,
     /// No complete handshake before the deadline (slowloris, stalled scanner).
     HandshakeTimeout,
     /// An established session sent a frame that failed authentication or
@@ -67,7 +69,7 @@ pub enum CauseClass {
 }
 
 impl BanCause {
-    pub const ALL: [BanCause; 10] = [
+    pub const ALL: [BanCause; 11] = [
         BanCause::BadMagic,
         BanCause::BadVersion,
         BanCause::BadPattern,
@@ -76,6 +78,7 @@ impl BanCause {
         BanCause::HandshakeFailed,
         BanCause::Unauthorized,
         BanCause::Replayed,
+        BanCause::FutureTimestamp,
         BanCause::HandshakeTimeout,
         BanCause::SessionViolation,
     ];
@@ -91,6 +94,7 @@ impl BanCause {
             BanCause::HandshakeFailed => "handshake-failed",
             BanCause::Unauthorized => "unauthorized",
             BanCause::Replayed => "replayed",
+            BanCause::FutureTimestamp => "future-timestamp",
             BanCause::HandshakeTimeout => "handshake-timeout",
             BanCause::SessionViolation => "session-violation",
         }
@@ -105,7 +109,8 @@ impl BanCause {
             BanCause::BadMac1
             | BanCause::HandshakeFailed
             | BanCause::Unauthorized
-            | BanCause::Replayed => CauseClass::HandshakeFailure,
+            | BanCause::Replayed
+            | BanCause::FutureTimestamp => CauseClass::HandshakeFailure,
             BanCause::HandshakeTimeout => CauseClass::HandshakeTimeout,
             BanCause::SessionViolation => CauseClass::SessionViolation,
         }

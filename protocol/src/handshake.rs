@@ -67,6 +67,23 @@ pub fn tai64n_now() -> [u8; TIMESTAMP_LEN] {
     out
 }
 
+/// How far ahead of the server's clock an initiation's timestamp may be.
+/// WireGuard accepts any newer timestamp; we also refuse one from the far
+/// future, because remembering it would refuse every honest handshake of
+/// that key until the clock caught up (an attacker holding a captured
+/// future initiation could lock a key out for years).
+pub const MAX_CLOCK_AHEAD: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Is `stamp` (TAI64N) more than [`MAX_CLOCK_AHEAD`] after `now`?
+fn from_the_future(stamp: &[u8; TIMESTAMP_LEN], now: &[u8; TIMESTAMP_LEN]) -> bool {
+    let secs = |t: &[u8; TIMESTAMP_LEN]| {
+        let mut label = [0u8; 8];
+        label.copy_from_slice(&t[..8]);
+        u64::from_be_bytes(label)
+    };
+    secs(stamp) > secs(now).saturating_add(MAX_CLOCK_AHEAD.as_secs())
+}
+
 /// Client side of a handshake in progress.
 pub struct Initiator {
     state: snow::HandshakeState,
@@ -243,6 +260,10 @@ impl Responder {
                 let stamp: [u8; TIMESTAMP_LEN] = timestamp[..TIMESTAMP_LEN]
                     .try_into()
                     .expect("checked length");
+                // Checked before the replay guard, so it is never remembered.
+                if from_the_future(&stamp, &tai64n_now()) {
+                    return Err(Rejection::FutureTimestamp);
+                }
                 if !self
                     .replay
                     .lock()
@@ -326,6 +347,23 @@ impl ReplayGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn far_future_timestamps_are_told_apart() {
+        let now = tai64n_now();
+        let at = |secs_ahead: u64| {
+            let mut t = now;
+            let mut label = [0u8; 8];
+            label.copy_from_slice(&t[..8]);
+            let label = u64::from_be_bytes(label).saturating_add(secs_ahead);
+            t[..8].copy_from_slice(&label.to_be_bytes());
+            t
+        };
+        assert!(!from_the_future(&now, &now));
+        assert!(!from_the_future(&at(299), &now));
+        assert!(from_the_future(&at(301), &now));
+        assert!(from_the_future(&[0xff; TIMESTAMP_LEN], &now));
+    }
 
     #[test]
     fn tai64n_orders_bytewise() {

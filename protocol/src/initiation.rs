@@ -102,6 +102,8 @@ pub enum Rejection {
     Unauthorized(PublicKey),
     #[error("replayed initiation (timestamp not newer than the last one from this key)")]
     Replayed,
+    #[error("initiation timestamp far ahead of the server's clock")]
+    FutureTimestamp,
 }
 
 impl Rejection {
@@ -135,6 +137,7 @@ impl Rejection {
             Rejection::AnonymousNotAllowed | Rejection::Unauthorized(_) => 2,
             Rejection::HandshakeFailed => 3,
             Rejection::Replayed => 4,
+            Rejection::FutureTimestamp => 5,
             _ => return None,
         };
         Some([NOTICE_TAG, code])
@@ -154,15 +157,30 @@ pub enum Notice {
     HandshakeFailed,
     #[error("the server saw this initiation before (is the client clock going backwards?)")]
     Replayed,
+    #[error("this client's clock is more than 5 minutes ahead of the server's")]
+    ClockAhead,
+    #[error("the server is busy (too many handshakes in progress); try again shortly")]
+    Busy,
+    #[error("too many connections from this client's address")]
+    TooManyFromSource,
 }
 
 impl Notice {
+    /// What a server sends at accept, before reading anything, when a
+    /// connection is over one of its limits (not a rejection of bytes).
+    pub fn over_limit(too_many_from_source: bool) -> [u8; 2] {
+        [NOTICE_TAG, if too_many_from_source { 7 } else { 6 }]
+    }
+
     pub fn parse(bytes: &[u8]) -> Option<Notice> {
         match bytes {
             [NOTICE_TAG, 1] => Some(Notice::WrongServerKey),
             [NOTICE_TAG, 2] => Some(Notice::Unauthorized),
             [NOTICE_TAG, 3] => Some(Notice::HandshakeFailed),
             [NOTICE_TAG, 4] => Some(Notice::Replayed),
+            [NOTICE_TAG, 5] => Some(Notice::ClockAhead),
+            [NOTICE_TAG, 6] => Some(Notice::Busy),
+            [NOTICE_TAG, 7] => Some(Notice::TooManyFromSource),
             _ => None,
         }
     }

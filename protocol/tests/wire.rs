@@ -318,6 +318,26 @@ fn replayed_ik_initiation_is_refused() {
 }
 
 #[test]
+fn a_far_future_ik_timestamp_is_refused_and_not_remembered() {
+    let (server_key, responder) = server();
+    let client = PrivateKey::generate();
+    let mut ten_years = tai64n_now();
+    let secs = u64::from_be_bytes(ten_years[..8].try_into().unwrap()) + 10 * 365 * 86_400;
+    ten_years[..8].copy_from_slice(&secs.to_be_bytes());
+    let (_, future) =
+        Initiator::start_at(&server_key.public_key(), Some(&client), ten_years).unwrap();
+    let refused = responder.accept(&future).unwrap_err();
+    assert_eq!(refused, Rejection::FutureTimestamp);
+    assert_eq!(
+        protocol::initiation::Notice::parse(&refused.notice().unwrap()),
+        Some(protocol::initiation::Notice::ClockAhead)
+    );
+    // Not remembered: an honest initiation of that key right after passes.
+    let (_, honest) = Initiator::start(&server_key.public_key(), Some(&client)).unwrap();
+    assert!(responder.accept(&honest).is_ok());
+}
+
+#[test]
 fn replayed_nk_initiation_gives_the_replayer_nothing_usable() {
     let (server_key, responder) = server();
     let (initiator, first) = Initiator::start(&server_key.public_key(), None).unwrap();
