@@ -642,6 +642,23 @@ fn every_bad_config_is_one_clear_error_naming_the_key_or_file() {
         ("listen = [\"localhost\"]\n", "listen"),
         ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
         ("this is not toml", "c.toml"),
+        ("workers = 5000\n", "workers: 5000 is more than 256"),
+        (
+            "[bans]\nnon_protocol = \"0s\"\n",
+            "bans.non_protocol: must be longer than 0s",
+        ),
+        (
+            "[bans]\nnon_protocol = \"2days\"\n",
+            "bans.non_protocol: 2days is longer than bans.max_duration (1day)",
+        ),
+        (
+            "[bans]\nmax_duration = \"10000years\"\n",
+            "bans.max_duration: 10000years is longer than 10 years",
+        ),
+        (
+            "[timeouts]\nidle = \"0s\"\n",
+            "timeouts.idle: must be longer than 0s",
+        ),
     ];
     for (toml, expected) in cases {
         let file = dir.path().join("c.toml");
@@ -864,4 +881,86 @@ fn over_limit_refusals_are_counted() {
     assert!(eventually(SHORT, || {
         refused_at_accept("127.0.11.1", server.addr) && server.stats().connections_over_limit >= 1
     }));
+}
+
+#[test]
+fn absurd_durations_are_refused_with_the_cap_and_nothing_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(dir.path(), "");
+    let addr = server.addr.to_string();
+    let pub_file = server.data_dir.join("server.pub").display().to_string();
+    let key = server.admin_key.display().to_string();
+    let add = |duration: &str| {
+        cli(&[
+            "bans",
+            "--server",
+            &addr,
+            "--server-key",
+            &pub_file,
+            "--key",
+            &key,
+            "add",
+            "203.0.113.0/24",
+            "--for",
+            duration,
+        ])
+    };
+    for (duration, expected) in [
+        ("10000years", "longer than bans.max_duration (1day)"),
+        ("18446744073709552s", "longer than bans.max_duration (1day)"),
+        ("0s", "must be longer than 0s"),
+    ] {
+        let (code, _, err) = add(duration);
+        assert_eq!(code, 1, "{duration}: {err}");
+        assert!(err.contains(expected), "{duration}: {err}");
+    }
+    // The registry is alive and well: an ordinary time-out still works.
+    let (code, out, err) = add("1day");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("203.0.113.0/24"), "{out}");
+    assert!(
+        !server.log_text().contains("panic"),
+        "{}",
+        server.log_text()
+    );
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_stored_record_with_an_absurd_expiry_loads_and_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // What an earlier release could write for `--for 10000years`: a valid
+    // format-1 record whose expiry is the largest there is.
+    {
+        let db = sled::open(data.join("db")).unwrap();
+        let mut value = u64::MAX.to_be_bytes().to_vec();
+        value.push(0xF1);
+        let mut prefix = [0u8; 18];
+        prefix[..5].copy_from_slice(&[4, 127, 0, 12, 0]);
+        prefix[17] = 24;
+        value.extend_from_slice(&prefix);
+        value.extend_from_slice(&1_764_000_000_000u64.to_be_bytes());
+        value.extend_from_slice(&1u32.to_be_bytes());
+        value.push(5);
+        value.extend_from_slice(b"admin");
+        value.push(0);
+        db.open_tree("bans").unwrap().insert(prefix, value).unwrap();
+        db.flush().unwrap();
+    }
+    let data_arg = data.display().to_string();
+    for json in [false, true] {
+        let mut args = vec!["bans", "--data-dir", &data_arg, "list"];
+        if json {
+            args.push("--json");
+        }
+        let (code, out, err) = cli(&args);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("127.0.12.0/24"), "{out}");
+        assert!(out.contains("9999-12-31T23:59:59Z+"), "{out}");
+    }
+    let server = ServerSpec::new(&data).start();
+    assert!(refused_at_accept("127.0.12.7", server.addr));
+    let ban = server.ban_of("127.0.12.0/24").unwrap();
+    assert_eq!(ban.expires_at_ms, u64::MAX);
 }

@@ -48,6 +48,17 @@ use model::Cidr;
 pub enum BanError {
     #[error("{prefix} is inside the allow-list entry {entry}")]
     AllowListed { prefix: Cidr, entry: Cidr },
+    #[error("a time-out must be longer than 0s")]
+    ZeroDuration,
+    #[error(
+        "a time-out of {} is longer than bans.max_duration ({})",
+        humantime::format_duration(*requested),
+        humantime::format_duration(*max)
+    )]
+    OverMaxDuration {
+        requested: std::time::Duration,
+        max: std::time::Duration,
+    },
     #[error("storage: {0}")]
     Storage(#[from] storage::StorageError),
     /// The registry actor stopped: nothing is being timed out any more.
@@ -58,7 +69,9 @@ pub enum BanError {
 impl BanError {
     pub fn is_server_fault(&self) -> bool {
         match self {
-            BanError::AllowListed { .. } => false,
+            BanError::AllowListed { .. }
+            | BanError::ZeroDuration
+            | BanError::OverMaxDuration { .. } => false,
             BanError::Storage(_) | BanError::RegistryGone => true,
         }
     }
@@ -92,6 +105,22 @@ pub fn format_time(unix_ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_instant_formats(ms: u64) {
+            let text = super::format_time(ms);
+            prop_assert!(text.starts_with(|c: char| c.is_ascii_digit()));
+        }
+
+        #[test]
+        fn expiries_never_wrap(now: u64, secs: u64, nanos in 0u32..1_000_000_000) {
+            let expiry = super::expiry_after(now, std::time::Duration::new(secs, nanos));
+            prop_assert!(expiry >= now);
+        }
+    }
+
     #[test]
     fn times_format_without_panicking() {
         assert_eq!(super::format_time(0), "1970-01-01T00:00:00Z");

@@ -170,7 +170,17 @@ impl BanPolicy {
                 entry: *allowed,
             });
         }
-        let duration = duration.unwrap_or(self.durations.admin_default);
+        let duration = match duration {
+            None => self.durations.admin_default,
+            Some(zero) if zero.is_zero() => return Err(BanError::ZeroDuration),
+            Some(long) if long > self.max_duration => {
+                return Err(BanError::OverMaxDuration {
+                    requested: long,
+                    max: self.max_duration,
+                });
+            }
+            Some(duration) => duration,
+        };
         Ok(BanInfo {
             prefix,
             cause,

@@ -71,6 +71,7 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .init();
+    exit_on_panic();
     capabilities::raise_permitted_capabilities();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
@@ -93,6 +94,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A panic anywhere ends the process with status 70 (EX_SOFTWARE) after one
+/// log line. Without this, a panic inside an actor kills only that actor's
+/// task: a dead ban registry would leave a server that accepts every
+/// connection and never times anyone out again. Exiting lets the supervisor
+/// (systemd, Docker) restart it with the table restored from disk.
+fn exit_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        log::error!("internal error (panic in thread {name}): {info}; exiting");
+        eprintln!("penaltybox: internal error (panic in thread {name}): {info}");
+        std::process::exit(70);
+    }));
 }
 
 /// The error and its causes on one line, skipping a cause whose text the

@@ -134,6 +134,27 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// The longest any time-out or window may be: long enough for any real
+/// policy, short enough that no expiry arithmetic comes near overflowing.
+const MAX_TIME_OUT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Session worker threads at most.
+const MAX_WORKERS: usize = 256;
+
+/// A duration setting: longer than 0 and at most `max` (named `max_name`).
+fn check_duration(key: &str, value: Dur, max: Duration, max_name: &str) -> anyhow::Result<()> {
+    if value.0.is_zero() {
+        bail!("{key}: must be longer than 0s");
+    }
+    if value.0 > max {
+        bail!(
+            "{key}: {} is longer than {max_name} ({})",
+            humantime::format_duration(value.0),
+            humantime::format_duration(max)
+        );
+    }
+    Ok(())
+}
+
 fn minutes(n: u64) -> Dur {
     Dur(Duration::from_secs(n * 60))
 }
@@ -284,9 +305,52 @@ impl Settings {
         if self.bans.max_entries == 0 {
             bail!("bans.max_entries: must be at least 1");
         }
-        if self.timeouts.handshake.0.is_zero() {
-            bail!("timeouts.handshake: must be longer than 0s");
+        if self.workers > MAX_WORKERS {
+            bail!(
+                "workers: {} is more than {MAX_WORKERS} (each is a thread with its own event loop; 0 = one per CPU)",
+                self.workers
+            );
         }
+        let b = &self.bans;
+        check_duration(
+            "bans.max_duration",
+            b.max_duration,
+            MAX_TIME_OUT,
+            "10 years",
+        )?;
+        check_duration(
+            "bans.escalation_window",
+            b.escalation_window,
+            MAX_TIME_OUT,
+            "10 years",
+        )?;
+        for (key, value) in [
+            ("bans.non_protocol", b.non_protocol),
+            ("bans.handshake_failure", b.handshake_failure),
+            ("bans.handshake_timeout", b.handshake_timeout),
+            ("bans.session_violation", b.session_violation),
+            ("bans.admin_default", b.admin_default),
+        ] {
+            check_duration(key, value, b.max_duration.0, "bans.max_duration")?;
+        }
+        check_duration(
+            "timeouts.handshake",
+            self.timeouts.handshake,
+            Duration::from_secs(600),
+            "10m",
+        )?;
+        check_duration(
+            "timeouts.idle",
+            self.timeouts.idle,
+            MAX_TIME_OUT,
+            "10 years",
+        )?;
+        check_duration(
+            "storage.flush_interval",
+            self.storage.flush_interval,
+            Duration::from_secs(60),
+            "1m",
+        )?;
         for (name, value) in [
             ("limits.max_connections", self.limits.max_connections),
             (
