@@ -355,18 +355,59 @@ fn allow_listed_sources_are_never_timed_out() {
         Response::Pong { nonce: 2 }
     );
     // An admin cannot ban inside the allow-list either.
-    let refused = server.call_from(
-        "127.0.0.1",
-        Some(&server.admin),
-        Request::Admin(AdminRequest::AddBan {
-            prefix: "127.0.6.1".parse().unwrap(),
-            duration_secs: None,
-            cause: "test".parse().unwrap(),
-        }),
-    );
+    let refused = server.admin_call(AdminRequest::AddBan {
+        prefix: "127.0.6.1".parse().unwrap(),
+        duration_secs: None,
+        cause: "test".parse().unwrap(),
+        force: true,
+    });
     assert!(
-        matches!(refused, Response::Error { ref message, .. } if message.contains("allow-list")),
+        matches!(refused, Response::Error { ref message, .. } if message.contains("inside the allow-list")),
         "{refused:?}"
+    );
+}
+
+#[test]
+fn the_allow_list_wins_over_a_covering_admin_time_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(dir.path(), "[bans]\nallow = [\"127.0.13.250/32\"]\n");
+    let add = |prefix: &str, force| {
+        server.admin_call(AdminRequest::AddBan {
+            prefix: prefix.parse().unwrap(),
+            duration_secs: Some(600),
+            cause: "test".parse().unwrap(),
+            force,
+        })
+    };
+    let error = |response: Response| match response {
+        Response::Error {
+            code: protocol::message::ErrorCode::InvalidRequest,
+            message,
+        } => message,
+        other => panic!("{other:?}"),
+    };
+    let message = error(add("127.0.13.0/24", false));
+    assert!(
+        message.contains("covers the allow-list entry 127.0.13.250/32")
+            && message.contains("--force"),
+        "{message}"
+    );
+    let message = error(add("127.0.0.0/8", false));
+    assert!(message.contains("covers the allow-list entry"), "{message}");
+    // The admin's own address (this request comes from 127.0.0.1).
+    let message = error(add("127.0.0.1", false));
+    assert!(
+        message.contains("covers your own address 127.0.0.1"),
+        "{message}"
+    );
+
+    // Forced: the /24 is timed out, except the allow-listed address.
+    assert!(matches!(add("127.0.13.0/24", true), Response::BanAdded(_)));
+    assert!(refused_at_accept("127.0.13.9", server.addr));
+    assert!(!refused_at_accept("127.0.13.250", server.addr));
+    assert_eq!(
+        server.call_from("127.0.13.250", None, Request::Ping { nonce: 3 }),
+        Response::Pong { nonce: 3 }
     );
 }
 
@@ -801,6 +842,7 @@ fn a_time_out_closes_the_live_sessions_it_covers() {
             prefix: prefix.parse().unwrap(),
             duration_secs: Some(600),
             cause: "test".parse().unwrap(),
+            force: false,
         })
     };
     assert!(matches!(add("127.0.9.1"), Response::BanAdded(_)));

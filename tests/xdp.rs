@@ -461,3 +461,32 @@ fn the_per_entry_drop_count_is_exact_when_two_cpus_drop_for_one_source() {
         assert!(busy >= 2, "only {busy} CPU dropped: {:?}", last.2);
     }
 }
+
+#[test]
+fn an_allow_listed_source_inside_a_forced_time_out_is_never_dropped() {
+    let Some(bed) = Testbed::new() else { return };
+    bed.attach();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[bans]\nallow = [\"{CLIENT_V4}/32\"]\n");
+    let server = bed.start_server(&dir.path().join("data"), &config);
+    let server_pub = server.data_dir.join("server.pub");
+    let status = bed.status();
+    assert_eq!(
+        status["allowed"],
+        serde_json::json!([format!("{CLIENT_V4}/32")]),
+        "{status}"
+    );
+    let prefix = format!("{SERVER_V4}/24");
+    let (code, _, err) = bed.admin(&server.admin_key, &server_pub, &["add", &prefix]);
+    assert_eq!(code, 1, "refused without --force");
+    assert!(err.contains("covers the allow-list entry"), "{err}");
+    let (code, _, err) = bed.admin(&server.admin_key, &server_pub, &["add", &prefix, "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(bed.entry("198.18.77.0/24").is_some(), "{}", bed.status());
+    // The ban is in the kernel, and the allow-listed client inside it still
+    // gets through the program and the acceptor.
+    bed.ping(SERVER_V4, &server_pub)
+        .expect("the allow-listed client is served");
+    let status = bed.status();
+    assert!(status["passed_allowed"].as_u64().unwrap() > 0, "{status}");
+}

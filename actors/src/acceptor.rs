@@ -95,7 +95,9 @@ impl StreamHandler<io::Result<TcpStream>> for Acceptor {
         let Ok(peer) = stream.peer_addr() else {
             return; // already reset by the peer
         };
-        if let Some((prefix, _)) = self.shared.view.lookup(peer.ip(), now_ms()) {
+        if let Some((prefix, _)) = self.shared.view.lookup(peer.ip(), now_ms())
+            && !self.shared.is_allowed(peer.ip())
+        {
             bump(&self.shared.stats.connections_refused);
             return self.refuse(stream, peer, &format!("timed out ({prefix})"));
         }

@@ -23,13 +23,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use model::ban::{BanCause, BanInfo, Cause, FirstBytes};
+use model::ban::{BanCause, BanInfo, FirstBytes};
 use model::cidr::Cidr;
 use storage::{StorageError, Store};
 
 use crate::BanError;
 use crate::kernel_sync::KernelSync;
-use crate::policy::{BanPolicy, expiry_after};
+use crate::policy::{AdminBan, BanPolicy, expiry_after};
 use crate::stats::{Stats, bump};
 use crate::view::BanView;
 
@@ -200,20 +200,16 @@ impl BanCore {
 
     /// An admin's time-out of an address or prefix: no escalation, the
     /// allow-list wins.
-    pub fn admin_ban(
-        &mut self,
-        prefix: Cidr,
-        duration: Option<Duration>,
-        cause: Cause,
-        now_ms: u64,
-    ) -> Result<BanInfo, BanError> {
-        let record = self.policy.admin_ban(prefix, duration, cause, now_ms)?;
+    pub fn admin_ban(&mut self, ban: AdminBan, now_ms: u64) -> Result<BanInfo, BanError> {
+        let forced = ban.force;
+        let record = self.policy.admin_ban(ban, now_ms)?;
         self.insert(&record, now_ms);
         log::info!(
-            "admin timed out {} until {} (cause {})",
+            "admin timed out {} until {} (cause {}{})",
             record.prefix,
             crate::format_time(record.expires_at_ms),
-            record.cause
+            record.cause,
+            if forced { ", forced" } else { "" }
         );
         Ok(record)
     }
@@ -389,6 +385,12 @@ impl BanCore {
         let kernel = self.kernel.as_mut()?;
         let started = Instant::now();
         let mut report = KernelReplay::default();
+        if let Err(error) = kernel.set_allowed(&self.policy.allow) {
+            report.failed += 1;
+            log::warn!(
+                "kernel table: cannot write the allow-list (allow-listed sources inside a ban may be dropped in the kernel): {error}"
+            );
+        }
         let wanted: HashSet<Cidr> = live.iter().map(|(prefix, _)| *prefix).collect();
         match kernel.prefixes() {
             Ok(present) => {
@@ -470,6 +472,7 @@ mod tests {
     #[derive(Clone, Default)]
     struct FakeKernel {
         entries: Arc<Mutex<BTreeMap<Cidr, u64>>>,
+        allowed: Arc<Mutex<Vec<Cidr>>>,
         fail: bool,
     }
 
@@ -488,6 +491,11 @@ mod tests {
 
         fn remove(&mut self, prefix: &Cidr) -> Result<(), KernelError> {
             self.entries.lock().unwrap().remove(prefix);
+            Ok(())
+        }
+
+        fn set_allowed(&mut self, allow: &[Cidr]) -> Result<(), KernelError> {
+            *self.allowed.lock().unwrap() = allow.to_vec();
             Ok(())
         }
 
@@ -536,6 +544,16 @@ mod tests {
 
     fn bed(policy: BanPolicy) -> Bed {
         bed_with(policy, FakeKernel::default(), tempfile::tempdir().unwrap())
+    }
+
+    fn admin(prefix: Cidr, duration: Option<Duration>, cause: model::Cause) -> AdminBan {
+        AdminBan {
+            prefix,
+            duration,
+            cause,
+            force: false,
+            requester: None,
+        }
     }
 
     fn ip(text: &str) -> IpAddr {
@@ -625,9 +643,7 @@ mod tests {
         let refused = bed
             .core
             .admin_ban(
-                "10.1.0.0/16".parse().unwrap(),
-                None,
-                "x".parse().unwrap(),
+                admin("10.1.0.0/16".parse().unwrap(), None, "x".parse().unwrap()),
                 NOW,
             )
             .unwrap_err();
@@ -646,25 +662,31 @@ mod tests {
         let later = Duration::from_secs(3600);
         bed.core
             .admin_ban(
-                "192.0.2.1".parse().unwrap(),
-                Some(later),
-                "a".parse().unwrap(),
+                admin(
+                    "192.0.2.1".parse().unwrap(),
+                    Some(later),
+                    "a".parse().unwrap(),
+                ),
                 NOW,
             )
             .unwrap();
         bed.core
             .admin_ban(
-                "192.0.2.2".parse().unwrap(),
-                Some(soon),
-                "b".parse().unwrap(),
+                admin(
+                    "192.0.2.2".parse().unwrap(),
+                    Some(soon),
+                    "b".parse().unwrap(),
+                ),
                 NOW,
             )
             .unwrap();
         bed.core
             .admin_ban(
-                "192.0.2.3".parse().unwrap(),
-                Some(later),
-                "c".parse().unwrap(),
+                admin(
+                    "192.0.2.3".parse().unwrap(),
+                    Some(later),
+                    "c".parse().unwrap(),
+                ),
                 NOW,
             )
             .unwrap();
@@ -715,9 +737,11 @@ mod tests {
             first
                 .core
                 .admin_ban(
-                    "198.51.100.0/24".parse().unwrap(),
-                    Some(Duration::from_secs(1)),
-                    "short".parse().unwrap(),
+                    admin(
+                        "198.51.100.0/24".parse().unwrap(),
+                        Some(Duration::from_secs(1)),
+                        "short".parse().unwrap(),
+                    ),
                     NOW,
                 )
                 .unwrap();
@@ -849,9 +873,11 @@ mod tests {
         let mut core = BanCore::offline(BanPolicy::default(), store.clone());
         let record = core
             .admin_ban(
-                "192.0.2.0/24".parse().unwrap(),
-                None,
-                "admin".parse().unwrap(),
+                admin(
+                    "192.0.2.0/24".parse().unwrap(),
+                    None,
+                    "admin".parse().unwrap(),
+                ),
                 NOW,
             )
             .unwrap();

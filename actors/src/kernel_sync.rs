@@ -29,6 +29,9 @@ pub trait KernelSync: Send + 'static {
     -> Result<(), KernelError>;
     /// Stop dropping `prefix`; absent is not an error.
     fn remove(&mut self, prefix: &Cidr) -> Result<(), KernelError>;
+    /// Makes the kernel's allow-list exactly `allow`: those sources pass
+    /// whatever ban covers them.
+    fn set_allowed(&mut self, allow: &[Cidr]) -> Result<(), KernelError>;
     /// Every prefix the kernel table holds now.
     fn prefixes(&mut self) -> Result<Vec<Cidr>, KernelError>;
     /// Many inserts at once (boot replay); returns the failures.

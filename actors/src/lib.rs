@@ -33,7 +33,7 @@ mod view;
 pub use admission::LimitConfig;
 pub use ban_core::{BanCore, BanOutcome, BootReport, KernelReplay, RemoteOutcome, hex_preview};
 pub use kernel_sync::{KernelError, KernelSync};
-pub use policy::{BanPolicy, Durations, expiry_after};
+pub use policy::{AdminBan, BanPolicy, Durations, expiry_after};
 pub use startup::{RunningServer, ServerConfig, ServerHandle, StartError, start};
 pub use stats::Stats;
 pub use view::BanView;
@@ -48,6 +48,17 @@ use model::Cidr;
 pub enum BanError {
     #[error("{prefix} is inside the allow-list entry {entry}")]
     AllowListed { prefix: Cidr, entry: Cidr },
+    #[error(
+        "{prefix} covers the allow-list entry {entry}; add --force to time it out anyway (allow-listed addresses stay reachable)"
+    )]
+    CoversAllowListed { prefix: Cidr, entry: Cidr },
+    #[error(
+        "{prefix} covers your own address {requester}; add --force to time it out anyway (and lose this connection)"
+    )]
+    CoversRequester {
+        prefix: Cidr,
+        requester: std::net::IpAddr,
+    },
     #[error("a time-out must be longer than 0s")]
     ZeroDuration,
     #[error(
@@ -70,6 +81,8 @@ impl BanError {
     pub fn is_server_fault(&self) -> bool {
         match self {
             BanError::AllowListed { .. }
+            | BanError::CoversAllowListed { .. }
+            | BanError::CoversRequester { .. }
             | BanError::ZeroDuration
             | BanError::OverMaxDuration { .. } => false,
             BanError::Storage(_) | BanError::RegistryGone => true,

@@ -155,20 +155,52 @@ impl BanPolicy {
     }
 }
 
+/// An admin's request to time out a prefix.
+#[derive(Debug, Clone)]
+pub struct AdminBan {
+    pub prefix: Cidr,
+    /// `None`: `bans.admin_default`.
+    pub duration: Option<Duration>,
+    pub cause: Cause,
+    /// Time out a prefix that covers allow-listed addresses or the
+    /// requester's own address anyway. The allow-list still holds.
+    pub force: bool,
+    /// Where the request came from (none offline).
+    pub requester: Option<IpAddr>,
+}
+
 impl BanPolicy {
-    /// The record for an admin's ban (no escalation; the allow-list wins).
-    pub fn admin_ban(
-        &self,
-        prefix: Cidr,
-        duration: Option<Duration>,
-        cause: Cause,
-        now_ms: u64,
-    ) -> Result<BanInfo, BanError> {
-        if let Some(allowed) = self.allow.iter().find(|a| a.contains(prefix.addr())) {
-            return Err(BanError::AllowListed {
-                prefix,
-                entry: *allowed,
-            });
+    /// The record for an admin's ban (no escalation). The allow-list wins:
+    /// a prefix inside an allow-list entry is refused; one that covers an
+    /// entry, or the admin's own address, only with `force` (and even then
+    /// the allow-listed addresses are never refused nor dropped).
+    pub fn admin_ban(&self, ban: AdminBan, now_ms: u64) -> Result<BanInfo, BanError> {
+        let AdminBan {
+            prefix,
+            duration,
+            cause,
+            force,
+            requester,
+        } = ban;
+        for entry in &self.allow {
+            if entry.len() <= prefix.len() && entry.contains(prefix.addr()) {
+                return Err(BanError::AllowListed {
+                    prefix,
+                    entry: *entry,
+                });
+            }
+            if !force && prefix.contains(entry.addr()) {
+                return Err(BanError::CoversAllowListed {
+                    prefix,
+                    entry: *entry,
+                });
+            }
+        }
+        if let Some(requester) = requester
+            && !force
+            && prefix.contains(requester)
+        {
+            return Err(BanError::CoversRequester { prefix, requester });
         }
         let duration = match duration {
             None => self.durations.admin_default,
@@ -208,6 +240,62 @@ impl BanPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn admin(prefix: &str, force: bool, requester: Option<&str>) -> AdminBan {
+        AdminBan {
+            prefix: prefix.parse().unwrap(),
+            duration: None,
+            cause: "test".parse().unwrap(),
+            force,
+            requester: requester.map(|r| r.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn admin_bans_that_cover_the_allow_list_or_the_admin_need_force() {
+        let policy = BanPolicy {
+            allow: vec![
+                "127.0.6.250/32".parse().unwrap(),
+                "10.0.0.0/8".parse().unwrap(),
+            ],
+            ..BanPolicy::default()
+        };
+        let refused = |ban| policy.admin_ban(ban, 0).unwrap_err();
+        assert!(matches!(
+            refused(admin("127.0.6.0/24", false, None)),
+            BanError::CoversAllowListed { .. }
+        ));
+        assert!(matches!(
+            refused(admin("0.0.0.0/0", false, None)),
+            BanError::CoversAllowListed { .. }
+        ));
+        assert!(
+            matches!(
+                refused(admin("10.1.0.0/16", true, None)),
+                BanError::AllowListed { .. }
+            ),
+            "inside an entry: never, even forced"
+        );
+        assert!(matches!(
+            refused(admin("192.0.2.0/24", false, Some("192.0.2.9"))),
+            BanError::CoversRequester { .. }
+        ));
+        assert!(
+            policy
+                .admin_ban(admin("127.0.6.0/24", true, None), 0)
+                .is_ok()
+        );
+        assert!(
+            policy
+                .admin_ban(admin("192.0.2.0/24", true, Some("192.0.2.9")), 0)
+                .is_ok()
+        );
+        assert!(
+            policy
+                .admin_ban(admin("192.0.2.0/24", false, Some("198.51.100.1")), 0)
+                .is_ok()
+        );
+    }
 
     const MIN: u64 = 60_000;
 

@@ -11,10 +11,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use actix::prelude::*;
-use model::ban::{BanCause, BanInfo, Cause, FirstBytes};
+use model::ban::{BanCause, BanInfo, FirstBytes};
 use model::cidr::Cidr;
 
 use crate::ban_core::{BanCore, BanOutcome};
+use crate::policy::AdminBan;
 use crate::{BanError, now_ms};
 
 /// How often expired time-outs are released (logged, removed from storage).
@@ -38,13 +39,13 @@ pub struct Ban {
     pub first_bytes: FirstBytes,
 }
 
-/// An admin's ban of an address or CIDR prefix.
+/// An admin's ban of an address or CIDR prefix, from `session` if it came
+/// over the wire (that session is not kicked: it gets its answer).
 #[derive(Message, Debug)]
 #[rtype(result = "Result<BanInfo, BanError>")]
-pub struct AdminBan {
-    pub prefix: Cidr,
-    pub duration: Option<Duration>,
-    pub cause: Cause,
+pub struct AdminBanFrom {
+    pub ban: AdminBan,
+    pub session: Option<u64>,
 }
 
 /// An admin's pardon. Answers which entry was removed, if any.
@@ -97,13 +98,17 @@ impl BanRegistry {
         }
     }
 
-    /// Tells every live session inside `prefix` to close.
-    fn kick_covered(&mut self, prefix: Cidr) {
-        let aggregate = self.core.prefix_for(prefix.addr());
+    /// Tells every live session inside `prefix` to close, except those of
+    /// allow-listed sources (a forced time-out may cover them) and `spare`.
+    fn kick_covered(&mut self, prefix: Cidr, spare: Option<u64>) {
+        let policy = self.core.policy();
+        let covered = |id: u64, peer: IpAddr| {
+            Some(id) != spare && prefix.contains(peer) && !policy.is_allowed(peer)
+        };
+        let aggregate = policy.prefix_for(prefix.addr());
         let kicked = if prefix.len() >= aggregate.len() {
             // Inside one roster entry: only its sessions can be covered.
-            self.roster
-                .kick(&aggregate, |peer| prefix.contains(peer), prefix)
+            self.roster.kick(&aggregate, covered, prefix)
         } else {
             // A wider prefix (an admin's CIDR): every entry it contains.
             let keys: Vec<Cidr> = self
@@ -114,7 +119,7 @@ impl BanRegistry {
                 .copied()
                 .collect();
             keys.iter()
-                .map(|key| self.roster.kick(key, |_| true, prefix))
+                .map(|key| self.roster.kick(key, covered, prefix))
                 .sum()
         };
         if kicked > 0 {
@@ -132,13 +137,13 @@ struct Roster {
 impl Roster {
     /// Kicks the sessions of `key` whose peer passes `covered`; they are
     /// dropped from the roster at once (their `SessionClosed` is a no-op).
-    fn kick(&mut self, key: &Cidr, covered: impl Fn(IpAddr) -> bool, prefix: Cidr) -> usize {
+    fn kick(&mut self, key: &Cidr, covered: impl Fn(u64, IpAddr) -> bool, prefix: Cidr) -> usize {
         let Some(list) = self.sessions.get_mut(key) else {
             return 0;
         };
         let before = list.len();
-        list.retain(|(_, peer, session)| {
-            if covered(*peer) {
+        list.retain(|(id, peer, session)| {
+            if covered(*id, *peer) {
                 session.do_send(Kick { prefix });
                 false
             } else {
@@ -180,19 +185,17 @@ impl Handler<Ban> for BanRegistry {
             self.core
                 .ban(ban.peer, ban.cause, ban.first_bytes, now_ms())
         {
-            self.kick_covered(record.prefix);
+            self.kick_covered(record.prefix, None);
         }
     }
 }
 
-impl Handler<AdminBan> for BanRegistry {
+impl Handler<AdminBanFrom> for BanRegistry {
     type Result = Result<BanInfo, BanError>;
 
-    fn handle(&mut self, ban: AdminBan, _: &mut Self::Context) -> Self::Result {
-        let record = self
-            .core
-            .admin_ban(ban.prefix, ban.duration, ban.cause, now_ms())?;
-        self.kick_covered(record.prefix);
+    fn handle(&mut self, request: AdminBanFrom, _: &mut Self::Context) -> Self::Result {
+        let record = self.core.admin_ban(request.ban, now_ms())?;
+        self.kick_covered(record.prefix, request.session);
         Ok(record)
     }
 }
@@ -229,7 +232,9 @@ impl Handler<SessionOpened> for BanRegistry {
     fn handle(&mut self, opened: SessionOpened, _: &mut Self::Context) {
         // Timed out while it was still in its handshake: close it now
         // rather than let it serve.
-        if let Some((prefix, _)) = self.core.view().lookup(opened.peer, now_ms()) {
+        if let Some((prefix, _)) = self.core.view().lookup(opened.peer, now_ms())
+            && !self.core.policy().is_allowed(opened.peer)
+        {
             opened.session.do_send(Kick { prefix });
             return;
         }

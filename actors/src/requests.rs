@@ -9,11 +9,26 @@
 use protocol::message::{AdminRequest, ErrorCode, MAX_PAGE, Volume};
 use protocol::{Request, Response, Role};
 
-use crate::registry::{AdminBan, ListBans, Unban};
+use crate::policy::AdminBan;
+use crate::registry::{AdminBanFrom, ListBans, Unban};
 use crate::startup::Shared;
 use crate::{BanError, now_ms};
 
-pub(crate) async fn handle(shared: &Shared, role: Role, request: Request) -> Response {
+/// Who is asking: the session's source and its id (an admin time-out of
+/// their own address closes every session in it except the asking one,
+/// which gets its answer and ends when the client goes).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Requester {
+    pub ip: std::net::IpAddr,
+    pub session: u64,
+}
+
+pub(crate) async fn handle(
+    shared: &Shared,
+    role: Role,
+    requester: Requester,
+    request: Request,
+) -> Response {
     if let Err(message) = request.validate() {
         return error(ErrorCode::InvalidRequest, message);
     }
@@ -58,11 +73,11 @@ pub(crate) async fn handle(shared: &Shared, role: Role, request: Request) -> Res
             ErrorCode::Forbidden,
             "admin requests need a session authenticated with an admin key".into(),
         ),
-        Request::Admin(admin) => handle_admin(shared, admin).await,
+        Request::Admin(admin) => handle_admin(shared, requester, admin).await,
     }
 }
 
-async fn handle_admin(shared: &Shared, request: AdminRequest) -> Response {
+async fn handle_admin(shared: &Shared, requester: Requester, request: AdminRequest) -> Response {
     let registry = &shared.registry;
     let answer = match request {
         AdminRequest::Stats => return Response::Stats(shared.stats()),
@@ -77,11 +92,17 @@ async fn handle_admin(shared: &Shared, request: AdminRequest) -> Response {
             prefix,
             duration_secs,
             cause,
+            force,
         } => registry
-            .send(AdminBan {
-                prefix,
-                duration: duration_secs.map(std::time::Duration::from_secs),
-                cause,
+            .send(AdminBanFrom {
+                ban: AdminBan {
+                    prefix,
+                    duration: duration_secs.map(std::time::Duration::from_secs),
+                    cause,
+                    force,
+                    requester: Some(requester.ip),
+                },
+                session: Some(requester.session),
             })
             .await
             .map(|r| r.map(Response::BanAdded)),

@@ -129,13 +129,14 @@ impl Session {
         });
         let shared = self.shared.clone();
         let peer = self.peer;
+        let id = self.id;
         let Established {
             mut connection,
             role,
             slot,
         } = established;
         let requests = async move {
-            serve(&mut connection, peer, &shared, role).await;
+            serve(&mut connection, peer, id, &shared, role).await;
             drop(slot);
         };
         ctx.spawn(requests.into_actor(self).map(|(), _, ctx| ctx.stop()));
@@ -228,6 +229,7 @@ async fn handshake(
 async fn serve(
     connection: &mut Connection<TcpStream>,
     peer: SocketAddr,
+    id: u64,
     shared: &Shared,
     role: Role,
 ) {
@@ -246,7 +248,11 @@ async fn serve(
             }
             Ok(Ok(Some(request))) => request,
         };
-        let response = requests::handle(shared, role, request).await;
+        let requester = requests::Requester {
+            ip: peer.ip(),
+            session: id,
+        };
+        let response = requests::handle(shared, role, requester, request).await;
         if let Err(error) = connection.send(&response).await {
             log::debug!("{peer}: cannot send a response: {error}");
             return;

@@ -46,11 +46,17 @@ pub(crate) struct Shared {
     pub view: Arc<BanView>,
     pub stats: Arc<Stats>,
     pub admission: Arc<Admission>,
+    /// Never refused at accept, whatever time-out covers them.
+    pub allow: Vec<model::Cidr>,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
 }
 
 impl Shared {
+    pub fn is_allowed(&self, ip: std::net::IpAddr) -> bool {
+        self.allow.iter().any(|entry| entry.contains(ip))
+    }
+
     pub fn stats(&self) -> ServerStats {
         self.stats.snapshot(self.view.len(), &self.store)
     }
@@ -89,6 +95,7 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
 
     let view = Arc::new(BanView::default());
     let stats = Arc::new(Stats::default());
+    let allow = config.policy.allow.clone();
     let (core, boot) = BanCore::restore(
         config.policy,
         store.clone(),
@@ -106,6 +113,7 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
         view,
         stats,
         admission: Admission::new(config.limits),
+        allow,
         handshake_timeout: config.handshake_timeout,
         idle_timeout: config.idle_timeout,
     });
@@ -154,22 +162,9 @@ impl ServerHandle {
     }
 
     /// An admin time-out, through the registry like the admin command's.
-    pub async fn admin_ban(
-        &self,
-        prefix: model::Cidr,
-        duration: Option<Duration>,
-        cause: model::Cause,
-    ) -> Result<model::BanInfo, BanError> {
-        match self
-            .shared
-            .registry
-            .send(crate::registry::AdminBan {
-                prefix,
-                duration,
-                cause,
-            })
-            .await
-        {
+    pub async fn admin_ban(&self, ban: crate::AdminBan) -> Result<model::BanInfo, BanError> {
+        let request = crate::registry::AdminBanFrom { ban, session: None };
+        match self.shared.registry.send(request).await {
             Ok(result) => result,
             Err(_) => Err(BanError::RegistryGone),
         }

@@ -48,10 +48,13 @@ pub enum AdminRequest {
         limit: u16,
     },
     /// `duration_secs: None` uses the server's default for admin bans.
+    /// `force`: also a prefix that covers allow-listed addresses or the
+    /// requester's own (the allow-list still holds).
     AddBan {
         prefix: Cidr,
         duration_secs: Option<u64>,
         cause: Cause,
+        force: bool,
     },
     RemoveBan {
         prefix: Cidr,

@@ -98,13 +98,15 @@ fn request() -> impl Strategy<Value = Request> {
         (
             cidr(),
             proptest::option::of(any::<u64>()),
-            text("\\PC{0,30}")
+            text("\\PC{0,30}"),
+            any::<bool>()
         )
-            .prop_map(|(prefix, duration_secs, cause)| Request::Admin(
+            .prop_map(|(prefix, duration_secs, cause, force)| Request::Admin(
                 AdminRequest::AddBan {
                     prefix,
                     duration_secs,
-                    cause
+                    cause,
+                    force
                 }
             )),
         cidr().prop_map(|prefix| Request::Admin(AdminRequest::RemoveBan { prefix })),

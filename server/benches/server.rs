@@ -223,7 +223,13 @@ fn flood_and_latency(options: &Options, rows: &mut Vec<(String, String)>) {
             .build()
             .unwrap();
         runtime
-            .block_on(context.admin_ban(ban.prefix, Some(Duration::from_secs(3600)), ban.cause))
+            .block_on(context.admin_ban(actors::AdminBan {
+                prefix: ban.prefix,
+                duration: Some(Duration::from_secs(3600)),
+                cause: ban.cause,
+                force: true,
+                requester: None,
+            }))
             .unwrap();
     }
     let bare = start_bare_rst_loop();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use actors::BanCore;
+use actors::{AdminBan, BanCore};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use protocol::message::{BanInfo, Cause, ErrorCode, MAX_PAGE};
@@ -64,6 +64,10 @@ enum BansCommand {
         duration: Option<Duration>,
         #[arg(long, default_value = "admin")]
         cause: Cause,
+        /// Also when the prefix covers allow-listed addresses or your own
+        /// (allow-listed addresses are still never refused nor dropped).
+        #[arg(long)]
+        force: bool,
     },
     /// Release an address or prefix (and forget its escalation history).
     Remove { prefix: Cidr },
@@ -94,8 +98,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 prefix,
                 duration,
                 cause,
+                force,
             } => {
-                let ban = backend.add(prefix, duration, cause).await?;
+                let ban = backend
+                    .add(AdminBan {
+                        prefix,
+                        duration,
+                        cause,
+                        force,
+                        requester: None,
+                    })
+                    .await?;
                 println!("{}", ban_line(&ban, actors::now_ms()));
                 Ok(ExitCode::SUCCESS)
             }
@@ -222,18 +235,16 @@ impl Backend {
         }
     }
 
-    async fn add(
-        &mut self,
-        prefix: Cidr,
-        duration: Option<Duration>,
-        cause: Cause,
-    ) -> anyhow::Result<BanInfo> {
+    /// `ban.requester` is filled in by the server online (it sees where the
+    /// request comes from) and is none offline.
+    async fn add(&mut self, ban: AdminBan) -> anyhow::Result<BanInfo> {
         match self {
             Backend::Online(client) => {
                 let request = Request::Admin(AdminRequest::AddBan {
-                    prefix,
-                    duration_secs: duration.map(|d| d.as_secs()),
-                    cause,
+                    prefix: ban.prefix,
+                    duration_secs: ban.duration.map(|d| d.as_secs()),
+                    cause: ban.cause,
+                    force: ban.force,
                 });
                 match client.call(&request).await? {
                     Response::BanAdded(ban) => Ok(ban),
@@ -241,9 +252,7 @@ impl Backend {
                 }
             }
             Backend::Offline(offline) => {
-                let ban = offline
-                    .core
-                    .admin_ban(prefix, duration, cause, actors::now_ms())?;
+                let ban = offline.core.admin_ban(ban, actors::now_ms())?;
                 offline.core.flush()?;
                 Ok(ban)
             }

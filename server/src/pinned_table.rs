@@ -27,6 +27,10 @@ impl KernelSync for PinnedTable {
         self.0.remove(prefix).map_err(KernelError::new)
     }
 
+    fn set_allowed(&mut self, allow: &[Cidr]) -> Result<(), KernelError> {
+        self.0.set_allowed(allow).map_err(KernelError::new)
+    }
+
     fn prefixes(&mut self) -> Result<Vec<Cidr>, KernelError> {
         let entries = self.0.entries().map_err(KernelError::new)?;
         Ok(entries.into_iter().map(|(prefix, _)| prefix).collect())

@@ -77,6 +77,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 status.dropped_by_prefix,
                 status.passed_expired
             );
+            if !status.allowed.is_empty() {
+                let allowed: Vec<String> = status.allowed.iter().map(ToString::to_string).collect();
+                println!(
+                    "allow-listed (never dropped): {}; {} packets passed that a ban covered",
+                    allowed.join(", "),
+                    status.passed_allowed
+                );
+            }
             for (prefix, value) in &status.entries {
                 let left = match value.expires_ns {
                     0 => "until removed".to_owned(),
@@ -123,6 +131,8 @@ fn status_json(status: &xdp::Status, now_ns: u64) -> serde_json::Value {
         "dropped_by_address_per_cpu": status.dropped_by_address_per_cpu,
         "dropped_by_prefix": status.dropped_by_prefix,
         "passed_expired": status.passed_expired,
+        "passed_allowed": status.passed_allowed,
+        "allowed": status.allowed.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "entries": entries,
     })
 }

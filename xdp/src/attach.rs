@@ -11,8 +11,9 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use ebpf_common::{
-    BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_PASSED_EXPIRED, COUNTERS_MAP,
-    PIN_ADDRS, PIN_COUNTERS, PIN_LINK, PIN_PREFIXES,
+    BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_PASSED_ALLOWED,
+    COUNTER_PASSED_EXPIRED, COUNTERS_MAP, PIN_ADDRS, PIN_ALLOWED, PIN_COUNTERS, PIN_LINK,
+    PIN_PREFIXES,
 };
 use model::Cidr;
 
@@ -104,6 +105,7 @@ pub fn attach_object(
     for (name, file) in [
         (ebpf_common::ADDRS_MAP, PIN_ADDRS),
         (ebpf_common::PREFIXES_MAP, PIN_PREFIXES),
+        (ebpf_common::ALLOWED_MAP, PIN_ALLOWED),
         (COUNTERS_MAP, PIN_COUNTERS),
     ] {
         let map = ebpf.map(name).ok_or_else(|| XdpError::Kernel {
@@ -132,7 +134,7 @@ pub fn detach(pin_dir: &Path) -> Result<bool, XdpError> {
         .unpin()
         .map_err(|e| XdpError::from_os("unpin the link", &e))?;
     drop(link);
-    for file in [PIN_ADDRS, PIN_PREFIXES, PIN_COUNTERS] {
+    for file in [PIN_ADDRS, PIN_PREFIXES, PIN_ALLOWED, PIN_COUNTERS] {
         let _ = std::fs::remove_file(pin_dir.join(file));
     }
     if let Ok(entries) = std::fs::read_dir(pin_dir) {
@@ -155,6 +157,10 @@ pub struct Status {
     pub dropped_by_address: u64,
     pub dropped_by_prefix: u64,
     pub passed_expired: u64,
+    /// Packets a ban covered that passed because their source is allow-listed.
+    pub passed_allowed: u64,
+    /// The allow-list the program holds.
+    pub allowed: Vec<Cidr>,
     /// Drops by address on each CPU (the per-CPU slots behind the total).
     pub dropped_by_address_per_cpu: Vec<u64>,
 }
@@ -189,9 +195,11 @@ pub fn status(pin_dir: &Path) -> Result<Status, XdpError> {
         pin_dir: pin_dir.to_owned(),
         interface,
         entries: table.entries()?,
+        allowed: table.allowed()?,
         dropped_by_address: total(COUNTER_DROPPED_ADDR),
         dropped_by_prefix: total(COUNTER_DROPPED_PREFIX),
         passed_expired: total(COUNTER_PASSED_EXPIRED),
+        passed_allowed: total(COUNTER_PASSED_ALLOWED),
         dropped_by_address_per_cpu: per_cpu(COUNTER_DROPPED_ADDR),
     })
 }

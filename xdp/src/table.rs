@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::Key;
 use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError};
-use ebpf_common::{AddrKey, BanValue, PIN_ADDRS, PIN_PREFIXES};
+use ebpf_common::{AddrKey, BanValue, PIN_ADDRS, PIN_ALLOWED, PIN_PREFIXES};
 use model::Cidr;
 
 use crate::{XdpError, monotonic_ns};
@@ -18,6 +18,7 @@ use crate::{XdpError, monotonic_ns};
 pub struct KernelTable {
     addrs: HashMap<MapData, AddrKey, BanValue>,
     prefixes: LpmTrie<MapData, AddrKey, BanValue>,
+    allowed: LpmTrie<MapData, AddrKey, u8>,
     location: PathBuf,
 }
 
@@ -44,9 +45,21 @@ impl KernelTable {
             Map::LpmTrie(data) => LpmTrie::try_from(Map::LpmTrie(data)).map_err(|e| e.to_string()),
             other => Err(format!("a {} map, not an LPM trie", map_kind(&other))),
         })?;
+        let allowed_path = dir.join(PIN_ALLOWED);
+        if !allowed_path.exists() {
+            return Err(XdpError::WrongMap {
+                path: dir.clone(),
+                detail: "attached by an older penaltybox (no allow-list map): detach and attach it again".into(),
+            });
+        }
+        let allowed = open_map(&allowed_path, |map| match map {
+            Map::LpmTrie(data) => LpmTrie::try_from(Map::LpmTrie(data)).map_err(|e| e.to_string()),
+            other => Err(format!("a {} map, not an LPM trie", map_kind(&other))),
+        })?;
         Ok(KernelTable {
             addrs,
             prefixes,
+            allowed,
             location: dir,
         })
     }
@@ -224,6 +237,41 @@ impl KernelTable {
         }
     }
 
+    /// Makes the program's allow-list exactly `allow`: entries not in it are
+    /// removed, the rest written (in place, so an allowed source is never
+    /// unprotected in between).
+    pub fn set_allowed(&mut self, allow: &[Cidr]) -> Result<(), XdpError> {
+        let wanted: Vec<Key<AddrKey>> = allow.iter().map(trie_key).collect();
+        let present = self.allowed()?;
+        for prefix in present.iter().filter(|p| !allow.contains(p)) {
+            match self.allowed.remove(&trie_key(prefix)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => {
+                    return Err(XdpError::from_os(
+                        format!("kernel allow-list: remove {prefix}"),
+                        &e,
+                    ));
+                }
+            }
+        }
+        for (key, prefix) in wanted.iter().zip(allow) {
+            self.allowed
+                .insert(key, 1, 0)
+                .map_err(|e| XdpError::from_os(format!("kernel allow-list: add {prefix}"), &e))?;
+        }
+        Ok(())
+    }
+
+    /// The allow-list the program holds.
+    pub fn allowed(&self) -> Result<Vec<Cidr>, XdpError> {
+        let mut allowed = Vec::new();
+        for item in self.allowed.iter() {
+            let (key, _) = item.map_err(|e| XdpError::from_os("kernel allow-list: read", &e))?;
+            allowed.extend(cidr_of(&key.data(), key.prefix_len()));
+        }
+        Ok(allowed)
+    }
+
     /// Every entry: prefix, expiry (monotonic ns) and drops. An entry that
     /// no penaltybox wrote (a prefix length no [`Cidr`] has) is skipped with
     /// a warning: a foreign key in a pinned map must not stop a boot.
@@ -313,17 +361,22 @@ enum MapKey {
 }
 
 fn key_of(prefix: &Cidr) -> MapKey {
-    let (bytes, len) = match prefix.addr() {
-        IpAddr::V4(v4) => (
-            ebpf_common::v4_mapped(v4.octets()),
-            96 + u32::from(prefix.len()),
-        ),
-        IpAddr::V6(v6) => (v6.octets(), u32::from(prefix.len())),
-    };
-    if len == 128 {
-        MapKey::Addr(bytes)
+    let key = trie_key(prefix);
+    if key.prefix_len() == 128 {
+        MapKey::Addr(key.data())
     } else {
-        MapKey::Prefix(Key::new(len, bytes))
+        MapKey::Prefix(key)
+    }
+}
+
+/// `prefix` as an LPM-trie key: IPv4 as IPv4-mapped IPv6, length + 96.
+fn trie_key(prefix: &Cidr) -> Key<AddrKey> {
+    match prefix.addr() {
+        IpAddr::V4(v4) => Key::new(
+            96 + u32::from(prefix.len()),
+            ebpf_common::v4_mapped(v4.octets()),
+        ),
+        IpAddr::V6(v6) => Key::new(u32::from(prefix.len()), v6.octets()),
     }
 }
 

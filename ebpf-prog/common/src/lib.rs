@@ -25,6 +25,9 @@ pub const ADDRS_MAP: &str = "BANNED_ADDRS";
 /// Banned prefixes (IPv6 /64 aggregates, admin CIDRs): an LPM trie keyed by
 /// (prefix length, AddrKey); IPv4 prefixes have 96 added to their length.
 pub const PREFIXES_MAP: &str = "BANNED_PREFIXES";
+/// Allow-listed prefixes (an LPM trie like `BANNED_PREFIXES`, any value):
+/// a source in it is never dropped, whatever ban covers it.
+pub const ALLOWED_MAP: &str = "ALLOWED";
 /// Per-CPU counters, indexed by the `COUNTER_*` constants.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// The XDP program's name in the object.
@@ -32,17 +35,21 @@ pub const PROGRAM: &str = "penaltybox";
 
 pub const MAX_ADDRS: u32 = 1_048_576;
 pub const MAX_PREFIXES: u32 = 65_536;
+pub const MAX_ALLOWED: u32 = 4_096;
 
 pub const COUNTER_DROPPED_ADDR: u32 = 0;
 pub const COUNTER_DROPPED_PREFIX: u32 = 1;
 /// Matched an entry whose ban had ended: passed.
 pub const COUNTER_PASSED_EXPIRED: u32 = 2;
-pub const COUNTER_SLOTS: u32 = 3;
+/// Matched a ban, but the source is allow-listed: passed.
+pub const COUNTER_PASSED_ALLOWED: u32 = 3;
+pub const COUNTER_SLOTS: u32 = 4;
 
 /// File names under the pin directory.
 pub const PIN_ADDRS: &str = "banned_addrs";
 pub const PIN_PREFIXES: &str = "banned_prefixes";
 pub const PIN_COUNTERS: &str = "counters";
+pub const PIN_ALLOWED: &str = "allowed";
 pub const PIN_LINK: &str = "link";
 
 /// `a.b.c.d` as `::ffff:a.b.c.d`.

@@ -1,8 +1,10 @@
 //! penaltybox's XDP program: drops IPv4 and IPv6 packets whose source is
 //! timed out, before any socket sees them. Everything else passes untouched:
-//! non-IP frames (ARP...), short or odd packets, sources not banned, and
-//! sources whose ban has ended (the expiry is checked here, so a ban never
-//! outlives its time even if userspace is gone).
+//! non-IP frames (ARP...), short or odd packets, sources not banned, sources
+//! whose ban has ended (the expiry is checked here, so a ban never outlives
+//! its time even if userspace is gone), and allow-listed sources, whatever
+//! ban covers them (checked only once a ban matched, so traffic that is not
+//! banned pays nothing for it).
 //!
 //! Only the fixed IP header is read: the source address is there in every
 //! IPv4 fragment and in IPv6 packets with extension headers alike.
@@ -22,8 +24,9 @@ use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray};
 use aya_ebpf::programs::XdpContext;
 use ebpf_common::{
-    AddrKey, BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_PASSED_EXPIRED,
-    COUNTER_SLOTS, MAX_ADDRS, MAX_PREFIXES, in_force, v4_mapped,
+    AddrKey, BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_PASSED_ALLOWED,
+    COUNTER_PASSED_EXPIRED, COUNTER_SLOTS, MAX_ADDRS, MAX_ALLOWED, MAX_PREFIXES, in_force,
+    v4_mapped,
 };
 
 #[map(name = "BANNED_ADDRS")]
@@ -32,6 +35,9 @@ static BANNED_ADDRS: HashMap<AddrKey, BanValue> =
 
 #[map(name = "BANNED_PREFIXES")]
 static BANNED_PREFIXES: LpmTrie<AddrKey, BanValue> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+
+#[map(name = "ALLOWED")]
+static ALLOWED: LpmTrie<AddrKey, u8> = LpmTrie::with_max_entries(MAX_ALLOWED, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -83,6 +89,9 @@ fn verdict(source: &AddrKey) -> u32 {
         // and `drops` only changed through an atomic add.
         let expires_ns = unsafe { core::ptr::addr_of!((*value).expires_ns).read_volatile() };
         if in_force(expires_ns, now) {
+            if allowed(source) {
+                return xdp_action::XDP_PASS;
+            }
             // SAFETY: `drops` is an aligned u64 inside the live map value
             // (see above); every writer on every CPU uses this atomic add
             // (BPF_ATOMIC_ADD, "lock xadd"), so no increment is lost.
@@ -101,12 +110,25 @@ fn verdict(source: &AddrKey) -> u32 {
     }
     if let Some(value) = BANNED_PREFIXES.get(Key::new(128, *source)) {
         if in_force(value.expires_ns, now) {
+            if allowed(source) {
+                return xdp_action::XDP_PASS;
+            }
             count(COUNTER_DROPPED_PREFIX);
             return xdp_action::XDP_DROP;
         }
         count(COUNTER_PASSED_EXPIRED);
     }
     xdp_action::XDP_PASS
+}
+
+/// Is `source` allow-listed? Counted when it is: a ban covered it.
+#[inline(always)]
+fn allowed(source: &AddrKey) -> bool {
+    let allowed = ALLOWED.get(Key::new(128, *source)).is_some();
+    if allowed {
+        count(COUNTER_PASSED_ALLOWED);
+    }
+    allowed
 }
 
 #[inline(always)]
