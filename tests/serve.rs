@@ -916,16 +916,6 @@ fn a_storage_failure_under_an_admin_command_is_answered_as_the_servers_fault() {
 }
 
 #[test]
-fn over_limit_refusals_are_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = server_with(dir.path(), "[limits]\nmax_pending_per_source = 1\n");
-    let _held = connect_from("127.0.11.1", server.addr);
-    assert!(eventually(SHORT, || {
-        refused_at_accept("127.0.11.1", server.addr) && server.stats().connections_over_limit >= 1
-    }));
-}
-
-#[test]
 fn absurd_durations_are_refused_with_the_cap_and_nothing_panics() {
     let dir = tempfile::tempdir().unwrap();
     let server = server_with(dir.path(), "");

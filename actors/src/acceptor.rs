@@ -2,19 +2,27 @@
 //!
 //! Every connection is accepted. A timed-out source costs one lookup in the
 //! registry's view and a close with RST (SO_LINGER 0): nothing is read and
-//! no server state lingers. Other connections get a limit slot and a
-//! `Session` on the next worker arbiter.
+//! no server state lingers (allow-listed sources are never refused). Other
+//! connections get an admission slot and a `Session` on the next worker
+//! arbiter. A connection over a limit is told so in a two-byte notice
+//! ("server busy", "too many connections from your address"), never left to
+//! think it was timed out; refusals and evictions are summed up in one log
+//! line a second.
 //!
 //! Accept errors such as EMFILE do not spin: the acceptor pauses, doubling
 //! the pause up to a second, until accepting works again.
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
+use protocol::initiation::Notice;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -34,7 +42,24 @@ pub(crate) struct Acceptor {
     next_worker: usize,
     backoff: Duration,
     refusals: RateLimitedLog,
+    load: LoadReport,
+    /// Notices being delivered (each holds its socket up to NOTICE_LINGER).
+    lingering: Rc<Cell<usize>>,
 }
+
+/// Refusals and evictions since the last summary line.
+#[derive(Default)]
+struct LoadReport {
+    at_connection_limit: u64,
+    over_source_limit: u64,
+    evicted: u64,
+}
+
+/// How long a refused connection is kept to deliver its notice.
+const NOTICE_LINGER: Duration = Duration::from_millis(500);
+/// At most this many notices in flight; past it, refusals are plain resets.
+const MAX_LINGERING: usize = 256;
+const LOAD_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Stop accepting (shutdown); the listening socket closes with the actor.
 #[derive(Message)]
@@ -55,11 +80,48 @@ impl Acceptor {
             next_worker: 0,
             backoff: MIN_BACKOFF,
             refusals: RateLimitedLog::new(Duration::from_secs(1)),
+            load: LoadReport::default(),
+            lingering: Rc::new(Cell::new(0)),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Writes `notice`, closes the write side (FIN), and drains what the
+    /// client sent for a moment, so that the close carries no RST that
+    /// could discard the notice before the client reads it.
+    fn refuse_with_notice(&mut self, stream: TcpStream, peer: SocketAddr, notice: [u8; 2]) {
+        if self.lingering.get() >= MAX_LINGERING {
+            return self.refuse(stream, peer, "over a limit (no notice: too many in flight)");
+        }
+        self.lingering.set(self.lingering.get() + 1);
+        let lingering = self.lingering.clone();
+        actix::spawn(async move {
+            let mut stream = stream;
+            let _ = stream.try_write(&notice);
+            let _ = stream.shutdown().await;
+            let mut sink = [0u8; 512];
+            let _ = actix::clock::timeout(NOTICE_LINGER, async {
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+            .await;
+            lingering.set(lingering.get().saturating_sub(1));
+        });
+    }
+
+    fn report_load(&mut self) {
+        let load = std::mem::take(&mut self.load);
+        if load.at_connection_limit + load.over_source_limit + load.evicted > 0 {
+            log::info!(
+                "{}: under load in the last second: refused {} connections at the connection limit and {} over a per-source limit; closed {} pending connections to make room",
+                self.local,
+                load.at_connection_limit,
+                load.over_source_limit,
+                load.evicted
+            );
+        }
     }
 
     fn refuse(&mut self, stream: TcpStream, peer: SocketAddr, why: &str) {
@@ -81,6 +143,7 @@ impl Actor for Acceptor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let listener = self.listener.take().expect("started once");
         ctx.add_stream(TcpListenerStream::new(listener));
+        ctx.run_interval(LOAD_REPORT_INTERVAL, |acceptor, _| acceptor.report_load());
     }
 }
 
@@ -101,13 +164,31 @@ impl StreamHandler<io::Result<TcpStream>> for Acceptor {
             bump(&self.shared.stats.connections_refused);
             return self.refuse(stream, peer, &format!("timed out ({prefix})"));
         }
-        let slot = match self.shared.admission.admit(peer.ip()) {
-            Ok(slot) => slot,
-            Err(limit) => {
-                bump(&self.shared.stats.connections_over_limit);
-                return self.refuse(stream, peer, &format!("over limit: {limit:?}"));
-            }
-        };
+        let source = self.shared.source_of(peer.ip());
+        let sent_data = has_data_waiting(&stream);
+        let slot =
+            match self
+                .shared
+                .admission
+                .admit(source, self.shared.handshake_timeout, sent_data)
+            {
+                Ok(admitted) => {
+                    if admitted.evicted_another {
+                        self.load.evicted += 1;
+                    }
+                    admitted.slot
+                }
+                Err(limit) => {
+                    bump(&self.shared.stats.connections_over_limit);
+                    if limit.is_per_source() {
+                        self.load.over_source_limit += 1;
+                    } else {
+                        self.load.at_connection_limit += 1;
+                    }
+                    let notice = Notice::over_limit(limit.is_per_source());
+                    return self.refuse_with_notice(stream, peer, notice);
+                }
+            };
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(error) => return log::warn!("{peer}: cannot hand the connection over: {error}"),
@@ -143,6 +224,12 @@ impl Acceptor {
         ctx.wait(actix::clock::sleep(self.backoff).into_actor(self));
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Bytes are waiting on the socket (a non-blocking one-byte peek).
+fn has_data_waiting(stream: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    matches!(socket2::SockRef::from(stream).peek(&mut byte), Ok(n) if n > 0)
 }
 
 /// EMFILE, ENFILE, ENOBUFS, ENOMEM (Linux numbers): out of a resource,

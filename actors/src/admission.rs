@@ -1,20 +1,50 @@
-//! Admission: connection limits, checked by the acceptor before a session
-//! starts. Total connections, and handshakes in progress in total and per
-//! source, so that one source (or a flood of half-open handshakes) cannot
-//! take every slot. Slots are RAII guards: dropping a session frees them,
-//! however it ended.
+//! Admission: the connection limits the acceptor checks before a session
+//! starts, shaped so that an attacker holding connections open cannot lock
+//! real clients out.
+//!
+//! - Total connections are capped (file descriptors are finite).
+//! - Per source, counted per **time-out prefix** (/32, /64 as configured, so
+//!   addresses rotated inside one /64 are one source): handshakes in
+//!   progress, and established sessions.
+//! - Handshakes in progress ("pending") are capped in total, but a full
+//!   table does not refuse the newcomer: a pending connection is closed
+//!   instead, the oldest one whose session is reading and has not received
+//!   a complete first message (idle and stalled connections); if there is
+//!   none, the oldest that has sent its first message but no frame yet
+//!   (replays). A connection that had data waiting when it was accepted is
+//!   not chosen before its session has read it: under a flood the workers
+//!   lag behind the acceptor, and that is a real client's first message.
+//!   Only when every pending connection is such an unknown does the table
+//!   grow, to twice its size, before a newcomer is refused ("server busy").
+//!   OpenSSH's MaxStartups drops new connections at random instead; that
+//!   refuses real clients with the same probability as attackers, while a
+//!   real client sends its first message at once and finishes within a
+//!   round trip or two.
+//! - The handshake deadline shortens as the pending table fills (down to a
+//!   fifth of the configured one, never under a second), so stalled
+//!   connections free their slots sooner under load.
+//!
+//! A connection stays pending until its first transport frame has
+//! authenticated: a replayed first message earns an answer but never a
+//! session. Slots are RAII guards: dropping a session frees them, however
+//! it ended.
 
-use std::net::IpAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
+use model::Cidr;
+use tokio::sync::Notify;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitConfig {
     pub max_connections: usize,
     pub max_pending_handshakes: usize,
+    /// Handshakes in progress from one time-out prefix.
     pub max_pending_per_source: usize,
+    /// Established sessions from one time-out prefix.
+    pub max_sessions_per_source: usize,
 }
 
 impl Default for LimitConfig {
@@ -23,6 +53,7 @@ impl Default for LimitConfig {
             max_connections: 10_000,
             max_pending_handshakes: 1_024,
             max_pending_per_source: 8,
+            max_sessions_per_source: 64,
         }
     }
 }
@@ -30,21 +61,81 @@ impl Default for LimitConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OverLimit {
     Connections,
+    /// The pending table is full of connections that cannot be judged yet.
     PendingHandshakes,
     PendingFromSource,
+    SessionsFromSource,
 }
 
-pub struct Admission {
+impl OverLimit {
+    /// Is this the source's own doing (as opposed to the server's load)?
+    pub fn is_per_source(self) -> bool {
+        matches!(
+            self,
+            OverLimit::PendingFromSource | OverLimit::SessionsFromSource
+        )
+    }
+}
+
+pub(crate) struct Admission {
     config: LimitConfig,
     connections: AtomicUsize,
-    pending: AtomicUsize,
-    pending_by_source: DashMap<IpAddr, usize>,
+    state: Mutex<State>,
+    epoch: Instant,
 }
 
-/// A connection slot, with a pending-handshake slot until `handshake_done`.
-pub struct Slot {
+/// A connection that sent its first message is evicted only if it has had
+/// this long to send its first frame: a real client sends it within a round
+/// trip; a replayer never does.
+const HEARD_GRACE: Duration = Duration::from_millis(500);
+
+#[derive(Default)]
+struct State {
+    by_source: HashMap<Cidr, SourceCount>,
+    /// Pending connections in admission order.
+    pending: BTreeMap<u64, Arc<PendingSignal>>,
+    next_seq: u64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct SourceCount {
+    pending: usize,
+    sessions: usize,
+}
+
+// Where a pending connection is, as its session reports it: not started
+// (0, the default), reading its first message with nothing complete yet,
+// or past its whole first message.
+/// Reading its first message (nothing complete yet).
+const READING: u8 = 1;
+/// Its whole first message has arrived.
+const HEARD: u8 = 2;
+
+/// What admission and the session share about one pending connection.
+#[derive(Default)]
+struct PendingSignal {
+    /// 0 (its session has not started), READING or HEARD.
+    progress: AtomicU8,
+    /// When HEARD was reached, ms after the admission's epoch.
+    heard_at_ms: AtomicU64,
+    /// Set (and notified) when admission closes this connection to make room.
+    evicted: AtomicBool,
+    wake: Notify,
+}
+
+/// A connection slot; pending until [`Slot::established`].
+pub(crate) struct Slot {
     admission: Arc<Admission>,
-    pending_source: Option<IpAddr>,
+    source: Cidr,
+    pending: Option<(u64, Arc<PendingSignal>)>,
+    /// How long this connection has for its handshake and first frame.
+    pub deadline: Duration,
+}
+
+/// A new connection's slot, and whether another was evicted for it.
+pub(crate) struct Admitted {
+    pub slot: Slot,
+    pub evicted_another: bool,
 }
 
 impl Admission {
@@ -52,48 +143,138 @@ impl Admission {
         Arc::new(Admission {
             config,
             connections: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
-            pending_by_source: DashMap::new(),
+            state: Mutex::new(State::default()),
+            epoch: Instant::now(),
         })
     }
 
-    /// Takes a connection slot and a pending-handshake slot for `source`.
-    pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Slot, OverLimit> {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes a connection slot and a pending-handshake slot for a
+    /// connection from `source` (its time-out prefix). `base_deadline` is
+    /// the configured handshake deadline.
+    ///
+    /// `sent_data`: whether bytes were already waiting when it was
+    /// accepted. One that had sent nothing is evictable from the start; one
+    /// that had is protected until its session has read them (under load
+    /// the workers lag behind the acceptor, and that is a real client's
+    /// first message waiting).
+    pub fn admit(
+        self: &Arc<Self>,
+        source: Cidr,
+        base_deadline: Duration,
+        sent_data: bool,
+    ) -> Result<Admitted, OverLimit> {
         if !take(&self.connections, self.config.max_connections) {
             return Err(OverLimit::Connections);
         }
-        if !take(&self.pending, self.config.max_pending_handshakes) {
+        let mut state = self.state();
+        let count = state.by_source.get(&source).copied().unwrap_or_default();
+        let refused = if count.sessions >= self.config.max_sessions_per_source {
+            Some(OverLimit::SessionsFromSource)
+        } else if count.pending >= self.config.max_pending_per_source {
+            Some(OverLimit::PendingFromSource)
+        } else {
+            None
+        };
+        if let Some(limit) = refused {
+            drop(state);
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err(limit);
+        }
+        let max = self.config.max_pending_handshakes;
+        let now_ms = self.elapsed_ms();
+        let evicted_another = state.pending.len() >= max && state.evict_one(now_ms);
+        if !evicted_another && state.pending.len() >= max.saturating_mul(2) {
+            drop(state);
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return Err(OverLimit::PendingHandshakes);
         }
-        {
-            let mut count = self.pending_by_source.entry(source).or_insert(0);
-            if *count >= self.config.max_pending_per_source {
-                drop(count);
-                self.pending.fetch_sub(1, Ordering::AcqRel);
-                self.connections.fetch_sub(1, Ordering::AcqRel);
-                return Err(OverLimit::PendingFromSource);
-            }
-            *count += 1;
+        let fill = state.pending.len() as f64 / self.config.max_pending_handshakes.max(1) as f64;
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let signal = Arc::new(PendingSignal::default());
+        if !sent_data {
+            signal.progress.store(READING, Ordering::Release);
         }
-        Ok(Slot {
-            admission: self.clone(),
-            pending_source: Some(source),
+        state.pending.insert(seq, signal.clone());
+        state.by_source.entry(source).or_default().pending += 1;
+        drop(state);
+        Ok(Admitted {
+            slot: Slot {
+                admission: self.clone(),
+                source,
+                pending: Some((seq, signal)),
+                deadline: deadline_under_load(base_deadline, fill),
+            },
+            evicted_another,
         })
     }
 
-    #[cfg(test)]
-    fn connections(&self) -> usize {
-        self.connections.load(Ordering::Acquire)
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn release_pending(&self, source: IpAddr) {
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-        self.pending_by_source.remove_if_mut(&source, |_, count| {
-            *count -= 1;
-            *count == 0
-        });
+    fn release(&self, source: Cidr, pending: Option<u64>) {
+        let mut state = self.state();
+        if let Some(seq) = pending {
+            state.pending.remove(&seq);
+        }
+        if let Some(count) = state.by_source.get_mut(&source) {
+            match pending {
+                Some(_) => count.pending = count.pending.saturating_sub(1),
+                None => count.sessions = count.sessions.saturating_sub(1),
+            }
+            if count.pending == 0 && count.sessions == 0 {
+                state.by_source.remove(&source);
+            }
+        }
     }
+}
+
+impl State {
+    /// Closes the oldest pending connection still reading its first
+    /// message, else the oldest that sent it more than [`HEARD_GRACE`] ago
+    /// and still has no first frame; never one whose session has not
+    /// started. It leaves the pending table at once (its per-source count
+    /// goes when its session drops the slot).
+    fn evict_one(&mut self, now_ms: u64) -> bool {
+        let grace = u64::try_from(HEARD_GRACE.as_millis()).unwrap_or(u64::MAX);
+        let reading = || {
+            self.pending
+                .iter()
+                .find(|(_, signal)| signal.progress.load(Ordering::Acquire) == READING)
+        };
+        let stale_heard = || {
+            self.pending.iter().find(|(_, signal)| {
+                signal.progress.load(Ordering::Acquire) == HEARD
+                    && now_ms.saturating_sub(signal.heard_at_ms.load(Ordering::Acquire)) >= grace
+            })
+        };
+        let victim = reading().or_else(stale_heard).map(|(seq, _)| *seq);
+        let Some(signal) = victim.and_then(|seq| self.pending.remove(&seq)) else {
+            return false;
+        };
+        signal.evicted.store(true, Ordering::Release);
+        // notify_one keeps a permit if the session is not waiting yet.
+        signal.wake.notify_one();
+        true
+    }
+}
+
+/// The configured deadline up to half full; then linearly shorter, to a
+/// fifth of it (at least a second) when the table is full.
+fn deadline_under_load(base: Duration, fill: f64) -> Duration {
+    if fill <= 0.5 {
+        return base;
+    }
+    let floor = (base / 5).max(Duration::from_secs(1)).min(base);
+    let shrink = ((fill - 0.5) * 2.0).clamp(0.0, 1.0);
+    base.saturating_sub((base.saturating_sub(floor)).mul_f64(shrink))
 }
 
 fn take(counter: &AtomicUsize, max: usize) -> bool {
@@ -105,17 +286,59 @@ fn take(counter: &AtomicUsize, max: usize) -> bool {
 }
 
 impl Slot {
-    /// The handshake finished: free the pending slot, keep the connection.
-    pub fn handshake_done(&mut self) {
-        if let Some(source) = self.pending_source.take() {
-            self.admission.release_pending(source);
+    fn progress(&self, to: u8) {
+        if let Some((_, signal)) = &self.pending {
+            signal.progress.store(to, Ordering::Release);
         }
+    }
+
+    /// The session has started reading the first message.
+    pub fn reading(&self) {
+        self.progress(READING);
+    }
+
+    /// The whole first message has arrived: this connection is no longer
+    /// among the first to be evicted.
+    pub fn heard(&self) {
+        if let Some((_, signal)) = &self.pending {
+            signal
+                .heard_at_ms
+                .store(self.admission.elapsed_ms(), Ordering::Release);
+        }
+        self.progress(HEARD);
+    }
+
+    /// Resolves when admission evicts this pending connection; never, once
+    /// it is established.
+    pub async fn evicted(&self) {
+        match &self.pending {
+            Some((_, signal)) => {
+                while !signal.evicted.load(Ordering::Acquire) {
+                    signal.wake.notified().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The first transport frame authenticated: the pending slot becomes a
+    /// session of its source.
+    pub fn established(&mut self) {
+        let Some((seq, _)) = self.pending.take() else {
+            return;
+        };
+        let mut state = self.admission.state();
+        state.pending.remove(&seq);
+        let count = state.by_source.entry(self.source).or_default();
+        count.pending = count.pending.saturating_sub(1);
+        count.sessions += 1;
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.handshake_done();
+        let pending = self.pending.take().map(|(seq, _)| seq);
+        self.admission.release(self.source, pending);
         self.admission.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -124,28 +347,181 @@ impl Drop for Slot {
 mod tests {
     use super::*;
 
+    const BASE: Duration = Duration::from_secs(5);
+
+    fn config() -> LimitConfig {
+        LimitConfig {
+            max_connections: 100,
+            max_pending_handshakes: 3,
+            max_pending_per_source: 2,
+            max_sessions_per_source: 1,
+        }
+    }
+
+    fn prefix(text: &str) -> Cidr {
+        text.parse().unwrap()
+    }
+
     #[test]
-    fn slots_are_counted_and_freed() {
-        let limits = Admission::new(LimitConfig {
-            max_connections: 3,
-            max_pending_handshakes: 2,
-            max_pending_per_source: 1,
-        });
-        let a: IpAddr = "127.0.0.2".parse().unwrap();
-        let b: IpAddr = "127.0.0.3".parse().unwrap();
-        let mut first = limits.admit(a).unwrap();
-        assert_eq!(limits.admit(a).err(), Some(OverLimit::PendingFromSource));
-        let second = limits.admit(b).unwrap();
+    fn per_source_limits_count_pending_and_sessions() {
+        let admission = Admission::new(config());
+        let a = prefix("2001:db8:1::/64");
+        let mut first = admission.admit(a, BASE, true).unwrap().slot;
+        let _second = admission.admit(a, BASE, true).unwrap().slot;
         assert_eq!(
-            limits.admit("127.0.0.4".parse().unwrap()).err(),
+            admission.admit(a, BASE, true).err(),
+            Some(OverLimit::PendingFromSource)
+        );
+        first.established();
+        // One session is this source's cap: no new handshake from it.
+        assert_eq!(
+            admission.admit(a, BASE, true).err(),
+            Some(OverLimit::SessionsFromSource)
+        );
+        drop(first);
+        assert!(admission.admit(a, BASE, true).is_ok());
+    }
+
+    #[test]
+    fn a_full_pending_table_evicts_the_oldest_quiet_connection() {
+        let admission = Admission::new(config());
+        let old_quiet = admission
+            .admit(prefix("192.0.2.1/32"), BASE, true)
+            .unwrap()
+            .slot;
+        old_quiet.reading();
+        let old_heard = admission
+            .admit(prefix("192.0.2.2/32"), BASE, true)
+            .unwrap()
+            .slot;
+        old_heard.heard();
+        let newer_quiet = admission
+            .admit(prefix("192.0.2.3/32"), BASE, true)
+            .unwrap()
+            .slot;
+        newer_quiet.reading();
+        let newcomer = admission.admit(prefix("192.0.2.4/32"), BASE, true).unwrap();
+        assert!(newcomer.evicted_another);
+        assert!(
+            old_quiet
+                .pending
+                .as_ref()
+                .unwrap()
+                .1
+                .evicted
+                .load(Ordering::Acquire)
+        );
+        assert!(
+            !newer_quiet
+                .pending
+                .as_ref()
+                .unwrap()
+                .1
+                .evicted
+                .load(Ordering::Acquire)
+        );
+        // The eviction wakes the evicted session, even if it waits later.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(old_quiet.evicted());
+        // With no quiet connection left, one that sent its first message
+        // goes, but only once it has had HEARD_GRACE for its first frame.
+        newer_quiet.heard();
+        newcomer.slot.heard();
+        let crowded = admission.admit(prefix("192.0.2.5/32"), BASE, true).unwrap();
+        assert!(!crowded.evicted_another, "everyone is within the grace");
+        for slot in [&old_heard, &newer_quiet, &newcomer.slot] {
+            let signal = &slot.pending.as_ref().unwrap().1;
+            signal.heard_at_ms.store(0, Ordering::Release);
+        }
+        std::thread::sleep(HEARD_GRACE);
+        let last = admission.admit(prefix("192.0.2.6/32"), BASE, true).unwrap();
+        assert!(last.evicted_another);
+        assert!(
+            old_heard
+                .pending
+                .as_ref()
+                .unwrap()
+                .1
+                .evicted
+                .load(Ordering::Acquire)
+        );
+        drop((old_quiet, old_heard, newer_quiet, newcomer, crowded, last));
+        let state = admission.state();
+        assert!(state.pending.is_empty() && state.by_source.is_empty());
+        assert_eq!(admission.connections.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn unstarted_connections_are_never_evicted_the_table_grows_then_refuses() {
+        let admission = Admission::new(config());
+        let slots: Vec<_> = (1..=6)
+            .map(|i| {
+                let admitted = admission
+                    .admit(prefix(&format!("192.0.2.{i}/32")), BASE, true)
+                    .unwrap();
+                assert!(!admitted.evicted_another, "{i}");
+                admitted.slot
+            })
+            .collect();
+        assert_eq!(
+            admission.admit(prefix("192.0.2.7/32"), BASE, true).err(),
             Some(OverLimit::PendingHandshakes)
         );
-        first.handshake_done();
-        let third = limits.admit(a).unwrap();
-        assert_eq!(limits.admit(b).err(), Some(OverLimit::Connections));
-        drop((first, second, third));
-        assert_eq!(limits.connections(), 0);
-        assert!(limits.pending_by_source.is_empty());
-        assert_eq!(limits.pending.load(Ordering::Acquire), 0);
+        assert!(!OverLimit::PendingHandshakes.is_per_source());
+        drop(slots);
+    }
+
+    #[test]
+    fn a_connection_that_sent_nothing_by_accept_is_evictable_at_once() {
+        let admission = Admission::new(config());
+        let waiting = admission.admit(prefix("192.0.2.1/32"), BASE, true).unwrap();
+        let idle = admission
+            .admit(prefix("192.0.2.2/32"), BASE, false)
+            .unwrap();
+        let _third = admission.admit(prefix("192.0.2.3/32"), BASE, true).unwrap();
+        assert!(
+            admission
+                .admit(prefix("192.0.2.4/32"), BASE, true)
+                .unwrap()
+                .evicted_another
+        );
+        let evicted = |slot: &Slot| {
+            slot.pending
+                .as_ref()
+                .unwrap()
+                .1
+                .evicted
+                .load(Ordering::Acquire)
+        };
+        assert!(evicted(&idle.slot) && !evicted(&waiting.slot));
+    }
+
+    #[test]
+    fn the_deadline_shortens_as_the_table_fills() {
+        assert_eq!(deadline_under_load(BASE, 0.0), BASE);
+        assert_eq!(deadline_under_load(BASE, 0.5), BASE);
+        assert_eq!(deadline_under_load(BASE, 0.75), Duration::from_secs(3));
+        assert_eq!(deadline_under_load(BASE, 1.0), Duration::from_secs(1));
+        assert_eq!(
+            deadline_under_load(Duration::from_millis(500), 1.0),
+            Duration::from_millis(500),
+            "never longer than configured"
+        );
+    }
+
+    #[test]
+    fn the_connection_cap_holds() {
+        let admission = Admission::new(LimitConfig {
+            max_connections: 1,
+            ..config()
+        });
+        let _one = admission.admit(prefix("192.0.2.1/32"), BASE, true).unwrap();
+        assert_eq!(
+            admission.admit(prefix("192.0.2.2/32"), BASE, true).err(),
+            Some(OverLimit::Connections)
+        );
     }
 }

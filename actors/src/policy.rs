@@ -28,6 +28,15 @@ pub fn cause_of(rejection: &Rejection) -> BanCause {
     }
 }
 
+/// The prefix of `ip` with the aggregation lengths (`ipv4` bits for IPv4,
+/// `ipv6` for IPv6; IPv4-mapped IPv6 is IPv4). Lengths too long for the
+/// family (the settings refuse them) fall back to the whole address.
+pub fn aggregate(ip: IpAddr, ipv4: u8, ipv6: u8) -> Cidr {
+    let ip = ip.to_canonical();
+    let len = if ip.is_ipv4() { ipv4 } else { ipv6 };
+    Cidr::new(ip, len).unwrap_or_else(|_| Cidr::host(ip))
+}
+
 /// `now_ms + duration`, saturating: no duration, however absurd, wraps an
 /// expiry into the past.
 pub fn expiry_after(now_ms: u64, duration: Duration) -> u64 {
@@ -107,13 +116,7 @@ pub struct Decision {
 impl BanPolicy {
     /// The table entry a source falls into. IPv4-mapped IPv6 is IPv4.
     pub fn prefix_for(&self, ip: IpAddr) -> Cidr {
-        let ip = ip.to_canonical();
-        let len = if ip.is_ipv4() {
-            self.ipv4_prefix
-        } else {
-            self.ipv6_prefix
-        };
-        Cidr::new(ip, len).expect("prefix lengths are validated with the config")
+        aggregate(ip, self.ipv4_prefix, self.ipv6_prefix)
     }
 
     pub fn is_allowed(&self, ip: IpAddr) -> bool {

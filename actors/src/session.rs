@@ -1,15 +1,21 @@
 //! The `Session` actor: one accepted connection, from first byte to close.
 //!
-//! 1. Handshake under a deadline: read the first message, classifying every
-//!    read (foreign bytes are rejected on the read that brings them), check
-//!    mac1 and run Noise, answer. Any rejection, or the deadline passing,
-//!    sends a `Ban` to the registry and drops the connection.
-//! 2. Established: the session tells the registry it is live
+//! 1. Handshake under the slot's deadline (shorter under load): read the
+//!    first message, classifying every read (foreign bytes are rejected on
+//!    the read that brings them), check mac1 and run Noise, answer. Any
+//!    rejection sends a `Ban` to the registry and drops the connection.
+//!    Admission may evict a pending connection to make room: it closes, no
+//!    ban.
+//! 2. Within the same deadline, the first transport frame must arrive and
+//!    authenticate; only then is the session established (its slot leaves
+//!    the pending table) and does it tell the registry it is live
 //!    (`SessionOpened`), so that a time-out of its prefix by any path can
-//!    close it (`Kick`).
+//!    close it (`Kick`). The deadline passing, in step 1 or 2, is a
+//!    `handshake-timeout` ban.
 //! 3. Requests, one at a time, until the peer closes or goes idle. A frame
 //!    that fails authentication or breaks a limit is a violation: `Ban`,
-//!    drop.
+//!    drop. A response not taken by the peer within the write deadline
+//!    closes the session (counted).
 //!
 //! A peer that closes without sending a byte is not banned: that is a TCP
 //! health check or a connect scan, and neither costs us anything.
@@ -53,7 +59,13 @@ struct Established {
     role: Role,
     /// The connection slot, held until the session ends.
     slot: Slot,
+    /// The first request, which authenticated the session.
+    first: Request,
 }
+
+/// The socket send buffer of a session (the kernel doubles it): a few
+/// responses' worth.
+const SEND_BUFFER: usize = 128 * 1024;
 
 impl Session {
     pub fn new(
@@ -134,9 +146,10 @@ impl Session {
             mut connection,
             role,
             slot,
+            first,
         } = established;
         let requests = async move {
-            serve(&mut connection, peer, id, &shared, role).await;
+            serve(&mut connection, peer, id, &shared, role, first).await;
             drop(slot);
         };
         ctx.spawn(requests.into_actor(self).map(|(), _, ctx| ctx.stop()));
@@ -158,6 +171,18 @@ impl Handler<Kick> for Session {
     }
 }
 
+/// Why opening a session failed.
+enum OpenFailure {
+    Read(ReadInitiationError),
+    /// The first frame did not authenticate or broke a limit.
+    Violation(protocol::frame::FrameError),
+    Closed,
+}
+
+/// Steps 1 and 2: the handshake and the first transport frame, both within
+/// the slot's deadline. Until the first frame has authenticated the
+/// connection stays pending, so a replayed first message (answered, but
+/// useless without the initiator's keys) never holds a session.
 async fn handshake(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -165,97 +190,144 @@ async fn handshake(
     mut slot: Slot,
 ) -> Option<Established> {
     stream.set_nodelay(true).ok();
+    // A bounded send queue: with the write deadline, a peer that does not
+    // read cannot make us hold megabytes for it.
+    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
     let mut seen = Vec::new();
-    let exchange = async {
-        read_initiation(&mut stream, &mut seen).await?;
-        match shared.responder.accept(&seen) {
-            Ok(accepted) => {
-                stream.write_all(&accepted.response).await?;
-                Ok(accepted)
-            }
+    let deadline = slot.deadline;
+    let open = async {
+        slot.reading();
+        read_initiation(&mut stream, &mut seen)
+            .await
+            .map_err(OpenFailure::Read)?;
+        slot.heard();
+        let accepted = match shared.responder.accept(&seen) {
+            Ok(accepted) => accepted,
             Err(rejection) => {
                 if let Some(notice) = rejection.notice() {
                     // Best effort: the peer may already be gone.
                     let _ = stream.write_all(&notice).await;
                 }
-                Err(ReadInitiationError::Rejected(rejection))
+                return Err(OpenFailure::Read(ReadInitiationError::Rejected(rejection)));
             }
+        };
+        stream
+            .write_all(&accepted.response)
+            .await
+            .map_err(|e| OpenFailure::Read(ReadInitiationError::Io(e)))?;
+        let mut connection = Connection::new(stream, accepted.transport);
+        match connection.receive::<Request>().await {
+            Ok(Some(first)) => Ok((connection, accepted.role, accepted.peer, first)),
+            Ok(None) | Err(ConnectionError::Truncated) | Err(ConnectionError::Io(_)) => {
+                Err(OpenFailure::Closed)
+            }
+            Err(ConnectionError::Frame(error)) => Err(OpenFailure::Violation(error)),
         }
     };
-    let accepted = match timeout(shared.handshake_timeout, exchange).await {
-        Ok(Ok(accepted)) => accepted,
-        Ok(Err(ReadInitiationError::Rejected(rejection))) => {
+    let outcome = tokio::select! {
+        biased;
+        () = slot.evicted() => None,
+        result = timeout(deadline, open) => Some(result),
+    };
+    let opened = match outcome {
+        None => {
+            bump(&shared.stats.pending_evicted);
+            log::debug!("{peer}: closed to make room: the pending-handshake table is full");
+            return None;
+        }
+        Some(Err(_)) => {
+            log::debug!("{peer}: no complete handshake and first frame within {deadline:?}");
+            ban(shared, peer, BanCause::HandshakeTimeout, &seen);
+            return None;
+        }
+        Some(Ok(Ok(opened))) => opened,
+        Some(Ok(Err(OpenFailure::Read(ReadInitiationError::Rejected(rejection))))) => {
             log::debug!("{peer}: rejected: {rejection}");
             ban(shared, peer, cause_of(&rejection), &seen);
             return None;
         }
-        Ok(Err(ReadInitiationError::Closed(0))) => {
+        Some(Ok(Err(OpenFailure::Read(ReadInitiationError::Closed(0))))) => {
             log::debug!("{peer}: closed without sending anything");
             return None;
         }
-        Ok(Err(ReadInitiationError::Closed(n))) => {
+        Some(Ok(Err(OpenFailure::Read(ReadInitiationError::Closed(n))))) => {
             log::debug!("{peer}: closed after {n} bytes of a first message");
             return None;
         }
-        Ok(Err(ReadInitiationError::Io(error))) => {
+        Some(Ok(Err(OpenFailure::Read(ReadInitiationError::Io(error))))) => {
             log::debug!("{peer}: read error during the handshake: {error}");
             return None;
         }
-        Err(_) => {
-            log::debug!(
-                "{peer}: no complete handshake within {:?}",
-                shared.handshake_timeout
-            );
-            ban(shared, peer, BanCause::HandshakeTimeout, &seen);
+        Some(Ok(Err(OpenFailure::Violation(error)))) => {
+            log::debug!("{peer}: first frame: session violation: {error}");
+            ban(shared, peer, BanCause::SessionViolation, &[]);
+            return None;
+        }
+        Some(Ok(Err(OpenFailure::Closed))) => {
+            log::debug!("{peer}: closed after the handshake, before any request");
             return None;
         }
     };
-    // Only the pending-handshake slot is freed here; the connection slot
-    // goes with the session.
-    slot.handshake_done();
+    let (connection, role, who, first) = opened;
+    slot.established();
     bump(&shared.stats.handshakes_completed);
-    log::debug!(
-        "{peer}: session open ({:?}, {:?})",
-        accepted.peer,
-        accepted.role
-    );
+    log::debug!("{peer}: session open ({who:?}, {role:?})");
     Some(Established {
-        connection: Connection::new(stream, accepted.transport),
-        role: accepted.role,
+        connection,
+        role,
         slot,
+        first,
     })
 }
 
+/// Step 3: answers `first`, then every request until the peer closes, goes
+/// idle, breaks the protocol, or stops reading.
 async fn serve(
     connection: &mut Connection<TcpStream>,
     peer: SocketAddr,
     id: u64,
     shared: &Shared,
     role: Role,
+    first: Request,
 ) {
+    let mut next = Some(first);
     loop {
-        let request = match timeout(shared.idle_timeout, connection.receive::<Request>()).await {
-            Err(_) => {
-                log::debug!("{peer}: idle for {:?}, closing", shared.idle_timeout);
-                return;
-            }
-            Ok(Ok(None))
-            | Ok(Err(ConnectionError::Truncated))
-            | Ok(Err(ConnectionError::Io(_))) => return,
-            Ok(Err(ConnectionError::Frame(error))) => {
-                log::debug!("{peer}: session violation: {error}");
-                return ban(shared, peer, BanCause::SessionViolation, &[]);
-            }
-            Ok(Ok(Some(request))) => request,
+        let request = match next.take() {
+            Some(request) => request,
+            None => match timeout(shared.idle_timeout, connection.receive::<Request>()).await {
+                Err(_) => {
+                    log::debug!("{peer}: idle for {:?}, closing", shared.idle_timeout);
+                    return;
+                }
+                Ok(Ok(None))
+                | Ok(Err(ConnectionError::Truncated))
+                | Ok(Err(ConnectionError::Io(_))) => return,
+                Ok(Err(ConnectionError::Frame(error))) => {
+                    log::debug!("{peer}: session violation: {error}");
+                    return ban(shared, peer, BanCause::SessionViolation, &[]);
+                }
+                Ok(Ok(Some(request))) => request,
+            },
         };
         let requester = requests::Requester {
             ip: peer.ip(),
             session: id,
         };
         let response = requests::handle(shared, role, requester, request).await;
-        if let Err(error) = connection.send(&response).await {
-            log::debug!("{peer}: cannot send a response: {error}");
-            return;
+        match timeout(shared.write_timeout, connection.send(&response)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                log::debug!("{peer}: cannot send a response: {error}");
+                return;
+            }
+            Err(_) => {
+                bump(&shared.stats.sessions_not_reading);
+                log::info!(
+                    "{peer}: closed: not reading its responses (none taken within {:?})",
+                    shared.write_timeout
+                );
+                return;
+            }
         }
     }
 }

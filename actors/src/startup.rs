@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub limits: LimitConfig,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How long a response may wait for the peer to take it.
+    pub write_timeout: Duration,
     /// Worker threads (arbiters) running sessions.
     pub workers: usize,
     /// The kernel tier's table, when there is one.
@@ -48,13 +50,21 @@ pub(crate) struct Shared {
     pub admission: Arc<Admission>,
     /// Never refused at accept, whatever time-out covers them.
     pub allow: Vec<model::Cidr>,
+    /// The time-out prefix lengths, for per-source admission.
+    pub aggregation: (u8, u8),
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    pub write_timeout: Duration,
 }
 
 impl Shared {
     pub fn is_allowed(&self, ip: std::net::IpAddr) -> bool {
         self.allow.iter().any(|entry| entry.contains(ip))
+    }
+
+    /// The time-out prefix `ip` falls in: admission counts per source by it.
+    pub fn source_of(&self, ip: std::net::IpAddr) -> model::Cidr {
+        crate::policy::aggregate(ip, self.aggregation.0, self.aggregation.1)
     }
 
     pub fn stats(&self) -> ServerStats {
@@ -96,6 +106,7 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
     let view = Arc::new(BanView::default());
     let stats = Arc::new(Stats::default());
     let allow = config.policy.allow.clone();
+    let aggregation = (config.policy.ipv4_prefix, config.policy.ipv6_prefix);
     let (core, boot) = BanCore::restore(
         config.policy,
         store.clone(),
@@ -114,8 +125,10 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
         stats,
         admission: Admission::new(config.limits),
         allow,
+        aggregation,
         handshake_timeout: config.handshake_timeout,
         idle_timeout: config.idle_timeout,
+        write_timeout: config.write_timeout,
     });
     let workers: Vec<Arbiter> = (0..config.workers.max(1)).map(|_| Arbiter::new()).collect();
     let handles = Arc::new(workers.iter().map(Arbiter::handle).collect::<Vec<_>>());

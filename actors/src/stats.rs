@@ -17,6 +17,10 @@ pub struct Stats {
     /// Closed at accept: a connection or pending-handshake limit was reached.
     pub(crate) connections_over_limit: AtomicU64,
     pub(crate) sessions_active: AtomicU64,
+    /// Pending connections closed to make room for new ones.
+    pub(crate) pending_evicted: AtomicU64,
+    /// Sessions closed because the peer did not take its responses.
+    pub(crate) sessions_not_reading: AtomicU64,
     /// Established sessions closed because their source was timed out.
     pub(crate) sessions_kicked: AtomicU64,
     pub(crate) handshakes_completed: AtomicU64,
@@ -34,6 +38,8 @@ impl Default for Stats {
             connections_refused: AtomicU64::new(0),
             connections_over_limit: AtomicU64::new(0),
             sessions_active: AtomicU64::new(0),
+            pending_evicted: AtomicU64::new(0),
+            sessions_not_reading: AtomicU64::new(0),
             sessions_kicked: AtomicU64::new(0),
             handshakes_completed: AtomicU64::new(0),
             bans_total: AtomicU64::new(0),
@@ -57,6 +63,8 @@ impl Stats {
             connections_refused: get(&self.connections_refused),
             connections_over_limit: get(&self.connections_over_limit),
             sessions_active: get(&self.sessions_active),
+            pending_evicted: get(&self.pending_evicted),
+            sessions_not_reading: get(&self.sessions_not_reading),
             sessions_kicked: get(&self.sessions_kicked),
             handshakes_completed: get(&self.handshakes_completed),
             bans_active: bans_active as u64,

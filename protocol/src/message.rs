@@ -106,6 +106,10 @@ pub struct ServerStats {
     /// Connections closed at accept because a connection limit was reached.
     pub connections_over_limit: u64,
     pub sessions_active: u64,
+    /// Pending connections closed to make room when the table was full.
+    pub pending_evicted: u64,
+    /// Sessions closed because the peer did not take its responses.
+    pub sessions_not_reading: u64,
     /// Established sessions closed because their source was timed out.
     pub sessions_kicked: u64,
     pub handshakes_completed: u64,

@@ -60,6 +60,7 @@ fn start_server(dir: &std::path::Path) -> (SocketAddr, PublicKey, ServerHandle) 
         limits: Default::default(),
         handshake_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(60),
+        write_timeout: Duration::from_secs(10),
         workers: 1,
         kernel: None,
     };

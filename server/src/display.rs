@@ -25,6 +25,8 @@ pub fn stats_json(stats: &ServerStats) -> serde_json::Value {
         "connections_refused": stats.connections_refused,
         "connections_over_limit": stats.connections_over_limit,
         "sessions_active": stats.sessions_active,
+        "pending_evicted": stats.pending_evicted,
+        "sessions_not_reading": stats.sessions_not_reading,
         "sessions_kicked": stats.sessions_kicked,
         "handshakes_completed": stats.handshakes_completed,
         "bans_active": stats.bans_active,

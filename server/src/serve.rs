@@ -83,6 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         limits: settings.limits(),
         handshake_timeout: settings.timeouts.handshake.0,
         idle_timeout: settings.timeouts.idle.0,
+        write_timeout: settings.timeouts.write.0,
         workers,
         kernel: crate::kernel_wiring::open(&settings.kernel),
     };

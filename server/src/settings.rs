@@ -80,6 +80,8 @@ pub struct KeySettings {
 pub struct TimeoutSettings {
     pub handshake: Dur,
     pub idle: Dur,
+    /// How long a response may wait for the peer to take it.
+    pub write: Dur,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +106,7 @@ pub struct LimitSettings {
     pub max_connections: usize,
     pub max_pending_handshakes: usize,
     pub max_pending_per_source: usize,
+    pub max_sessions_per_source: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,6 +186,7 @@ impl Default for TimeoutSettings {
         TimeoutSettings {
             handshake: Dur(Duration::from_secs(5)),
             idle: minutes(5),
+            write: Dur(Duration::from_secs(10)),
         }
     }
 }
@@ -213,6 +217,7 @@ impl Default for LimitSettings {
             max_connections: limits.max_connections,
             max_pending_handshakes: limits.max_pending_handshakes,
             max_pending_per_source: limits.max_pending_per_source,
+            max_sessions_per_source: limits.max_sessions_per_source,
         }
     }
 }
@@ -361,6 +366,10 @@ impl Settings {
                 "limits.max_pending_per_source",
                 self.limits.max_pending_per_source,
             ),
+            (
+                "limits.max_sessions_per_source",
+                self.limits.max_sessions_per_source,
+            ),
         ] {
             if value == 0 {
                 bail!("{name}: must be at least 1");
@@ -409,6 +418,7 @@ impl Settings {
             max_connections: self.limits.max_connections,
             max_pending_handshakes: self.limits.max_pending_handshakes,
             max_pending_per_source: self.limits.max_pending_per_source,
+            max_sessions_per_source: self.limits.max_sessions_per_source,
         }
     }
 

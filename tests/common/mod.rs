@@ -25,7 +25,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_penaltybox");
 /// A running `penaltybox serve`.
 pub struct Server {
     child: Option<Child>,
+    /// The first listen address; `addrs` has them all.
     pub addr: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
     pub data_dir: PathBuf,
     pub public_key: PublicKey,
     /// An admin key of this server, and its file.
@@ -169,6 +171,7 @@ impl ServerSpec {
         let mut server = Server {
             child: Some(child),
             addr: "0.0.0.0:0".parse().unwrap(),
+            addrs: Vec::new(),
             data_dir: self.data_dir.to_owned(),
             public_key: PrivateKey::generate().public_key(),
             admin,
@@ -176,7 +179,13 @@ impl ServerSpec {
             log,
         };
         let ready = server.wait_ready(&ready_file, Duration::from_secs(20));
-        server.addr = ready["listen"][0].as_str().unwrap().parse().unwrap();
+        server.addrs = ready["listen"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().parse().unwrap())
+            .collect();
+        server.addr = server.addrs[0];
         server.public_key = ready["public_key"].as_str().unwrap().parse().unwrap();
         server
     }
@@ -211,6 +220,16 @@ impl Server {
     /// An admin request from 127.0.0.1.
     pub fn admin_call(&self, request: AdminRequest) -> Response {
         self.call_from("127.0.0.1", Some(&self.admin), Request::Admin(request))
+    }
+
+    /// The server's counters, or `None` if this admin call did not get
+    /// through (a test under attack may be refused like anyone else).
+    pub fn try_stats(&self) -> Option<ServerStats> {
+        let mut client = self.client_from("127.0.0.1", Some(&self.admin)).ok()?;
+        match block_on(client.call(&Request::Admin(AdminRequest::Stats))) {
+            Ok(Response::Stats(stats)) => Some(stats),
+            _ => None,
+        }
     }
 
     /// The server's counters.
