@@ -68,13 +68,10 @@ fn idle_connections_from_many_sources_do_not_lock_clients_out() {
     let served = ping_loop(&server);
     assert_served(served, &server);
     let stats = server.stats();
-    // Each idle connection beyond the table's room was evicted, or (while
-    // every pending one was still unread) refused as "server busy".
-    assert!(
-        stats.pending_evicted + stats.connections_over_limit >= 290,
-        "{stats:?}"
-    );
-    assert!(stats.pending_evicted >= 100, "{stats:?}");
+    // The table grew to twice its size (200); every idle connection past
+    // that was evicted, and room was made for the clients.
+    assert!(stats.pending_evicted >= 190, "{stats:?}");
+    assert!(stats.sessions_active <= 201, "{stats:?}");
     assert!(
         server
             .wait_log("pending connections to make room", Duration::from_secs(3))
@@ -95,7 +92,8 @@ fn fresh_sources_rotating_all_along_do_not_lock_clients_out() {
         let (stop, addr) = (stop.clone(), server.addr);
         std::thread::spawn(move || {
             // Bounded: at most 10,000 connections or 30 s; keeps the newest
-            // 3,000 open, so ~3× the pending table is always held.
+            // 3,000 open, so ~3× the pending table is always held; as fast
+            // as this thread can connect.
             let started = Instant::now();
             let mut open = std::collections::VecDeque::new();
             let mut made = 0;
@@ -122,7 +120,8 @@ fn fresh_sources_rotating_all_along_do_not_lock_clients_out() {
     stop.store(true, Ordering::Relaxed);
     let made = attacker.join().unwrap();
     assert_served(served, &server);
-    assert!(made > 3_000, "the attacker made only {made} connections");
+    // (Evictions began only past twice the table, 2,048 pending.)
+    assert!(made > 2_500, "the attacker made only {made} connections");
 }
 
 #[test]
@@ -247,7 +246,7 @@ fn replayed_first_messages_never_become_sessions_and_time_the_replayer_out() {
 fn a_peer_that_does_not_read_its_responses_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerSpec::new(&dir.path().join("data"))
-        .config("[timeouts]\nwrite = \"1s\"\n")
+        .config("[timeouts]\nwrite = \"1s\"\n[service]\nrequests_per_second = 100000\nrequest_burst = 100000\n")
         .start();
     // Volumes enough that every list answer is tens of kilobytes.
     let mut admin = server

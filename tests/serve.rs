@@ -52,7 +52,9 @@ fn bad_first_messages(server: &Server) -> Vec<(&'static str, Vec<u8>)> {
 fn a_valid_client_uses_the_volume_inventory() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
-    let mut client = server.client_from("127.0.0.2", None).unwrap();
+    // Writes need a client key (service.anonymous_writes is off by default).
+    let (user, _) = key_file(dir.path(), "user.key");
+    let mut client = server.client_from("127.0.0.2", Some(&user)).unwrap();
     let spec = VolumeSpec {
         id: "A00001L9".parse().unwrap(),
         media_type: "LTO-9".parse().unwrap(),
@@ -112,7 +114,8 @@ fn a_valid_client_uses_the_volume_inventory() {
             ..
         }
     ));
-    // An anonymous session may not send admin requests, and is not banned for it.
+    // A session without an admin key may not send admin requests, and is
+    // not banned for it.
     let admin = block_on(client.call(&Request::Admin(AdminRequest::Stats))).unwrap();
     assert!(matches!(
         admin,
@@ -125,6 +128,86 @@ fn a_valid_client_uses_the_volume_inventory() {
         block_on(client.call(&Request::Ping { nonce: 5 })).unwrap(),
         Response::Pong { nonce: 5 }
     );
+    // An anonymous session reads, and may not write.
+    let mut anonymous = server.client_from("127.0.0.3", None).unwrap();
+    assert!(matches!(
+        block_on(anonymous.call(&Request::GetVolume { id: spec.id })).unwrap(),
+        Response::Volume(_)
+    ));
+    match block_on(anonymous.call(&Request::PutVolume(spec.clone()))).unwrap() {
+        Response::Error {
+            code: protocol::message::ErrorCode::Forbidden,
+            message,
+        } => assert!(message.contains("service.anonymous_writes"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_inventory_cannot_fill_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (user, _) = key_file(dir.path(), "user.key");
+    let spec = |id: &str| VolumeSpec {
+        id: id.parse().unwrap(),
+        media_type: "LTO-9".parse().unwrap(),
+        location: "shelf".parse().unwrap(),
+        status: VolumeStatus::Active,
+    };
+    let limit_exceeded = |response: Response| match response {
+        Response::Error {
+            code: protocol::message::ErrorCode::LimitExceeded,
+            message,
+        } => message,
+        other => panic!("{other:?}"),
+    };
+
+    // A quota on volumes: new ones stop at the cap, existing ones still change.
+    let server = server_with(dir.path(), "[service]\nmax_volumes = 2\n");
+    let mut client = server.client_from("127.0.0.2", Some(&user)).unwrap();
+    for id in ["Q1", "Q2"] {
+        let put = block_on(client.call(&Request::PutVolume(spec(id)))).unwrap();
+        assert!(matches!(put, Response::Volume(_)), "{put:?}");
+    }
+    let full = limit_exceeded(block_on(client.call(&Request::PutVolume(spec("Q3")))).unwrap());
+    assert!(
+        full.contains("at most 2 volumes (service.max_volumes)"),
+        "{full}"
+    );
+    let again = block_on(client.call(&Request::PutVolume(spec("Q1")))).unwrap();
+    assert!(matches!(again, Response::Volume(_)), "{again:?}");
+    drop(client);
+    assert!(server.stop().success());
+
+    // A per-session request rate.
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(
+        dir.path(),
+        "[service]\nrequests_per_second = 1\nrequest_burst = 3\n",
+    );
+    let mut client = server.client_from("127.0.0.2", None).unwrap();
+    for nonce in 0..3 {
+        let pong = block_on(client.call(&Request::Ping { nonce })).unwrap();
+        assert_eq!(pong, Response::Pong { nonce });
+    }
+    let limited = limit_exceeded(block_on(client.call(&Request::Ping { nonce: 9 })).unwrap());
+    assert!(
+        limited.contains("at most 1 a second on one session"),
+        "{limited}"
+    );
+    assert!(server.stats().requests_rate_limited >= 1);
+    drop(client);
+    assert!(server.stop().success());
+
+    // A free-space reserve (here larger than any disk): inventory writes
+    // pause, time-outs still persist.
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(dir.path(), "[service]\nmin_free_mb = 1000000000\n");
+    let mut client = server.client_from("127.0.0.2", Some(&user)).unwrap();
+    let paused = limit_exceeded(block_on(client.call(&Request::PutVolume(spec("F1")))).unwrap());
+    assert!(paused.contains("service.min_free_mb"), "{paused}");
+    send_raw("127.0.14.1", server.addr, b"GET /", SHORT);
+    assert!(eventually(SHORT, || server.ban_of("127.0.14.1").is_some()));
+    server.wait_durable();
 }
 
 #[test]
@@ -134,7 +217,17 @@ fn the_client_cli_against_a_real_server() {
     let addr = server.addr.to_string();
     let key = server.public_key.to_string();
     let pub_file = server.data_dir.join("server.pub");
-    let base = ["client", "--server", &addr, "--server-key"];
+    // A client key: writes need one.
+    let (_, user_key) = key_file(dir.path(), "user.key");
+    let user_key = user_key.display().to_string();
+    let base = [
+        "client",
+        "--key",
+        &user_key,
+        "--server",
+        &addr,
+        "--server-key",
+    ];
     let run = |key: &str, rest: &[&str]| {
         let mut args: Vec<&str> = base.to_vec();
         args.push(key);

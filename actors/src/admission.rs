@@ -8,14 +8,17 @@
 //!   progress, and established sessions.
 //! - Handshakes in progress ("pending") are capped in total, but a full
 //!   table does not refuse the newcomer: a pending connection is closed
-//!   instead, the oldest one whose session is reading and has not received
-//!   a complete first message (idle and stalled connections); if there is
-//!   none, the oldest that has sent its first message but no frame yet
-//!   (replays). A connection that had data waiting when it was accepted is
-//!   not chosen before its session has read it: under a flood the workers
-//!   lag behind the acceptor, and that is a real client's first message.
-//!   Only when every pending connection is such an unknown does the table
-//!   grow, to twice its size, before a newcomer is refused ("server busy").
+//!   instead. The victim is the oldest one that has been *quiet* (no
+//!   complete first message) for at least [`QUIET_GRACE`], else the oldest
+//!   that sent its first message at least [`HEARD_GRACE`] ago and still no
+//!   frame (a replay). A connection whose bytes were already waiting when
+//!   it was accepted is not quiet until its session reads them: under a
+//!   flood the workers lag behind the acceptor, and those bytes are a real
+//!   client's first message. The graces cover a real client's round trip.
+//!   When no pending connection qualifies the table grows, up to twice its
+//!   size; there the graces give way (the oldest quiet one goes, then the
+//!   oldest that sent its first message), and only a table full of
+//!   connections with unread bytes refuses a newcomer ("server busy").
 //!   OpenSSH's MaxStartups drops new connections at random instead; that
 //!   refuses real clients with the same probability as attackers, while a
 //!   real client sends its first message at once and finishes within a
@@ -84,10 +87,12 @@ pub(crate) struct Admission {
     epoch: Instant,
 }
 
+/// A quiet connection is evicted only once it has been quiet this long.
+pub(crate) const QUIET_GRACE: Duration = Duration::from_millis(300);
 /// A connection that sent its first message is evicted only if it has had
 /// this long to send its first frame: a real client sends it within a round
 /// trip; a replayer never does.
-const HEARD_GRACE: Duration = Duration::from_millis(500);
+pub(crate) const HEARD_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct State {
@@ -103,21 +108,21 @@ struct SourceCount {
     sessions: usize,
 }
 
-// Where a pending connection is, as its session reports it: not started
-// (0, the default), reading its first message with nothing complete yet,
-// or past its whole first message.
-/// Reading its first message (nothing complete yet).
-const READING: u8 = 1;
+/// Bytes were waiting at accept, and its session has not read them yet.
+const UNREAD: u8 = 0;
+/// No complete first message (nothing was waiting at accept, or its
+/// session is reading and it is not all there).
+const QUIET: u8 = 1;
 /// Its whole first message has arrived.
 const HEARD: u8 = 2;
 
 /// What admission and the session share about one pending connection.
 #[derive(Default)]
 struct PendingSignal {
-    /// 0 (its session has not started), READING or HEARD.
+    /// UNREAD, QUIET or HEARD.
     progress: AtomicU8,
-    /// When HEARD was reached, ms after the admission's epoch.
-    heard_at_ms: AtomicU64,
+    /// When the current progress was reached, ms after the admission's epoch.
+    since_ms: AtomicU64,
     /// Set (and notified) when admission closes this connection to make room.
     evicted: AtomicBool,
     wake: Notify,
@@ -188,18 +193,24 @@ impl Admission {
         }
         let max = self.config.max_pending_handshakes;
         let now_ms = self.elapsed_ms();
-        let evicted_another = state.pending.len() >= max && state.evict_one(now_ms);
-        if !evicted_another && state.pending.len() >= max.saturating_mul(2) {
-            drop(state);
-            self.connections.fetch_sub(1, Ordering::AcqRel);
-            return Err(OverLimit::PendingHandshakes);
-        }
+        let evicted_another = if state.pending.len() >= max.saturating_mul(2) {
+            let evicted = state.evict_one(now_ms, false);
+            if !evicted {
+                drop(state);
+                self.connections.fetch_sub(1, Ordering::AcqRel);
+                return Err(OverLimit::PendingHandshakes);
+            }
+            evicted
+        } else {
+            state.pending.len() >= max && state.evict_one(now_ms, true)
+        };
         let fill = state.pending.len() as f64 / self.config.max_pending_handshakes.max(1) as f64;
         let seq = state.next_seq;
         state.next_seq += 1;
         let signal = Arc::new(PendingSignal::default());
+        signal.since_ms.store(now_ms, Ordering::Release);
         if !sent_data {
-            signal.progress.store(READING, Ordering::Release);
+            signal.progress.store(QUIET, Ordering::Release);
         }
         state.pending.insert(seq, signal.clone());
         state.by_source.entry(source).or_default().pending += 1;
@@ -237,25 +248,27 @@ impl Admission {
 }
 
 impl State {
-    /// Closes the oldest pending connection still reading its first
-    /// message, else the oldest that sent it more than [`HEARD_GRACE`] ago
-    /// and still has no first frame; never one whose session has not
-    /// started. It leaves the pending table at once (its per-source count
-    /// goes when its session drops the slot).
-    fn evict_one(&mut self, now_ms: u64) -> bool {
-        let grace = u64::try_from(HEARD_GRACE.as_millis()).unwrap_or(u64::MAX);
-        let reading = || {
+    /// Closes the oldest pending connection quiet for [`QUIET_GRACE`], else
+    /// the oldest that sent its first message [`HEARD_GRACE`] ago and no
+    /// frame since (without `graces`, however young). It leaves the pending
+    /// table at once (its per-source count goes when its session drops the
+    /// slot).
+    fn evict_one(&mut self, now_ms: u64, graces: bool) -> bool {
+        let oldest = |wanted: u8, grace: Duration| {
+            let grace = if graces {
+                u64::try_from(grace.as_millis()).unwrap_or(u64::MAX)
+            } else {
+                0
+            };
             self.pending
                 .iter()
-                .find(|(_, signal)| signal.progress.load(Ordering::Acquire) == READING)
+                .find(|(_, signal)| {
+                    signal.progress.load(Ordering::Acquire) == wanted
+                        && now_ms.saturating_sub(signal.since_ms.load(Ordering::Acquire)) >= grace
+                })
+                .map(|(seq, _)| *seq)
         };
-        let stale_heard = || {
-            self.pending.iter().find(|(_, signal)| {
-                signal.progress.load(Ordering::Acquire) == HEARD
-                    && now_ms.saturating_sub(signal.heard_at_ms.load(Ordering::Acquire)) >= grace
-            })
-        };
-        let victim = reading().or_else(stale_heard).map(|(seq, _)| *seq);
+        let victim = oldest(QUIET, QUIET_GRACE).or_else(|| oldest(HEARD, HEARD_GRACE));
         let Some(signal) = victim.and_then(|seq| self.pending.remove(&seq)) else {
             return false;
         };
@@ -286,26 +299,29 @@ fn take(counter: &AtomicUsize, max: usize) -> bool {
 }
 
 impl Slot {
-    fn progress(&self, to: u8) {
+    fn progress(&self, from: Option<u8>, to: u8) {
         if let Some((_, signal)) = &self.pending {
+            if from.is_some_and(|from| signal.progress.load(Ordering::Acquire) != from) {
+                return;
+            }
+            signal
+                .since_ms
+                .store(self.admission.elapsed_ms(), Ordering::Release);
             signal.progress.store(to, Ordering::Release);
         }
     }
 
-    /// The session has started reading the first message.
+    /// The session has started reading the first message: bytes waiting
+    /// since accept no longer shield it (it is quiet from now on, until
+    /// `heard`).
     pub fn reading(&self) {
-        self.progress(READING);
+        self.progress(Some(UNREAD), QUIET);
     }
 
     /// The whole first message has arrived: this connection is no longer
     /// among the first to be evicted.
     pub fn heard(&self) {
-        if let Some((_, signal)) = &self.pending {
-            signal
-                .heard_at_ms
-                .store(self.admission.elapsed_ms(), Ordering::Release);
-        }
-        self.progress(HEARD);
+        self.progress(None, HEARD);
     }
 
     /// Resolves when admission evicts this pending connection; never, once
@@ -382,80 +398,135 @@ mod tests {
         assert!(admission.admit(a, BASE, true).is_ok());
     }
 
+    fn is_evicted(slot: &Slot) -> bool {
+        slot.pending
+            .as_ref()
+            .unwrap()
+            .1
+            .evicted
+            .load(Ordering::Acquire)
+    }
+
+    /// Moves a slot's progress time back by `by` (instead of sleeping).
+    fn age(slot: &Slot, by: Duration) {
+        let signal = &slot.pending.as_ref().unwrap().1;
+        let since = signal.since_ms.load(Ordering::Acquire);
+        let by = u64::try_from(by.as_millis()).unwrap();
+        signal
+            .since_ms
+            .store(since.saturating_sub(by), Ordering::Release);
+    }
+
     #[test]
     fn a_full_pending_table_evicts_the_oldest_quiet_connection() {
         let admission = Admission::new(config());
+        // The epoch must be older than the graces for ageing to work.
+        std::thread::sleep(HEARD_GRACE);
         let old_quiet = admission
-            .admit(prefix("192.0.2.1/32"), BASE, true)
+            .admit(prefix("192.0.2.1/32"), BASE, false)
             .unwrap()
             .slot;
-        old_quiet.reading();
         let old_heard = admission
             .admit(prefix("192.0.2.2/32"), BASE, true)
             .unwrap()
             .slot;
         old_heard.heard();
         let newer_quiet = admission
-            .admit(prefix("192.0.2.3/32"), BASE, true)
+            .admit(prefix("192.0.2.3/32"), BASE, false)
             .unwrap()
             .slot;
-        newer_quiet.reading();
-        let newcomer = admission.admit(prefix("192.0.2.4/32"), BASE, true).unwrap();
+        // Nobody has been quiet long enough yet: the table grows instead.
+        let young = admission.admit(prefix("192.0.2.4/32"), BASE, true).unwrap();
+        assert!(!young.evicted_another);
+        for slot in [&old_quiet, &newer_quiet] {
+            age(slot, QUIET_GRACE);
+        }
+        let newcomer = admission.admit(prefix("192.0.2.5/32"), BASE, true).unwrap();
         assert!(newcomer.evicted_another);
-        assert!(
-            old_quiet
-                .pending
-                .as_ref()
-                .unwrap()
-                .1
-                .evicted
-                .load(Ordering::Acquire)
-        );
-        assert!(
-            !newer_quiet
-                .pending
-                .as_ref()
-                .unwrap()
-                .1
-                .evicted
-                .load(Ordering::Acquire)
-        );
+        assert!(is_evicted(&old_quiet) && !is_evicted(&newer_quiet));
         // The eviction wakes the evicted session, even if it waits later.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         runtime.block_on(old_quiet.evicted());
-        // With no quiet connection left, one that sent its first message
-        // goes, but only once it has had HEARD_GRACE for its first frame.
+        // No quiet one left: one that sent its first message goes, once it
+        // has had HEARD_GRACE for its first frame.
         newer_quiet.heard();
-        newcomer.slot.heard();
-        let crowded = admission.admit(prefix("192.0.2.5/32"), BASE, true).unwrap();
-        assert!(!crowded.evicted_another, "everyone is within the grace");
-        for slot in [&old_heard, &newer_quiet, &newcomer.slot] {
-            let signal = &slot.pending.as_ref().unwrap().1;
-            signal.heard_at_ms.store(0, Ordering::Release);
-        }
-        std::thread::sleep(HEARD_GRACE);
-        let last = admission.admit(prefix("192.0.2.6/32"), BASE, true).unwrap();
+        let crowded = admission.admit(prefix("192.0.2.6/32"), BASE, true).unwrap();
+        assert!(!crowded.evicted_another, "everyone is within a grace");
+        age(&old_heard, HEARD_GRACE);
+        let last = admission.admit(prefix("192.0.2.7/32"), BASE, true).unwrap();
         assert!(last.evicted_another);
-        assert!(
-            old_heard
-                .pending
-                .as_ref()
-                .unwrap()
-                .1
-                .evicted
-                .load(Ordering::Acquire)
-        );
-        drop((old_quiet, old_heard, newer_quiet, newcomer, crowded, last));
+        assert!(is_evicted(&old_heard));
+        drop((
+            old_quiet,
+            old_heard,
+            newer_quiet,
+            young,
+            newcomer,
+            crowded,
+            last,
+        ));
         let state = admission.state();
         assert!(state.pending.is_empty() && state.by_source.is_empty());
         assert_eq!(admission.connections.load(Ordering::Acquire), 0);
     }
 
     #[test]
-    fn unstarted_connections_are_never_evicted_the_table_grows_then_refuses() {
+    fn bytes_waiting_at_accept_shield_a_connection_until_its_session_reads() {
+        let admission = Admission::new(config());
+        std::thread::sleep(QUIET_GRACE);
+        let waiting = admission
+            .admit(prefix("192.0.2.1/32"), BASE, true)
+            .unwrap()
+            .slot;
+        let idle = admission
+            .admit(prefix("192.0.2.2/32"), BASE, false)
+            .unwrap()
+            .slot;
+        let _third = admission.admit(prefix("192.0.2.3/32"), BASE, true).unwrap();
+        age(&waiting, QUIET_GRACE);
+        age(&idle, QUIET_GRACE);
+        assert!(
+            admission
+                .admit(prefix("192.0.2.4/32"), BASE, true)
+                .unwrap()
+                .evicted_another
+        );
+        assert!(is_evicted(&idle) && !is_evicted(&waiting));
+        // Once its session reads and finds no whole message, it is quiet,
+        // from then on.
+        waiting.reading();
+        assert!(
+            !admission
+                .admit(prefix("192.0.2.5/32"), BASE, true)
+                .unwrap()
+                .evicted_another
+        );
+    }
+
+    #[test]
+    fn at_twice_the_table_the_graces_give_way() {
+        let admission = Admission::new(config());
+        let quiet: Vec<_> = (1..=6)
+            .map(|i| {
+                let admitted = admission
+                    .admit(prefix(&format!("192.0.2.{i}/32")), BASE, false)
+                    .unwrap();
+                assert!(!admitted.evicted_another, "{i}: all within the grace");
+                admitted.slot
+            })
+            .collect();
+        let seventh = admission
+            .admit(prefix("192.0.2.7/32"), BASE, false)
+            .unwrap();
+        assert!(seventh.evicted_another);
+        assert!(is_evicted(&quiet[0]) && !is_evicted(&quiet[1]));
+    }
+
+    #[test]
+    fn unread_connections_are_never_evicted_the_table_grows_then_refuses() {
         let admission = Admission::new(config());
         let slots: Vec<_> = (1..=6)
             .map(|i| {
@@ -472,31 +543,6 @@ mod tests {
         );
         assert!(!OverLimit::PendingHandshakes.is_per_source());
         drop(slots);
-    }
-
-    #[test]
-    fn a_connection_that_sent_nothing_by_accept_is_evictable_at_once() {
-        let admission = Admission::new(config());
-        let waiting = admission.admit(prefix("192.0.2.1/32"), BASE, true).unwrap();
-        let idle = admission
-            .admit(prefix("192.0.2.2/32"), BASE, false)
-            .unwrap();
-        let _third = admission.admit(prefix("192.0.2.3/32"), BASE, true).unwrap();
-        assert!(
-            admission
-                .admit(prefix("192.0.2.4/32"), BASE, true)
-                .unwrap()
-                .evicted_another
-        );
-        let evicted = |slot: &Slot| {
-            slot.pending
-                .as_ref()
-                .unwrap()
-                .1
-                .evicted
-                .load(Ordering::Acquire)
-        };
-        assert!(evicted(&idle.slot) && !evicted(&waiting.slot));
     }
 
     #[test]

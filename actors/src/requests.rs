@@ -5,8 +5,15 @@
 //! Errors are answered by whose fault they are: the client's mistake is
 //! `InvalidRequest`, a failure on the server's side (storage, a registry
 //! that is gone) is `Internal`, with the detail in the server log.
+//!
+//! The inventory cannot be used to fill the disk: anonymous sessions may
+//! not write it (unless `service.anonymous_writes`), it holds at most
+//! `service.max_volumes`, and writes stop while the data disk has less
+//! than `service.min_free_mb` free (time-outs still persist: they are
+//! small, and they are what protects the server). Each is `LimitExceeded`,
+//! with the setting named.
 
-use protocol::message::{AdminRequest, ErrorCode, MAX_PAGE, Volume};
+use protocol::message::{AdminRequest, ErrorCode, MAX_PAGE, Volume, VolumeId};
 use protocol::{Request, Response, Role};
 
 use crate::policy::AdminBan;
@@ -16,11 +23,79 @@ use crate::{BanError, now_ms};
 
 /// Who is asking: the session's source and its id (an admin time-out of
 /// their own address closes every session in it except the asking one,
-/// which gets its answer and ends when the client goes).
+/// which gets its answer and ends when the client goes), and whether the
+/// session has a client key.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Requester {
     pub ip: std::net::IpAddr,
     pub session: u64,
+    pub anonymous: bool,
+}
+
+/// Limits on what clients may do with the inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Anonymous (Noise NK) sessions may write the inventory.
+    pub anonymous_writes: bool,
+    pub max_volumes: usize,
+    /// Inventory writes stop below this many free bytes on the data disk.
+    pub min_free_bytes: u64,
+    /// Requests per second one session may send, sustained, and in a burst.
+    pub requests_per_second: u32,
+    pub request_burst: u32,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            anonymous_writes: false,
+            max_volumes: 100_000,
+            min_free_bytes: 64 << 20,
+            requests_per_second: 1_000,
+            request_burst: 2_000,
+        }
+    }
+}
+
+/// Why an inventory write is not allowed, if it is not.
+fn refuse_write(
+    shared: &Shared,
+    requester: Requester,
+    new_id: Option<&VolumeId>,
+) -> Option<Response> {
+    let config = &shared.service;
+    if requester.anonymous && !config.anonymous_writes {
+        return Some(error(
+            ErrorCode::Forbidden,
+            "anonymous sessions may not write the inventory (service.anonymous_writes); connect with a client key".into(),
+        ));
+    }
+    if let Some(id) = new_id
+        && shared.store.volumes().len() >= config.max_volumes
+        && !shared.store.volumes().contains(id).unwrap_or(false)
+    {
+        return Some(error(
+            ErrorCode::LimitExceeded,
+            format!(
+                "the inventory is full: it holds at most {} volumes (service.max_volumes)",
+                config.max_volumes
+            ),
+        ));
+    }
+    if shared
+        .store
+        .free_bytes()
+        .is_some_and(|free| free < config.min_free_bytes)
+    {
+        return Some(error(
+            ErrorCode::LimitExceeded,
+            format!(
+                "the server's data disk has less than {} MiB free (service.min_free_mb): inventory writes are paused",
+                config.min_free_bytes >> 20
+            ),
+        ));
+    }
+    None
 }
 
 pub(crate) async fn handle(
@@ -35,6 +110,9 @@ pub(crate) async fn handle(
     match request {
         Request::Ping { nonce } => Response::Pong { nonce },
         Request::PutVolume(spec) => {
+            if let Some(refused) = refuse_write(shared, requester, Some(&spec.id)) {
+                return refused;
+            }
             let volume = Volume {
                 spec,
                 updated_at_ms: now_ms(),
@@ -50,6 +128,9 @@ pub(crate) async fn handle(
             Err(e) => storage_error(e),
         },
         Request::MoveVolume { id, location } => {
+            if let Some(refused) = refuse_write(shared, requester, None) {
+                return refused;
+            }
             match shared.store.volumes().move_to(&id, location, now_ms()) {
                 Ok(Some(volume)) => Response::Volume(volume),
                 Ok(None) => error(ErrorCode::NotFound, format!("no volume {id}")),

@@ -23,18 +23,21 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use actix::prelude::*;
 use model::ban::{BanCause, FirstBytes};
 use protocol::connection::{Connection, ConnectionError};
 use protocol::initiation::{ReadInitiationError, read_initiation};
-use protocol::{Request, Role};
+use protocol::message::ErrorCode;
+use protocol::{Request, Response, Role};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::admission::Slot;
 use crate::policy::cause_of;
+use crate::rate_limit::TokenBucket;
 use crate::registry::{Ban, Kick, SessionClosed, SessionOpened};
 use crate::requests;
 use crate::startup::Shared;
@@ -57,6 +60,8 @@ pub(crate) struct Session {
 struct Established {
     connection: Connection<TcpStream>,
     role: Role,
+    /// No client key (Noise NK).
+    anonymous: bool,
     /// The connection slot, held until the session ends.
     slot: Slot,
     /// The first request, which authenticated the session.
@@ -145,11 +150,17 @@ impl Session {
         let Established {
             mut connection,
             role,
+            anonymous,
             slot,
             first,
         } = established;
+        let requester = requests::Requester {
+            ip: peer.ip(),
+            session: id,
+            anonymous,
+        };
         let requests = async move {
-            serve(&mut connection, peer, id, &shared, role, first).await;
+            serve(&mut connection, peer, requester, &shared, role, first).await;
             drop(slot);
         };
         ctx.spawn(requests.into_actor(self).map(|(), _, ctx| ctx.stop()));
@@ -275,6 +286,7 @@ async fn handshake(
     Some(Established {
         connection,
         role,
+        anonymous: matches!(who, protocol::Peer::Anonymous),
         slot,
         first,
     })
@@ -285,11 +297,17 @@ async fn handshake(
 async fn serve(
     connection: &mut Connection<TcpStream>,
     peer: SocketAddr,
-    id: u64,
+    requester: requests::Requester,
     shared: &Shared,
     role: Role,
     first: Request,
 ) {
+    let service = &shared.service;
+    let mut bucket = TokenBucket::new(
+        service.requests_per_second,
+        service.request_burst,
+        Instant::now(),
+    );
     let mut next = Some(first);
     loop {
         let request = match next.take() {
@@ -309,11 +327,19 @@ async fn serve(
                 Ok(Ok(Some(request))) => request,
             },
         };
-        let requester = requests::Requester {
-            ip: peer.ip(),
-            session: id,
+        let response = if bucket.try_take(Instant::now()) {
+            requests::handle(shared, role, requester, request).await
+        } else {
+            bump(&shared.stats.requests_rate_limited);
+            Response::Error {
+                code: ErrorCode::LimitExceeded,
+                message: format!(
+                    "too many requests: at most {} a second on one session (try again in {} ms)",
+                    service.requests_per_second,
+                    bucket.wait().as_millis().max(1)
+                ),
+            }
         };
-        let response = requests::handle(shared, role, requester, request).await;
         match timeout(shared.write_timeout, connection.send(&response)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {

@@ -19,6 +19,7 @@ use crate::ban_core::{BanCore, BootReport};
 use crate::kernel_sync::KernelSync;
 use crate::policy::BanPolicy;
 use crate::registry::{BanRegistry, Flush};
+use crate::requests::ServiceConfig;
 use crate::stats::Stats;
 use crate::view::BanView;
 use protocol::message::ServerStats;
@@ -34,6 +35,7 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// How long a response may wait for the peer to take it.
     pub write_timeout: Duration,
+    pub service: ServiceConfig,
     /// Worker threads (arbiters) running sessions.
     pub workers: usize,
     /// The kernel tier's table, when there is one.
@@ -55,6 +57,7 @@ pub(crate) struct Shared {
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
+    pub service: ServiceConfig,
 }
 
 impl Shared {
@@ -129,6 +132,7 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
         handshake_timeout: config.handshake_timeout,
         idle_timeout: config.idle_timeout,
         write_timeout: config.write_timeout,
+        service: config.service,
     });
     let workers: Vec<Arbiter> = (0..config.workers.max(1)).map(|_| Arbiter::new()).collect();
     let handles = Arc::new(workers.iter().map(Arbiter::handle).collect::<Vec<_>>());

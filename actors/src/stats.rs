@@ -21,6 +21,8 @@ pub struct Stats {
     pub(crate) pending_evicted: AtomicU64,
     /// Sessions closed because the peer did not take its responses.
     pub(crate) sessions_not_reading: AtomicU64,
+    /// Requests answered "too many requests" (per-session rate limit).
+    pub(crate) requests_rate_limited: AtomicU64,
     /// Established sessions closed because their source was timed out.
     pub(crate) sessions_kicked: AtomicU64,
     pub(crate) handshakes_completed: AtomicU64,
@@ -40,6 +42,7 @@ impl Default for Stats {
             sessions_active: AtomicU64::new(0),
             pending_evicted: AtomicU64::new(0),
             sessions_not_reading: AtomicU64::new(0),
+            requests_rate_limited: AtomicU64::new(0),
             sessions_kicked: AtomicU64::new(0),
             handshakes_completed: AtomicU64::new(0),
             bans_total: AtomicU64::new(0),
@@ -65,6 +68,7 @@ impl Stats {
             sessions_active: get(&self.sessions_active),
             pending_evicted: get(&self.pending_evicted),
             sessions_not_reading: get(&self.sessions_not_reading),
+            requests_rate_limited: get(&self.requests_rate_limited),
             sessions_kicked: get(&self.sessions_kicked),
             handshakes_completed: get(&self.handshakes_completed),
             bans_active: bans_active as u64,

@@ -92,9 +92,12 @@ pub enum Response {
 pub enum ErrorCode {
     NotFound,
     InvalidRequest,
-    /// An admin request on a session without an admin key.
+    /// An admin request on a session without an admin key, or a write on
+    /// an anonymous session where only keys may write.
     Forbidden,
     Internal,
+    /// A quota or rate limit: the request may succeed later.
+    LimitExceeded,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
@@ -110,6 +113,8 @@ pub struct ServerStats {
     pub pending_evicted: u64,
     /// Sessions closed because the peer did not take its responses.
     pub sessions_not_reading: u64,
+    /// Requests refused by the per-session rate limit.
+    pub requests_rate_limited: u64,
     /// Established sessions closed because their source was timed out.
     pub sessions_kicked: u64,
     pub handshakes_completed: u64,

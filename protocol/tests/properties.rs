@@ -134,7 +134,7 @@ fn response() -> impl Strategy<Value = Response> {
         ban().prop_map(Response::BanAdded),
         (cidr(), any::<bool>())
             .prop_map(|(prefix, existed)| Response::BanRemoved { prefix, existed }),
-        any::<[u64; 16]>().prop_map(|v| Response::Stats(ServerStats {
+        any::<[u64; 17]>().prop_map(|v| Response::Stats(ServerStats {
             uptime_secs: v[0],
             connections_accepted: v[1],
             connections_refused: v[2],
@@ -142,6 +142,7 @@ fn response() -> impl Strategy<Value = Response> {
             sessions_active: v[4],
             pending_evicted: v[14],
             sessions_not_reading: v[15],
+            requests_rate_limited: v[16],
             sessions_kicked: v[5],
             handshakes_completed: v[6],
             bans_active: v[7],
@@ -157,7 +158,8 @@ fn response() -> impl Strategy<Value = Response> {
                 ErrorCode::NotFound,
                 ErrorCode::InvalidRequest,
                 ErrorCode::Forbidden,
-                ErrorCode::Internal
+                ErrorCode::Internal,
+                ErrorCode::LimitExceeded
             ]),
             "\\PC{0,100}"
         )

@@ -61,6 +61,7 @@ fn start_server(dir: &std::path::Path) -> (SocketAddr, PublicKey, ServerHandle) 
         handshake_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(60),
         write_timeout: Duration::from_secs(10),
+        service: Default::default(),
         workers: 1,
         kernel: None,
     };

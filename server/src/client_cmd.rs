@@ -213,6 +213,7 @@ fn unexpected(response: Response) -> anyhow::Result<ExitCode> {
                 ErrorCode::InvalidRequest => "invalid request",
                 ErrorCode::Forbidden => "forbidden",
                 ErrorCode::Internal => "internal error",
+                ErrorCode::LimitExceeded => "limit exceeded",
             };
             anyhow::bail!("server: {what}: {message}")
         }

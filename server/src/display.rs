@@ -27,6 +27,7 @@ pub fn stats_json(stats: &ServerStats) -> serde_json::Value {
         "sessions_active": stats.sessions_active,
         "pending_evicted": stats.pending_evicted,
         "sessions_not_reading": stats.sessions_not_reading,
+        "requests_rate_limited": stats.requests_rate_limited,
         "sessions_kicked": stats.sessions_kicked,
         "handshakes_completed": stats.handshakes_completed,
         "bans_active": stats.bans_active,

@@ -84,6 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         handshake_timeout: settings.timeouts.handshake.0,
         idle_timeout: settings.timeouts.idle.0,
         write_timeout: settings.timeouts.write.0,
+        service: settings.service(),
         workers,
         kernel: crate::kernel_wiring::open(&settings.kernel),
     };

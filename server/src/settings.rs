@@ -30,7 +30,35 @@ pub struct Settings {
     pub bans: BanSettings,
     pub limits: LimitSettings,
     pub storage: StorageSettings,
+    pub service: ServiceSettings,
     pub kernel: KernelSettings,
+}
+
+/// What clients may do with the inventory (see actors' `ServiceConfig`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceSettings {
+    /// Anonymous (keyless) sessions may write the inventory.
+    pub anonymous_writes: bool,
+    pub max_volumes: usize,
+    /// Inventory writes pause below this much free space on the data disk.
+    pub min_free_mb: u64,
+    /// Per session: requests a second, sustained and in a burst.
+    pub requests_per_second: u32,
+    pub request_burst: u32,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        let service = actors::ServiceConfig::default();
+        ServiceSettings {
+            anonymous_writes: service.anonymous_writes,
+            max_volumes: service.max_volumes,
+            min_free_mb: service.min_free_bytes >> 20,
+            requests_per_second: service.requests_per_second,
+            request_burst: service.request_burst,
+        }
+    }
 }
 
 /// The kernel tier (XDP). Off unless `table` or `xdp_iface` is set.
@@ -176,6 +204,7 @@ impl Default for Settings {
             bans: BanSettings::default(),
             limits: LimitSettings::default(),
             storage: StorageSettings::default(),
+            service: ServiceSettings::default(),
             kernel: KernelSettings::default(),
         }
     }
@@ -350,6 +379,9 @@ impl Settings {
             MAX_TIME_OUT,
             "10 years",
         )?;
+        if self.service.requests_per_second == 0 || self.service.request_burst == 0 {
+            bail!("service.requests_per_second and service.request_burst: must be at least 1");
+        }
         check_duration(
             "storage.flush_interval",
             self.storage.flush_interval,
@@ -419,6 +451,17 @@ impl Settings {
             max_pending_handshakes: self.limits.max_pending_handshakes,
             max_pending_per_source: self.limits.max_pending_per_source,
             max_sessions_per_source: self.limits.max_sessions_per_source,
+        }
+    }
+
+    pub fn service(&self) -> actors::ServiceConfig {
+        let s = &self.service;
+        actors::ServiceConfig {
+            anonymous_writes: s.anonymous_writes,
+            max_volumes: s.max_volumes,
+            min_free_bytes: s.min_free_mb.saturating_mul(1 << 20),
+            requests_per_second: s.requests_per_second,
+            request_burst: s.request_burst,
         }
     }
 

@@ -84,6 +84,7 @@ pub struct Store {
     shared: Arc<Shared>,
     /// Held (flock) for as long as any clone lives.
     _lock: Arc<std::fs::File>,
+    dir: PathBuf,
 }
 
 /// What every tree handle shares: the group commit and the error count.
@@ -193,6 +194,7 @@ impl Store {
             db,
             shared,
             _lock: Arc::new(lock),
+            dir: dir.to_owned(),
         })
     }
 
@@ -224,6 +226,17 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         // The commit thread counts flush failures itself.
         self.shared.commit.flush_now().map_err(StorageError::Sled)
+    }
+
+    /// Bytes free for an unprivileged writer on the database's file
+    /// system, if the system says.
+    pub fn free_bytes(&self) -> Option<u64> {
+        let path = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: statvfs writes into the struct we own; the path is a
+        // NUL-terminated string that outlives the call.
+        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stats) };
+        (rc == 0).then(|| stats.f_bavail.saturating_mul(stats.f_frsize))
     }
 
     /// Bytes sled uses on disk.

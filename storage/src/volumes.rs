@@ -2,6 +2,7 @@
 //! in id order.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use model::volume::{Location, Volume, VolumeId};
 
@@ -12,18 +13,43 @@ use crate::{Result, Shared, page};
 pub struct VolumeStore {
     tree: sled::Tree,
     shared: Arc<Shared>,
+    /// Volumes stored: counted once at open, then kept up to date, because
+    /// sled's own `len` walks the whole tree.
+    count: Arc<AtomicUsize>,
 }
 
 impl VolumeStore {
     pub(crate) fn new(tree: sled::Tree, shared: Arc<Shared>) -> Self {
-        VolumeStore { tree, shared }
+        let count = Arc::new(AtomicUsize::new(tree.len()));
+        VolumeStore {
+            tree,
+            shared,
+            count,
+        }
     }
 
     pub fn put(&self, volume: &Volume) -> Result<()> {
         let value = encode_volume(volume);
-        self.shared
+        let old = self
+            .shared
             .wrote(self.tree.insert(volume.spec.id.as_str(), value))?;
+        if old.is_none() {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
+    }
+
+    /// How many volumes are stored.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, id: &VolumeId) -> Result<bool> {
+        self.shared.read(self.tree.contains_key(id.as_str()))
     }
 
     pub fn get(&self, id: &VolumeId) -> Result<Option<Volume>> {
@@ -103,9 +129,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         let volumes = store.volumes();
-        for id in ["A3", "A1", "A2"] {
+        for id in ["A3", "A1", "A2", "A1"] {
             volumes.put(&volume(id, "library")).unwrap();
         }
+        assert_eq!(volumes.len(), 3, "a replaced volume is counted once");
+        assert!(volumes.contains(&"A2".parse().unwrap()).unwrap());
         let a1: VolumeId = "A1".parse().unwrap();
         assert_eq!(volumes.get(&a1).unwrap(), Some(volume("A1", "library")));
         let moved = volumes
