@@ -28,12 +28,15 @@ use model::cidr::Cidr;
 use storage::{StorageError, Store};
 
 use crate::BanError;
+use crate::error_summary::ErrorSummary;
 use crate::kernel_sync::KernelSync;
 use crate::policy::{AdminBan, BanPolicy, expiry_after};
 use crate::stats::{Stats, bump};
 use crate::view::BanView;
 
 pub struct BanCore {
+    /// Storage failures, one log line a second.
+    storage_errors: ErrorSummary,
     policy: BanPolicy,
     view: Arc<BanView>,
     by_expiry: BTreeSet<(u64, Cidr)>,
@@ -107,6 +110,7 @@ impl BanCore {
         }
         let elapsed = started.elapsed();
         let mut core = BanCore {
+            storage_errors: storage_error_summary(),
             policy,
             view,
             by_expiry,
@@ -129,6 +133,7 @@ impl BanCore {
     /// admin ban or release needs only storage and the policy).
     pub fn offline(policy: BanPolicy, store: Store) -> Self {
         BanCore {
+            storage_errors: storage_error_summary(),
             policy,
             view: Arc::new(BanView::default()),
             by_expiry: BTreeSet::new(),
@@ -175,10 +180,15 @@ impl BanCore {
         {
             return BanOutcome::AlreadyBanned(prefix);
         }
-        let history = self.store.bans().history(&prefix).unwrap_or_else(|error| {
-            log::error!("could not read the ban history of {prefix} (no escalation): {error}");
-            None
-        });
+        let history = match self.store.bans().history(&prefix) {
+            Ok(history) => history,
+            Err(error) => {
+                self.storage_failed(|| {
+                    format!("could not read the ban history of {prefix} (no escalation): {error}")
+                });
+                None
+            }
+        };
         let decision = self.policy.decide(cause, history, now_ms);
         let record = BanInfo {
             prefix,
@@ -288,9 +298,12 @@ impl BanCore {
             released += 1;
             log::info!("released {prefix}: time-out over");
             if let Err(error) = self.store.bans().remove(&prefix) {
-                log::error!("could not persist the expiry of {prefix}: {error}");
+                self.storage_failed(|| {
+                    format!("could not persist the expiry of {prefix}: {error}")
+                });
             }
         }
+        self.storage_errors.flush(Instant::now());
         released
     }
 
@@ -341,10 +354,10 @@ impl BanCore {
         self.by_expiry.insert((record.expires_at_ms, record.prefix));
         self.kernel_insert(&record.prefix, record.expires_at_ms, now_ms);
         if let Err(error) = self.store.bans().put(record) {
-            log::error!(
-                "could not persist the ban of {} (kept in memory): {error}",
-                record.prefix
-            );
+            let prefix = record.prefix;
+            self.storage_failed(|| {
+                format!("could not persist the ban of {prefix} (kept in memory): {error}")
+            });
         }
         bump(&self.stats.bans_total);
     }
@@ -362,7 +375,9 @@ impl BanCore {
                 ))
             );
             if let Err(error) = self.store.bans().remove(&prefix) {
-                log::error!("could not persist the eviction of {prefix}: {error}");
+                self.storage_failed(|| {
+                    format!("could not persist the eviction of {prefix}: {error}")
+                });
             }
         }
     }
@@ -376,6 +391,10 @@ impl BanCore {
             }
             None => false,
         }
+    }
+
+    fn storage_failed(&mut self, detail: impl FnOnce() -> String) {
+        self.storage_errors.failed(detail, Instant::now());
     }
 
     /// Makes the kernel table hold exactly the live bans: entries it has
@@ -441,6 +460,10 @@ impl BanCore {
             log::warn!("kernel table: cannot remove {prefix}: {error}");
         }
     }
+}
+
+fn storage_error_summary() -> ErrorSummary {
+    ErrorSummary::new("storage error", Duration::from_secs(1))
 }
 
 /// "16 03 01 00 f4" for logs: short, and safe whatever the bytes are.

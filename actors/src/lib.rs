@@ -21,6 +21,7 @@
 mod acceptor;
 mod admission;
 mod ban_core;
+mod error_summary;
 mod kernel_sync;
 mod policy;
 mod rate_limit;

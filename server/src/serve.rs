@@ -140,7 +140,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         match flushed {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(error) => {
-                log::error!("the time-out table was not fully persisted: {error}");
+                log::error!(
+                    "stopped, but {} writes (time-outs, releases, their history) were not persisted: {error}",
+                    stats.storage_unflushed
+                );
                 Ok(ExitCode::FAILURE)
             }
         }

@@ -111,6 +111,9 @@ impl Drop for GroupCommit {
 impl State {
     fn run(&self) {
         let mut last_flush = Instant::now();
+        // A failing flush is retried every interval; it is logged when it
+        // starts failing, once a second while it does, and when it works again.
+        let mut failing: Option<(u64, Instant)> = None;
         loop {
             {
                 let mut flags = self.flags.lock().unwrap_or_else(|p| p.into_inner());
@@ -128,11 +131,37 @@ impl State {
             }
             self.flags.lock().unwrap_or_else(|p| p.into_inner()).dirty = false;
             last_flush = Instant::now();
-            if let Err(error) = self.flush() {
-                log::error!(
-                    "database flush failed (writes stay in memory and are retried): {error}"
-                );
-                self.flags.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
+            match self.flush() {
+                Ok(()) => {
+                    if let Some((failures, _)) = failing.take() {
+                        log::warn!("database flushes work again, after {failures} failed");
+                    }
+                }
+                Err(error) => {
+                    let unflushed = self
+                        .written
+                        .load(Ordering::Acquire)
+                        .saturating_sub(self.durable.load(Ordering::Acquire));
+                    match &mut failing {
+                        None => {
+                            log::error!(
+                                "database flush failed (writes stay in memory and are retried every {:?}): {error}",
+                                self.interval
+                            );
+                            failing = Some((1, Instant::now()));
+                        }
+                        Some((failures, logged)) => {
+                            *failures += 1;
+                            if logged.elapsed() >= Duration::from_secs(1) {
+                                log::error!(
+                                    "database flush still failing ({failures} attempts, {unflushed} writes not durable): {error}"
+                                );
+                                *logged = Instant::now();
+                            }
+                        }
+                    }
+                    self.flags.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
+                }
             }
         }
     }

@@ -341,6 +341,18 @@ impl Server {
         self.wait()
     }
 
+    /// SIGTERM and wait; returns the exit status and the whole log.
+    pub fn stop_with_log(mut self) -> (ExitStatus, String) {
+        self.signal("-TERM");
+        let status = self.wait();
+        // The log reader finishes when the process's stderr closes.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && !self.log_text().contains("stopped") {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (status, self.log_text())
+    }
+
     /// Waits for an exit caused by a signal already sent.
     pub fn stop_after_signal(mut self) -> ExitStatus {
         self.wait()
