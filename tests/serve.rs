@@ -1056,7 +1056,8 @@ fn a_stored_record_with_an_absurd_expiry_loads_and_lists() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // What an earlier release could write for `--for 10000years`: a valid
-    // format-1 record whose expiry is the largest there is.
+    // format-1 record (expiry, format, banned-at, repeat, cause, first
+    // bytes) whose expiry is the largest there is.
     {
         let db = sled::open(data.join("db")).unwrap();
         let mut value = u64::MAX.to_be_bytes().to_vec();
@@ -1064,7 +1065,6 @@ fn a_stored_record_with_an_absurd_expiry_loads_and_lists() {
         let mut prefix = [0u8; 18];
         prefix[..5].copy_from_slice(&[4, 127, 0, 12, 0]);
         prefix[17] = 24;
-        value.extend_from_slice(&prefix);
         value.extend_from_slice(&1_764_000_000_000u64.to_be_bytes());
         value.extend_from_slice(&1u32.to_be_bytes());
         value.push(5);

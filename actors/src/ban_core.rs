@@ -6,7 +6,7 @@
 //! It owns the table in three forms, each for one reader, and keeps them in
 //! step:
 //! - the [`BanView`] (prefix → expiry) the acceptors check per connection;
-//! - `by_expiry`, ordered by expiry, for the release sweep and for evicting
+//! - `by_expiry`, a min-heap by expiry, for the release sweep and for evicting
 //!   the entry closest to expiry when the table is full;
 //! - the sled `bans` tree (full records), for restarts and the admin list;
 //!
@@ -18,7 +18,8 @@
 //! stays in force in memory. A kernel error likewise (the userspace tier
 //! still enforces).
 
-use std::collections::{BTreeSet, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +40,12 @@ pub struct BanCore {
     storage_errors: ErrorSummary,
     policy: BanPolicy,
     view: Arc<BanView>,
-    by_expiry: BTreeSet<(u64, Cidr)>,
+    /// Lazy: an entry whose expiry no longer matches the view's (released,
+    /// or replaced by a new ban of the prefix) is skipped when it comes up.
+    /// A heap costs 32 bytes a time-out where an ordered set that deletes
+    /// eagerly costs twice that, and a million live time-outs is the design
+    /// load.
+    by_expiry: BinaryHeap<Reverse<(u64, Cidr)>>,
     store: Store,
     kernel: Option<Box<dyn KernelSync>>,
     stats: Arc<Stats>,
@@ -103,10 +109,10 @@ impl BanCore {
     ) -> Result<(Self, BootReport), StorageError> {
         let started = Instant::now();
         let loaded = store.bans().load_live(now_ms)?;
-        let mut by_expiry = BTreeSet::new();
+        let mut by_expiry = BinaryHeap::with_capacity(loaded.live.len());
         for (prefix, expires) in &loaded.live {
             view.insert(*prefix, *expires);
-            by_expiry.insert((*expires, *prefix));
+            by_expiry.push(Reverse((*expires, *prefix)));
         }
         let elapsed = started.elapsed();
         let mut core = BanCore {
@@ -136,7 +142,7 @@ impl BanCore {
             storage_errors: storage_error_summary(),
             policy,
             view: Arc::new(BanView::default()),
-            by_expiry: BTreeSet::new(),
+            by_expiry: BinaryHeap::new(),
             store,
             kernel: None,
             stats: Arc::new(Stats::default()),
@@ -288,16 +294,19 @@ impl BanCore {
     /// how many.
     pub fn expire(&mut self, now_ms: u64) -> usize {
         let mut released = 0;
-        while let Some(&(expires, prefix)) = self.by_expiry.first() {
+        while let Some(&Reverse((expires, prefix))) = self.by_expiry.peek() {
             if expires > now_ms {
                 break;
             }
-            self.by_expiry.pop_first();
+            self.by_expiry.pop();
+            if self.view.expiry(&prefix) != Some(expires) {
+                continue; // stale: released or replaced since
+            }
             self.view.remove(&prefix);
             self.kernel_remove(&prefix);
             released += 1;
             log::info!("released {prefix}: time-out over");
-            if let Err(error) = self.store.bans().remove(&prefix) {
+            if let Err(error) = self.store.bans().retire(&prefix) {
                 self.storage_failed(|| {
                     format!("could not persist the expiry of {prefix}: {error}")
                 });
@@ -345,13 +354,13 @@ impl BanCore {
     /// Puts `record` in the table, evicting the entry closest to expiry if
     /// the table is full.
     fn insert(&mut self, record: &BanInfo, now_ms: u64) {
-        if let Some(old) = self.view.expiry(&record.prefix) {
-            self.by_expiry.remove(&(old, record.prefix));
-        } else if self.view.len() >= self.policy.max_entries {
+        if self.view.expiry(&record.prefix).is_none() && self.view.len() >= self.policy.max_entries
+        {
             self.evict_one(now_ms);
         }
         self.view.insert(record.prefix, record.expires_at_ms);
-        self.by_expiry.insert((record.expires_at_ms, record.prefix));
+        self.by_expiry
+            .push(Reverse((record.expires_at_ms, record.prefix)));
         self.kernel_insert(&record.prefix, record.expires_at_ms, now_ms);
         if let Err(error) = self.store.bans().put(record) {
             let prefix = record.prefix;
@@ -363,7 +372,10 @@ impl BanCore {
     }
 
     fn evict_one(&mut self, now_ms: u64) {
-        if let Some((expires, prefix)) = self.by_expiry.pop_first() {
+        while let Some(Reverse((expires, prefix))) = self.by_expiry.pop() {
+            if self.view.expiry(&prefix) != Some(expires) {
+                continue; // stale
+            }
             self.view.remove(&prefix);
             self.kernel_remove(&prefix);
             bump(&self.stats.bans_evicted);
@@ -374,18 +386,19 @@ impl BanCore {
                     expires.saturating_sub(now_ms) / 1000
                 ))
             );
-            if let Err(error) = self.store.bans().remove(&prefix) {
+            if let Err(error) = self.store.bans().retire(&prefix) {
                 self.storage_failed(|| {
                     format!("could not persist the eviction of {prefix}: {error}")
                 });
             }
+            return;
         }
     }
 
     fn remove(&mut self, prefix: &Cidr) -> bool {
+        // Its heap entry goes stale and is skipped when it comes up.
         match self.view.remove(prefix) {
-            Some(expires) => {
-                self.by_expiry.remove(&(expires, *prefix));
+            Some(_) => {
                 self.kernel_remove(prefix);
                 true
             }
@@ -740,6 +753,36 @@ mod tests {
         let prefix: Cidr = "2001:db8::/64".parse().unwrap();
         assert_eq!(bed.store.bans().history(&prefix).unwrap(), None);
         assert_eq!(bed.core.release(prefix).unwrap(), None);
+    }
+
+    #[test]
+    fn a_released_and_banned_again_prefix_expires_by_its_new_time_out() {
+        let mut bed = bed(BanPolicy::default());
+        let prefix: Cidr = "192.0.2.9".parse().unwrap();
+        let ban = |minutes: u64| {
+            admin(
+                prefix,
+                Some(Duration::from_secs(60 * minutes)),
+                "a".parse().unwrap(),
+            )
+        };
+        bed.core.admin_ban(ban(10), NOW).unwrap();
+        assert_eq!(bed.core.release(prefix).unwrap(), Some(prefix));
+        bed.core.admin_ban(ban(30), NOW).unwrap();
+        // The first ban's heap entry comes up at 10 minutes: stale, skipped.
+        assert_eq!(bed.core.expire(NOW + 20 * MIN), 0);
+        assert!(bed.core.view().is_banned(ip("192.0.2.9"), NOW + 20 * MIN));
+        assert!(bed.kernel.holds("192.0.2.9/32"));
+        assert_eq!(bed.core.expire(NOW + 30 * MIN), 1);
+        assert!(!bed.kernel.holds("192.0.2.9/32"));
+        // History was written when it ended: a new offence escalates.
+        let again = banned(bed.core.ban(
+            ip("192.0.2.9"),
+            BanCause::BadMagic,
+            FirstBytes::default(),
+            NOW + 31 * MIN,
+        ));
+        assert_eq!(again.repeat, 2);
     }
 
     #[test]

@@ -38,13 +38,58 @@ fn main() {
         }
     };
     let mut rows: Vec<(String, String)> = Vec::new();
+    // The memory figures each run in a process of their own (this binary
+    // again, `--section NAME`): in a shared process the allocator hands a
+    // section the memory an earlier one freed, and RSS growth hides it.
+    if let Some(section) = section_arg() {
+        match section.as_str() {
+            "restore" => restore(&options, &mut rows),
+            "live" => live_memory(&options, 64, &mut rows),
+            "live-small-cache" => live_memory(&options, 16, &mut rows),
+            other => panic!("no section {other}"),
+        }
+        for (name, value) in rows {
+            println!("ROW\t{name}\t{value}");
+        }
+        return;
+    }
     flood_and_latency(&options, &mut rows);
-    restore(&options, &mut rows);
+    for section in ["restore", "live", "live-small-cache"] {
+        rows.extend(run_section(section, quick));
+    }
     println!("\n{:<58} value", "measure");
     println!("{}", "-".repeat(100));
     for (name, value) in rows {
         println!("{name:<58} {value}");
     }
+}
+
+fn section_arg() -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == "--section")?;
+    args.get(at + 1).cloned()
+}
+
+/// Runs one section in a child process; its rows.
+fn run_section(section: &str, quick: bool) -> Vec<(String, String)> {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command.args(["--bench", "--section", section]);
+    if quick {
+        command.arg("--quick");
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "section {section}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut cells = line.strip_prefix("ROW\t")?.splitn(2, '\t');
+            Some((cells.next()?.to_owned(), cells.next()?.to_owned()))
+        })
+        .collect()
 }
 
 /// Starts the real server (actors) in its own actix System thread.
@@ -291,6 +336,58 @@ fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
     pages * 4096
+}
+
+/// RSS per live time-out: `restore_entries` distinct IPv6 /64s timed out
+/// through the ban core (view, expiry heap, sled table), as a scanner sweep
+/// would leave them, with a sled cache of `cache_mb` (sled counts its cache
+/// in on-disk bytes; what it holds in memory is a few times that).
+fn live_memory(options: &Options, cache_mb: u64, rows: &mut Vec<(String, String)>) {
+    let n = options.restore_entries;
+    let dir = tempfile::tempdir().unwrap();
+    let store_options = StoreOptions {
+        cache_bytes: cache_mb << 20,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&dir.path().join("db"), &store_options).unwrap();
+    let (mut core, _) = BanCore::restore(
+        BanPolicy::default(),
+        store.clone(),
+        Arc::new(BanView::default()),
+        Default::default(),
+        None,
+        actors::now_ms(),
+    )
+    .unwrap();
+    let rss_before = rss_bytes();
+    let started = Instant::now();
+    let now = actors::now_ms();
+    for i in 0..n {
+        // 2001:db8:XXXX:XXXX::1, one /64 each.
+        let mut octets = [0u8; 16];
+        octets[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        octets[4..8].copy_from_slice(&(i as u32).to_be_bytes());
+        octets[15] = 1;
+        core.ban(
+            IpAddr::from(octets),
+            model::BanCause::BadMagic,
+            FirstBytes::truncated(b"\x16\x03\x01\x00\xf4"),
+            now,
+        );
+    }
+    store.flush().unwrap();
+    let elapsed = started.elapsed();
+    let grown = rss_bytes().saturating_sub(rss_before);
+    assert_eq!(core.len(), n);
+    rows.push((
+        format!("live time-outs: {n} /64s via the ban core, {cache_mb} MiB cache"),
+        format!(
+            "{:.0} MiB RSS, {:.0} bytes per time-out; {:.0} k bans/s",
+            grown as f64 / (1 << 20) as f64,
+            grown as f64 / n as f64,
+            n as f64 / elapsed.as_secs_f64() / 1e3
+        ),
+    ));
 }
 
 fn restore(options: &Options, rows: &mut Vec<(String, String)>) {

@@ -49,26 +49,45 @@ impl BanStore {
         }
     }
 
-    /// Records a ban (replacing one of the same prefix) and its history.
+    /// Records a ban (replacing one of the same prefix). Its history is
+    /// written when it ends ([`BanStore::retire`]): while it is live its
+    /// own record says all the history would, and one record per live ban
+    /// instead of two is most of what a million of them cost in memory.
     pub fn put(&self, ban: &BanInfo) -> Result<()> {
         let key = encode_prefix(&ban.prefix);
-        let value = encode_ban(ban);
-        let history = History {
-            last_banned_at_ms: ban.banned_at_ms,
-            last_duration_ms: ban.expires_at_ms.saturating_sub(ban.banned_at_ms),
-            repeat: ban.repeat,
-        };
-        self.shared.wrote(self.bans.insert(key, value))?;
-        self.shared
-            .wrote(self.history.insert(key, encode_history(&history).to_vec()))?;
+        self.shared.wrote(self.bans.insert(key, encode_ban(ban)))?;
         Ok(())
     }
 
-    /// Removes a ban; says whether there was one. The old record is not
-    /// decoded: a record that no longer decodes can still be removed.
-    /// History is kept, so the next ban of the prefix still escalates; see
-    /// [`BanStore::forget`].
-    pub fn remove(&self, prefix: &Cidr) -> Result<bool> {
+    /// Ends a ban (expiry, eviction): removes its record and keeps its
+    /// history, so the next ban of the prefix escalates. Says whether there
+    /// was one. A record that does not decode is removed all the same,
+    /// without history.
+    pub fn retire(&self, prefix: &Cidr) -> Result<bool> {
+        let key = encode_prefix(prefix);
+        let Some(old) = self.shared.wrote(self.bans.remove(key))? else {
+            return Ok(false);
+        };
+        self.keep_history(&key, &old)?;
+        Ok(true)
+    }
+
+    fn keep_history(&self, key: &[u8; 18], record: &[u8]) -> Result<()> {
+        if let Ok(ban) = decode_ban(key, record) {
+            let history = History {
+                last_banned_at_ms: ban.banned_at_ms,
+                last_duration_ms: ban.expires_at_ms.saturating_sub(ban.banned_at_ms),
+                repeat: ban.repeat,
+            };
+            self.shared
+                .wrote(self.history.insert(key, encode_history(&history).to_vec()))?;
+        }
+        Ok(())
+    }
+
+    /// Removes a ban record, nothing else; says whether there was one. The
+    /// old record is not decoded: one that no longer decodes can still go.
+    fn remove(&self, prefix: &Cidr) -> Result<bool> {
         let old = self.shared.wrote(self.bans.remove(encode_prefix(prefix)))?;
         Ok(old.is_some())
     }
@@ -82,8 +101,9 @@ impl BanStore {
     }
 
     pub fn get(&self, prefix: &Cidr) -> Result<Option<BanInfo>> {
-        let value = self.shared.read(self.bans.get(encode_prefix(prefix)))?;
-        value.map(|value| decode_ban(&value)).transpose()
+        let key = encode_prefix(prefix);
+        let value = self.shared.read(self.bans.get(key))?;
+        value.map(|value| decode_ban(&key, &value)).transpose()
     }
 
     /// Up to `limit` bans in prefix order after `after`, and the prefix to
@@ -101,7 +121,8 @@ impl BanStore {
     }
 
     /// Reads every ban for boot: live ones are returned (prefix and expiry
-    /// only: the rest of each record is not decoded), expired ones removed.
+    /// only: the rest of each record is not decoded), expired ones retired
+    /// (removed, their history kept).
     pub fn load_live(&self, now_ms: u64) -> Result<LoadedBans> {
         let mut loaded = LoadedBans::default();
         let mut expired = Vec::new();
@@ -112,16 +133,18 @@ impl BanStore {
             if expires_at_ms > now_ms {
                 loaded.live.push((prefix, expires_at_ms));
             } else {
-                expired.push(key);
+                expired.push(prefix);
             }
         }
         loaded.discarded = expired.len();
-        for key in expired {
-            self.shared.wrote(self.bans.remove(key))?;
+        for prefix in expired {
+            self.retire(&prefix)?;
         }
         Ok(loaded)
     }
 
+    /// The previous ban of `prefix` (for escalation; a live ban's own record
+    /// is not consulted: a prefix is not banned again while it is live).
     pub fn history(&self, prefix: &Cidr) -> Result<Option<History>> {
         let value = self.shared.read(self.history.get(encode_prefix(prefix)))?;
         value.map(|v| decode_history(&v)).transpose()
@@ -254,16 +277,24 @@ mod tests {
         assert_eq!(loaded.live.len(), 4);
         assert_eq!(loaded.discarded, 1);
         assert!(bans.get(&"10.0.0.9".parse().unwrap()).unwrap().is_none());
+        assert!(
+            bans.history(&"10.0.0.9".parse().unwrap())
+                .unwrap()
+                .is_some(),
+            "expired while down: retired, its history kept"
+        );
 
-        assert!(bans.remove(&"10.0.0.1".parse().unwrap()).unwrap());
-        assert!(!bans.remove(&"10.0.0.1".parse().unwrap()).unwrap());
-        // History outlives the ban, until forgotten or purged.
         let prefix: Cidr = "10.0.0.1".parse().unwrap();
+        assert_eq!(bans.history(&prefix).unwrap(), None, "written when it ends");
+        assert!(bans.retire(&prefix).unwrap());
+        assert!(!bans.retire(&prefix).unwrap());
+        // History outlives the ban, until forgotten or purged.
         let history = bans.history(&prefix).unwrap().unwrap();
         assert_eq!(history.last_duration_ms, 9_000);
         bans.forget(&prefix).unwrap();
         assert!(bans.history(&prefix).unwrap().is_none());
-        assert_eq!(bans.purge_history(1_001).unwrap(), 4);
+        // Only 10.0.0.9 has history left (live bans have none yet).
+        assert_eq!(bans.purge_history(1_001).unwrap(), 1);
     }
 
     #[test]

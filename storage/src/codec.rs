@@ -68,17 +68,15 @@ pub fn decode_prefix(tree: &'static str, bytes: &[u8]) -> Result<Cidr> {
     Cidr::new(addr, key[17]).map_err(|e| corrupt(tree, e.to_string()))
 }
 
-/// A ban, format 1: expiry (u64 ms) · FORMAT_1 · prefix (18) · banned-at
-/// (u64 ms) · repeat (u32) · cause (u8 length + UTF-8) · first bytes (u8
-/// length + bytes).
+/// A ban, format 1: expiry (u64 ms) · FORMAT_1 · banned-at (u64 ms) ·
+/// repeat (u32) · cause (u8 length + UTF-8) · first bytes (u8 length +
+/// bytes). The prefix is the record's key, not repeated in the value.
 pub fn encode_ban(ban: &BanInfo) -> Vec<u8> {
     let cause = ban.cause.as_str().as_bytes();
     let first = ban.first_bytes.as_slice();
-    let mut out =
-        Vec::with_capacity(EXPIRY_LEN + 1 + PREFIX_LEN + 12 + 2 + cause.len() + first.len());
+    let mut out = Vec::with_capacity(EXPIRY_LEN + 1 + 12 + 2 + cause.len() + first.len());
     out.extend_from_slice(&ban.expires_at_ms.to_be_bytes());
     out.push(FORMAT_1);
-    out.extend_from_slice(&encode_prefix(&ban.prefix));
     out.extend_from_slice(&ban.banned_at_ms.to_be_bytes());
     out.extend_from_slice(&ban.repeat.to_be_bytes());
     push_short(&mut out, cause);
@@ -92,13 +90,14 @@ pub fn decode_expiry(value: &[u8]) -> Result<u64> {
     reader.u64()
 }
 
-pub fn decode_ban(value: &[u8]) -> Result<BanInfo> {
+/// The ban stored under `key` (an encoded prefix).
+pub fn decode_ban(key: &[u8], value: &[u8]) -> Result<BanInfo> {
     let mut reader = Reader::new("bans", value);
     let expires_at_ms = reader.u64()?;
     match reader.peek()? {
         FORMAT_1 => {
             reader.byte()?;
-            let prefix = decode_prefix("bans", reader.take(PREFIX_LEN)?)?;
+            let prefix = decode_prefix("bans", key)?;
             let banned_at_ms = reader.u64()?;
             let repeat = reader.u32()?;
             let cause = reader.short_str::<{ model::ban::MAX_CAUSE_LEN }>()?;
@@ -136,7 +135,8 @@ pub fn encode_volume(volume: &Volume) -> Vec<u8> {
     out
 }
 
-pub fn decode_volume(value: &[u8]) -> Result<Volume> {
+/// The volume stored under a key (its id, which the value repeats).
+pub fn decode_volume(_key: &[u8], value: &[u8]) -> Result<Volume> {
     let mut reader = Reader::new("volumes", value);
     if reader.peek()? != FORMAT_1 {
         return decode_format_0("volumes", value);
@@ -298,22 +298,25 @@ mod tests {
     #[test]
     fn format_1_round_trips_and_starts_with_the_expiry() {
         let original = ban("2001:db8:1:2::/64", "bad-magic", b"GET / HTTP/1.1\r\n");
+        let key = encode_prefix(&original.prefix);
         let bytes = encode_ban(&original);
         assert_eq!(decode_expiry(&bytes).unwrap(), original.expires_at_ms);
         assert_eq!(bytes[EXPIRY_LEN], FORMAT_1);
-        assert_eq!(decode_ban(&bytes).unwrap(), original);
+        assert_eq!(decode_ban(&key, &bytes).unwrap(), original);
     }
 
     #[test]
     fn truncations_and_unknown_formats_are_corrupt_not_panics() {
+        let key = encode_prefix(&"192.0.2.7".parse().unwrap());
         let bytes = encode_ban(&ban("192.0.2.7", "admin", b"\x16\x03"));
         for len in 0..bytes.len() {
-            assert!(decode_ban(&bytes[..len]).is_err(), "{len} bytes");
+            assert!(decode_ban(&key, &bytes[..len]).is_err(), "{len} bytes");
         }
+        assert!(decode_ban(&key[..5], &bytes).is_err(), "a short key");
         let mut unknown = bytes.clone();
         unknown[EXPIRY_LEN] = 0x42;
         assert!(
-            decode_ban(&unknown)
+            decode_ban(&key, &unknown)
                 .unwrap_err()
                 .to_string()
                 .contains("unknown record format 0x42")
@@ -323,8 +326,8 @@ mod tests {
     proptest! {
         #[test]
         fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
-            let _ = decode_ban(&bytes);
-            let _ = decode_volume(&bytes);
+            let _ = decode_ban(&bytes, &bytes);
+            let _ = decode_volume(&bytes, &bytes);
         }
 
         #[test]
@@ -338,7 +341,7 @@ mod tests {
                 },
                 updated_at_ms: at,
             };
-            prop_assert_eq!(decode_volume(&encode_volume(&volume)).unwrap(), volume);
+            prop_assert_eq!(decode_volume(b"", &encode_volume(&volume)).unwrap(), volume);
         }
     }
 }

@@ -138,13 +138,14 @@ fn lock(dir: &Path) -> Result<std::fs::File> {
 }
 
 /// One page of a tree in key order, starting after the key `after`: up to
-/// `limit` decoded values, and the key to continue from if more remain.
+/// `limit` decoded records (`decode` gets key and value), and the key to
+/// continue from if more remain.
 pub(crate) fn page<T, K>(
     shared: &Shared,
     tree: &sled::Tree,
     after: Option<Vec<u8>>,
     limit: usize,
-    decode: impl Fn(&[u8]) -> Result<T>,
+    decode: impl Fn(&[u8], &[u8]) -> Result<T>,
     key_of: impl Fn(&T) -> K,
 ) -> Result<(Vec<T>, Option<K>)> {
     let limit = limit.max(1);
@@ -154,12 +155,12 @@ pub(crate) fn page<T, K>(
     };
     let mut items = Vec::new();
     for entry in entries {
-        let (_, value) = shared.read(entry)?;
+        let (key, value) = shared.read(entry)?;
         if items.len() == limit {
             let next = items.last().map(&key_of);
             return Ok((items, next));
         }
-        items.push(decode(&value)?);
+        items.push(decode(&key, &value)?);
     }
     Ok((items, None))
 }

@@ -54,7 +54,9 @@ impl VolumeStore {
 
     pub fn get(&self, id: &VolumeId) -> Result<Option<Volume>> {
         let value = self.shared.read(self.tree.get(id.as_str()))?;
-        value.map(|v| decode(&v)).transpose()
+        value
+            .map(|v| decode(id.as_str().as_bytes(), &v))
+            .transpose()
     }
 
     /// Moves a volume; `None` if there is no such volume. Atomic against
@@ -69,7 +71,7 @@ impl VolumeStore {
         let updated = self
             .shared
             .wrote(self.tree.update_and_fetch(id.as_str(), |old| {
-                let mut volume = match decode(old?) {
+                let mut volume = match decode(id.as_str().as_bytes(), old?) {
                     Ok(volume) => volume,
                     Err(error) => {
                         failure = Some(error);
@@ -83,7 +85,9 @@ impl VolumeStore {
         if let Some(error) = failure {
             return Err(error);
         }
-        updated.map(|v| decode(&v)).transpose()
+        updated
+            .map(|v| decode(id.as_str().as_bytes(), &v))
+            .transpose()
     }
 
     /// Up to `limit` volumes after `after`, and the id to continue from.
