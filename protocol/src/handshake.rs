@@ -28,6 +28,8 @@ pub const RESPONSE_LEN: usize = 32 + 2 + 16;
 /// How many client keys the replay guard remembers when no authorized-keys
 /// list bounds them. Past it the oldest entry is forgotten; see `ReplayGuard`.
 pub const REPLAY_GUARD_CAPACITY: usize = 65_536;
+/// How many recent initiators' ephemeral keys the responder remembers.
+pub const EPHEMERAL_GUARD_CAPACITY: usize = 65_536;
 
 /// What an authenticated peer may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +193,7 @@ pub struct Responder {
     mac1: Mac1Key,
     policy: AccessPolicy,
     replay: Mutex<ReplayGuard>,
+    ephemerals: Mutex<EphemeralGuard>,
 }
 
 impl Responder {
@@ -201,6 +204,7 @@ impl Responder {
             mac1: Mac1Key::new(&server_key.public_key()),
             policy,
             replay: Mutex::new(ReplayGuard::new(REPLAY_GUARD_CAPACITY)),
+            ephemerals: Mutex::new(EphemeralGuard::new(EPHEMERAL_GUARD_CAPACITY)),
         }
     }
 
@@ -230,6 +234,22 @@ impl Responder {
 
         let header = &message[..HEADER_LEN];
         let noise = &message[HEADER_LEN..message.len() - MAC1_LEN];
+        // Noise message 1 opens with the initiator's ephemeral public key,
+        // in the clear ("-> e"). Every honest initiation draws a fresh one,
+        // so one seen before is a replay: refused here, before any
+        // Diffie-Hellman, which makes replaying a captured first message
+        // cost the server a hash lookup instead of four DH operations. (An
+        // IK replay would also fail the timestamp check, but only after them.)
+        let mut ephemeral = [0u8; 32];
+        ephemeral.copy_from_slice(&noise[..32]);
+        if self
+            .ephemerals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .seen(&ephemeral)
+        {
+            return Err(Rejection::Replayed);
+        }
         let params = self.params[usize::from(pattern == Pattern::IK)].clone();
         let mut state = snow::Builder::new(params)
             .prologue(header)
@@ -276,6 +296,12 @@ impl Responder {
             }
         };
 
+        // Remembered only once the initiation has proved itself, so that
+        // junk with a valid mac1 cannot flush out real entries cheaply.
+        self.ephemerals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .record(ephemeral);
         let payload = [initiation::VERSION, matches!(role, Role::Admin) as u8];
         let mut response = [0u8; RESPONSE_LEN];
         let written = state
@@ -299,6 +325,42 @@ fn params(pattern: Pattern) -> snow::params::NoiseParams {
         .noise_params()
         .parse()
         .expect("the two pattern strings are valid Noise parameters")
+}
+
+/// The ephemeral keys of the last `capacity` accepted initiations, oldest
+/// forgotten first. Forgetting one only lets a replay of that old message be
+/// answered again (the answer is useless without the initiator's private
+/// ephemeral key), at the cost of the DH it takes.
+struct EphemeralGuard {
+    capacity: usize,
+    seen: HashSet<[u8; 32]>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+impl EphemeralGuard {
+    fn new(capacity: usize) -> Self {
+        EphemeralGuard {
+            capacity,
+            seen: HashSet::new(),
+            order: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn seen(&self, ephemeral: &[u8; 32]) -> bool {
+        self.seen.contains(ephemeral)
+    }
+
+    fn record(&mut self, ephemeral: [u8; 32]) {
+        if !self.seen.insert(ephemeral) {
+            return;
+        }
+        self.order.push_back(ephemeral);
+        if self.order.len() > self.capacity
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.seen.remove(&oldest);
+        }
+    }
 }
 
 /// Newest initiation timestamp seen per client key. Bounded: past capacity
@@ -347,6 +409,19 @@ impl ReplayGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ephemeral_guard_forgets_the_oldest() {
+        let mut guard = EphemeralGuard::new(2);
+        for byte in 1..=3u8 {
+            assert!(!guard.seen(&[byte; 32]));
+            guard.record([byte; 32]);
+        }
+        assert!(!guard.seen(&[1; 32]), "forgotten past capacity");
+        assert!(guard.seen(&[2; 32]) && guard.seen(&[3; 32]));
+        guard.record([3; 32]);
+        assert_eq!(guard.order.len(), 2);
+    }
 
     #[test]
     fn far_future_timestamps_are_told_apart() {

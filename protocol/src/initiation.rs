@@ -100,7 +100,9 @@ pub enum Rejection {
     AnonymousNotAllowed,
     #[error("client key {0} is not authorized")]
     Unauthorized(PublicKey),
-    #[error("replayed initiation (timestamp not newer than the last one from this key)")]
+    #[error(
+        "replayed initiation (its ephemeral key was seen before, or its timestamp is not newer than the last one from this key)"
+    )]
     Replayed,
     #[error("initiation timestamp far ahead of the server's clock")]
     FutureTimestamp,

@@ -338,16 +338,21 @@ fn a_far_future_ik_timestamp_is_refused_and_not_remembered() {
 }
 
 #[test]
-fn replayed_nk_initiation_gives_the_replayer_nothing_usable() {
+fn replayed_nk_initiation_is_refused_and_gives_the_replayer_nothing_usable() {
     let (server_key, responder) = server();
     let (initiator, first) = Initiator::start(&server_key.public_key(), None).unwrap();
     let genuine = responder.accept(&first).unwrap();
     let (mut client, _) = initiator.finish(&genuine.response).unwrap();
 
-    // The replayer gets a response, but the session it opens on the server
-    // has keys from a fresh server ephemeral: frames the genuine client (or
-    // anyone holding its old keys) seals do not open there.
-    let replayed = responder.accept(&first).unwrap();
+    // The same server refuses it outright: its ephemeral key was seen.
+    assert_eq!(responder.accept(&first).unwrap_err(), Rejection::Replayed);
+
+    // A server that never saw it (another node, or after a restart) answers,
+    // but the session it opens has keys from a fresh server ephemeral:
+    // frames the genuine client (or anyone holding its old keys) seals do
+    // not open there.
+    let other = Responder::new(&server_key, AccessPolicy::default());
+    let replayed = other.accept(&first).unwrap();
     assert_ne!(replayed.response, genuine.response);
     let mut server_side = replayed.transport;
     let frame = seal(&mut client, &Request::Ping { nonce: 1 });

@@ -46,6 +46,7 @@ fn main() {
             "restore" => restore(&options, &mut rows),
             "live" => live_memory(&options, 64, &mut rows),
             "live-small-cache" => live_memory(&options, 16, &mut rows),
+            "attacks" => attacks(&options, &mut rows),
             other => panic!("no section {other}"),
         }
         for (name, value) in rows {
@@ -54,7 +55,7 @@ fn main() {
         return;
     }
     flood_and_latency(&options, &mut rows);
-    for section in ["restore", "live", "live-small-cache"] {
+    for section in ["attacks", "restore", "live", "live-small-cache"] {
         rows.extend(run_section(section, quick));
     }
     println!("\n{:<58} value", "measure");
@@ -94,11 +95,19 @@ fn run_section(section: &str, quick: bool) -> Vec<(String, String)> {
 
 /// Starts the real server (actors) in its own actix System thread.
 fn start_server(dir: &std::path::Path) -> (SocketAddr, PublicKey, ServerHandle) {
+    let (addrs, public, handle) = start_server_on(dir, vec!["127.0.0.1:0".parse().unwrap()]);
+    (addrs[0], public, handle)
+}
+
+fn start_server_on(
+    dir: &std::path::Path,
+    listen: Vec<SocketAddr>,
+) -> (Vec<SocketAddr>, PublicKey, ServerHandle) {
     let key = PrivateKey::generate();
     let public = key.public_key();
     let store = Store::open(&dir.join("db"), &StoreOptions::default()).unwrap();
     let config = ServerConfig {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        listen,
         server_key: key,
         access: AccessPolicy::default(),
         policy: BanPolicy::default(),
@@ -114,12 +123,246 @@ fn start_server(dir: &std::path::Path) -> (SocketAddr, PublicKey, ServerHandle) 
     std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
             let running: RunningServer = actors::start(config, store).unwrap();
-            tx.send((running.local_addrs[0], running.handle())).unwrap();
+            tx.send((running.local_addrs.clone(), running.handle()))
+                .unwrap();
             std::future::pending::<()>().await;
         })
     });
-    let (addr, context) = rx.recv().unwrap();
-    (addr, public, context)
+    let (addrs, context) = rx.recv().unwrap();
+    (addrs, public, context)
+}
+
+/// Fresh-session connect + NK handshake + ping, `n` times; the sorted
+/// latencies of those that succeeded, and how many did not.
+fn legit_latencies(addr: SocketAddr, key: PublicKey, n: usize) -> (Vec<Duration>, usize) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut config = ClientConfig::new(key);
+    config.bind = Some(if addr.is_ipv4() {
+        "127.0.10.1".parse().unwrap()
+    } else {
+        "::1".parse().unwrap()
+    });
+    config.connect_timeout = Duration::from_secs(3);
+    config.handshake_timeout = Duration::from_secs(3);
+    let mut failed = 0;
+    let mut samples = Vec::new();
+    for i in 0..n {
+        let started = Instant::now();
+        let ok = runtime.block_on(async {
+            let mut client = Client::connect_addr(addr, &config).await.ok()?;
+            client.call(&Request::Ping { nonce: i as u64 }).await.ok()
+        });
+        match ok {
+            Some(_) => samples.push(started.elapsed()),
+            None => failed += 1,
+        }
+    }
+    samples.sort();
+    (samples, failed)
+}
+
+/// What an attacker thread does until told to stop (each bounded).
+#[derive(Clone, Copy)]
+enum Attack {
+    /// 10,000 idle connections, each from its own address.
+    Idle,
+    /// Idle connections from fresh addresses all along at 2,000 a second,
+    /// the newest 3,000 held (three times the pending table).
+    Rotating,
+    /// One captured NK first message, sent again and again from 500
+    /// sources, 2,000 a second.
+    Replay,
+    /// Idle connections from 2,000 addresses of one IPv6 /64, 2,000 a second.
+    OneSlash64,
+}
+
+fn run_attack(
+    attack: Attack,
+    target: SocketAddr,
+    key: PublicKey,
+    stop: &AtomicBool,
+    ready: &AtomicBool,
+) {
+    use std::io::Write;
+    let v4 = |n: usize| -> IpAddr {
+        format!("127.2.{}.{}", n / 250 % 250, 1 + n % 250)
+            .parse()
+            .unwrap()
+    };
+    let v6 = |n: usize| -> IpAddr { format!("2001:db8:64::{:x}", n + 1).parse().unwrap() };
+    let (_, first) = protocol::handshake::Initiator::start(&key, None).unwrap();
+    let connect = |source: IpAddr| -> Option<TcpStream> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(target),
+            socket2::Type::STREAM,
+            None,
+        )
+        .ok()?;
+        socket.bind(&SocketAddr::new(source, 0).into()).ok()?;
+        socket
+            .connect_timeout(&target.into(), Duration::from_secs(1))
+            .ok()?;
+        Some(socket.into())
+    };
+    let started = Instant::now();
+    let mut held = std::collections::VecDeque::new();
+    let mut n = 0usize;
+    let bounded = |n: usize| n < 200_000 && started.elapsed() < Duration::from_secs(120);
+    while !stop.load(Ordering::Relaxed) && bounded(n) {
+        let (source, keep, fill) = match attack {
+            Attack::Idle => (v4(n), 10_000, 10_000),
+            Attack::Rotating => (v4(n % 60_000), 3_000, 3_000),
+            Attack::Replay => (v4(n % 500), 2_000, 2_000),
+            Attack::OneSlash64 => (v6(n % 2_000), 2_000, 2_000),
+        };
+        if matches!(attack, Attack::Idle) && n >= fill {
+            ready.store(true, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        if let Some(mut stream) = connect(source) {
+            if matches!(attack, Attack::Replay) {
+                let _ = stream.write_all(&first);
+            }
+            held.push_back(stream);
+            if held.len() > keep {
+                held.pop_front();
+            }
+        }
+        n += 1;
+        if n >= fill {
+            ready.store(true, Ordering::Relaxed);
+        }
+        if !matches!(attack, Attack::Idle) {
+            // Paced: an attacker that only burns our shared CPU measures
+            // the CPU, not the admission policy.
+            let due = started + Duration::from_micros(500 * n as u64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    ready.store(true, Ordering::Relaxed);
+}
+
+/// Legit handshake latency while each attack runs, against idle, all in
+/// one process with one server (default limits).
+fn attacks(options: &Options, rows: &mut Vec<(String, String)>) {
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    // The /64 case binds any address of 2001:db8:64::/64: a local route
+    // makes them all this host's (removed at the end).
+    let slash64 = is_root
+        && std::process::Command::new("ip")
+            .args([
+                "-6",
+                "route",
+                "add",
+                "local",
+                "2001:db8:64::/64",
+                "dev",
+                "lo",
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+    let dir = tempfile::tempdir().unwrap();
+    let (addrs, key, handle) = start_server_on(
+        dir.path(),
+        vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()],
+    );
+    let (v4, v6) = (addrs[0], addrs[1]);
+    let (idle, _) = legit_latencies(v4, key, options.samples);
+    let idle_p99 = percentile(&idle, 0.99);
+    rows.push((
+        "attacks: legit fresh session + ping, idle (p50 / p99)".into(),
+        format!("{} / {}", ms(percentile(&idle, 0.5)), ms(idle_p99)),
+    ));
+    let mut cases = vec![
+        (
+            "10,000 idle connections, distinct sources",
+            Attack::Idle,
+            v4,
+        ),
+        (
+            "fresh sources rotating at 2,000/s, 3,000 held",
+            Attack::Rotating,
+            v4,
+        ),
+        ("replayed first messages, 500 sources", Attack::Replay, v4),
+    ];
+    if slash64 {
+        cases.push(("2,000 idle from one IPv6 /64", Attack::OneSlash64, v6));
+    }
+    for (name, attack, target) in cases {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(AtomicBool::new(false));
+        let attacker = {
+            let (stop, ready) = (stop.clone(), ready.clone());
+            std::thread::spawn(move || run_attack(attack, target, key, &stop, &ready))
+        };
+        while !ready.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Measure the steady state: once the server has worked off the
+        // burst (no eviction for 200 ms) or after 10 s.
+        let settle = Instant::now();
+        let mut last = handle.stats().pending_evicted;
+        while settle.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = handle.stats().pending_evicted;
+            if now == last && matches!(attack, Attack::Idle) {
+                break;
+            }
+            if !matches!(attack, Attack::Idle) && settle.elapsed() >= Duration::from_secs(1) {
+                break;
+            }
+            last = now;
+        }
+        let (loaded, failed) = legit_latencies(v4, key, options.samples);
+        stop.store(true, Ordering::Relaxed);
+        attacker.join().unwrap();
+        let p99 = loaded
+            .get(((loaded.len().max(1) - 1) as f64 * 0.99) as usize)
+            .copied();
+        rows.push((
+            format!("  during {name} (p50 / p99)"),
+            match p99 {
+                Some(p99) => format!(
+                    "{} / {}  (p99 {:.2}x idle; {} of {} served)",
+                    ms(percentile(&loaded, 0.5)),
+                    ms(p99),
+                    p99.as_secs_f64() / idle_p99.as_secs_f64(),
+                    options.samples - failed,
+                    options.samples
+                ),
+                None => format!("none of {} served", options.samples),
+            },
+        ));
+    }
+    if !slash64 {
+        rows.push((
+            "  during 2,000 idle from one IPv6 /64".into(),
+            "not run (needs root for a local route)".into(),
+        ));
+    }
+    if slash64 {
+        let _ = std::process::Command::new("ip")
+            .args([
+                "-6",
+                "route",
+                "del",
+                "local",
+                "2001:db8:64::/64",
+                "dev",
+                "lo",
+            ])
+            .status();
+    }
 }
 
 /// A bare tokio accept loop that resets every connection: the floor.
