@@ -230,3 +230,147 @@ fn storage_error(failure: storage::StorageError) -> Response {
         "storage error; see the server log".into(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use actix::Actor;
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use protocol::frame::decode_plaintext;
+    use protocol::{AccessPolicy, PrivateKey, Responder};
+
+    use super::*;
+    use crate::admission::{Admission, LimitConfig};
+    use crate::ban_core::BanCore;
+    use crate::policy::BanPolicy;
+    use crate::registry::BanRegistry;
+    use crate::stats::Stats;
+    use crate::view::BanView;
+
+    /// Arbitrary bytes, decoded as the frame decoder would, through the
+    /// whole request path (validation, service, registry, storage) of a
+    /// real `Shared`: every request that decodes gets an answer, nothing
+    /// panics, and a non-admin never gets past `Forbidden` for admin requests.
+    #[test]
+    fn any_decodable_request_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = storage::Store::open(dir.path(), &storage::StoreOptions::default()).unwrap();
+        actix::System::new().block_on(async move {
+            let view = Arc::new(BanView::default());
+            let stats = Arc::new(Stats::default());
+            let (core, _) = BanCore::restore(
+                BanPolicy::default(),
+                store.clone(),
+                view.clone(),
+                stats.clone(),
+                None,
+                crate::now_ms(),
+            )
+            .unwrap();
+            let shared = Shared {
+                responder: Responder::new(&PrivateKey::generate(), AccessPolicy::default()),
+                registry: BanRegistry::new(core).start(),
+                store,
+                view,
+                stats,
+                admission: Admission::new(LimitConfig::default()),
+                allow: Vec::new(),
+                aggregation: (32, 64),
+                handshake_timeout: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(60),
+                write_timeout: Duration::from_secs(10),
+                service: ServiceConfig::default(),
+            };
+            let mut runner = proptest::test_runner::TestRunner::deterministic();
+            // Seeds of every kind of request, encoded as on the wire, then
+            // mutated: random bytes alone almost never decode.
+            let spec = protocol::message::VolumeSpec {
+                id: "A00001L9".parse().unwrap(),
+                media_type: "LTO-9".parse().unwrap(),
+                location: "Vault 3".parse().unwrap(),
+                status: protocol::message::VolumeStatus::Active,
+            };
+            let seeds: Vec<Vec<u8>> = [
+                Request::Ping { nonce: 7 },
+                Request::PutVolume(spec.clone()),
+                Request::GetVolume { id: spec.id },
+                Request::MoveVolume {
+                    id: spec.id,
+                    location: spec.location,
+                },
+                Request::ListVolumes {
+                    after: None,
+                    limit: 10,
+                },
+                Request::Admin(protocol::AdminRequest::ListBans {
+                    after: None,
+                    limit: 10,
+                }),
+                Request::Admin(protocol::AdminRequest::AddBan {
+                    prefix: "198.51.100.0/24".parse().unwrap(),
+                    duration_secs: Some(60),
+                    cause: "x".parse().unwrap(),
+                    force: false,
+                }),
+                Request::Admin(protocol::AdminRequest::RemoveBan {
+                    prefix: "198.51.100.0/24".parse().unwrap(),
+                }),
+                Request::Admin(protocol::AdminRequest::Stats),
+            ]
+            .iter()
+            .map(|request| {
+                let mut bytes = vec![0u8]; // flags: not compressed
+                bytes.extend(
+                    bincode::encode_to_vec(request, protocol::frame::wire_config()).unwrap(),
+                );
+                bytes
+            })
+            .collect();
+            let strategy = (
+                0..seeds.len(),
+                proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+                any::<bool>(),
+                any::<bool>(),
+            );
+            let mut decoded = 0;
+            for _ in 0..2_000 {
+                let (seed, mutations, admin, anonymous) =
+                    strategy.new_tree(&mut runner).unwrap().current();
+                let mut bytes = seeds[seed].clone();
+                for (at, value) in mutations {
+                    let at = 1 + at % (bytes.len() - 1);
+                    bytes[at] = value;
+                }
+                let mut scratch = Vec::new();
+                let Ok(request) = decode_plaintext::<Request>(&bytes, &mut scratch) else {
+                    continue;
+                };
+                decoded += 1;
+                let is_admin = matches!(request, Request::Admin(_));
+                let role = if admin { Role::Admin } else { Role::User };
+                let requester = Requester {
+                    ip: "192.0.2.1".parse().unwrap(),
+                    session: 1,
+                    anonymous,
+                };
+                let response = handle(&shared, role, requester, request).await;
+                if is_admin && !admin {
+                    assert!(
+                        matches!(
+                            response,
+                            Response::Error {
+                                code: ErrorCode::Forbidden | ErrorCode::InvalidRequest,
+                                ..
+                            }
+                        ),
+                        "{response:?}"
+                    );
+                }
+            }
+            assert!(decoded > 100, "only {decoded} cases decoded");
+        });
+    }
+}
