@@ -179,7 +179,9 @@ impl Admission {
         }
         let mut state = self.state();
         let count = state.by_source.get(&source).copied().unwrap_or_default();
-        let refused = if count.sessions >= self.config.max_sessions_per_source {
+        // Pending ones count towards the session cap too: each may become a
+        // session, and the cap must hold when they do.
+        let refused = if count.sessions + count.pending >= self.config.max_sessions_per_source {
             Some(OverLimit::SessionsFromSource)
         } else if count.pending >= self.config.max_pending_per_source {
             Some(OverLimit::PendingFromSource)
@@ -380,21 +382,26 @@ mod tests {
 
     #[test]
     fn per_source_limits_count_pending_and_sessions() {
-        let admission = Admission::new(config());
+        let admission = Admission::new(LimitConfig {
+            max_sessions_per_source: 3,
+            ..config()
+        });
         let a = prefix("2001:db8:1::/64");
         let mut first = admission.admit(a, BASE, true).unwrap().slot;
-        let _second = admission.admit(a, BASE, true).unwrap().slot;
+        let second = admission.admit(a, BASE, true).unwrap().slot;
         assert_eq!(
             admission.admit(a, BASE, true).err(),
             Some(OverLimit::PendingFromSource)
         );
         first.established();
-        // One session is this source's cap: no new handshake from it.
+        let _third = admission.admit(a, BASE, true).unwrap().slot;
+        // One session and two pending: if both become sessions, that is the
+        // cap of three, so no fourth handshake from this source.
         assert_eq!(
             admission.admit(a, BASE, true).err(),
             Some(OverLimit::SessionsFromSource)
         );
-        drop(first);
+        drop((first, second));
         assert!(admission.admit(a, BASE, true).is_ok());
     }
 

@@ -186,6 +186,9 @@ impl BanCore {
         {
             return BanOutcome::AlreadyBanned(prefix);
         }
+        // Ended but not swept yet: retire it first, so that its history
+        // counts (an offender retrying right at expiry still escalates).
+        self.retire_if_over(&prefix, now_ms);
         let history = match self.store.bans().history(&prefix) {
             Ok(history) => history,
             Err(error) => {
@@ -273,6 +276,11 @@ impl BanCore {
         if record.expires_at_ms <= now_ms {
             return RemoteOutcome::Expired;
         }
+        // Another node's record lasts no longer than our own cap would.
+        let mut record = record;
+        record.expires_at_ms = record
+            .expires_at_ms
+            .min(expiry_after(now_ms, self.policy.max_duration));
         if self
             .view
             .expiry(&prefix)
@@ -354,6 +362,7 @@ impl BanCore {
     /// Puts `record` in the table, evicting the entry closest to expiry if
     /// the table is full.
     fn insert(&mut self, record: &BanInfo, now_ms: u64) {
+        self.retire_if_over(&record.prefix, now_ms);
         if self.view.expiry(&record.prefix).is_none() && self.view.len() >= self.policy.max_entries
         {
             self.evict_one(now_ms);
@@ -392,6 +401,23 @@ impl BanCore {
                 });
             }
             return;
+        }
+    }
+
+    /// Retires a time-out of `prefix` that has ended but that the sweep has
+    /// not reached yet (its heap entry goes stale and is skipped).
+    fn retire_if_over(&mut self, prefix: &Cidr, now_ms: u64) {
+        let Some(expires) = self.view.expiry(prefix) else {
+            return;
+        };
+        if expires > now_ms {
+            return;
+        }
+        self.view.remove(prefix);
+        self.kernel_remove(prefix);
+        log::info!("released {prefix}: time-out over");
+        if let Err(error) = self.store.bans().retire(prefix) {
+            self.storage_failed(|| format!("could not persist the expiry of {prefix}: {error}"));
         }
     }
 
@@ -753,6 +779,30 @@ mod tests {
         let prefix: Cidr = "2001:db8::/64".parse().unwrap();
         assert_eq!(bed.store.bans().history(&prefix).unwrap(), None);
         assert_eq!(bed.core.release(prefix).unwrap(), None);
+    }
+
+    #[test]
+    fn an_offence_right_at_expiry_before_the_sweep_still_escalates() {
+        let mut bed = bed(BanPolicy::default());
+        let first = banned(bed.core.ban(
+            ip("192.0.2.5"),
+            BanCause::BadMagic,
+            FirstBytes::default(),
+            NOW,
+        ));
+        // Over, but expire() has not run yet.
+        let at = first.expires_at_ms;
+        let again = banned(bed.core.ban(
+            ip("192.0.2.5"),
+            BanCause::BadMagic,
+            FirstBytes::default(),
+            at,
+        ));
+        assert_eq!(again.repeat, 2);
+        assert_eq!(again.expires_at_ms, at + 30 * MIN);
+        // The first ban's heap entry is stale now: the sweep leaves the new one.
+        assert_eq!(bed.core.expire(at + MIN), 0);
+        assert!(bed.core.view().is_banned(ip("192.0.2.5"), at + MIN));
     }
 
     #[test]

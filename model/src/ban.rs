@@ -46,7 +46,8 @@ pub enum BanCause {
     HandshakeFailed,
     /// Anonymous client where only keys may connect, or a key not authorized.
     Unauthorized,
-    /// An IK initiation whose timestamp was not newer than the last one.
+    /// A first message seen before: its ephemeral key was in a recent
+    /// accepted initiation, or (IK) its timestamp is not newer than the last.
     Replayed,
     /// An IK initiation whose timestamp is far ahead of the server's clock.
     FutureTimestamp,

@@ -97,6 +97,12 @@ pub struct Client {
 impl Client {
     /// Resolves `server` (HOST:PORT) and connects to the first address that
     /// answers, then runs the handshake.
+    ///
+    /// Send the first request at once: a penaltybox server counts a session
+    /// as established only when its first request has authenticated, and a
+    /// connection without one by the handshake deadline (5 s by default,
+    /// shorter under load) is a `handshake-timeout`, which times the
+    /// client's address out.
     pub async fn connect(server: &str, config: &ClientConfig) -> Result<Client, ClientError> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
             .await

@@ -240,16 +240,13 @@ impl Responder {
         // Diffie-Hellman, which makes replaying a captured first message
         // cost the server a hash lookup instead of four DH operations. (An
         // IK replay would also fail the timestamp check, but only after them.)
+        // The key is reserved at once, under one lock, so that copies
+        // arriving together on several workers do not all get past; the
+        // reservation is dropped again if this initiation fails, so junk
+        // cannot fill the guard.
         let mut ephemeral = [0u8; 32];
         ephemeral.copy_from_slice(&noise[..32]);
-        if self
-            .ephemerals
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .seen(&ephemeral)
-        {
-            return Err(Rejection::Replayed);
-        }
+        let mut reservation = self.reserve_ephemeral(ephemeral)?;
         let params = self.params[usize::from(pattern == Pattern::IK)].clone();
         let mut state = snow::Builder::new(params)
             .prologue(header)
@@ -296,12 +293,8 @@ impl Responder {
             }
         };
 
-        // Remembered only once the initiation has proved itself, so that
-        // junk with a valid mac1 cannot flush out real entries cheaply.
-        self.ephemerals
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .record(ephemeral);
+        // The initiation has proved itself: its ephemeral key stays known.
+        reservation.keep = true;
         let payload = [initiation::VERSION, matches!(role, Role::Admin) as u8];
         let mut response = [0u8; RESPONSE_LEN];
         let written = state
@@ -317,6 +310,43 @@ impl Responder {
             peer,
             role,
         })
+    }
+}
+
+impl Responder {
+    fn reserve_ephemeral(&self, ephemeral: [u8; 32]) -> Result<Reservation<'_>, Rejection> {
+        let mut guard = self
+            .ephemerals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !guard.record(ephemeral) {
+            return Err(Rejection::Replayed);
+        }
+        Ok(Reservation {
+            responder: self,
+            ephemeral,
+            keep: false,
+        })
+    }
+}
+
+/// An ephemeral key taken by an initiation in progress; given back on drop
+/// unless the initiation succeeded (`keep`).
+struct Reservation<'a> {
+    responder: &'a Responder,
+    ephemeral: [u8; 32],
+    keep: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.responder
+                .ephemerals
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .forget(&self.ephemeral);
+        }
     }
 }
 
@@ -346,19 +376,26 @@ impl EphemeralGuard {
         }
     }
 
-    fn seen(&self, ephemeral: &[u8; 32]) -> bool {
-        self.seen.contains(ephemeral)
-    }
-
-    fn record(&mut self, ephemeral: [u8; 32]) {
+    /// Remembers `ephemeral`; false if it was known already.
+    fn record(&mut self, ephemeral: [u8; 32]) -> bool {
         if !self.seen.insert(ephemeral) {
-            return;
+            return false;
         }
         self.order.push_back(ephemeral);
         if self.order.len() > self.capacity
             && let Some(oldest) = self.order.pop_front()
         {
             self.seen.remove(&oldest);
+        }
+        true
+    }
+
+    /// Forgets a key just recorded (an initiation that failed).
+    fn forget(&mut self, ephemeral: &[u8; 32]) {
+        if self.seen.remove(ephemeral)
+            && let Some(at) = self.order.iter().rposition(|e| e == ephemeral)
+        {
+            self.order.remove(at);
         }
     }
 }
@@ -411,16 +448,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_ephemeral_guard_forgets_the_oldest() {
+    fn the_ephemeral_guard_forgets_the_oldest_and_gives_back_failures() {
         let mut guard = EphemeralGuard::new(2);
         for byte in 1..=3u8 {
-            assert!(!guard.seen(&[byte; 32]));
-            guard.record([byte; 32]);
+            assert!(guard.record([byte; 32]));
         }
-        assert!(!guard.seen(&[1; 32]), "forgotten past capacity");
-        assert!(guard.seen(&[2; 32]) && guard.seen(&[3; 32]));
-        guard.record([3; 32]);
-        assert_eq!(guard.order.len(), 2);
+        assert!(guard.record([1; 32]), "forgotten past capacity");
+        assert!(!guard.record([3; 32]), "seen");
+        guard.forget(&[3; 32]);
+        assert!(guard.record([3; 32]), "given back");
+        assert_eq!(guard.order.len(), guard.seen.len());
     }
 
     #[test]

@@ -172,8 +172,9 @@ enum Attack {
     /// Idle connections from fresh addresses all along at 2,000 a second,
     /// the newest 3,000 held (three times the pending table).
     Rotating,
-    /// One captured NK first message, sent again and again from 500
-    /// sources, 2,000 a second.
+    /// One captured NK first message, sent again and again, each time from
+    /// a fresh source (a source is timed out at its first refused replay),
+    /// 2,000 a second.
     Replay,
     /// Idle connections from 2,000 addresses of one IPv6 /64, 2,000 a second.
     OneSlash64,
@@ -215,7 +216,7 @@ fn run_attack(
         let (source, keep, fill) = match attack {
             Attack::Idle => (v4(n), 10_000, 10_000),
             Attack::Rotating => (v4(n % 60_000), 3_000, 3_000),
-            Attack::Replay => (v4(n % 500), 2_000, 2_000),
+            Attack::Replay => (v4(n % 60_000), 2_000, 2_000),
             Attack::OneSlash64 => (v6(n % 2_000), 2_000, 2_000),
         };
         if matches!(attack, Attack::Idle) && n >= fill {
@@ -293,7 +294,11 @@ fn attacks(options: &Options, rows: &mut Vec<(String, String)>) {
             Attack::Rotating,
             v4,
         ),
-        ("replayed first messages, 500 sources", Attack::Replay, v4),
+        (
+            "a replayed first message, fresh sources, 2,000/s",
+            Attack::Replay,
+            v4,
+        ),
     ];
     if slash64 {
         cases.push(("2,000 idle from one IPv6 /64", Attack::OneSlash64, v6));

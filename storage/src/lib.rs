@@ -44,6 +44,10 @@ pub enum StorageError {
     Locked { dir: PathBuf },
     #[error("cannot open the database in {dir}: {source}")]
     Open { dir: PathBuf, source: sled::Error },
+    #[error(
+        "the database in {dir} is damaged ({detail}): move it aside (mv {dir} {dir}.damaged) and start again with an empty time-out table, or put back a copy of it from a backup"
+    )]
+    Damaged { dir: PathBuf, detail: String },
     #[error("cannot lock the database in {dir}: {source}")]
     Lock {
         dir: PathBuf,
@@ -175,9 +179,18 @@ impl Store {
             // fsyncs we did not ask for.
             .flush_every_ms(None)
             .open()
-            .map_err(|source| StorageError::Open {
-                dir: dir.to_owned(),
-                source,
+            .map_err(|source| match source {
+                sled::Error::Corruption { at, .. } => StorageError::Damaged {
+                    dir: dir.to_owned(),
+                    detail: match at {
+                        Some(at) => format!("unreadable data at {at:?}"),
+                        None => "unreadable data".into(),
+                    },
+                },
+                source => StorageError::Open {
+                    dir: dir.to_owned(),
+                    source,
+                },
             })?;
         let shared = Arc::new(Shared {
             commit: GroupCommit::start(db.clone(), options.flush_interval),
