@@ -1089,3 +1089,61 @@ fn a_stored_record_with_an_absurd_expiry_loads_and_lists() {
     let ban = server.ban_of("127.0.12.0/24").unwrap();
     assert_eq!(ban.expires_at_ms, u64::MAX);
 }
+
+#[test]
+fn db_check_and_salvage_copy_every_readable_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = ServerSpec::new(&data).start();
+    send_raw("127.0.15.1", server.addr, b"GET /", SHORT);
+    assert!(eventually(SHORT, || server.ban_of("127.0.15.1").is_some()));
+    assert!(server.stop().success());
+    let data_arg = data.display().to_string();
+    let (code, out, err) = cli(&["db", "check", "--data-dir", &data_arg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("time-outs: 1 readable, 0 not"), "{out}");
+
+    // A record that does not decode.
+    {
+        let db = sled::open(data.join("db")).unwrap();
+        db.open_tree("bans")
+            .unwrap()
+            .insert(b"garbage key", b"garbage value".to_vec())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let (code, out, err) = cli(&["db", "check", "--data-dir", &data_arg]);
+    assert_eq!(code, 1);
+    assert!(out.starts_with("time-outs: 1 readable, 1 not"), "{out}");
+    assert!(err.contains("db salvage --to"), "{err}");
+
+    let salvaged = dir.path().join("salvaged");
+    let salvaged_arg = salvaged.display().to_string();
+    let (code, out, err) = cli(&[
+        "db",
+        "salvage",
+        "--data-dir",
+        &data_arg,
+        "--to",
+        &salvaged_arg,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("salvaged into"), "{out}");
+    let (code, out, _) = cli(&["db", "check", "--data-dir", &salvaged_arg]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("time-outs: 1 readable, 0 not"), "{out}");
+    // A second salvage into the same place is refused.
+    let (code, _, err) = cli(&[
+        "db",
+        "salvage",
+        "--data-dir",
+        &data_arg,
+        "--to",
+        &salvaged_arg,
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("a database is there already"), "{err}");
+    // The salvaged database serves: the time-out is restored.
+    let server = ServerSpec::new(&salvaged).start();
+    assert!(refused_at_accept("127.0.15.1", server.addr));
+}

@@ -7,6 +7,7 @@
 mod bans_cmd;
 mod capabilities;
 mod client_cmd;
+mod db_cmd;
 mod display;
 mod kernel_wiring;
 mod keygen;
@@ -47,6 +48,8 @@ enum Command {
     Xdp(xdp_cmd::Args),
     /// Replay the client side of a capture's TCP streams against a live server.
     Replay(replay_cmd::Args),
+    /// Check a stopped server's database record by record, or salvage what is readable.
+    Db(db_cmd::Args),
     /// Show the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bans(args) => bans_cmd::run(args),
+        Command::Db(args) => db_cmd::run(args),
         Command::Xdp(args) => xdp_cmd::run(args),
         Command::Replay(args) => replay_cmd::run(args),
         Command::Config(ConfigCommand::Print(args)) => {

@@ -170,6 +170,23 @@ impl BanStore {
         self.bans.len()
     }
 
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.bans
+    }
+
+    pub(crate) fn history_tree(&self) -> &sled::Tree {
+        &self.history
+    }
+
+    /// Writes `prefix`'s history as given (salvage).
+    pub(crate) fn put_history(&self, prefix: &Cidr, history: &History) -> Result<()> {
+        self.shared.wrote(
+            self.history
+                .insert(encode_prefix(prefix), encode_history(history).to_vec()),
+        )?;
+        Ok(())
+    }
+
     /// Writes raw bytes as `prefix`'s ban record (its expiry first, as every
     /// format has it): how tests make a record that does not decode.
     #[cfg(feature = "test-support")]
@@ -198,7 +215,7 @@ fn encode_history(history: &History) -> [u8; HISTORY_LEN] {
     out
 }
 
-fn decode_history(value: &[u8]) -> Result<History> {
+pub(crate) fn decode_history(value: &[u8]) -> Result<History> {
     let value: &[u8; HISTORY_LEN] = value.try_into().map_err(|_| StorageError::Corrupt {
         tree: "history",
         detail: format!("value of {} bytes", value.len()),

@@ -24,6 +24,7 @@
 pub mod bans;
 pub mod codec;
 mod commit;
+pub mod salvage;
 pub mod volumes;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use bans::{BanStore, History, LoadedBans};
+pub use salvage::{CheckReport, TreeReport};
 pub use volumes::VolumeStore;
 
 use commit::GroupCommit;

@@ -39,6 +39,10 @@ impl VolumeStore {
         Ok(())
     }
 
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
     /// How many volumes are stored.
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)

@@ -1,0 +1,101 @@
+//! `penaltybox db check | salvage`: for a stopped server's database that
+//! sled still opens but some of whose records no longer decode. `check`
+//! reads every record and says how many decode; `salvage --to DIR` copies
+//! every one that does into a fresh database under DIR.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use storage::{CheckReport, Store};
+
+use crate::settings::{self, FlagOverrides};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The stopped server's data directory [default: ./penaltybox-data].
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// The server's config file (for data_dir).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: DbCommand,
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Read every record; exit 1 if any does not decode.
+    Check,
+    /// Copy every record that decodes into a fresh data directory.
+    Salvage {
+        /// The new data directory (must not hold a database yet).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let settings = settings::load(
+        args.config.as_deref(),
+        &FlagOverrides {
+            data_dir: args.data_dir.clone(),
+            ..FlagOverrides::default()
+        },
+    )?;
+    let dir = settings.database_dir();
+    if !dir.exists() {
+        bail!(
+            "{}: no penaltybox database here (pass --data-dir)",
+            settings.data_dir.display()
+        );
+    }
+    let store = Store::open(&dir, &settings.store_options())?;
+    match args.command {
+        DbCommand::Check => {
+            let report = store.salvage(None)?;
+            println!("{}", summary(&report));
+            Ok(if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "penaltybox: some records do not decode: `penaltybox db salvage --to NEW_DIR` copies the others"
+                );
+                ExitCode::FAILURE
+            })
+        }
+        DbCommand::Salvage { to } => {
+            let target = to.join("db");
+            if target.exists() {
+                bail!("{}: a database is there already", target.display());
+            }
+            std::fs::create_dir_all(&to)
+                .with_context(|| format!("cannot create {}", to.display()))?;
+            let fresh = Store::open(&target, &settings.store_options())?;
+            let report = store.salvage(Some(&fresh))?;
+            println!("{}", summary(&report));
+            println!(
+                "salvaged into {}; to use it, with the server stopped: mv {} {}.old && mv {} {}",
+                target.display(),
+                dir.display(),
+                dir.display(),
+                target.display(),
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn summary(report: &CheckReport) -> String {
+    format!(
+        "time-outs: {} readable, {} not; history: {} readable, {} not; volumes: {} readable, {} not",
+        report.bans.good,
+        report.bans.bad,
+        report.history.good,
+        report.history.bad,
+        report.volumes.good,
+        report.volumes.bad
+    )
+}

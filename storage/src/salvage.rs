@@ -1,0 +1,142 @@
+//! `db check` and `db salvage`: read every record of every tree, count what
+//! decodes and what does not, and (salvage) copy what decodes into a fresh
+//! database. For a database sled still opens but some of whose records no
+//! longer decode; what sled itself cannot open, neither can this.
+
+use crate::codec::{decode_ban, decode_prefix, decode_volume};
+use crate::{Result, Store};
+
+/// Records read per tree: decoded, and not.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TreeReport {
+    pub good: usize,
+    pub bad: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CheckReport {
+    pub bans: TreeReport,
+    pub history: TreeReport,
+    pub volumes: TreeReport,
+}
+
+impl CheckReport {
+    pub fn is_clean(&self) -> bool {
+        self.bans.bad + self.history.bad + self.volumes.bad == 0
+    }
+}
+
+impl Store {
+    /// Reads every record; with `into`, copies each one that decodes there
+    /// (in its current format) and flushes it.
+    pub fn salvage(&self, into: Option<&Store>) -> Result<CheckReport> {
+        let mut report = CheckReport::default();
+        for entry in self.bans.tree().iter() {
+            let (key, value) = self.shared.read(entry)?;
+            match decode_ban(&key, &value) {
+                Ok(ban) => {
+                    report.bans.good += 1;
+                    if let Some(into) = into {
+                        into.bans.put(&ban)?;
+                    }
+                }
+                Err(error) => {
+                    report.bans.bad += 1;
+                    log::warn!("bans: skipping a record: {error}");
+                }
+            }
+        }
+        for entry in self.bans.history_tree().iter() {
+            let (key, value) = self.shared.read(entry)?;
+            let decoded = decode_prefix("history", &key)
+                .and_then(|prefix| Ok((prefix, crate::bans::decode_history(&value)?)));
+            match decoded {
+                Ok((prefix, history)) => {
+                    report.history.good += 1;
+                    if let Some(into) = into {
+                        into.bans.put_history(&prefix, &history)?;
+                    }
+                }
+                Err(error) => {
+                    report.history.bad += 1;
+                    log::warn!("history: skipping a record: {error}");
+                }
+            }
+        }
+        for entry in self.volumes.tree().iter() {
+            let (key, value) = self.shared.read(entry)?;
+            match decode_volume(&key, &value) {
+                Ok(volume) => {
+                    report.volumes.good += 1;
+                    if let Some(into) = into {
+                        into.volumes.put(&volume)?;
+                    }
+                }
+                Err(error) => {
+                    report.volumes.bad += 1;
+                    log::warn!("volumes: skipping a record: {error}");
+                }
+            }
+        }
+        if let Some(into) = into {
+            into.flush()?;
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreOptions;
+
+    #[test]
+    fn salvage_copies_what_decodes_and_counts_what_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let ban = model::BanInfo {
+            prefix: "192.0.2.7".parse().unwrap(),
+            cause: "bad-magic".parse().unwrap(),
+            first_bytes: Default::default(),
+            banned_at_ms: 1,
+            expires_at_ms: u64::MAX / 2,
+            repeat: 2,
+        };
+        store.bans().put(&ban).unwrap();
+        store
+            .bans()
+            .put_history(
+                &ban.prefix,
+                &crate::History {
+                    last_banned_at_ms: 1,
+                    last_duration_ms: 2,
+                    repeat: 1,
+                },
+            )
+            .unwrap();
+        store
+            .bans()
+            .tree()
+            .insert(b"not a prefix", b"nor a ban".to_vec())
+            .unwrap();
+        let report = store.salvage(None).unwrap();
+        assert_eq!(report.bans, TreeReport { good: 1, bad: 1 });
+        assert_eq!(report.history, TreeReport { good: 1, bad: 0 });
+        assert!(!report.is_clean());
+
+        let fresh_dir = tempfile::tempdir().unwrap();
+        let fresh = Store::open(fresh_dir.path(), &StoreOptions::default()).unwrap();
+        store.salvage(Some(&fresh)).unwrap();
+        assert_eq!(fresh.bans().get(&ban.prefix).unwrap(), Some(ban));
+        assert!(fresh.salvage(None).unwrap().is_clean());
+        assert_eq!(
+            fresh
+                .bans()
+                .history(&"192.0.2.7".parse().unwrap())
+                .unwrap()
+                .unwrap()
+                .repeat,
+            1
+        );
+    }
+}
