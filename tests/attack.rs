@@ -57,9 +57,7 @@ fn source(n: usize) -> String {
 #[test]
 fn idle_connections_from_many_sources_do_not_lock_clients_out() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerSpec::new(&dir.path().join("data"))
-        .config("[limits]\nmax_pending_handshakes = 100\n")
-        .start();
+    let server = Server::with_config(dir.path(), "[limits]\nmax_pending_handshakes = 100\n");
     // Four times the pending table, each from its own source, sending nothing.
     let held: Vec<TcpStream> = (0..400)
         .filter_map(|n| try_connect_from(&source(n), server.addr).ok())
@@ -129,35 +127,9 @@ fn many_addresses_of_one_ipv6_64_are_one_source() {
     if !is_root() {
         return skip_or_fail("adding IPv6 test addresses to lo needs root");
     }
-    struct Cleanup(Vec<String>);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            for addr in &self.0 {
-                let _ = std::process::Command::new("ip")
-                    .args(["-6", "addr", "del", &format!("{addr}/128"), "dev", "lo"])
-                    .status();
-            }
-        }
-    }
     let mut addrs: Vec<String> = (1..=40).map(|i| format!("2001:db8:64::{i:x}")).collect();
     addrs.push("2001:db8:65::1".into());
-    let _cleanup = Cleanup(addrs.clone());
-    for addr in &addrs {
-        let ok = std::process::Command::new("ip")
-            .args([
-                "-6",
-                "addr",
-                "add",
-                &format!("{addr}/128"),
-                "dev",
-                "lo",
-                "nodad",
-            ])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "cannot add {addr} to lo");
-    }
+    let _on_lo = LoAddresses::add(&addrs);
     let dir = tempfile::tempdir().unwrap();
     let server = ServerSpec::new(&dir.path().join("data"))
         .listen(&["127.0.0.1:0", "[::1]:0"])
@@ -201,9 +173,7 @@ fn replayed_first_messages_never_become_sessions_and_time_the_replayer_out() {
     // (The one answered replay would become a handshake time-out at the
     // deadline: it never sends a frame.)
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerSpec::new(&dir.path().join("data"))
-        .config("[timeouts]\nhandshake = \"1s\"\n")
-        .start();
+    let server = Server::with_config(dir.path(), "[timeouts]\nhandshake = \"1s\"\n");
     // One genuine anonymous first message, captured, then replayed.
     let (_, first) = Initiator::start(&server.public_key, None).unwrap();
     let completed_before = server.stats().handshakes_completed;
@@ -248,9 +218,10 @@ fn replayed_first_messages_never_become_sessions_and_time_the_replayer_out() {
 #[test]
 fn a_peer_that_does_not_read_its_responses_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerSpec::new(&dir.path().join("data"))
-        .config("[timeouts]\nwrite = \"1s\"\n[service]\nrequests_per_second = 100000\nrequest_burst = 100000\n")
-        .start();
+    let server = Server::with_config(
+        dir.path(),
+        "[timeouts]\nwrite = \"1s\"\n[service]\nrequests_per_second = 100000\nrequest_burst = 100000\n",
+    );
     // Volumes enough that every list answer is tens of kilobytes.
     let mut admin = server
         .client_from("127.0.0.1", Some(&server.admin))
@@ -343,9 +314,7 @@ fn a_peer_that_does_not_read_its_responses_is_dropped() {
 #[test]
 fn refusals_over_a_limit_name_their_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerSpec::new(&dir.path().join("data"))
-        .config("[limits]\nmax_pending_per_source = 1\n")
-        .start();
+    let server = Server::with_config(dir.path(), "[limits]\nmax_pending_per_source = 1\n");
     let _held = connect_from("127.0.11.1", server.addr);
     let key = server.data_dir.join("server.pub").display().to_string();
     let addr = server.addr.to_string();
@@ -378,9 +347,7 @@ fn refusals_over_a_limit_name_their_reason() {
 
     // The connection limit: "server busy".
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerSpec::new(&dir.path().join("data"))
-        .config("[limits]\nmax_connections = 3\n")
-        .start();
+    let server = Server::with_config(dir.path(), "[limits]\nmax_connections = 3\n");
     let held: Vec<_> = (0..3)
         .map(|i| connect_from(&format!("127.0.33.{}", i + 1), server.addr))
         .collect();

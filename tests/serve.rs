@@ -13,11 +13,6 @@ use protocol::{AdminRequest, PrivateKey, Request, Response};
 
 const SHORT: Duration = Duration::from_millis(1500);
 
-/// A server with `extra` TOML config (every test server has an admin key).
-fn server_with(dir: &std::path::Path, extra: &str) -> Server {
-    ServerSpec::new(&dir.join("data")).config(extra).start()
-}
-
 /// First messages that are wrong in each way the protocol distinguishes.
 fn bad_first_messages(server: &Server) -> Vec<(&'static str, Vec<u8>)> {
     let (_, good) = Initiator::start(&server.public_key, None).unwrap();
@@ -162,7 +157,7 @@ fn the_inventory_cannot_fill_the_disk() {
     };
 
     // A quota on volumes: new ones stop at the cap, existing ones still change.
-    let server = server_with(dir.path(), "[service]\nmax_volumes = 2\n");
+    let server = Server::with_config(dir.path(), "[service]\nmax_volumes = 2\n");
     let mut client = server.client_from("127.0.0.2", Some(&user)).unwrap();
     for id in ["Q1", "Q2"] {
         let put = block_on(client.call(&Request::PutVolume(spec(id)))).unwrap();
@@ -180,7 +175,7 @@ fn the_inventory_cannot_fill_the_disk() {
 
     // A per-session request rate.
     let dir = tempfile::tempdir().unwrap();
-    let server = server_with(
+    let server = Server::with_config(
         dir.path(),
         "[service]\nrequests_per_second = 1\nrequest_burst = 3\n",
     );
@@ -201,7 +196,7 @@ fn the_inventory_cannot_fill_the_disk() {
     // A free-space reserve (here larger than any disk): inventory writes
     // pause, time-outs still persist.
     let dir = tempfile::tempdir().unwrap();
-    let server = server_with(dir.path(), "[service]\nmin_free_mb = 1000000000\n");
+    let server = Server::with_config(dir.path(), "[service]\nmin_free_mb = 1000000000\n");
     let mut client = server.client_from("127.0.0.2", Some(&user)).unwrap();
     let paused = limit_exceeded(block_on(client.call(&Request::PutVolume(spec("F1")))).unwrap());
     assert!(paused.contains("service.min_free_mb"), "{paused}");
@@ -307,7 +302,7 @@ fn the_client_cli_against_a_real_server() {
 #[test]
 fn every_class_of_bad_first_bytes_is_timed_out_with_its_cause() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server_with(dir.path(), "");
+    let server = Server::with_config(dir.path(), "");
     for (i, (cause, bytes)) in bad_first_messages(&server).into_iter().enumerate() {
         let source = format!("127.0.1.{}", i + 1);
         let outcome = send_raw(&source, server.addr, &bytes, Duration::from_secs(5));
@@ -348,7 +343,7 @@ fn every_class_of_bad_first_bytes_is_timed_out_with_its_cause() {
 #[test]
 fn a_garbage_frame_after_the_handshake_is_a_session_violation() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server_with(dir.path(), "");
+    let server = Server::with_config(dir.path(), "");
     let (initiator, first) = Initiator::start(&server.public_key, None).unwrap();
     let mut stream = connect_from("127.0.3.1", server.addr);
     use std::io::{Read, Write};
@@ -368,7 +363,7 @@ fn a_garbage_frame_after_the_handshake_is_a_session_violation() {
 #[test]
 fn slowloris_is_closed_at_the_deadline_and_timed_out() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server_with(dir.path(), "[timeouts]\nhandshake = \"1s\"\n");
+    let server = Server::with_config(dir.path(), "[timeouts]\nhandshake = \"1s\"\n");
     let started = std::time::Instant::now();
     // A valid start of a first message, then nothing.
     let outcome = send_raw(
@@ -399,7 +394,7 @@ fn slowloris_is_closed_at_the_deadline_and_timed_out() {
 #[test]
 fn time_outs_expire_and_escalate_on_repeat() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server_with(dir.path(), "[bans]\nnon_protocol = \"1s\"\n");
+    let server = Server::with_config(dir.path(), "[bans]\nnon_protocol = \"1s\"\n");
     let source = "127.0.5.1";
     send_raw(source, server.addr, b"GET /", SHORT);
     assert!(eventually(SHORT, || server.ban_of(source).is_some()));
@@ -439,7 +434,7 @@ fn time_outs_expire_and_escalate_on_repeat() {
 #[test]
 fn allow_listed_sources_are_never_timed_out() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server_with(dir.path(), "[bans]\nallow = [\"127.0.6.0/24\"]\n");
+    let server = Server::with_config(dir.path(), "[bans]\nallow = [\"127.0.6.0/24\"]\n");
     send_raw("127.0.6.9", server.addr, b"\x16\x03\x01 hello", SHORT);
     assert!(server.wait_log("not timing out 127.0.6.9", SHORT).is_some());
     assert!(server.ban_of("127.0.6.9").is_none());
@@ -463,7 +458,7 @@ fn allow_listed_sources_are_never_timed_out() {
 #[test]
 fn the_allow_list_wins_over_a_covering_admin_time_out() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server_with(dir.path(), "[bans]\nallow = [\"127.0.13.250/32\"]\n");
+    let server = Server::with_config(dir.path(), "[bans]\nallow = [\"127.0.13.250/32\"]\n");
     let add = |prefix: &str, force| {
         server.admin_call(AdminRequest::AddBan {
             prefix: prefix.parse().unwrap(),
@@ -511,33 +506,7 @@ fn ipv6_sources_are_aggregated_per_64() {
     }
     // Two addresses in one /64 and one in another, on lo; removed after.
     let addrs = ["2001:db8:42::1", "2001:db8:42::2", "2001:db8:43::1"];
-    struct Cleanup(&'static [&'static str]);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            for addr in self.0 {
-                let _ = std::process::Command::new("ip")
-                    .args(["-6", "addr", "del", &format!("{addr}/128"), "dev", "lo"])
-                    .status();
-            }
-        }
-    }
-    let _cleanup = Cleanup(&["2001:db8:42::1", "2001:db8:42::2", "2001:db8:43::1"]);
-    for addr in addrs {
-        let ok = std::process::Command::new("ip")
-            .args([
-                "-6",
-                "addr",
-                "add",
-                &format!("{addr}/128"),
-                "dev",
-                "lo",
-                "nodad",
-            ])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "cannot add {addr} to lo");
-    }
+    let _on_lo = LoAddresses::add(&addrs.map(String::from));
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = ServerSpec::new(&data).listen(&["[::]:0"]).start();
@@ -563,7 +532,7 @@ fn ipv6_sources_are_aggregated_per_64() {
 #[test]
 fn a_full_table_evicts_the_entry_closest_to_expiry() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server_with(dir.path(), "[bans]\nmax_entries = 2\n");
+    let server = Server::with_config(dir.path(), "[bans]\nmax_entries = 2\n");
     for (i, source) in ["127.0.7.1", "127.0.7.2", "127.0.7.3"].iter().enumerate() {
         send_raw(source, server.addr, b"GET /", SHORT);
         assert!(
@@ -623,7 +592,7 @@ fn bans_survive_a_clean_restart_and_kill_9_and_expire_during_downtime() {
 #[test]
 fn admin_cli_online_and_offline() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server_with(dir.path(), "");
+    let server = Server::with_config(dir.path(), "");
     let admin_key = server.admin_key.clone();
     let addr = server.addr.to_string();
     let pub_file = server.data_dir.join("server.pub").display().to_string();
@@ -921,7 +890,7 @@ fn out_of_file_descriptors_the_acceptor_backs_off_and_recovers() {
 #[test]
 fn a_time_out_closes_the_live_sessions_it_covers() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server_with(dir.path(), "");
+    let server = Server::with_config(dir.path(), "");
     let ping =
         |client: &mut protocol::Client, nonce| block_on(client.call(&Request::Ping { nonce }));
     let mut inside = server.client_from("127.0.9.1", None).unwrap();
@@ -1011,7 +980,7 @@ fn a_storage_failure_under_an_admin_command_is_answered_as_the_servers_fault() {
 #[test]
 fn absurd_durations_are_refused_with_the_cap_and_nothing_panics() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server_with(dir.path(), "");
+    let server = Server::with_config(dir.path(), "");
     let addr = server.addr.to_string();
     let pub_file = server.data_dir.join("server.pub").display().to_string();
     let key = server.admin_key.display().to_string();

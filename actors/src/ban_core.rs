@@ -124,9 +124,18 @@ impl BanCore {
             kernel,
             stats,
         };
-        let kernel = core.replay_into_kernel(&loaded.live, now_ms);
+        // A table stored with a larger bound than today's: the bound holds
+        // from the first connection on (closest to expiry go first).
+        let mut live = loaded.live;
+        while core.view.len() > core.policy.max_entries {
+            core.evict_one(now_ms);
+        }
+        if live.len() > core.view.len() {
+            live.retain(|(prefix, _)| core.view.expiry(prefix).is_some());
+        }
+        let kernel = core.replay_into_kernel(&live, now_ms);
         let report = BootReport {
-            restored: loaded.live.len(),
+            restored: live.len(),
             discarded: loaded.discarded,
             elapsed,
             kernel,
@@ -886,6 +895,7 @@ mod tests {
             assert_eq!(report.restored, 1);
             assert_eq!(report.discarded, 1, "the 1 s admin ban ran out while down");
             let replay = report.kernel.unwrap();
+            // (max_entries is far above 1 here; see the next test for the bound.)
             assert_eq!(
                 (replay.replayed, replay.removed_stale, replay.failed),
                 (1, 1, 0)
@@ -894,6 +904,45 @@ mod tests {
             assert!(!kernel.holds("203.0.113.1/32"));
             assert!(core.view().is_banned(ip("192.0.2.7"), NOW + 2_000));
         }
+    }
+
+    #[test]
+    fn restore_holds_a_smaller_bound_than_the_table_was_stored_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &storage::StoreOptions::default()).unwrap();
+        let mut wide = BanCore::offline(BanPolicy::default(), store.clone());
+        for (i, minutes) in [30u64, 10, 20].iter().enumerate() {
+            let prefix: Cidr = format!("192.0.2.{}", i + 1).parse().unwrap();
+            wide.admin_ban(
+                admin(
+                    prefix,
+                    Some(Duration::from_secs(60 * minutes)),
+                    "a".parse().unwrap(),
+                ),
+                NOW,
+            )
+            .unwrap();
+        }
+        let policy = BanPolicy {
+            max_entries: 2,
+            ..BanPolicy::default()
+        };
+        let kernel = FakeKernel::default();
+        let (core, report) = BanCore::restore(
+            policy,
+            store,
+            Arc::new(BanView::default()),
+            Arc::new(Stats::default()),
+            Some(Box::new(kernel.clone())),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!((core.len(), report.restored), (2, 2));
+        assert!(
+            !core.view().is_banned(ip("192.0.2.2"), NOW),
+            "the closest to expiry went"
+        );
+        assert!(!kernel.holds("192.0.2.2/32") && kernel.holds("192.0.2.1/32"));
     }
 
     #[test]

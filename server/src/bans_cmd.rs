@@ -14,11 +14,10 @@ use protocol::message::{BanInfo, Cause, ErrorCode, MAX_PAGE};
 use protocol::{
     AdminRequest, Cidr, Client, ClientConfig, PrivateKey, PublicKey, Request, Response, Role,
 };
-use storage::Store;
 
 use crate::client_cmd::parse_server_key;
 use crate::display::{ban_json, ban_line};
-use crate::settings::{self, FlagOverrides};
+use crate::settings;
 
 #[derive(clap::Args)]
 #[command(
@@ -160,21 +159,9 @@ async fn connect(args: &Args) -> anyhow::Result<Backend> {
     {
         return connect_admin(server, server_key, key, args.bind).await;
     }
-    let settings = settings::load(
-        args.config.as_deref(),
-        &FlagOverrides {
-            data_dir: args.data_dir.clone(),
-            ..FlagOverrides::default()
-        },
-    )?;
-    let dir = settings.database_dir();
-    if !dir.exists() {
-        bail!(
-            "{}: no penaltybox database here (pass --data-dir, or --server for a running server)",
-            settings.data_dir.display()
-        );
-    }
-    let store = Store::open(&dir, &settings.store_options())?;
+    let settings = settings::load_offline(args.config.as_deref(), args.data_dir.clone())?;
+    let store =
+        settings.open_stopped_database("pass --data-dir, or --server for a running server")?;
     Ok(Backend::Offline(Box::new(Offline {
         core: BanCore::offline(settings.policy()?, store),
     })))

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use storage::{CheckReport, Store};
 
-use crate::settings::{self, FlagOverrides};
+use crate::settings;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,21 +37,9 @@ enum DbCommand {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let settings = settings::load(
-        args.config.as_deref(),
-        &FlagOverrides {
-            data_dir: args.data_dir.clone(),
-            ..FlagOverrides::default()
-        },
-    )?;
+    let settings = settings::load_offline(args.config.as_deref(), args.data_dir.clone())?;
     let dir = settings.database_dir();
-    if !dir.exists() {
-        bail!(
-            "{}: no penaltybox database here (pass --data-dir)",
-            settings.data_dir.display()
-        );
-    }
-    let store = Store::open(&dir, &settings.store_options())?;
+    let store = settings.open_stopped_database("pass --data-dir")?;
     match args.command {
         DbCommand::Check => {
             let report = store.salvage(None)?;

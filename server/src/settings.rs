@@ -269,6 +269,18 @@ pub struct FlagOverrides {
     pub xdp_iface: Option<String>,
 }
 
+/// The settings of an offline command: a config file and a data
+/// directory flag at most.
+pub fn load_offline(file: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Result<Settings> {
+    load(
+        file,
+        &FlagOverrides {
+            data_dir,
+            ..FlagOverrides::default()
+        },
+    )
+}
+
 /// Loads and validates the effective settings.
 pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Settings> {
     let mut builder = config::Config::builder();
@@ -470,6 +482,19 @@ impl Settings {
             flush_interval: self.storage.flush_interval.0,
             cache_bytes: self.storage.cache_mb << 20,
         }
+    }
+
+    /// Opens a stopped server's database (the offline commands); `hint` ends
+    /// the error when there is none, saying what else to pass.
+    pub fn open_stopped_database(&self, hint: &str) -> anyhow::Result<storage::Store> {
+        let dir = self.database_dir();
+        if !dir.exists() {
+            bail!(
+                "{}: no penaltybox database here ({hint})",
+                self.data_dir.display()
+            );
+        }
+        Ok(storage::Store::open(&dir, &self.store_options())?)
     }
 
     /// Where sled keeps its files, inside the data directory.

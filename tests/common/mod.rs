@@ -196,6 +196,11 @@ impl Server {
         ServerSpec::new(data_dir).start()
     }
 
+    /// A server on `dir/data` with `toml` as its config file.
+    pub fn with_config(dir: &Path, toml: &str) -> Server {
+        ServerSpec::new(&dir.join("data")).config(toml).start()
+    }
+
     /// Polls for the server's `--ready-file`; panics with the log if the
     /// server exits or does not get ready in time.
     fn wait_ready(&mut self, path: &Path, timeout: Duration) -> serde_json::Value {
@@ -529,4 +534,40 @@ pub fn skip_or_fail(why: &str) {
         panic!("CI=true and this test cannot run: {why}");
     }
     eprintln!("SKIPPED (not a pass): {why}");
+}
+
+/// IPv6 addresses added to `lo` for a test (root), removed on drop.
+pub struct LoAddresses(Vec<String>);
+
+impl LoAddresses {
+    pub fn add(addrs: &[String]) -> LoAddresses {
+        let added = LoAddresses(addrs.to_vec());
+        for addr in addrs {
+            let ok = Command::new("ip")
+                .args([
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{addr}/128"),
+                    "dev",
+                    "lo",
+                    "nodad",
+                ])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "cannot add {addr} to lo");
+        }
+        added
+    }
+}
+
+impl Drop for LoAddresses {
+    fn drop(&mut self) {
+        for addr in &self.0 {
+            let _ = Command::new("ip")
+                .args(["-6", "addr", "del", &format!("{addr}/128"), "dev", "lo"])
+                .status();
+        }
+    }
 }

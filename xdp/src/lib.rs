@@ -7,9 +7,10 @@
 //! - [`attach`]: load, attach to an interface and pin the maps and the link
 //!   under a bpffs directory, so the program stays after the loader exits;
 //!   `detach` and `status`;
-//! - [`table::KernelTable`]: the pinned ban maps that the ban registry
-//!   writes (`serve -B PATH`), with wall-clock expiries converted to the
-//!   CLOCK_MONOTONIC nanoseconds the program compares with.
+//! - [`table::KernelTable`]: the pinned ban maps and allow-list that the
+//!   ban core writes through the server's adapter (`serve -B PATH`), with
+//!   wall-clock expiries converted to the CLOCK_MONOTONIC nanoseconds the
+//!   program compares with.
 //!
 //! Errors say what to do (load the program first, run with CAP_BPF and
 //! CAP_NET_ADMIN, mount bpffs) in one line.
