@@ -12,6 +12,7 @@ use model::ban::BanInfo;
 use model::cidr::Cidr;
 
 use crate::codec::{decode_ban, decode_expiry, decode_prefix, encode_ban, encode_prefix};
+use crate::trees::TreeId;
 use crate::{Result, Shared, StorageError, page};
 
 const HISTORY_LEN: usize = 20;
@@ -35,18 +36,12 @@ pub struct LoadedBans {
 
 #[derive(Clone)]
 pub struct BanStore {
-    bans: sled::Tree,
-    history: sled::Tree,
     shared: Arc<Shared>,
 }
 
 impl BanStore {
-    pub(crate) fn new(bans: sled::Tree, history: sled::Tree, shared: Arc<Shared>) -> Self {
-        BanStore {
-            bans,
-            history,
-            shared,
-        }
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        BanStore { shared }
     }
 
     /// Records a ban (replacing one of the same prefix). Its history is
@@ -55,7 +50,8 @@ impl BanStore {
     /// instead of two is most of what a million of them cost in memory.
     pub fn put(&self, ban: &BanInfo) -> Result<()> {
         let key = encode_prefix(&ban.prefix);
-        self.shared.wrote(self.bans.insert(key, encode_ban(ban)))?;
+        self.shared
+            .write(TreeId::Bans, &key, Some(encode_ban(ban)))?;
         Ok(())
     }
 
@@ -65,7 +61,7 @@ impl BanStore {
     /// without history.
     pub fn retire(&self, prefix: &Cidr) -> Result<bool> {
         let key = encode_prefix(prefix);
-        let Some(old) = self.shared.wrote(self.bans.remove(key))? else {
+        let Some(old) = self.shared.write(TreeId::Bans, &key, None)? else {
             return Ok(false);
         };
         self.keep_history(&key, &old)?;
@@ -79,30 +75,30 @@ impl BanStore {
                 last_duration_ms: ban.expires_at_ms.saturating_sub(ban.banned_at_ms),
                 repeat: ban.repeat,
             };
-            self.shared
-                .wrote(self.history.insert(key, encode_history(&history).to_vec()))?;
+            self.put_history_key(key, &history)?;
         }
         Ok(())
     }
 
-    /// Removes a ban record, nothing else; says whether there was one. The
-    /// old record is not decoded: one that no longer decodes can still go.
-    fn remove(&self, prefix: &Cidr) -> Result<bool> {
-        let old = self.shared.wrote(self.bans.remove(encode_prefix(prefix)))?;
-        Ok(old.is_some())
+    fn put_history_key(&self, key: &[u8; 18], history: &History) -> Result<()> {
+        self.shared
+            .write(TreeId::History, key, Some(encode_history(history).to_vec()))?;
+        Ok(())
     }
 
-    /// Removes a ban and its history: an admin's pardon.
+    /// Removes a ban and its history: an admin's pardon. Says whether there
+    /// was a ban (the old record is not decoded: one that no longer decodes
+    /// can still go).
     pub fn forget(&self, prefix: &Cidr) -> Result<bool> {
-        let removed = self.remove(prefix)?;
-        self.shared
-            .wrote(self.history.remove(encode_prefix(prefix)))?;
+        let key = encode_prefix(prefix);
+        let removed = self.shared.write(TreeId::Bans, &key, None)?.is_some();
+        self.shared.write(TreeId::History, &key, None)?;
         Ok(removed)
     }
 
     pub fn get(&self, prefix: &Cidr) -> Result<Option<BanInfo>> {
         let key = encode_prefix(prefix);
-        let value = self.shared.read(self.bans.get(key))?;
+        let value = self.shared.with(|trees| Ok(trees.bans.get(key)?))?;
         value.map(|value| decode_ban(&key, &value)).transpose()
     }
 
@@ -110,14 +106,11 @@ impl BanStore {
     /// continue from if there are more.
     pub fn list(&self, after: Option<&Cidr>, limit: usize) -> Result<(Vec<BanInfo>, Option<Cidr>)> {
         let after = after.map(|prefix| encode_prefix(prefix).to_vec());
-        page(
-            &self.shared,
-            &self.bans,
-            after,
-            limit,
-            decode_ban,
-            |b: &BanInfo| b.prefix,
-        )
+        self.shared.with(|trees| {
+            page(&trees.bans, after, limit, decode_ban, |b: &BanInfo| {
+                b.prefix
+            })
+        })
     }
 
     /// Reads every ban for boot: live ones are returned (prefix and expiry
@@ -126,16 +119,19 @@ impl BanStore {
     pub fn load_live(&self, now_ms: u64) -> Result<LoadedBans> {
         let mut loaded = LoadedBans::default();
         let mut expired = Vec::new();
-        for entry in self.bans.iter() {
-            let (key, value) = self.shared.read(entry)?;
-            let prefix = decode_prefix("bans", &key)?;
-            let expires_at_ms = decode_expiry(&value)?;
-            if expires_at_ms > now_ms {
-                loaded.live.push((prefix, expires_at_ms));
-            } else {
-                expired.push(prefix);
+        self.shared.with(|trees| {
+            for entry in trees.bans.iter() {
+                let (key, value) = entry?;
+                let prefix = decode_prefix("bans", &key)?;
+                let expires_at_ms = decode_expiry(&value)?;
+                if expires_at_ms > now_ms {
+                    loaded.live.push((prefix, expires_at_ms));
+                } else {
+                    expired.push(prefix);
+                }
             }
-        }
+            Ok(())
+        })?;
         loaded.discarded = expired.len();
         for prefix in expired {
             self.retire(&prefix)?;
@@ -146,45 +142,37 @@ impl BanStore {
     /// The previous ban of `prefix` (for escalation; a live ban's own record
     /// is not consulted: a prefix is not banned again while it is live).
     pub fn history(&self, prefix: &Cidr) -> Result<Option<History>> {
-        let value = self.shared.read(self.history.get(encode_prefix(prefix)))?;
+        let key = encode_prefix(prefix);
+        let value = self.shared.with(|trees| Ok(trees.history.get(key)?))?;
         value.map(|v| decode_history(&v)).transpose()
     }
 
     /// Drops history entries whose ban started before `before_ms`: they can
     /// no longer make a new ban escalate. Returns how many were dropped.
     pub fn purge_history(&self, before_ms: u64) -> Result<usize> {
-        let mut stale = Vec::new();
-        for entry in self.history.iter() {
-            let (key, value) = self.shared.read(entry)?;
-            if decode_history(&value)?.last_banned_at_ms < before_ms {
-                stale.push(key);
+        let stale = self.shared.with(|trees| {
+            let mut stale = Vec::new();
+            for entry in trees.history.iter() {
+                let (key, value) = entry?;
+                if decode_history(&value)?.last_banned_at_ms < before_ms {
+                    stale.push(key);
+                }
             }
-        }
+            Ok(stale)
+        })?;
         for key in &stale {
-            self.shared.wrote(self.history.remove(key))?;
+            self.shared.write(TreeId::History, key, None)?;
         }
         Ok(stale.len())
     }
 
     pub fn len(&self) -> usize {
-        self.bans.len()
-    }
-
-    pub(crate) fn tree(&self) -> &sled::Tree {
-        &self.bans
-    }
-
-    pub(crate) fn history_tree(&self) -> &sled::Tree {
-        &self.history
+        self.shared.with(|trees| Ok(trees.bans.len())).unwrap_or(0)
     }
 
     /// Writes `prefix`'s history as given (salvage).
     pub(crate) fn put_history(&self, prefix: &Cidr, history: &History) -> Result<()> {
-        self.shared.wrote(
-            self.history
-                .insert(encode_prefix(prefix), encode_history(history).to_vec()),
-        )?;
-        Ok(())
+        self.put_history_key(&encode_prefix(prefix), history)
     }
 
     /// Writes raw bytes as `prefix`'s ban record (its expiry first, as every
@@ -193,17 +181,25 @@ impl BanStore {
     pub fn put_raw_ban_for_test(&self, prefix: &Cidr, expires_at_ms: u64, rest: &[u8]) {
         let mut value = expires_at_ms.to_be_bytes().to_vec();
         value.extend_from_slice(rest);
-        self.bans.insert(encode_prefix(prefix), value).unwrap();
+        self.shared
+            .write(TreeId::Bans, &encode_prefix(prefix), Some(value))
+            .unwrap();
     }
 
     /// Writes raw bytes as `prefix`'s history record.
     #[cfg(feature = "test-support")]
     pub fn put_raw_history_for_test(&self, prefix: &Cidr, value: &[u8]) {
-        self.history.insert(encode_prefix(prefix), value).unwrap();
+        self.shared
+            .write(
+                TreeId::History,
+                &encode_prefix(prefix),
+                Some(value.to_vec()),
+            )
+            .unwrap();
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bans.is_empty()
+        self.len() == 0
     }
 }
 

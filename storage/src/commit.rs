@@ -4,9 +4,21 @@
 //! Writers never wait for the disk. The cost is a window of at most one
 //! interval (plus the fsync itself) in which a write is visible but not yet
 //! durable; `flush_now` closes it on shutdown.
+//!
+//! When flushes keep failing and the disk has room again, it reopens the
+//! database and replays what was not durable ([`crate::trees`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+
+use crate::Result;
+use crate::trees::Database;
+
+/// While flushes fail, a reopen is tried every this many attempts (about a
+/// second at the default interval) …
+const RECOVERY_EVERY: u64 = 10;
+/// … once the disk has at least this much room.
+const RECOVERY_ROOM: u64 = 1 << 20;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,7 +28,7 @@ pub(crate) struct GroupCommit {
 }
 
 struct State {
-    db: sled::Db,
+    db: Arc<Database>,
     interval: Duration,
     flags: Mutex<Flags>,
     wake: Condvar,
@@ -35,7 +47,7 @@ struct Flags {
 }
 
 impl GroupCommit {
-    pub(crate) fn start(db: sled::Db, interval: Duration) -> Self {
+    pub(crate) fn start(db: Arc<Database>, interval: Duration) -> Self {
         let state = Arc::new(State {
             db,
             interval,
@@ -57,8 +69,9 @@ impl GroupCommit {
         }
     }
 
-    pub(crate) fn mark_dirty(&self) {
-        self.state.written.fetch_add(1, Ordering::AcqRel);
+    /// Write number `seq` happened.
+    pub(crate) fn mark_dirty(&self, seq: u64) {
+        self.state.written.fetch_max(seq, Ordering::AcqRel);
         let mut flags = self.state.flags.lock().unwrap_or_else(|p| p.into_inner());
         if !flags.dirty {
             flags.dirty = true;
@@ -66,7 +79,7 @@ impl GroupCommit {
         }
     }
 
-    pub(crate) fn flush_now(&self) -> sled::Result<()> {
+    pub(crate) fn flush_now(&self) -> Result<()> {
         self.state
             .flags
             .lock()
@@ -142,6 +155,25 @@ impl State {
                         .written
                         .load(Ordering::Acquire)
                         .saturating_sub(self.durable.load(Ordering::Acquire));
+                    if let Some((failures, _)) = failing
+                        && failures % RECOVERY_EVERY == 0
+                        && crate::free_bytes(self.db.dir())
+                            .is_some_and(|free| free >= RECOVERY_ROOM)
+                    {
+                        match self.db.reopen() {
+                            Ok(upto) => {
+                                log::warn!(
+                                    "database reopened after {failures} failed flushes: the {unflushed} writes not yet durable were replayed and flushed"
+                                );
+                                self.made_durable(upto);
+                                failing = None;
+                                continue;
+                            }
+                            Err(error) => {
+                                log::error!("database reopen failed (retried): {error}");
+                            }
+                        }
+                    }
                     match &mut failing {
                         None => {
                             log::error!(
@@ -166,13 +198,18 @@ impl State {
         }
     }
 
-    fn flush(&self) -> sled::Result<()> {
-        // Every write counted before the flush starts is in it.
-        let upto = self.written.load(Ordering::Acquire);
+    fn made_durable(&self, upto: u64) {
+        self.db.durable(upto);
+        self.durable.fetch_max(upto, Ordering::AcqRel);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn flush(&self) -> Result<()> {
+        // Every write numbered up to the cut-off is in sled, so in the flush.
+        let upto = self.db.cut_off();
         match self.db.flush() {
-            Ok(_) => {
-                self.durable.fetch_max(upto, Ordering::AcqRel);
-                self.flushes.fetch_add(1, Ordering::Relaxed);
+            Ok(()) => {
+                self.made_durable(upto);
                 Ok(())
             }
             Err(error) => {

@@ -16,6 +16,10 @@
 //! Records have their own versioned encoding ([`codec`]), not the wire's, so
 //! the protocol and the disk can change apart; every older format still loads.
 //!
+//! Writes not yet durable are also journalled (`trees`), so that after
+//! failed flushes (a full disk) the database can be reopened and nothing
+//! made meanwhile is lost.
+//!
 //! One process per database: [`Store::open`] takes an exclusive lock on a
 //! `lock` file in the directory first, and a lock held elsewhere is
 //! [`StorageError::Locked`] (told by the lock call's own `WouldBlock`, not
@@ -25,6 +29,7 @@ pub mod bans;
 pub mod codec;
 mod commit;
 pub mod salvage;
+mod trees;
 pub mod volumes;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +42,7 @@ pub use salvage::{CheckReport, TreeReport};
 pub use volumes::VolumeStore;
 
 use commit::GroupCommit;
+use trees::{Database, TreeId, Trees};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -57,6 +63,10 @@ pub enum StorageError {
     },
     #[error("database error: {0}")]
     Sled(#[from] sled::Error),
+    #[error(
+        "the database in {dir} is closed after a failed write and could not be opened again yet"
+    )]
+    Unavailable { dir: PathBuf },
     #[error("corrupt record in tree {tree}: {detail}")]
     Corrupt { tree: &'static str, detail: String },
 }
@@ -84,41 +94,74 @@ impl Default for StoreOptions {
 /// The open database. Cheap to clone; all clones share one flusher.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
     bans: BanStore,
     volumes: VolumeStore,
     shared: Arc<Shared>,
     /// Held (flock) for as long as any clone lives.
     _lock: Arc<std::fs::File>,
-    dir: PathBuf,
 }
 
-/// What every tree handle shares: the group commit and the error count.
+/// What every tree handle shares: the database, the group commit and the
+/// error count.
 pub(crate) struct Shared {
+    db: Arc<Database>,
     commit: GroupCommit,
     errors: AtomicU64,
 }
 
 impl Shared {
-    /// Marks the database dirty after a successful write; counts a failure.
-    pub(crate) fn wrote<T>(&self, result: sled::Result<T>) -> Result<T> {
-        match result {
-            Ok(value) => {
-                self.commit.mark_dirty();
-                Ok(value)
-            }
-            Err(error) => Err(self.failed(error)),
+    /// Writes `value` under `key` (`None` removes it); the old value.
+    pub(crate) fn write(
+        &self,
+        tree: TreeId,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+    ) -> Result<Option<sled::IVec>> {
+        let (result, seq) = self.db.write(tree, key, value);
+        // Dirty even if sled refused: the journal holds it for a reopen.
+        self.commit.mark_dirty(seq);
+        result.map_err(|error| self.count(error))
+    }
+
+    /// An atomic read-modify-write of `key`; the new value.
+    pub(crate) fn update(
+        &self,
+        tree: TreeId,
+        key: &[u8],
+        f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+    ) -> Result<Option<sled::IVec>> {
+        let (result, seq) = self.db.update(tree, key, f);
+        if seq > 0 {
+            self.commit.mark_dirty(seq);
         }
+        result.map_err(|error| self.count(error))
     }
 
-    pub(crate) fn read<T>(&self, result: sled::Result<T>) -> Result<T> {
-        result.map_err(|error| self.failed(error))
+    /// Runs `f` on the open trees; errors are counted.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&Trees) -> Result<T>) -> Result<T> {
+        self.db.with(f).map_err(|error| self.count(error))
     }
 
-    fn failed(&self, error: sled::Error) -> StorageError {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        StorageError::Sled(error)
+    fn count(&self, error: StorageError) -> StorageError {
+        if matches!(
+            error,
+            StorageError::Sled(_) | StorageError::Unavailable { .. }
+        ) {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        error
     }
+}
+
+/// Bytes free for an unprivileged writer on the file system of `dir`, if
+/// the system says.
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs writes into the struct we own; the path is a
+    // NUL-terminated string that outlives the call.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stats) };
+    (rc == 0).then(|| stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
 /// Takes the database's exclusive lock, creating the directory if needed.
@@ -147,7 +190,6 @@ fn lock(dir: &Path) -> Result<std::fs::File> {
 /// `limit` decoded records (`decode` gets key and value), and the key to
 /// continue from if more remain.
 pub(crate) fn page<T, K>(
-    shared: &Shared,
     tree: &sled::Tree,
     after: Option<Vec<u8>>,
     limit: usize,
@@ -161,7 +203,7 @@ pub(crate) fn page<T, K>(
     };
     let mut items = Vec::new();
     for entry in entries {
-        let (key, value) = shared.read(entry)?;
+        let (key, value) = entry?;
         if items.len() == limit {
             let next = items.last().map(&key_of);
             return Ok((items, next));
@@ -174,43 +216,18 @@ pub(crate) fn page<T, K>(
 impl Store {
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store> {
         let lock = lock(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(options.cache_bytes)
-            // We flush ourselves (group commit); sled's own timer would add
-            // fsyncs we did not ask for.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| match source {
-                sled::Error::Corruption { at, .. } => StorageError::Damaged {
-                    dir: dir.to_owned(),
-                    detail: match at {
-                        Some(at) => format!("unreadable data at {at:?}"),
-                        None => "unreadable data".into(),
-                    },
-                },
-                source => StorageError::Open {
-                    dir: dir.to_owned(),
-                    source,
-                },
-            })?;
+        let db = Arc::new(Database::open(dir, options)?);
         let shared = Arc::new(Shared {
             commit: GroupCommit::start(db.clone(), options.flush_interval),
+            db,
             errors: AtomicU64::new(0),
         });
-        let open_tree = |name: &str| {
-            db.open_tree(name).map_err(|source| StorageError::Open {
-                dir: dir.to_owned(),
-                source,
-            })
-        };
+        let volumes = VolumeStore::new(shared.clone())?;
         Ok(Store {
-            bans: BanStore::new(open_tree("bans")?, open_tree("history")?, shared.clone()),
-            volumes: VolumeStore::new(open_tree("volumes")?, shared.clone()),
-            db,
+            bans: BanStore::new(shared.clone()),
+            volumes,
             shared,
             _lock: Arc::new(lock),
-            dir: dir.to_owned(),
         })
     }
 
@@ -241,22 +258,18 @@ impl Store {
     /// Makes every write so far durable now (shutdown, offline CLI).
     pub fn flush(&self) -> Result<()> {
         // The commit thread counts flush failures itself.
-        self.shared.commit.flush_now().map_err(StorageError::Sled)
+        self.shared.commit.flush_now()
     }
 
     /// Bytes free for an unprivileged writer on the database's file
     /// system, if the system says.
     pub fn free_bytes(&self) -> Option<u64> {
-        let path = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()).ok()?;
-        // SAFETY: statvfs writes into the struct we own; the path is a
-        // NUL-terminated string that outlives the call.
-        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stats) };
-        (rc == 0).then(|| stats.f_bavail.saturating_mul(stats.f_frsize))
+        free_bytes(self.shared.db.dir())
     }
 
     /// Bytes sled uses on disk.
     pub fn size_on_disk(&self) -> Result<u64> {
-        self.shared.read(self.db.size_on_disk())
+        self.shared
+            .with(|trees| trees.db.size_on_disk().map_err(StorageError::Sled))
     }
 }

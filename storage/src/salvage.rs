@@ -4,6 +4,7 @@
 //! longer decode; what sled itself cannot open, neither can this.
 
 use crate::codec::{decode_ban, decode_prefix, decode_volume};
+use crate::trees::Trees;
 use crate::{Result, Store};
 
 /// Records read per tree: decoded, and not.
@@ -30,9 +31,13 @@ impl Store {
     /// Reads every record; with `into`, copies each one that decodes there
     /// (in its current format) and flushes it.
     pub fn salvage(&self, into: Option<&Store>) -> Result<CheckReport> {
+        self.shared.with(|trees| self.salvage_trees(trees, into))
+    }
+
+    fn salvage_trees(&self, trees: &Trees, into: Option<&Store>) -> Result<CheckReport> {
         let mut report = CheckReport::default();
-        for entry in self.bans.tree().iter() {
-            let (key, value) = self.shared.read(entry)?;
+        for entry in trees.bans.iter() {
+            let (key, value) = entry?;
             match decode_ban(&key, &value) {
                 Ok(ban) => {
                     report.bans.good += 1;
@@ -46,8 +51,8 @@ impl Store {
                 }
             }
         }
-        for entry in self.bans.history_tree().iter() {
-            let (key, value) = self.shared.read(entry)?;
+        for entry in trees.history.iter() {
+            let (key, value) = entry?;
             let decoded = decode_prefix("history", &key)
                 .and_then(|prefix| Ok((prefix, crate::bans::decode_history(&value)?)));
             match decoded {
@@ -63,8 +68,8 @@ impl Store {
                 }
             }
         }
-        for entry in self.volumes.tree().iter() {
-            let (key, value) = self.shared.read(entry)?;
+        for entry in trees.volumes.iter() {
+            let (key, value) = entry?;
             match decode_volume(&key, &value) {
                 Ok(volume) => {
                     report.volumes.good += 1;
@@ -115,9 +120,12 @@ mod tests {
             )
             .unwrap();
         store
-            .bans()
-            .tree()
-            .insert(b"not a prefix", b"nor a ban".to_vec())
+            .shared
+            .write(
+                crate::trees::TreeId::Bans,
+                b"not a prefix",
+                Some(b"nor a ban".to_vec()),
+            )
             .unwrap();
         let report = store.salvage(None).unwrap();
         assert_eq!(report.bans, TreeReport { good: 1, bad: 1 });

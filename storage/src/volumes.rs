@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use model::volume::{Location, Volume, VolumeId};
 
 use crate::codec::{decode_volume as decode, encode_volume};
+use crate::trees::TreeId;
 use crate::{Result, Shared, page};
 
 #[derive(Clone)]
 pub struct VolumeStore {
-    tree: sled::Tree,
     shared: Arc<Shared>,
     /// Volumes stored: counted once at open, then kept up to date, because
     /// sled's own `len` walks the whole tree.
@@ -19,28 +19,22 @@ pub struct VolumeStore {
 }
 
 impl VolumeStore {
-    pub(crate) fn new(tree: sled::Tree, shared: Arc<Shared>) -> Self {
-        let count = Arc::new(AtomicUsize::new(tree.len()));
-        VolumeStore {
-            tree,
+    pub(crate) fn new(shared: Arc<Shared>) -> Result<Self> {
+        let count = shared.with(|trees| Ok(trees.volumes.len()))?;
+        Ok(VolumeStore {
             shared,
-            count,
-        }
+            count: Arc::new(AtomicUsize::new(count)),
+        })
     }
 
     pub fn put(&self, volume: &Volume) -> Result<()> {
         let value = encode_volume(volume);
-        let old = self
-            .shared
-            .wrote(self.tree.insert(volume.spec.id.as_str(), value))?;
+        let key = volume.spec.id.as_str().as_bytes();
+        let old = self.shared.write(TreeId::Volumes, key, Some(value))?;
         if old.is_none() {
             self.count.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
-    }
-
-    pub(crate) fn tree(&self) -> &sled::Tree {
-        &self.tree
     }
 
     /// How many volumes are stored.
@@ -53,11 +47,14 @@ impl VolumeStore {
     }
 
     pub fn contains(&self, id: &VolumeId) -> Result<bool> {
-        self.shared.read(self.tree.contains_key(id.as_str()))
+        self.shared
+            .with(|trees| Ok(trees.volumes.contains_key(id.as_str())?))
     }
 
     pub fn get(&self, id: &VolumeId) -> Result<Option<Volume>> {
-        let value = self.shared.read(self.tree.get(id.as_str()))?;
+        let value = self
+            .shared
+            .with(|trees| Ok(trees.volumes.get(id.as_str())?))?;
         value
             .map(|v| decode(id.as_str().as_bytes(), &v))
             .transpose()
@@ -74,7 +71,7 @@ impl VolumeStore {
         let mut failure = None;
         let updated = self
             .shared
-            .wrote(self.tree.update_and_fetch(id.as_str(), |old| {
+            .update(TreeId::Volumes, id.as_str().as_bytes(), |old| {
                 let mut volume = match decode(id.as_str().as_bytes(), old?) {
                     Ok(volume) => volume,
                     Err(error) => {
@@ -85,7 +82,7 @@ impl VolumeStore {
                 volume.spec.location = location;
                 volume.updated_at_ms = now_ms;
                 Some(encode_volume(&volume))
-            }))?;
+            })?;
         if let Some(error) = failure {
             return Err(error);
         }
@@ -101,14 +98,8 @@ impl VolumeStore {
         limit: usize,
     ) -> Result<(Vec<Volume>, Option<VolumeId>)> {
         let after = after.map(|id| id.as_str().as_bytes().to_vec());
-        page(
-            &self.shared,
-            &self.tree,
-            after,
-            limit,
-            decode,
-            |v: &Volume| v.spec.id,
-        )
+        self.shared
+            .with(|trees| page(&trees.volumes, after, limit, decode, |v: &Volume| v.spec.id))
     }
 }
 

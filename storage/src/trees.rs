@@ -1,0 +1,246 @@
+//! The open sled database, behind a lock so that it can be closed and
+//! opened again, and the journal of writes not yet known to be durable.
+//!
+//! Why: once a flush fails (a full disk), sled 0.34 keeps the I/O error for
+//! the life of the handle; every later flush fails too, even after space
+//! returns. The only way back is a new handle. So every write is also kept
+//! in the journal until a flush that covers it completes; when flushes have
+//! been failing and the disk has room again, the group commit closes the
+//! handle, opens a new one, replays the journal into it and flushes: the
+//! time-outs made meanwhile are written, none lost.
+//!
+//! The journal is the suffix of writes since the last durable flush, in
+//! order, so replaying it onto what the disk holds gives the state the
+//! process had. A flush reads its cut-off under the write lock: every write
+//! numbered up to it has then reached sled.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use sled::IVec;
+
+use crate::{Result, StorageError, StoreOptions};
+
+/// Which tree a write is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TreeId {
+    Bans,
+    History,
+    Volumes,
+}
+
+pub(crate) struct Trees {
+    pub db: sled::Db,
+    pub bans: sled::Tree,
+    pub history: sled::Tree,
+    pub volumes: sled::Tree,
+}
+
+impl Trees {
+    fn open(dir: &Path, options: &StoreOptions) -> Result<Trees> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_bytes)
+            // We flush ourselves (group commit); sled's own timer would add
+            // fsyncs we did not ask for.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|source| open_error(dir, source))?;
+        let tree = |name: &str| db.open_tree(name).map_err(|source| open_error(dir, source));
+        Ok(Trees {
+            bans: tree("bans")?,
+            history: tree("history")?,
+            volumes: tree("volumes")?,
+            db,
+        })
+    }
+
+    pub fn tree(&self, id: TreeId) -> &sled::Tree {
+        match id {
+            TreeId::Bans => &self.bans,
+            TreeId::History => &self.history,
+            TreeId::Volumes => &self.volumes,
+        }
+    }
+}
+
+fn open_error(dir: &Path, source: sled::Error) -> StorageError {
+    match source {
+        sled::Error::Corruption { at, .. } => StorageError::Damaged {
+            dir: dir.to_owned(),
+            detail: match at {
+                Some(at) => format!("unreadable data at {at:?}"),
+                None => "unreadable data".into(),
+            },
+        },
+        source => StorageError::Open {
+            dir: dir.to_owned(),
+            source,
+        },
+    }
+}
+
+enum Op {
+    Insert(TreeId, IVec, IVec),
+    Remove(TreeId, IVec),
+}
+
+#[derive(Default)]
+struct Journal {
+    /// Writes numbered 1, 2, …; those after the last durable flush.
+    ops: VecDeque<(u64, Op)>,
+    last: u64,
+}
+
+pub(crate) struct Database {
+    dir: PathBuf,
+    options: StoreOptions,
+    /// `None` only after a reopen that failed (retried later).
+    trees: RwLock<Option<Trees>>,
+    journal: Mutex<Journal>,
+}
+
+impl Database {
+    pub fn open(dir: &Path, options: &StoreOptions) -> Result<Database> {
+        Ok(Database {
+            dir: dir.to_owned(),
+            options: options.clone(),
+            trees: RwLock::new(Some(Trees::open(dir, options)?)),
+            journal: Mutex::new(Journal::default()),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn journal(&self) -> MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the open trees (a read of them, or an iteration).
+    pub fn with<T>(&self, f: impl FnOnce(&Trees) -> Result<T>) -> Result<T> {
+        let trees = self.trees.read().unwrap_or_else(|p| p.into_inner());
+        match trees.as_ref() {
+            Some(trees) => f(trees),
+            None => Err(StorageError::Unavailable {
+                dir: self.dir.clone(),
+            }),
+        }
+    }
+
+    /// A write: applied to sled and kept in the journal (even if sled
+    /// refused it: a reopen will apply it). Returns sled's answer and the
+    /// write's number. The journal's lock is held across the sled call, so
+    /// journal order is the order sled applied writes in.
+    pub fn write(
+        &self,
+        id: TreeId,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+    ) -> (Result<Option<IVec>>, u64) {
+        let trees = self.trees.read().unwrap_or_else(|p| p.into_inner());
+        let key = IVec::from(key);
+        let value = value.map(IVec::from);
+        let mut journal = self.journal();
+        journal.last += 1;
+        let seq = journal.last;
+        let op = match &value {
+            Some(value) => Op::Insert(id, key.clone(), value.clone()),
+            None => Op::Remove(id, key.clone()),
+        };
+        journal.ops.push_back((seq, op));
+        let result = match trees.as_ref() {
+            Some(trees) => {
+                let tree = trees.tree(id);
+                match value {
+                    Some(value) => tree.insert(key, value),
+                    None => tree.remove(key),
+                }
+                .map_err(StorageError::Sled)
+            }
+            None => Err(StorageError::Unavailable {
+                dir: self.dir.clone(),
+            }),
+        };
+        (result, seq)
+    }
+
+    /// An atomic read-modify-write (`f` gets the old value, returns the
+    /// new), journalled as the write of its result. Returns the new value
+    /// and the write's number (0: nothing written).
+    pub fn update(
+        &self,
+        id: TreeId,
+        key: &[u8],
+        f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+    ) -> (Result<Option<IVec>>, u64) {
+        let trees = self.trees.read().unwrap_or_else(|p| p.into_inner());
+        let Some(trees) = trees.as_ref() else {
+            let dir = self.dir.clone();
+            return (Err(StorageError::Unavailable { dir }), 0);
+        };
+        let mut journal = self.journal();
+        match trees.tree(id).update_and_fetch(key, f) {
+            Ok(new) => {
+                journal.last += 1;
+                let seq = journal.last;
+                let key = IVec::from(key);
+                let op = match &new {
+                    Some(value) => Op::Insert(id, key, value.clone()),
+                    None => Op::Remove(id, key),
+                };
+                journal.ops.push_back((seq, op));
+                (Ok(new), seq)
+            }
+            Err(error) => (Err(StorageError::Sled(error)), 0),
+        }
+    }
+
+    /// The number of the last write that has reached sled: taken under the
+    /// write lock, so no write is half done.
+    pub fn cut_off(&self) -> u64 {
+        let _quiet = self.trees.write().unwrap_or_else(|p| p.into_inner());
+        self.journal().last
+    }
+
+    /// A flush covering writes up to `upto` completed: they need no replay.
+    pub fn durable(&self, upto: u64) {
+        let mut journal = self.journal();
+        while journal.ops.front().is_some_and(|(seq, _)| *seq <= upto) {
+            journal.ops.pop_front();
+        }
+    }
+
+    /// Flushes the open trees.
+    pub fn flush(&self) -> Result<()> {
+        self.with(|trees| trees.db.flush().map(|_| ()).map_err(StorageError::Sled))
+    }
+
+    /// Closes the database, opens it again and replays the journal into
+    /// it, then flushes. Returns the number of the last write replayed.
+    pub fn reopen(&self) -> Result<u64> {
+        let mut guard = self.trees.write().unwrap_or_else(|p| p.into_inner());
+        // Dropping the old handle closes sled (and frees its file lock).
+        *guard = None;
+        let trees = Trees::open(&self.dir, &self.options)?;
+        let last = {
+            let journal = self.journal();
+            for (_, op) in &journal.ops {
+                match op {
+                    Op::Insert(id, key, value) => {
+                        trees.tree(*id).insert(key, value.clone())?;
+                    }
+                    Op::Remove(id, key) => {
+                        trees.tree(*id).remove(key)?;
+                    }
+                }
+            }
+            journal.last
+        };
+        trees.db.flush()?;
+        *guard = Some(trees);
+        Ok(last)
+    }
+}
