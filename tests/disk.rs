@@ -168,3 +168,25 @@ fn once_space_returns_the_time_outs_made_meanwhile_are_written() {
     );
     assert!(refused_at_accept("127.0.51.33", server.addr));
 }
+
+#[test]
+fn a_restart_on_a_full_disk_is_one_line_saying_what_to_do() {
+    let Some(disk) = Tmpfs::mount(16) else { return };
+    let data = disk.path().join("data");
+    let server = ServerSpec::new(&data).start();
+    assert!(server.stop().success());
+    let _filler = disk.fill();
+    let (code, _, err) = cli(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data.display().to_string(),
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("its disk is full") && err.contains("free some space there"),
+        "{err}"
+    );
+}

@@ -53,6 +53,10 @@ pub enum StorageError {
     #[error("cannot open the database in {dir}: {source}")]
     Open { dir: PathBuf, source: sled::Error },
     #[error(
+        "cannot open the database in {dir}: its disk is full (sled needs a little room to open it): free some space there and start again"
+    )]
+    DiskFull { dir: PathBuf },
+    #[error(
         "the database in {dir} is damaged ({detail}): move it aside (mv {dir} {dir}.damaged) and start again with an empty time-out table, or put back a copy of it from a backup"
     )]
     Damaged { dir: PathBuf, detail: String },

@@ -67,6 +67,11 @@ impl Trees {
 
 fn open_error(dir: &Path, source: sled::Error) -> StorageError {
     match source {
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            StorageError::DiskFull {
+                dir: dir.to_owned(),
+            }
+        }
         sled::Error::Corruption { at, .. } => StorageError::Damaged {
             dir: dir.to_owned(),
             detail: match at {
