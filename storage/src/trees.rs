@@ -96,6 +96,30 @@ struct Journal {
     /// Writes numbered 1, 2, …; those after the last durable flush.
     ops: VecDeque<(u64, Op)>,
     last: u64,
+    /// Oldest writes let go because the journal was full.
+    dropped: u64,
+}
+
+/// The journal holds at most this many writes (a million time-outs made
+/// while the disk is full, about 100 MB); past it the oldest are let go,
+/// and a reopen then restores all but those.
+const MAX_JOURNAL: usize = 1_000_000;
+
+impl Journal {
+    fn push(&mut self, op: Op) -> u64 {
+        self.last += 1;
+        self.ops.push_back((self.last, op));
+        if self.ops.len() > MAX_JOURNAL {
+            self.ops.pop_front();
+            if self.dropped == 0 {
+                log::error!(
+                    "write journal full ({MAX_JOURNAL} writes not durable): the oldest are let go, and lost unless the disk recovers before a restart"
+                );
+            }
+            self.dropped += 1;
+        }
+        self.last
+    }
 }
 
 pub(crate) struct Database {
@@ -149,13 +173,10 @@ impl Database {
         let key = IVec::from(key);
         let value = value.map(IVec::from);
         let mut journal = self.journal();
-        journal.last += 1;
-        let seq = journal.last;
-        let op = match &value {
+        let seq = journal.push(match &value {
             Some(value) => Op::Insert(id, key.clone(), value.clone()),
             None => Op::Remove(id, key.clone()),
-        };
-        journal.ops.push_back((seq, op));
+        });
         let result = match trees.as_ref() {
             Some(trees) => {
                 let tree = trees.tree(id);
@@ -189,14 +210,11 @@ impl Database {
         let mut journal = self.journal();
         match trees.tree(id).update_and_fetch(key, f) {
             Ok(new) => {
-                journal.last += 1;
-                let seq = journal.last;
                 let key = IVec::from(key);
-                let op = match &new {
+                let seq = journal.push(match &new {
                     Some(value) => Op::Insert(id, key, value.clone()),
                     None => Op::Remove(id, key),
-                };
-                journal.ops.push_back((seq, op));
+                });
                 (Ok(new), seq)
             }
             Err(error) => (Err(StorageError::Sled(error)), 0),
@@ -247,5 +265,22 @@ impl Database {
         trees.db.flush()?;
         *guard = Some(trees);
         Ok(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_numbers_writes_and_lets_the_oldest_go_past_its_bound() {
+        let mut journal = Journal::default();
+        for i in 0..(MAX_JOURNAL + 3) {
+            let seq = journal.push(Op::Remove(TreeId::Bans, IVec::from(&[i as u8][..])));
+            assert_eq!(seq, i as u64 + 1);
+        }
+        assert_eq!(journal.ops.len(), MAX_JOURNAL);
+        assert_eq!(journal.dropped, 3);
+        assert_eq!(journal.ops.front().map(|(seq, _)| *seq), Some(4));
     }
 }
