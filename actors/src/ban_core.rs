@@ -188,16 +188,13 @@ impl BanCore {
             return BanOutcome::AllowListed;
         }
         let prefix = self.policy.prefix_for(source);
-        if self
-            .view
-            .expiry(&prefix)
-            .is_some_and(|expires| expires > now_ms)
-        {
-            return BanOutcome::AlreadyBanned(prefix);
+        match self.view.expiry(&prefix) {
+            Some(expires) if expires > now_ms => return BanOutcome::AlreadyBanned(prefix),
+            // Ended but not swept yet: released first, so that its history
+            // counts (an offender retrying right at expiry still escalates).
+            Some(_) => self.release_ended(&prefix),
+            None => {}
         }
-        // Ended but not swept yet: retire it first, so that its history
-        // counts (an offender retrying right at expiry still escalates).
-        self.retire_if_over(&prefix, now_ms);
         let history = match self.store.bans().history(&prefix) {
             Ok(history) => history,
             Err(error) => {
@@ -319,15 +316,8 @@ impl BanCore {
             if self.view.expiry(&prefix) != Some(expires) {
                 continue; // stale: released or replaced since
             }
-            self.view.remove(&prefix);
-            self.kernel_remove(&prefix);
+            self.release_ended(&prefix);
             released += 1;
-            log::info!("released {prefix}: time-out over");
-            if let Err(error) = self.store.bans().retire(&prefix) {
-                self.storage_failed(|| {
-                    format!("could not persist the expiry of {prefix}: {error}")
-                });
-            }
         }
         self.storage_errors.flush(Instant::now());
         released
@@ -371,10 +361,13 @@ impl BanCore {
     /// Puts `record` in the table, evicting the entry closest to expiry if
     /// the table is full.
     fn insert(&mut self, record: &BanInfo, now_ms: u64) {
-        self.retire_if_over(&record.prefix, now_ms);
-        if self.view.expiry(&record.prefix).is_none() && self.view.len() >= self.policy.max_entries
-        {
-            self.evict_one(now_ms);
+        match self.view.expiry(&record.prefix) {
+            // Ended but not swept yet (an admin or remote ban right at
+            // expiry): released first, which also makes room.
+            Some(expires) if expires <= now_ms => self.release_ended(&record.prefix),
+            Some(_) => {} // live: replaced in place
+            None if self.view.len() >= self.policy.max_entries => self.evict_one(now_ms),
+            None => {}
         }
         self.view.insert(record.prefix, record.expires_at_ms);
         self.by_expiry
@@ -413,15 +406,10 @@ impl BanCore {
         }
     }
 
-    /// Retires a time-out of `prefix` that has ended but that the sweep has
-    /// not reached yet (its heap entry goes stale and is skipped).
-    fn retire_if_over(&mut self, prefix: &Cidr, now_ms: u64) {
-        let Some(expires) = self.view.expiry(prefix) else {
-            return;
-        };
-        if expires > now_ms {
-            return;
-        }
+    /// Releases `prefix`, whose time-out has ended: from the view, the
+    /// kernel table and storage (its history kept). A heap entry of it still
+    /// queued goes stale and is skipped when it comes up.
+    fn release_ended(&mut self, prefix: &Cidr) {
         self.view.remove(prefix);
         self.kernel_remove(prefix);
         log::info!("released {prefix}: time-out over");
