@@ -311,11 +311,8 @@ fn a_peer_that_does_not_read_its_responses_is_dropped() {
     assert_served(ping_loop(&server), &server);
 }
 
-#[test]
-fn refusals_over_a_limit_name_their_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::with_config(dir.path(), "[limits]\nmax_pending_per_source = 1\n");
-    let _held = connect_from("127.0.11.1", server.addr);
+/// `penaltybox client ping` from `source`: its exit code and stderr.
+fn cli_ping(server: &Server, source: &str) -> (i32, String) {
     let key = server.data_dir.join("server.pub").display().to_string();
     let addr = server.addr.to_string();
     let (code, _, err) = cli(&[
@@ -325,9 +322,18 @@ fn refusals_over_a_limit_name_their_reason() {
         "--server-key",
         &key,
         "--bind",
-        "127.0.11.1",
+        source,
         "ping",
     ]);
+    (code, err)
+}
+
+#[test]
+fn refusals_over_a_limit_name_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), "[limits]\nmax_pending_per_source = 1\n");
+    let _held = connect_from("127.0.11.1", server.addr);
+    let (code, err) = cli_ping(&server, "127.0.11.1");
     assert_eq!(code, 1);
     assert!(
         err.contains("too many connections from this client's address"),
@@ -351,18 +357,7 @@ fn refusals_over_a_limit_name_their_reason() {
     let held: Vec<_> = (0..3)
         .map(|i| connect_from(&format!("127.0.33.{}", i + 1), server.addr))
         .collect();
-    let key = server.data_dir.join("server.pub").display().to_string();
-    let addr = server.addr.to_string();
-    let (code, _, err) = cli(&[
-        "client",
-        "--server",
-        &addr,
-        "--server-key",
-        &key,
-        "--bind",
-        "127.0.33.9",
-        "ping",
-    ]);
+    let (code, err) = cli_ping(&server, "127.0.33.9");
     assert_eq!(code, 1);
     assert!(err.contains("the server is busy"), "{err}");
     drop(held);

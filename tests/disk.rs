@@ -58,20 +58,25 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Foreign bytes from 50 sources of `net`.0/24: 50 time-outs.
+fn ban_storm(server: &Server, net: &str) {
+    for i in 1..=50 {
+        send_raw(
+            &format!("{net}.{i}"),
+            server.addr,
+            b"GET / HTTP/1.1\r\n",
+            Duration::from_secs(2),
+        );
+    }
+}
+
 #[test]
 fn a_full_disk_keeps_time_outs_in_memory_logs_little_and_says_what_was_lost() {
     let Some(disk) = Tmpfs::mount(16) else { return };
     let server = ServerSpec::new(&disk.path().join("data")).start();
     let filler = disk.fill();
     // A ban storm while nothing can be written.
-    for i in 1..=50 {
-        send_raw(
-            &format!("127.0.50.{i}"),
-            server.addr,
-            b"GET / HTTP/1.1\r\n",
-            Duration::from_secs(2),
-        );
-    }
+    ban_storm(&server, "127.0.50");
     assert!(eventually(Duration::from_secs(5), || server
         .stats()
         .bans_active
@@ -131,14 +136,7 @@ fn once_space_returns_the_time_outs_made_meanwhile_are_written() {
     let data = disk.path().join("data");
     let server = ServerSpec::new(&data).start();
     let filler = disk.fill();
-    for i in 1..=50 {
-        send_raw(
-            &format!("127.0.51.{i}"),
-            server.addr,
-            b"GET / HTTP/1.1\r\n",
-            Duration::from_secs(2),
-        );
-    }
+    ban_storm(&server, "127.0.51");
     assert!(eventually(Duration::from_secs(5), || {
         let stats = server.stats();
         stats.bans_active >= 50 && stats.storage_errors > 0 && stats.storage_unflushed > 0

@@ -129,13 +129,11 @@ fn a_valid_client_uses_the_volume_inventory() {
         block_on(anonymous.call(&Request::GetVolume { id: spec.id })).unwrap(),
         Response::Volume(_)
     ));
-    match block_on(anonymous.call(&Request::PutVolume(spec.clone()))).unwrap() {
-        Response::Error {
-            code: protocol::message::ErrorCode::Forbidden,
-            message,
-        } => assert!(message.contains("service.anonymous_writes"), "{message}"),
-        other => panic!("{other:?}"),
-    }
+    let refused = error_message(
+        block_on(anonymous.call(&Request::PutVolume(spec.clone()))).unwrap(),
+        protocol::message::ErrorCode::Forbidden,
+    );
+    assert!(refused.contains("service.anonymous_writes"), "{refused}");
 }
 
 #[test]
@@ -148,13 +146,8 @@ fn the_inventory_cannot_fill_the_disk() {
         location: "shelf".parse().unwrap(),
         status: VolumeStatus::Active,
     };
-    let limit_exceeded = |response: Response| match response {
-        Response::Error {
-            code: protocol::message::ErrorCode::LimitExceeded,
-            message,
-        } => message,
-        other => panic!("{other:?}"),
-    };
+    let limit_exceeded =
+        |response| error_message(response, protocol::message::ErrorCode::LimitExceeded);
 
     // A quota on volumes: new ones stop at the cap, existing ones still change.
     let server = Server::with_config(dir.path(), "[service]\nmax_volumes = 2\n");
@@ -467,13 +460,7 @@ fn the_allow_list_wins_over_a_covering_admin_time_out() {
             force,
         })
     };
-    let error = |response: Response| match response {
-        Response::Error {
-            code: protocol::message::ErrorCode::InvalidRequest,
-            message,
-        } => message,
-        other => panic!("{other:?}"),
-    };
+    let error = |response| error_message(response, protocol::message::ErrorCode::InvalidRequest);
     let message = error(add("127.0.13.0/24", false));
     assert!(
         message.contains("covers the allow-list entry 127.0.13.250/32")
@@ -952,24 +939,19 @@ fn a_storage_failure_under_an_admin_command_is_answered_as_the_servers_fault() {
         after: None,
         limit: 10,
     };
-    match server.admin_call(list.clone()) {
-        Response::Error {
-            code: protocol::message::ErrorCode::Internal,
-            message,
-        } => assert!(message.contains("storage"), "{message}"),
-        other => panic!("{other:?}"),
-    }
+    let failed = error_message(
+        server.admin_call(list.clone()),
+        protocol::message::ErrorCode::Internal,
+    );
+    assert!(failed.contains("storage"), "{failed}");
     // The client's own mistake is still the client's.
-    match server.admin_call(AdminRequest::ListBans {
-        after: None,
-        limit: 0,
-    }) {
-        Response::Error {
-            code: protocol::message::ErrorCode::InvalidRequest,
-            ..
-        } => {}
-        other => panic!("{other:?}"),
-    }
+    error_message(
+        server.admin_call(AdminRequest::ListBans {
+            after: None,
+            limit: 0,
+        }),
+        protocol::message::ErrorCode::InvalidRequest,
+    );
     assert!(
         server
             .wait_log("admin request failed: storage", SHORT)

@@ -34,6 +34,8 @@ pub struct Server {
     pub admin: PrivateKey,
     pub admin_key: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
+    /// Reads the server's stderr into `log`; ends when the process exits.
+    log_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// How to start a server: extra config (TOML), environment, data dir.
@@ -162,7 +164,7 @@ impl ServerSpec {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
@@ -177,6 +179,7 @@ impl ServerSpec {
             admin,
             admin_key,
             log,
+            log_reader: Some(log_reader),
         };
         let ready = server.wait_ready(&ready_file, Duration::from_secs(20));
         server.addrs = ready["listen"]
@@ -210,9 +213,10 @@ impl Server {
                 return serde_json::from_str(&text).unwrap();
             }
             let exited = self.child.as_mut().unwrap().try_wait().unwrap();
+            if exited.is_some() {
+                self.read_whole_log();
+            }
             if exited.is_some() || Instant::now() > deadline {
-                // Let the log reader catch up with the last lines.
-                std::thread::sleep(Duration::from_millis(100));
                 panic!(
                     "server did not get ready ({exited:?}); log:\n{}",
                     self.log_text()
@@ -350,12 +354,16 @@ impl Server {
     pub fn stop_with_log(mut self) -> (ExitStatus, String) {
         self.signal("-TERM");
         let status = self.wait();
-        // The log reader finishes when the process's stderr closes.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline && !self.log_text().contains("stopped") {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.read_whole_log();
         (status, self.log_text())
+    }
+
+    /// Once the process has exited: waits for the log reader to take the
+    /// last lines (it ends when the process's stderr closes).
+    fn read_whole_log(&mut self) {
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
     }
 
     /// Waits for an exit caused by a signal already sent.
@@ -569,5 +577,13 @@ impl Drop for LoAddresses {
                 .args(["-6", "addr", "del", &format!("{addr}/128"), "dev", "lo"])
                 .status();
         }
+    }
+}
+
+/// The message of an `Error` response with `code`; panics on anything else.
+pub fn error_message(response: Response, code: protocol::message::ErrorCode) -> String {
+    match response {
+        Response::Error { code: got, message } if got == code => message,
+        other => panic!("expected an error {code:?}, got {other:?}"),
     }
 }
