@@ -11,9 +11,11 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use ebpf_common::{
-    BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_PASSED_ALLOWED,
-    COUNTER_PASSED_EXPIRED, COUNTERS_MAP, PIN_ADDRS, PIN_ALLOWED, PIN_COUNTERS, PIN_LINK,
-    PIN_PREFIXES,
+    BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_EVENTS_LOST,
+    COUNTER_EVENTS_SENT, COUNTER_FLOODS, COUNTER_MALFORMED, COUNTER_PASSED_ALLOWED,
+    COUNTER_PASSED_EXPIRED, COUNTER_SCANS, COUNTER_SYN_DROPPED, COUNTER_SYN_SEEN, COUNTER_UNPARSED,
+    COUNTERS_MAP, PIN_ADDRS, PIN_ALLOWED, PIN_CONFIG, PIN_COUNTERS, PIN_EVENTS, PIN_LINK,
+    PIN_PREFIXES, PIN_SOURCES,
 };
 use model::Cidr;
 
@@ -32,6 +34,17 @@ pub enum AttachMode {
     /// Generic XDP in the network stack (works everywhere).
     Skb,
 }
+
+/// Every map of the program and the file it is pinned as.
+const PINNED_MAPS: [(&str, &str); 7] = [
+    (ebpf_common::ADDRS_MAP, PIN_ADDRS),
+    (ebpf_common::PREFIXES_MAP, PIN_PREFIXES),
+    (ebpf_common::ALLOWED_MAP, PIN_ALLOWED),
+    (COUNTERS_MAP, PIN_COUNTERS),
+    (ebpf_common::CONFIG_MAP, PIN_CONFIG),
+    (ebpf_common::SOURCES_MAP, PIN_SOURCES),
+    (ebpf_common::EVENTS_MAP, PIN_EVENTS),
+];
 
 /// Loads the embedded object, attaches its program to `iface`, and pins
 /// link and maps in `pin_dir`.
@@ -102,12 +115,17 @@ pub fn attach_object(
     let pinned = link
         .pin(pin_dir.join(PIN_LINK))
         .map_err(|e| XdpError::from_os("pin the link", &e))?;
-    for (name, file) in [
-        (ebpf_common::ADDRS_MAP, PIN_ADDRS),
-        (ebpf_common::PREFIXES_MAP, PIN_PREFIXES),
-        (ebpf_common::ALLOWED_MAP, PIN_ALLOWED),
-        (COUNTERS_MAP, PIN_COUNTERS),
-    ] {
+    pin_maps(&ebpf, pin_dir)?;
+    // The pinned link keeps the program attached once we exit.
+    drop(pinned);
+    let _ = std::fs::create_dir(pin_dir.join(format!("iface-{iface}")));
+    Ok(())
+}
+
+/// Pins every map of a loaded object under `pin_dir`, as `attach` does
+/// (and [`crate::TestProgram`], which loads without attaching).
+pub(crate) fn pin_maps(ebpf: &aya::Ebpf, pin_dir: &Path) -> Result<(), XdpError> {
+    for (name, file) in PINNED_MAPS {
         let map = ebpf.map(name).ok_or_else(|| XdpError::Kernel {
             what: "pin the maps".into(),
             detail: format!("no map {name} in the object"),
@@ -115,10 +133,14 @@ pub fn attach_object(
         map.pin(pin_dir.join(file))
             .map_err(|e| XdpError::from_os(format!("pin {name}"), &e))?;
     }
-    // The pinned link keeps the program attached once we exit.
-    drop(pinned);
-    let _ = std::fs::create_dir(pin_dir.join(format!("iface-{iface}")));
     Ok(())
+}
+
+/// Removes the map pins (a missing one is fine).
+pub(crate) fn unpin_maps(pin_dir: &Path) {
+    for (_, file) in PINNED_MAPS {
+        let _ = std::fs::remove_file(pin_dir.join(file));
+    }
 }
 
 /// Unpins the link (which detaches the program) and removes the map pins.
@@ -134,9 +156,7 @@ pub fn detach(pin_dir: &Path) -> Result<bool, XdpError> {
         .unpin()
         .map_err(|e| XdpError::from_os("unpin the link", &e))?;
     drop(link);
-    for file in [PIN_ADDRS, PIN_PREFIXES, PIN_ALLOWED, PIN_COUNTERS] {
-        let _ = std::fs::remove_file(pin_dir.join(file));
-    }
+    unpin_maps(pin_dir);
     if let Ok(entries) = std::fs::read_dir(pin_dir) {
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with("iface-") {
@@ -163,6 +183,22 @@ pub struct Status {
     pub allowed: Vec<Cidr>,
     /// Drops by address on each CPU (the per-CPU slots behind the total).
     pub dropped_by_address_per_cpu: Vec<u64>,
+    pub detectors: DetectorCounters,
+    /// The detector configuration the program runs with.
+    pub detection: Option<crate::Detection>,
+}
+
+/// What the detectors saw, summed over CPUs (see `ebpf_common::COUNTER_*`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DetectorCounters {
+    pub syns_seen: u64,
+    pub syns_dropped: u64,
+    pub scans: u64,
+    pub floods: u64,
+    pub malformed: u64,
+    pub events_sent: u64,
+    pub events_lost: u64,
+    pub unparsed: u64,
 }
 
 pub fn status(pin_dir: &Path) -> Result<Status, XdpError> {
@@ -201,12 +237,23 @@ pub fn status(pin_dir: &Path) -> Result<Status, XdpError> {
         passed_expired: total(COUNTER_PASSED_EXPIRED),
         passed_allowed: total(COUNTER_PASSED_ALLOWED),
         dropped_by_address_per_cpu: per_cpu(COUNTER_DROPPED_ADDR),
+        detectors: DetectorCounters {
+            syns_seen: total(COUNTER_SYN_SEEN),
+            syns_dropped: total(COUNTER_SYN_DROPPED),
+            scans: total(COUNTER_SCANS),
+            floods: total(COUNTER_FLOODS),
+            malformed: total(COUNTER_MALFORMED),
+            events_sent: total(COUNTER_EVENTS_SENT),
+            events_lost: total(COUNTER_EVENTS_LOST),
+            unparsed: total(COUNTER_UNPARSED),
+        },
+        detection: table.detection()?,
     })
 }
 
 /// Mounts bpffs at /sys/fs/bpf if the pin directory lives there and it is
 /// not mounted yet.
-fn ensure_bpffs(pin_dir: &Path) -> Result<(), XdpError> {
+pub(crate) fn ensure_bpffs(pin_dir: &Path) -> Result<(), XdpError> {
     let root = Path::new("/sys/fs/bpf");
     if !pin_dir.starts_with(root) || is_bpffs(root) {
         return Ok(());

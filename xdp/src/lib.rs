@@ -10,19 +10,25 @@
 //! - [`table::KernelTable`]: the pinned ban maps and allow-list that the
 //!   ban core writes through the server's adapter (`serve -B PATH`), with
 //!   wall-clock expiries converted to the CLOCK_MONOTONIC nanoseconds the
-//!   program compares with.
+//!   program compares with; and the detector thresholds;
+//! - [`detect`]: the detector settings ([`Detection`]) and the detections
+//!   the program reports ([`EventReader`], [`Detected`]).
 //!
 //! Errors say what to do (load the program first, run with CAP_BPF and
 //! CAP_NET_ADMIN, mount bpffs) in one line.
 
 pub mod attach;
+pub mod detect;
 pub mod table;
+pub mod test_run;
 
 use std::path::PathBuf;
 
-pub use attach::{AttachMode, Status, attach, attach_object, detach, status};
+pub use attach::{AttachMode, DetectorCounters, Status, attach, attach_object, detach, status};
+pub use detect::{Detected, Detection, Detector, EventReader};
 pub use ebpf_common::PROGRAM;
 pub use table::KernelTable;
+pub use test_run::TestProgram;
 
 /// The XDP object built by `ebpf-prog/build.sh`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../ebpf-prog/penaltybox-xdp.bpf.o");

@@ -9,16 +9,23 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::Key;
-use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError};
-use ebpf_common::{AddrKey, BanValue, PIN_ADDRS, PIN_ALLOWED, PIN_PREFIXES};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError};
+use ebpf_common::{
+    AddrKey, BanValue, DetectConfig, PIN_ADDRS, PIN_ALLOWED, PIN_CONFIG, PIN_PREFIXES, PIN_SOURCES,
+    SourceState,
+};
 use model::Cidr;
 
-use crate::{XdpError, monotonic_ns};
+use crate::{Detection, XdpError, monotonic_ns};
 
 pub struct KernelTable {
     addrs: HashMap<MapData, AddrKey, BanValue>,
     prefixes: LpmTrie<MapData, AddrKey, BanValue>,
     allowed: LpmTrie<MapData, AddrKey, u8>,
+    /// The detector thresholds and the "trie is empty" hints.
+    config: Array<MapData, DetectConfig>,
+    /// The detectors' per-source state (an LRU hash).
+    sources: HashMap<MapData, AddrKey, SourceState>,
     location: PathBuf,
 }
 
@@ -56,12 +63,80 @@ impl KernelTable {
             Map::LpmTrie(data) => LpmTrie::try_from(Map::LpmTrie(data)).map_err(|e| e.to_string()),
             other => Err(format!("a {} map, not an LPM trie", map_kind(&other))),
         })?;
+        let config_path = dir.join(PIN_CONFIG);
+        if !config_path.exists() {
+            return Err(XdpError::WrongMap {
+                path: dir.clone(),
+                detail:
+                    "attached by an older penaltybox (no detectors): detach and attach it again"
+                        .into(),
+            });
+        }
+        let config = open_map(&config_path, |map| match map {
+            Map::Array(data) => Array::try_from(Map::Array(data)).map_err(|e| e.to_string()),
+            other => Err(format!("a {} map, not an array", map_kind(&other))),
+        })?;
+        let sources = open_map(&dir.join(PIN_SOURCES), |map| match map {
+            Map::LruHashMap(data) => {
+                HashMap::try_from(Map::LruHashMap(data)).map_err(|e| e.to_string())
+            }
+            other => Err(format!("a {} map, not an LRU hash", map_kind(&other))),
+        })?;
         Ok(KernelTable {
             addrs,
             prefixes,
             allowed,
+            config,
+            sources,
             location: dir,
         })
+    }
+
+    /// The detector configuration the program runs with; `None` while no
+    /// server has written one (detectors off).
+    pub fn detection(&self) -> Result<Option<Detection>, XdpError> {
+        let config = self.read_config()?;
+        Ok((config.scan_ports != 0).then(|| Detection::from_config(&config)))
+    }
+
+    /// Writes the detector thresholds and drop scope (at start, on change).
+    pub fn set_detection(&mut self, detection: &Detection) -> Result<(), XdpError> {
+        detection.check().map_err(|detail| XdpError::Kernel {
+            what: "kernel detectors".into(),
+            detail,
+        })?;
+        let mut config = detection.to_config();
+        config.prefixes_empty = u32::from(self.prefixes.keys().next().is_none());
+        config.allowed_empty = u32::from(self.allowed.keys().next().is_none());
+        self.write_config(&config)
+    }
+
+    fn read_config(&self) -> Result<DetectConfig, XdpError> {
+        self.config
+            .get(&0, 0)
+            .map_err(|e| XdpError::from_os("kernel detectors: read the configuration", &e))
+    }
+
+    fn write_config(&mut self, config: &DetectConfig) -> Result<(), XdpError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(|e| XdpError::from_os("kernel detectors: write the configuration", &e))
+    }
+
+    /// Sets one of the "trie is empty" hints the program skips lookups by.
+    /// A hint is cleared before the first entry goes in and set only after
+    /// the last is gone, so the program never skips a trie that matters.
+    fn set_hint(
+        &mut self,
+        hint: fn(&mut DetectConfig) -> &mut u32,
+        value: bool,
+    ) -> Result<(), XdpError> {
+        let mut config = self.read_config()?;
+        if *hint(&mut config) != u32::from(value) {
+            *hint(&mut config) = u32::from(value);
+            self.write_config(&config)?;
+        }
+        Ok(())
     }
 
     pub fn location(&self) -> &Path {
@@ -87,7 +162,10 @@ impl KernelTable {
         let what = || format!("kernel table: insert {prefix}");
         match key_of(prefix) {
             MapKey::Addr(key) => self.addrs.insert(key, value, 0),
-            MapKey::Prefix(key) => self.prefixes.insert(&key, value, 0),
+            MapKey::Prefix(key) => {
+                self.set_hint(|c| &mut c.prefixes_empty, false)?;
+                self.prefixes.insert(&key, value, 0)
+            }
         }
         .map_err(|e| XdpError::from_os(what(), &e))
     }
@@ -225,16 +303,29 @@ impl KernelTable {
     /// Removes `prefix`; absent is fine (the program may have dropped it).
     pub fn remove(&mut self, prefix: &Cidr) -> Result<(), XdpError> {
         let result = match key_of(prefix) {
-            MapKey::Addr(key) => self.addrs.remove(&key),
+            MapKey::Addr(key) => {
+                // Forget what the detectors knew of the address: if it
+                // probes again, that is news (not hidden by "reported this
+                // window"). Aggregates keep their sources' state: finding
+                // them means a walk of the whole LRU map.
+                let _ = self.sources.remove(&key);
+                self.addrs.remove(&key)
+            }
             MapKey::Prefix(key) => self.prefixes.remove(&key),
         };
         match result {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(XdpError::from_os(
-                format!("kernel table: remove {prefix}"),
-                &e,
-            )),
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => {
+                return Err(XdpError::from_os(
+                    format!("kernel table: remove {prefix}"),
+                    &e,
+                ));
+            }
         }
+        if matches!(key_of(prefix), MapKey::Prefix(_)) && self.prefixes.keys().next().is_none() {
+            self.set_hint(|c| &mut c.prefixes_empty, true)?;
+        }
+        Ok(())
     }
 
     /// Makes the program's allow-list exactly `allow`: entries not in it are
@@ -242,6 +333,9 @@ impl KernelTable {
     /// unprotected in between).
     pub fn set_allowed(&mut self, allow: &[Cidr]) -> Result<(), XdpError> {
         let wanted: Vec<Key<AddrKey>> = allow.iter().map(trie_key).collect();
+        if !allow.is_empty() {
+            self.set_hint(|c| &mut c.allowed_empty, false)?;
+        }
         let present = self.allowed()?;
         for prefix in present.iter().filter(|p| !allow.contains(p)) {
             match self.allowed.remove(&trie_key(prefix)) {
@@ -258,6 +352,9 @@ impl KernelTable {
             self.allowed
                 .insert(key, 1, 0)
                 .map_err(|e| XdpError::from_os(format!("kernel allow-list: add {prefix}"), &e))?;
+        }
+        if allow.is_empty() {
+            self.set_hint(|c| &mut c.allowed_empty, true)?;
         }
         Ok(())
     }

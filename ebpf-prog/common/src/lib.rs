@@ -1,6 +1,7 @@
 //! The map layouts shared by penaltybox's XDP program (kernel, `no_std`) and
-//! its userspace (the `xdp` crate): key and value types, map and pin names,
-//! sizes. `#[repr(C)]`, so both sides agree on every byte.
+//! its userspace (the `xdp` crate): key and value types, the detector
+//! configuration and event records, map and pin names, sizes. `#[repr(C)]`,
+//! so both sides agree on every byte.
 #![no_std]
 
 /// A source address as a map key: IPv6, or IPv4 as IPv4-mapped IPv6
@@ -43,13 +44,124 @@ pub const COUNTER_DROPPED_PREFIX: u32 = 1;
 pub const COUNTER_PASSED_EXPIRED: u32 = 2;
 /// Matched a ban, but the source is allow-listed: passed.
 pub const COUNTER_PASSED_ALLOWED: u32 = 3;
-pub const COUNTER_SLOTS: u32 = 4;
+/// Connection-opening SYNs (SYN without ACK) the detectors looked at.
+pub const COUNTER_SYN_SEEN: u32 = 4;
+/// SYNs to a service port dropped by a source's SYN rate limit.
+pub const COUNTER_SYN_DROPPED: u32 = 5;
+/// Detections, once per source per window each (what became an event, or
+/// was lost trying).
+pub const COUNTER_SCANS: u32 = 6;
+pub const COUNTER_FLOODS: u32 = 7;
+pub const COUNTER_MALFORMED: u32 = 8;
+pub const COUNTER_EVENTS_SENT: u32 = 9;
+/// Events the ring buffer had no room for (the detection is retried on
+/// the source's next probe).
+pub const COUNTER_EVENTS_LOST: u32 = 10;
+/// IP packets whose TCP header the program does not look for: IPv4
+/// fragments after the first, IPv6 with extension headers.
+pub const COUNTER_UNPARSED: u32 = 11;
+pub const COUNTER_SLOTS: u32 = 12;
+
+/// The detector configuration (one entry of the `CONFIG` array), written by
+/// userspace at start and on change. All zeroes, as a fresh attach leaves
+/// it, means: detectors off, drop every packet of a banned source, always
+/// look in both tries; so a program nobody configured behaves safely.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DetectConfig {
+    /// 1: the detectors run.
+    pub enabled: u32,
+    /// Distinct destination ports within `scan_window_ns` that make a scan.
+    pub scan_ports: u32,
+    pub scan_window_ns: u64,
+    /// SYN rate limit per source as a GCRA: one SYN per `syn_interval_ns`
+    /// sustained, `syn_tolerance_ns` of burst ((burst - 1) × interval).
+    pub syn_interval_ns: u64,
+    pub syn_tolerance_ns: u64,
+    /// 1: drop a banned source's packets only when they are TCP to a
+    /// service port; 0: drop all its packets.
+    pub drop_service_only: u32,
+    /// 1: userspace knows `BANNED_PREFIXES` is empty (skip the trie lookup).
+    pub prefixes_empty: u32,
+    /// 1: userspace knows `ALLOWED` is empty.
+    pub allowed_empty: u32,
+    pub service_port_count: u32,
+    pub trap_port_count: u32,
+    pub _pad: u32,
+    /// The server's listen ports (SYN rate limit, drop scope).
+    pub service_ports: [u16; MAX_SERVICE_PORTS],
+    /// A probe to one of these is a scan at once.
+    pub trap_ports: [u16; MAX_TRAP_PORTS],
+}
+
+pub const MAX_SERVICE_PORTS: usize = 8;
+pub const MAX_TRAP_PORTS: usize = 16;
+
+/// Per-source detector state (the `SOURCES` LRU map), created only for
+/// sources that send connection-opening probes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceState {
+    /// Start of the current scan window (CLOCK_MONOTONIC ns).
+    pub window_start_ns: u64,
+    /// The SYN rate limit's theoretical arrival time (GCRA).
+    pub syn_tat_ns: u64,
+    /// The distinct destination ports probed this window, the first
+    /// `distinct_ports` slots (exact: a scan is reported at exactly
+    /// `scan_ports`, which is at most [`MAX_SCAN_PORTS`]).
+    pub ports: [u16; MAX_SCAN_PORTS],
+    pub distinct_ports: u32,
+    /// `1 << detector` for each detector reported this window.
+    pub reported: u32,
+    /// Connection-opening SYNs to a service port this window (the SYN
+    /// flood event's figure).
+    pub syns: u32,
+    pub _pad: u32,
+}
+
+/// The largest `scan_ports` threshold.
+pub const MAX_SCAN_PORTS: usize = 16;
+
+/// Detector numbers, as in [`Event::detector`].
+pub const DETECT_PORT_SCAN: u8 = 1;
+pub const DETECT_SYN_FLOOD: u8 = 2;
+pub const DETECT_BAD_FLAGS: u8 = 3;
+
+/// One detection, written to the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub source: AddrKey,
+    /// Port scan: distinct ports; SYN flood: SYNs this window; bad flags:
+    /// the TCP flags byte (data offset in the high byte when it was < 5).
+    pub figure: u32,
+    /// A destination port of the probe that triggered it.
+    pub port: u16,
+    pub detector: u8,
+    pub _pad: u8,
+}
+
+/// The ring buffer's size: 256 KiB holds 8,192 events (24 bytes + the
+/// kernel's 8-byte header each), far more than the registry falls behind by.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// Sources the detectors track at once. LRU: under a spoofed flood the
+/// oldest one-SYN sources are evicted first, and a real scanner, whose
+/// state is touched on every probe, stays. 262,144 entries cost about
+/// 35 MiB of kernel memory (preallocated; see docs/BENCHMARKS.md).
+pub const MAX_SOURCES: u32 = 262_144;
+
+pub const CONFIG_MAP: &str = "CONFIG";
+pub const SOURCES_MAP: &str = "SOURCES";
+pub const EVENTS_MAP: &str = "EVENTS";
 
 /// File names under the pin directory.
 pub const PIN_ADDRS: &str = "banned_addrs";
 pub const PIN_PREFIXES: &str = "banned_prefixes";
 pub const PIN_COUNTERS: &str = "counters";
 pub const PIN_ALLOWED: &str = "allowed";
+pub const PIN_CONFIG: &str = "config";
+pub const PIN_SOURCES: &str = "sources";
+pub const PIN_EVENTS: &str = "events";
 pub const PIN_LINK: &str = "link";
 
 /// `a.b.c.d` as `::ffff:a.b.c.d`.
@@ -69,3 +181,12 @@ pub fn in_force(expires_ns: u64, now_ns: u64) -> bool {
 #[cfg(feature = "user")]
 // SAFETY: plain old data: two u64, no padding, every bit pattern valid.
 unsafe impl aya::Pod for BanValue {}
+#[cfg(feature = "user")]
+// SAFETY: plain old data, explicit padding fields, every bit pattern valid.
+unsafe impl aya::Pod for DetectConfig {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for SourceState {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for Event {}

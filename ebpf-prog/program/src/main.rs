@@ -1,16 +1,26 @@
-//! penaltybox's XDP program: drops IPv4 and IPv6 packets whose source is
-//! timed out, before any socket sees them. Everything else passes untouched:
-//! non-IP frames (ARP...), short or odd packets, sources not banned, sources
-//! whose ban has ended (the expiry is checked here, so a ban never outlives
-//! its time even if userspace is gone), and allow-listed sources, whatever
-//! ban covers them (checked only once a ban matched, so traffic that is not
-//! banned pays nothing for it).
+//! penaltybox's XDP program: drops the packets of timed-out sources before
+//! any socket sees them, and inspects TCP for what userspace never sees
+//! (sources that send no payload): port scans, SYN floods from one source,
+//! and flag sets no real stack opens a connection with. A detection is an
+//! event in a ring buffer (at most one per source, detector and window);
+//! the ban registry times the source out, and its ban comes back here.
 //!
-//! Only the fixed IP header is read: the source address is there in every
-//! IPv4 fragment and in IPv6 packets with extension headers alike.
+//! What passes untouched: non-IP frames (ARP...), short or odd packets,
+//! sources not banned, bans that have ended (the expiry is checked here, so
+//! a ban never outlives its time even if userspace is gone), allow-listed
+//! sources (never dropped, counted, limited or reported), and everything
+//! whose TCP header is not where it is looked for: IPv4 fragments after the
+//! first, IPv6 with extension headers (both counted as unparsed).
+//!
+//! The common path stays cheap: one hash lookup per packet, the prefix and
+//! allow-list tries only while userspace says they hold something, and
+//! per-source state only for connection-opening probes, never for the
+//! ACKs of established traffic. State races between CPUs (two probes of
+//! one source on two CPUs at once) can lose a count; the only effect is a
+//! detection one probe later.
 #![no_std]
 #![no_main]
-// atomic_xadd: an atomic add on a map value (see `verdict`).
+// atomic_xadd: an atomic add on a map value (see `banned`).
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
@@ -21,12 +31,15 @@ use aya_ebpf::bindings::{BPF_F_NO_PREALLOC, xdp_action};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::{map, xdp};
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray};
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::XdpContext;
 use ebpf_common::{
-    AddrKey, BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_PASSED_ALLOWED,
-    COUNTER_PASSED_EXPIRED, COUNTER_SLOTS, MAX_ADDRS, MAX_ALLOWED, MAX_PREFIXES, in_force,
-    v4_mapped,
+    AddrKey, BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_EVENTS_LOST,
+    COUNTER_EVENTS_SENT, COUNTER_FLOODS, COUNTER_MALFORMED, COUNTER_PASSED_ALLOWED,
+    COUNTER_PASSED_EXPIRED, COUNTER_SCANS, COUNTER_SLOTS, COUNTER_SYN_DROPPED, COUNTER_SYN_SEEN,
+    COUNTER_UNPARSED, DETECT_BAD_FLAGS, DETECT_PORT_SCAN, DETECT_SYN_FLOOD, DetectConfig,
+    EVENTS_BYTES, Event, MAX_ADDRS, MAX_ALLOWED, MAX_PREFIXES, MAX_SCAN_PORTS, MAX_SERVICE_PORTS,
+    MAX_SOURCES, MAX_TRAP_PORTS, SourceState, in_force, v4_mapped,
 };
 
 #[map(name = "BANNED_ADDRS")]
@@ -42,15 +55,68 @@ static ALLOWED: LpmTrie<AddrKey, u8> = LpmTrie::with_max_entries(MAX_ALLOWED, 0)
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
+#[map(name = "CONFIG")]
+static CONFIG: Array<DetectConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "SOURCES")]
+static SOURCES: LruHashMap<AddrKey, SourceState> = LruHashMap::with_max_entries(MAX_SOURCES, 0);
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
 const ETH_HEADER: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
+const IPPROTO_TCP: u8 = 6;
+const IPV6_HEADER: usize = 40;
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+/// FIN, SYN, RST, PSH, ACK, URG: the flags a first packet is judged by.
+const BASE_FLAGS: u8 = 0x3f;
+
+/// The TCP fields the program looks at.
+#[derive(Clone, Copy)]
+struct Tcp {
+    dest_port: u16,
+    flags: u8,
+    /// Header length in 32-bit words (5 at least in any real segment).
+    data_offset: u8,
+}
 
 #[xdp]
 pub fn penaltybox(ctx: XdpContext) -> u32 {
-    match source(&ctx) {
-        Some(source) => verdict(&source),
-        None => xdp_action::XDP_PASS,
+    let Some((source, tcp)) = parse(&ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    let Some(config) = CONFIG.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let to_service = match tcp {
+        Some(tcp) => is_service_port(config, tcp.dest_port),
+        None => false,
+    };
+    match banned(&source, now, config) {
+        Ban::None => {}
+        // Already timed out: its probes are not news.
+        Ban::Held if config.drop_service_only != 0 && !to_service => {
+            return xdp_action::XDP_PASS;
+        }
+        Ban::Held => {
+            if is_allowed(&source, config) {
+                count(COUNTER_PASSED_ALLOWED);
+                return xdp_action::XDP_PASS;
+            }
+            return drop_banned(&source);
+        }
+    }
+    match tcp {
+        Some(tcp) if config.enabled != 0 => inspect(&source, tcp, to_service, now, config),
+        _ => xdp_action::XDP_PASS,
     }
 }
 
@@ -64,36 +130,101 @@ pub fn drop_all(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-/// The packet's source address, if it is IPv4 or IPv6 and long enough.
+/// The packet's source address, if it is IPv4 or IPv6 and long enough,
+/// and its TCP header if it has one where the program looks.
 #[inline(always)]
-fn source(ctx: &XdpContext) -> Option<AddrKey> {
+fn parse(ctx: &XdpContext) -> Option<(AddrKey, Option<Tcp>)> {
     let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
     match ethertype {
         ETHERTYPE_IPV4 => {
-            // Version/IHL is not needed: the source is at a fixed offset.
-            Some(v4_mapped(read::<[u8; 4]>(ctx, ETH_HEADER + 12)?))
+            let source = v4_mapped(read::<[u8; 4]>(ctx, ETH_HEADER + 12)?);
+            let version_ihl = read::<u8>(ctx, ETH_HEADER)?;
+            let header = usize::from(version_ihl & 0x0f) * 4;
+            let protocol = read::<u8>(ctx, ETH_HEADER + 9)?;
+            if version_ihl >> 4 != 4 || header < 20 || protocol != IPPROTO_TCP {
+                return Some((source, None));
+            }
+            let fragment_offset = u16::from_be(read::<u16>(ctx, ETH_HEADER + 6)?) & 0x1fff;
+            if fragment_offset != 0 {
+                count(COUNTER_UNPARSED);
+                return Some((source, None));
+            }
+            Some((source, tcp_at(ctx, ETH_HEADER + header)))
         }
-        ETHERTYPE_IPV6 => read::<AddrKey>(ctx, ETH_HEADER + 8),
+        ETHERTYPE_IPV6 => {
+            let source = read::<AddrKey>(ctx, ETH_HEADER + 8)?;
+            let next_header = read::<u8>(ctx, ETH_HEADER + 6)?;
+            if next_header == IPPROTO_TCP {
+                return Some((source, tcp_at(ctx, ETH_HEADER + IPV6_HEADER)));
+            }
+            if is_extension_header(next_header) {
+                count(COUNTER_UNPARSED);
+            }
+            Some((source, None))
+        }
         _ => None,
     }
 }
 
+/// Hop-by-hop, routing, fragment, ESP, AH, destination options, mobility,
+/// HIP, shim6 and the two experimental numbers (RFC 7045's list).
 #[inline(always)]
-fn verdict(source: &AddrKey) -> u32 {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(value) = BANNED_ADDRS.get_ptr_mut(source) {
+fn is_extension_header(next_header: u8) -> bool {
+    matches!(
+        next_header,
+        0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254
+    )
+}
+
+/// The TCP header at `offset`, if the packet holds its first 14 bytes.
+#[inline(always)]
+fn tcp_at(ctx: &XdpContext, offset: usize) -> Option<Tcp> {
+    let dest_port = u16::from_be(read::<u16>(ctx, offset + 2)?);
+    let [offset_byte, flags] = read::<[u8; 2]>(ctx, offset + 12)?;
+    Some(Tcp {
+        dest_port,
+        flags,
+        data_offset: offset_byte >> 4,
+    })
+}
+
+enum Ban {
+    None,
+    Held,
+}
+
+/// Is `source` timed out now, by its address or a prefix?
+#[inline(always)]
+fn banned(source: &AddrKey, now: u64, config: &DetectConfig) -> Ban {
+    if let Some(value) = BANNED_ADDRS.get_ptr(source) {
         // SAFETY: a map value returned by lookup stays valid until this
         // program run ends (RCU), even if userspace deletes the entry.
-        // Several CPUs may hold it at once, so `expires_ns` is only read
-        // and `drops` only changed through an atomic add.
+        // Several CPUs may hold it at once, so `expires_ns` is only read.
         let expires_ns = unsafe { core::ptr::addr_of!((*value).expires_ns).read_volatile() };
         if in_force(expires_ns, now) {
-            if allowed(source) {
-                return xdp_action::XDP_PASS;
-            }
+            return Ban::Held;
+        }
+        count(COUNTER_PASSED_EXPIRED);
+    }
+    if config.prefixes_empty == 0
+        && let Some(value) = BANNED_PREFIXES.get(Key::new(128, *source))
+    {
+        if in_force(value.expires_ns, now) {
+            return Ban::Held;
+        }
+        count(COUNTER_PASSED_EXPIRED);
+    }
+    Ban::None
+}
+
+/// Drops a banned source's packet, counting it on its entry (exact address)
+/// or as a prefix drop.
+#[inline(always)]
+fn drop_banned(source: &AddrKey) -> u32 {
+    match BANNED_ADDRS.get_ptr_mut(source) {
+        Some(value) => {
             // SAFETY: `drops` is an aligned u64 inside the live map value
-            // (see above); every writer on every CPU uses this atomic add
+            // (see `banned`); every writer on every CPU uses this atomic add
             // (BPF_ATOMIC_ADD, "lock xadd"), so no increment is lost.
             // (The bpfel target has no `AtomicU64::fetch_add`; the intrinsic
             // is what it would lower to.)
@@ -104,31 +235,180 @@ fn verdict(source: &AddrKey) -> u32 {
                 )
             };
             count(COUNTER_DROPPED_ADDR);
-            return xdp_action::XDP_DROP;
         }
-        count(COUNTER_PASSED_EXPIRED);
+        None => count(COUNTER_DROPPED_PREFIX),
     }
-    if let Some(value) = BANNED_PREFIXES.get(Key::new(128, *source)) {
-        if in_force(value.expires_ns, now) {
-            if allowed(source) {
+    xdp_action::XDP_DROP
+}
+
+/// Is `source` allow-listed?
+#[inline(always)]
+fn is_allowed(source: &AddrKey, config: &DetectConfig) -> bool {
+    config.allowed_empty == 0 && ALLOWED.get(Key::new(128, *source)).is_some()
+}
+
+#[inline(always)]
+fn is_service_port(config: &DetectConfig, port: u16) -> bool {
+    let mut i = 0;
+    while i < MAX_SERVICE_PORTS {
+        if (i as u32) < config.service_port_count && config.service_ports[i] == port {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn is_trap_port(config: &DetectConfig, port: u16) -> bool {
+    let mut i = 0;
+    while i < MAX_TRAP_PORTS {
+        if (i as u32) < config.trap_port_count && config.trap_ports[i] == port {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Flag sets no real stack opens a connection with, nor sends within one:
+/// NULL, FIN without ACK (Xmas included), SYN+FIN, SYN+RST, and a header
+/// shorter than the fixed 20 bytes.
+#[inline(always)]
+fn is_malformed(tcp: Tcp) -> bool {
+    let flags = tcp.flags & BASE_FLAGS;
+    tcp.data_offset < 5
+        || flags == 0
+        || (flags & FIN != 0 && flags & ACK == 0)
+        || (flags & SYN != 0 && flags & (FIN | RST) != 0)
+}
+
+/// The detectors, for a TCP packet of a source that is not timed out.
+#[inline(always)]
+fn inspect(source: &AddrKey, tcp: Tcp, to_service: bool, now: u64, config: &DetectConfig) -> u32 {
+    let syn = tcp.flags & (SYN | ACK) == SYN;
+    let malformed = is_malformed(tcp);
+    // Established traffic (anything with ACK, a plain RST) costs no state.
+    if !syn && !malformed {
+        return xdp_action::XDP_PASS;
+    }
+    if is_allowed(source, config) {
+        return xdp_action::XDP_PASS;
+    }
+    if syn {
+        count(COUNTER_SYN_SEEN);
+    }
+    let state = match SOURCES.get_ptr_mut(source) {
+        Some(state) => state,
+        None => {
+            let fresh = SourceState {
+                window_start_ns: now,
+                syn_tat_ns: now,
+                ..SourceState::default()
+            };
+            if SOURCES.insert(source, &fresh, 0).is_err() {
                 return xdp_action::XDP_PASS;
             }
-            count(COUNTER_DROPPED_PREFIX);
+            match SOURCES.get_ptr_mut(source) {
+                Some(state) => state,
+                None => return xdp_action::XDP_PASS,
+            }
+        }
+    };
+    // SAFETY: a live LRU map value, valid for this run (RCU); only this
+    // program writes it (races between CPUs are tolerated, see the top).
+    let state = unsafe { &mut *state };
+    if now.saturating_sub(state.window_start_ns) >= config.scan_window_ns {
+        state.window_start_ns = now;
+        state.ports = [0; MAX_SCAN_PORTS];
+        state.distinct_ports = 0;
+        state.reported = 0;
+        state.syns = 0;
+    }
+
+    note_port(state, tcp.dest_port);
+    if is_trap_port(config, tcp.dest_port) || state.distinct_ports >= config.scan_ports {
+        report(
+            source,
+            state,
+            DETECT_PORT_SCAN,
+            state.distinct_ports,
+            tcp.dest_port,
+        );
+    }
+    if malformed {
+        let short_header = if tcp.data_offset < 5 {
+            u32::from(tcp.data_offset) << 8
+        } else {
+            0
+        };
+        let figure = u32::from(tcp.flags) | short_header;
+        report(source, state, DETECT_BAD_FLAGS, figure, tcp.dest_port);
+    }
+    if syn && to_service {
+        state.syns = state.syns.saturating_add(1);
+        // GCRA: the bucket is empty when the theoretical arrival time is
+        // more than the burst tolerance ahead of now.
+        let tat = if state.syn_tat_ns > now {
+            state.syn_tat_ns
+        } else {
+            now
+        };
+        if tat - now > config.syn_tolerance_ns {
+            count(COUNTER_SYN_DROPPED);
+            report(source, state, DETECT_SYN_FLOOD, state.syns, tcp.dest_port);
             return xdp_action::XDP_DROP;
         }
-        count(COUNTER_PASSED_EXPIRED);
+        state.syn_tat_ns = tat.saturating_add(config.syn_interval_ns);
     }
     xdp_action::XDP_PASS
 }
 
-/// Is `source` allow-listed? Counted when it is: a ban covered it.
+/// Adds `port` to the window's distinct ports (exactly, up to
+/// `MAX_SCAN_PORTS`; the threshold is never higher).
 #[inline(always)]
-fn allowed(source: &AddrKey) -> bool {
-    let allowed = ALLOWED.get(Key::new(128, *source)).is_some();
-    if allowed {
-        count(COUNTER_PASSED_ALLOWED);
+fn note_port(state: &mut SourceState, port: u16) {
+    let distinct = state.distinct_ports as usize;
+    let mut i = 0;
+    while i < MAX_SCAN_PORTS {
+        if i < distinct && state.ports[i] == port {
+            return;
+        }
+        i += 1;
     }
-    allowed
+    if distinct < MAX_SCAN_PORTS {
+        state.ports[distinct] = port;
+        state.distinct_ports += 1;
+    }
+}
+
+/// Writes one event for `detector`, unless this source's was written this
+/// window already. A full ring is counted, and the next probe tries again.
+#[inline(always)]
+fn report(source: &AddrKey, state: &mut SourceState, detector: u8, figure: u32, port: u16) {
+    let bit = 1u32 << detector;
+    if state.reported & bit != 0 {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(COUNTER_EVENTS_LOST);
+        return;
+    };
+    entry.write(Event {
+        source: *source,
+        figure,
+        port,
+        detector,
+        _pad: 0,
+    });
+    entry.submit(0);
+    state.reported |= bit;
+    count(COUNTER_EVENTS_SENT);
+    count(match detector {
+        DETECT_PORT_SCAN => COUNTER_SCANS,
+        DETECT_SYN_FLOOD => COUNTER_FLOODS,
+        _ => COUNTER_MALFORMED,
+    });
 }
 
 #[inline(always)]

@@ -1,0 +1,87 @@
+//! The program run on packets we make, through `BPF_PROG_TEST_RUN`: loaded
+//! by the verifier like `attach` loads it, its maps pinned the same way (so
+//! [`crate::KernelTable`] and [`crate::EventReader`] work on them), but
+//! attached to nothing. For the program-level tests and the per-packet
+//! benchmark; needs CAP_BPF.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
+
+use crate::attach::{ensure_bpffs, pin_maps, unpin_maps};
+use crate::{OBJECT, XdpError};
+
+/// A loaded, unattached copy of a program; unpinned on drop.
+pub struct TestProgram {
+    ebpf: aya::Ebpf,
+    program: String,
+    pin_dir: PathBuf,
+}
+
+impl TestProgram {
+    /// Loads the embedded program and pins its maps under `pin_dir` (which
+    /// must not exist yet).
+    pub fn load(pin_dir: &Path) -> Result<Self, XdpError> {
+        Self::load_object(pin_dir, OBJECT, ebpf_common::PROGRAM)
+    }
+
+    /// [`TestProgram::load`] for another object (the bench's) and program.
+    pub fn load_object(pin_dir: &Path, object: &[u8], program: &str) -> Result<Self, XdpError> {
+        ensure_bpffs(pin_dir)?;
+        std::fs::create_dir_all(pin_dir)
+            .map_err(|e| XdpError::from_os(format!("create {}", pin_dir.display()), &e))?;
+        let mut ebpf =
+            aya::Ebpf::load(object).map_err(|e| XdpError::from_os("load the XDP object", &e))?;
+        let xdp: &mut Xdp = ebpf
+            .program_mut(program)
+            .ok_or_else(|| XdpError::Kernel {
+                what: "load the XDP object".into(),
+                detail: format!("no program {program:?} in it"),
+            })?
+            .try_into()
+            .map_err(|e: ProgramError| XdpError::from_os("load the XDP program", &e))?;
+        xdp.load()
+            .map_err(|e| XdpError::from_os("load the XDP program (verifier)", &e))?;
+        let loaded = TestProgram {
+            ebpf,
+            program: program.to_owned(),
+            pin_dir: pin_dir.to_owned(),
+        };
+        pin_maps(&loaded.ebpf, pin_dir)?;
+        Ok(loaded)
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Runs the program on `packet` (an Ethernet frame) `repeat` times;
+    /// returns its verdict (`XDP_DROP` = 1, `XDP_PASS` = 2) and the
+    /// kernel's average time per run.
+    pub fn run(&self, packet: &[u8], repeat: u32) -> Result<(u32, Duration), XdpError> {
+        let xdp: &Xdp = self
+            .ebpf
+            .program(&self.program)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| XdpError::Kernel {
+                what: "test run".into(),
+                detail: format!("no XDP program {:?}", self.program),
+            })?;
+        let result = xdp
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                repeat: repeat.max(1),
+                ..TestRunOptions::default()
+            })
+            .map_err(|e| XdpError::from_os("BPF_PROG_TEST_RUN", &e))?;
+        Ok((result.return_value, result.duration))
+    }
+}
+
+impl Drop for TestProgram {
+    fn drop(&mut self) {
+        unpin_maps(&self.pin_dir);
+        let _ = std::fs::remove_dir(&self.pin_dir);
+    }
+}
