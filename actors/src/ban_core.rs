@@ -180,11 +180,33 @@ impl BanCore {
         first_bytes: FirstBytes,
         now_ms: u64,
     ) -> BanOutcome {
+        let evidence = format!("first bytes {}", hex_preview(first_bytes.as_slice()));
+        self.ban_for(source, cause, first_bytes, &evidence, now_ms)
+    }
+
+    /// A time-out found by the kernel detectors: the same policy as
+    /// [`BanCore::ban`] (allow-list, aggregation, escalation, storage,
+    /// kernel map), with what the kernel saw as the evidence in the log.
+    pub fn ban_detected(
+        &mut self,
+        source: IpAddr,
+        cause: BanCause,
+        evidence: &str,
+        now_ms: u64,
+    ) -> BanOutcome {
+        self.ban_for(source, cause, FirstBytes::default(), evidence, now_ms)
+    }
+
+    fn ban_for(
+        &mut self,
+        source: IpAddr,
+        cause: BanCause,
+        first_bytes: FirstBytes,
+        evidence: &str,
+        now_ms: u64,
+    ) -> BanOutcome {
         if self.policy.is_allowed(source) {
-            log::info!(
-                "not timing out {source} ({cause}): allow-listed; first bytes {}",
-                hex_preview(first_bytes.as_slice())
-            );
+            log::info!("not timing out {source} ({cause}): allow-listed; {evidence}");
             return BanOutcome::AllowListed;
         }
         let prefix = self.policy.prefix_for(source);
@@ -215,10 +237,9 @@ impl BanCore {
         };
         self.insert(&record, now_ms);
         log::info!(
-            "timed out {prefix} for {} (cause {cause}, repeat {}, source {source}, first bytes {})",
+            "timed out {prefix} for {} (cause {cause}, repeat {}, source {source}, {evidence})",
             humantime::format_duration(decision.duration),
             decision.repeat,
-            hex_preview(record.first_bytes.as_slice())
         );
         BanOutcome::Banned(record)
     }

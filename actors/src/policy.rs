@@ -60,6 +60,10 @@ pub struct Durations {
     pub session_violation: Duration,
     /// An admin's `bans add` without `--for`.
     pub admin_default: Duration,
+    /// The kernel detectors' causes.
+    pub port_scan: Duration,
+    pub syn_flood: Duration,
+    pub bad_tcp_flags: Duration,
 }
 
 impl Default for Durations {
@@ -70,6 +74,9 @@ impl Default for Durations {
             handshake_timeout: Duration::from_secs(60),
             session_violation: Duration::from_secs(15 * 60),
             admin_default: Duration::from_secs(60 * 60),
+            port_scan: Duration::from_secs(60 * 60),
+            syn_flood: Duration::from_secs(10 * 60),
+            bad_tcp_flags: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -134,6 +141,9 @@ impl BanPolicy {
             CauseClass::HandshakeFailure => self.durations.handshake_failure,
             CauseClass::HandshakeTimeout => self.durations.handshake_timeout,
             CauseClass::SessionViolation => self.durations.session_violation,
+            CauseClass::PortScan => self.durations.port_scan,
+            CauseClass::SynFlood => self.durations.syn_flood,
+            CauseClass::BadTcpFlags => self.durations.bad_tcp_flags,
         }
     }
 
@@ -325,6 +335,16 @@ mod tests {
             policy.base_duration(BanCause::SessionViolation),
             Duration::from_secs(900)
         );
+        for (cause, minutes) in [
+            (BanCause::PortScan, 60),
+            (BanCause::SynFlood, 10),
+            (BanCause::BadTcpFlags, 60),
+        ] {
+            assert_eq!(
+                policy.base_duration(cause),
+                Duration::from_secs(minutes * 60)
+            );
+        }
         for rejection in [
             Rejection::BadMagic,
             Rejection::BadVersion(9),

@@ -39,6 +39,16 @@ pub struct Ban {
     pub first_bytes: FirstBytes,
 }
 
+/// The kernel detectors found `source` (a port scan, a SYN flood, bad TCP
+/// flags); `evidence` is what they saw, for the log.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Detected {
+    pub source: IpAddr,
+    pub cause: BanCause,
+    pub evidence: String,
+}
+
 /// An admin's ban of an address or CIDR prefix, from `session` if it came
 /// over the wire (that session is not kicked: it gets its answer).
 #[derive(Message, Debug)]
@@ -185,6 +195,22 @@ impl Handler<Ban> for BanRegistry {
             self.core
                 .ban(ban.peer, ban.cause, ban.first_bytes, now_ms())
         {
+            self.kick_covered(record.prefix, None);
+        }
+    }
+}
+
+impl Handler<Detected> for BanRegistry {
+    type Result = ();
+
+    fn handle(&mut self, detected: Detected, _: &mut Self::Context) {
+        let outcome = self.core.ban_detected(
+            detected.source,
+            detected.cause,
+            &detected.evidence,
+            now_ms(),
+        );
+        if let BanOutcome::Banned(record) = outcome {
             self.kick_covered(record.prefix, None);
         }
     }

@@ -178,6 +178,22 @@ impl ServerHandle {
         self.shared.view.is_banned(ip, crate::now_ms())
     }
 
+    /// A kernel detection: timed out through the registry like any other
+    /// cause. Counted; never waits (the registry's mailbox queues it).
+    pub fn report_detection(
+        &self,
+        source: std::net::IpAddr,
+        cause: model::BanCause,
+        evidence: String,
+    ) {
+        crate::stats::bump(&self.shared.stats.kernel_detections);
+        self.shared.registry.do_send(crate::registry::Detected {
+            source,
+            cause,
+            evidence,
+        });
+    }
+
     /// An admin time-out, through the registry like the admin command's.
     pub async fn admin_ban(&self, ban: crate::AdminBan) -> Result<model::BanInfo, BanError> {
         let request = crate::registry::AdminBanFrom { ban, session: None };

@@ -30,6 +30,8 @@ pub struct Stats {
     pub(crate) bans_evicted: AtomicU64,
     /// Kernel-table updates that failed (the userspace ban stands).
     pub(crate) kernel_errors: AtomicU64,
+    /// Kernel detector events received.
+    pub(crate) kernel_detections: AtomicU64,
 }
 
 impl Default for Stats {
@@ -48,6 +50,7 @@ impl Default for Stats {
             bans_total: AtomicU64::new(0),
             bans_evicted: AtomicU64::new(0),
             kernel_errors: AtomicU64::new(0),
+            kernel_detections: AtomicU64::new(0),
         }
     }
 }
@@ -78,6 +81,7 @@ impl Stats {
             storage_unflushed: store.unflushed_writes(),
             storage_errors: store.error_count(),
             kernel_errors: get(&self.kernel_errors),
+            kernel_detections: get(&self.kernel_detections),
         }
     }
 }

@@ -56,6 +56,15 @@ pub enum BanCause {
     /// An established session sent a frame that failed authentication or
     /// broke a limit.
     SessionViolation,
+    /// The kernel tier saw connection-opening probes to many ports (or one
+    /// to a trap port).
+    PortScan,
+    /// The kernel tier saw more SYNs to the service than the per-source
+    /// rate limit allows.
+    SynFlood,
+    /// The kernel tier saw a TCP flag set no real stack sends (NULL, FIN
+    /// without ACK, Xmas, SYN+FIN, SYN+RST, a short header).
+    BadTcpFlags,
 }
 
 /// What kind of offence a cause is; each kind has its own base time-out.
@@ -67,10 +76,14 @@ pub enum CauseClass {
     HandshakeFailure,
     HandshakeTimeout,
     SessionViolation,
+    /// Found by the kernel tier's detectors; each has its own time-out.
+    PortScan,
+    SynFlood,
+    BadTcpFlags,
 }
 
 impl BanCause {
-    pub const ALL: [BanCause; 11] = [
+    pub const ALL: [BanCause; 14] = [
         BanCause::BadMagic,
         BanCause::BadVersion,
         BanCause::BadPattern,
@@ -82,6 +95,9 @@ impl BanCause {
         BanCause::FutureTimestamp,
         BanCause::HandshakeTimeout,
         BanCause::SessionViolation,
+        BanCause::PortScan,
+        BanCause::SynFlood,
+        BanCause::BadTcpFlags,
     ];
 
     /// The stable name stored with the ban and shown by `bans list`.
@@ -98,6 +114,9 @@ impl BanCause {
             BanCause::FutureTimestamp => "future-timestamp",
             BanCause::HandshakeTimeout => "handshake-timeout",
             BanCause::SessionViolation => "session-violation",
+            BanCause::PortScan => "port-scan",
+            BanCause::SynFlood => "syn-flood",
+            BanCause::BadTcpFlags => "bad-tcp-flags",
         }
     }
 
@@ -114,6 +133,9 @@ impl BanCause {
             | BanCause::FutureTimestamp => CauseClass::HandshakeFailure,
             BanCause::HandshakeTimeout => CauseClass::HandshakeTimeout,
             BanCause::SessionViolation => CauseClass::SessionViolation,
+            BanCause::PortScan => CauseClass::PortScan,
+            BanCause::SynFlood => CauseClass::SynFlood,
+            BanCause::BadTcpFlags => CauseClass::BadTcpFlags,
         }
     }
 

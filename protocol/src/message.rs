@@ -129,6 +129,9 @@ pub struct ServerStats {
     pub storage_errors: u64,
     /// Kernel-tier table updates that failed.
     pub kernel_errors: u64,
+    /// Detections the kernel tier reported (port scans, SYN floods, bad
+    /// TCP flags), before the policy (the allow-list) had its say.
+    pub kernel_detections: u64,
 }
 
 impl Request {

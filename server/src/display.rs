@@ -37,6 +37,7 @@ pub fn stats_json(stats: &ServerStats) -> serde_json::Value {
         "storage_unflushed": stats.storage_unflushed,
         "storage_errors": stats.storage_errors,
         "kernel_errors": stats.kernel_errors,
+        "kernel_detections": stats.kernel_detections,
     })
 }
 

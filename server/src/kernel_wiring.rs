@@ -1,20 +1,32 @@
 //! Wiring of the kernel tier for `serve`: open the pinned table named by
-//! `-B` (attaching first with `--xdp-iface`) and hand it to the ban core
-//! as its [`KernelSync`] (the adapter is `pinned_table.rs`). Any failure is one
-//! warning line and the server goes on with the userspace tier alone.
+//! `-B` (attaching first with `--xdp-iface`), write the detector settings
+//! into it, and hand it to the ban core as its [`KernelSync`] (the adapter
+//! is `pinned_table.rs`); then watch the detectors' ring buffer and report
+//! each detection to the registry. Any failure is one warning line and the
+//! server goes on with what still works (the userspace tier at least).
 
 use std::path::PathBuf;
 
-use actors::KernelSync;
-use xdp::{AttachMode, KernelTable};
+use actors::{KernelSync, ServerHandle};
+use model::BanCause;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use xdp::{AttachMode, Detected, Detection, Detector, EventReader, KernelTable};
 
 use crate::pinned_table::PinnedTable;
+use crate::settings::Settings;
 
-use crate::settings::KernelSettings;
+/// The kernel tier the server runs with.
+pub struct KernelTier {
+    pub table: Box<dyn KernelSync>,
+    /// The detectors' events; `None` when they are off.
+    pub events: Option<EventReader>,
+}
 
 /// The kernel table to keep in step, if the settings ask for one and the
 /// kernel lets us have it.
-pub fn open(settings: &KernelSettings) -> Option<Box<dyn KernelSync>> {
+pub fn open(all: &Settings) -> Option<KernelTier> {
+    let settings = &all.kernel;
     let table_path = settings.table.clone().or_else(|| {
         settings
             .xdp_iface
@@ -45,15 +57,148 @@ pub fn open(settings: &KernelSettings) -> Option<Box<dyn KernelSync>> {
             }
         }
     }
-    match KernelTable::open(&table_path) {
-        Ok(table) => {
-            log::info!("kernel tier on: ban table {}", table.location().display());
-            Some(Box::new(PinnedTable(table)))
-        }
+    let mut table = match KernelTable::open(&table_path) {
+        Ok(table) => table,
         Err(error) => {
             log::warn!("kernel tier off, userspace tier only: {error}");
+            return None;
+        }
+    };
+    log::info!("kernel tier on: ban table {}", table.location().display());
+    let detection = all.detection();
+    let events = match table.set_detection(&detection) {
+        Ok(()) if detection.enabled => match EventReader::open(&table_path) {
+            Ok(events) => {
+                log::info!("kernel detectors on: {}", describe(&detection));
+                Some(events)
+            }
+            Err(error) => {
+                log::warn!("kernel detectors off (drops only): {error}");
+                None
+            }
+        },
+        Ok(()) => {
+            log::info!("kernel detectors off (kernel.detect = false): drops only");
             None
         }
+        Err(error) => {
+            log::warn!("kernel detectors off (drops only): {error}");
+            None
+        }
+    };
+    Some(KernelTier {
+        table: Box::new(PinnedTable(table)),
+        events,
+    })
+}
+
+fn describe(d: &Detection) -> String {
+    let trap = if d.trap_ports.is_empty() {
+        String::new()
+    } else {
+        format!(" or one probe to {:?}", d.trap_ports)
+    };
+    format!(
+        "port scan at {} ports within {}{trap}; SYN flood above {}/s (burst {}) to ports {:?}; bad TCP flags; a time-out drops {}",
+        d.scan_ports,
+        humantime::format_duration(d.scan_window),
+        d.syn_rate,
+        d.syn_burst,
+        d.service_ports,
+        if d.drop_service_only {
+            "TCP to those ports"
+        } else {
+            "all packets"
+        }
+    )
+}
+
+/// Reports every detection in the ring buffer to the registry, for as long
+/// as the server runs (a task on the current actix/tokio runtime).
+pub fn watch(
+    events: EventReader,
+    server: ServerHandle,
+    detection: Detection,
+) -> std::io::Result<()> {
+    // SAFETY: the fd is the ring buffer map's, owned by `events`, which the
+    // AsyncFd owns from here on: it stays open and the same for its life.
+    let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(std::io::Error::from)?;
+    actix_rt::spawn(async move {
+        loop {
+            let mut ready = match ring.readable_mut().await {
+                Ok(ready) => ready,
+                Err(error) => {
+                    log::error!("kernel detectors: cannot wait for events any more: {error}");
+                    return;
+                }
+            };
+            for detected in ready.get_inner_mut().by_ref() {
+                let (cause, evidence) = explain(&detected, &detection);
+                server.report_detection(detected.source, cause, evidence);
+            }
+            ready.clear_ready();
+        }
+    });
+    Ok(())
+}
+
+/// The ban cause of a detection, and what the kernel saw, for the log.
+fn explain(detected: &Detected, detection: &Detection) -> (BanCause, String) {
+    let port = detected.port;
+    match detected.detector {
+        Detector::PortScan if detected.figure < detection.scan_ports => (
+            BanCause::PortScan,
+            format!("kernel: a probe to trap port {port}"),
+        ),
+        Detector::PortScan => (
+            BanCause::PortScan,
+            format!(
+                "kernel: probes to {} distinct ports within {}, the last to {port}",
+                detected.figure,
+                humantime::format_duration(detection.scan_window)
+            ),
+        ),
+        Detector::SynFlood => (
+            BanCause::SynFlood,
+            format!(
+                "kernel: {} SYNs to port {port} within {}, over {}/s after a burst of {}; the rest dropped in XDP",
+                detected.figure,
+                humantime::format_duration(detection.scan_window),
+                detection.syn_rate,
+                detection.syn_burst
+            ),
+        ),
+        Detector::BadTcpFlags => (
+            BanCause::BadTcpFlags,
+            format!("kernel: {} to port {port}", flag_names(detected.figure)),
+        ),
+    }
+}
+
+/// A bad-flags figure in words: "TCP flags FIN PSH URG", "TCP flags none",
+/// "a TCP header of 4 words".
+fn flag_names(figure: u32) -> String {
+    let data_offset = figure >> 8;
+    if data_offset != 0 {
+        return format!("a TCP header of {data_offset} words (under 5)");
+    }
+    let names: Vec<&str> = [
+        (0x01, "FIN"),
+        (0x02, "SYN"),
+        (0x04, "RST"),
+        (0x08, "PSH"),
+        (0x10, "ACK"),
+        (0x20, "URG"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| figure & bit != 0)
+    .map(|(_, name)| name)
+    .collect();
+    if names.is_empty() {
+        "TCP flags none (NULL probe)".into()
+    } else {
+        format!("TCP flags {}", names.join(" "))
     }
 }
 
@@ -66,5 +211,36 @@ pub fn parse_mode(text: &str) -> Result<AttachMode, String> {
         other => Err(format!(
             "unknown XDP mode {other:?}; expected auto, driver or skb"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detections_are_explained_in_words() {
+        let detection = Detection::default();
+        let detected = |detector, figure, port| Detected {
+            source: "198.18.0.1".parse().unwrap(),
+            detector,
+            figure,
+            port,
+        };
+        let (cause, text) = explain(&detected(Detector::PortScan, 8, 443), &detection);
+        assert_eq!(cause, BanCause::PortScan);
+        assert_eq!(
+            text,
+            "kernel: probes to 8 distinct ports within 1m, the last to 443"
+        );
+        let (_, text) = explain(&detected(Detector::PortScan, 1, 23), &detection);
+        assert_eq!(text, "kernel: a probe to trap port 23");
+        let (cause, text) = explain(&detected(Detector::BadTcpFlags, 0x29, 5000), &detection);
+        assert_eq!(cause, BanCause::BadTcpFlags);
+        assert_eq!(text, "kernel: TCP flags FIN PSH URG to port 5000");
+        assert_eq!(flag_names(0), "TCP flags none (NULL probe)");
+        assert_eq!(flag_names(0x402), "a TCP header of 4 words (under 5)");
+        let (cause, _) = explain(&detected(Detector::SynFlood, 101, 5000), &detection);
+        assert_eq!(cause, BanCause::SynFlood);
     }
 }

@@ -75,6 +75,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         n => n,
     };
     let public = server_key.public_key();
+    let (kernel, kernel_events) = match crate::kernel_wiring::open(&settings) {
+        Some(tier) => (Some(tier.table), tier.events),
+        None => (None, None),
+    };
     let config = ServerConfig {
         listen: settings.listen.clone(),
         server_key,
@@ -86,11 +90,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         write_timeout: settings.timeouts.write.0,
         service: settings.service(),
         workers,
-        kernel: crate::kernel_wiring::open(&settings.kernel),
+        kernel,
     };
 
     actix_rt::System::new().block_on(async move {
         let running = actors::start(config, store)?;
+        if let Some(events) = kernel_events {
+            let handle = running.handle();
+            if let Err(error) = crate::kernel_wiring::watch(events, handle, settings.detection()) {
+                log::warn!("kernel detectors: cannot watch their events: {error}");
+            }
+        }
         let addrs: Vec<String> = running
             .local_addrs
             .iter()

@@ -73,14 +73,38 @@ pub struct KernelSettings {
     pub xdp_iface: Option<String>,
     /// auto, driver or skb.
     pub xdp_mode: String,
+    /// The TCP detectors in the XDP program (port scan, SYN flood, bad
+    /// flags); off: the kernel tier only drops what userspace timed out.
+    pub detect: bool,
+    /// Distinct destination ports probed within `scan_window` that make a
+    /// port scan (2..=16).
+    pub scan_ports: u32,
+    pub scan_window: Dur,
+    /// Ports nothing legitimate connects to here: one probe is a scan.
+    pub trap_ports: Vec<u16>,
+    /// SYNs per second per source to the listen ports, sustained; SYNs over
+    /// the limit (after a burst of `syn_burst`) are dropped in XDP.
+    pub syn_rate: u32,
+    pub syn_burst: u32,
+    /// "service": a timed-out source's packets are dropped only when they
+    /// are TCP to the listen ports (its SSH still works); "all": everything.
+    pub drop_scope: String,
 }
 
 impl Default for KernelSettings {
     fn default() -> Self {
+        let detection = xdp::Detection::default();
         KernelSettings {
             table: None,
             xdp_iface: None,
             xdp_mode: "auto".into(),
+            detect: detection.enabled,
+            scan_ports: detection.scan_ports,
+            scan_window: Dur(detection.scan_window),
+            trap_ports: detection.trap_ports,
+            syn_rate: detection.syn_rate,
+            syn_burst: detection.syn_burst,
+            drop_scope: "service".into(),
         }
     }
 }
@@ -120,6 +144,10 @@ pub struct BanSettings {
     pub handshake_timeout: Dur,
     pub session_violation: Dur,
     pub admin_default: Dur,
+    /// The kernel detectors' causes.
+    pub port_scan: Dur,
+    pub syn_flood: Dur,
+    pub bad_tcp_flags: Dur,
     pub escalation_window: Dur,
     pub max_duration: Dur,
     pub ipv4_prefix: u8,
@@ -229,6 +257,9 @@ impl Default for BanSettings {
             handshake_timeout: Dur(policy.durations.handshake_timeout),
             session_violation: Dur(policy.durations.session_violation),
             admin_default: Dur(policy.durations.admin_default),
+            port_scan: Dur(policy.durations.port_scan),
+            syn_flood: Dur(policy.durations.syn_flood),
+            bad_tcp_flags: Dur(policy.durations.bad_tcp_flags),
             escalation_window: Dur(policy.escalation_window),
             max_duration: Dur(policy.max_duration),
             ipv4_prefix: policy.ipv4_prefix,
@@ -301,6 +332,7 @@ pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Settin
             .list_separator(",")
             .with_list_parse_key("listen")
             .with_list_parse_key("bans.allow")
+            .with_list_parse_key("kernel.trap_ports")
             .try_parsing(true),
     );
     if !flags.listen.is_empty() {
@@ -376,6 +408,9 @@ impl Settings {
             ("bans.handshake_timeout", b.handshake_timeout),
             ("bans.session_violation", b.session_violation),
             ("bans.admin_default", b.admin_default),
+            ("bans.port_scan", b.port_scan),
+            ("bans.syn_flood", b.syn_flood),
+            ("bans.bad_tcp_flags", b.bad_tcp_flags),
         ] {
             check_duration(key, value, b.max_duration.0, "bans.max_duration")?;
         }
@@ -421,6 +456,18 @@ impl Settings {
         }
         crate::kernel_wiring::parse_mode(&self.kernel.xdp_mode)
             .map_err(|e| anyhow!("kernel.xdp_mode: {e}"))?;
+        if !matches!(self.kernel.drop_scope.as_str(), "service" | "all") {
+            bail!(
+                "kernel.drop_scope: {:?} is neither \"service\" nor \"all\"",
+                self.kernel.drop_scope
+            );
+        }
+        let mut detection = self.detection();
+        if self.kernel.table.is_none() && self.kernel.xdp_iface.is_none() {
+            // No kernel tier: how many ports we listen on is no concern.
+            detection.service_ports.clear();
+        }
+        detection.check().map_err(|e| anyhow!("kernel.{e}"))?;
         self.allow_list()?;
         Ok(())
     }
@@ -447,6 +494,9 @@ impl Settings {
                 handshake_timeout: b.handshake_timeout.0,
                 session_violation: b.session_violation.0,
                 admin_default: b.admin_default.0,
+                port_scan: b.port_scan.0,
+                syn_flood: b.syn_flood.0,
+                bad_tcp_flags: b.bad_tcp_flags.0,
             },
             escalation_window: b.escalation_window.0,
             max_duration: b.max_duration.0,
@@ -455,6 +505,25 @@ impl Settings {
             allow: self.allow_list()?,
             max_entries: b.max_entries,
         })
+    }
+
+    /// What the kernel detectors run with; the service ports are the
+    /// listen ports.
+    pub fn detection(&self) -> xdp::Detection {
+        let k = &self.kernel;
+        let mut service_ports: Vec<u16> = self.listen.iter().map(SocketAddr::port).collect();
+        service_ports.sort_unstable();
+        service_ports.dedup();
+        xdp::Detection {
+            enabled: k.detect,
+            scan_ports: k.scan_ports,
+            scan_window: k.scan_window.0,
+            trap_ports: k.trap_ports.clone(),
+            syn_rate: k.syn_rate,
+            syn_burst: k.syn_burst,
+            drop_service_only: k.drop_scope == "service",
+            service_ports,
+        }
     }
 
     pub fn limits(&self) -> LimitConfig {

@@ -77,7 +77,7 @@ impl Detection {
         }
         if self.service_ports.len() > MAX_SERVICE_PORTS {
             return Err(format!(
-                "{} distinct listen ports; the kernel tier watches at most {MAX_SERVICE_PORTS}",
+                "service ports: {} distinct listen ports; the kernel tier watches at most {MAX_SERVICE_PORTS}",
                 self.service_ports.len()
             ));
         }
@@ -220,7 +220,6 @@ impl EventReader {
         };
         Ok(EventReader { ring, skipped: 0 })
     }
-
 }
 
 /// Drains what the ring holds now: `None` once it is empty (poll the fd
