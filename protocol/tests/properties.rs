@@ -134,7 +134,7 @@ fn response() -> impl Strategy<Value = Response> {
         ban().prop_map(Response::BanAdded),
         (cidr(), any::<bool>())
             .prop_map(|(prefix, existed)| Response::BanRemoved { prefix, existed }),
-        any::<[u64; 17]>().prop_map(|v| Response::Stats(ServerStats {
+        any::<[u64; 18]>().prop_map(|v| Response::Stats(ServerStats {
             uptime_secs: v[0],
             connections_accepted: v[1],
             connections_refused: v[2],
@@ -152,6 +152,7 @@ fn response() -> impl Strategy<Value = Response> {
             storage_unflushed: v[11],
             storage_errors: v[12],
             kernel_errors: v[13],
+            kernel_detections: v[17],
         })),
         (
             proptest::sample::select(vec![
