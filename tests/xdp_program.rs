@@ -95,17 +95,25 @@ fn malformed_flag_sets_are_reported_once_and_passed() {
     for (source, flags, data_offset, figure) in cases {
         let mut segment = Segment::new(source, 5000, flags);
         segment.data_offset = data_offset;
-        assert_eq!(prog.verdict(&segment.frame()), XDP_PASS, "{source}");
+        // Dropped: to a service port, and its sender is reported.
+        assert_eq!(prog.verdict(&segment.frame()), XDP_DROP, "{source}");
         assert_eq!(
             prog.events(),
             vec![event(source, Detector::BadTcpFlags, figure, 5000)],
             "{source}: flags {flags:#04x}, data offset {data_offset}"
         );
-        // The same again in this window: no second event.
-        assert_eq!(prog.verdict(&segment.frame()), XDP_PASS);
+        // The same again in this window: dropped, no second event.
+        assert_eq!(prog.verdict(&segment.frame()), XDP_DROP);
         assert_eq!(prog.events(), vec![], "{source}: once per window");
     }
+    // Its clean SYN to the service, too, until its time-out comes (or the
+    // window ends); to another port it passes (drop_scope = service).
+    let syn = Segment::new("198.18.1.1", 5000, SYN).frame();
+    assert_eq!(prog.verdict(&syn), XDP_DROP);
+    let elsewhere = Segment::new("198.18.1.1", 22, SYN).frame();
+    assert_eq!(prog.verdict(&elsewhere), XDP_PASS);
     let status = prog.status();
+    assert_eq!(status.detectors.probes_dropped, 13);
     assert_eq!(status.detectors.malformed, 6);
     assert_eq!(status.detectors.events_sent, 6);
     assert_eq!(status.detectors.events_lost, 0);
@@ -134,7 +142,7 @@ fn headers_are_found_where_they_are_and_not_looked_for_where_they_are_not() {
     // fixed offset would read flags would not be a NULL scan).
     let mut with_options = Segment::new("198.18.3.1", 5000, 0);
     with_options.ipv4_option_words = 3;
-    assert_eq!(prog.verdict(&with_options.frame()), XDP_PASS);
+    assert_eq!(prog.verdict(&with_options.frame()), XDP_DROP);
     assert_eq!(
         prog.events(),
         vec![event("198.18.3.1", Detector::BadTcpFlags, 0, 5000)]
@@ -142,7 +150,7 @@ fn headers_are_found_where_they_are_and_not_looked_for_where_they_are_not() {
 
     // IPv6, TCP as the next header.
     let v6 = Segment::new("2001:db8:1::7", 5000, FIN);
-    assert_eq!(prog.verdict(&v6.frame()), XDP_PASS);
+    assert_eq!(prog.verdict(&v6.frame()), XDP_DROP);
     assert_eq!(
         prog.events(),
         vec![event("2001:db8:1::7", Detector::BadTcpFlags, 0x01, 5000)]
@@ -204,7 +212,20 @@ fn a_port_scan_is_reported_at_the_threshold_and_a_trap_port_at_once() {
         prog.events(),
         vec![event("198.18.4.2", Detector::PortScan, 1, 23)]
     );
-    assert_eq!(prog.status().detectors.scans, 2);
+    let status = prog.status();
+    assert_eq!(status.detectors.scans, 2);
+    // Reported, but none of these ports is the service's (drop_scope =
+    // service): passed. With drop_scope = all, its next probe is dropped.
+    assert_eq!(status.detectors.probes_dropped, 0);
+    prog.table
+        .set_detection(&Detection {
+            drop_service_only: false,
+            ..detection
+        })
+        .unwrap();
+    let next = Segment::new("198.18.4.1", 9999, SYN).frame();
+    assert_eq!(prog.verdict(&next), XDP_DROP);
+    assert_eq!(prog.events(), vec![]);
 }
 
 #[test]
@@ -297,7 +318,7 @@ fn a_ban_drops_by_scope_and_the_allow_list_wins_everywhere() {
         .unwrap();
     assert_eq!(prog.verdict(&in_prefix), XDP_PASS);
     let null = Segment::new("198.18.6.1", 5000, 0).frame();
-    assert_eq!(prog.verdict(&null), XDP_PASS);
+    assert_eq!(prog.verdict(&null), XDP_DROP);
     assert_eq!(
         prog.events(),
         vec![event("198.18.6.1", Detector::BadTcpFlags, 0, 5000)]

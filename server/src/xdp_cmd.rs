@@ -85,6 +85,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     status.passed_allowed
                 );
             }
+            let d = &status.detectors;
+            match &status.detection {
+                Some(detection) if detection.enabled => println!(
+                    "detectors: {} SYNs seen, {} dropped by the SYN rate limit; {} port scans, {} SYN floods, {} bad-flag probes reported ({} events sent, {} lost to a full ring), {} later probes of theirs dropped; {} packets passed unparsed (IPv4 fragments, IPv6 extension headers); a time-out drops {}",
+                    d.syns_seen,
+                    d.syns_dropped,
+                    d.scans,
+                    d.floods,
+                    d.malformed,
+                    d.events_sent,
+                    d.events_lost,
+                    d.probes_dropped,
+                    d.unparsed,
+                    if detection.drop_service_only {
+                        format!("TCP to ports {:?}", detection.service_ports)
+                    } else {
+                        "all packets".to_owned()
+                    }
+                ),
+                Some(_) => println!("detectors: off (kernel.detect = false)"),
+                None => println!("detectors: not configured (no server has run with -B yet)"),
+            }
             for (prefix, value) in &status.entries {
                 let left = match value.expires_ns {
                     0 => "until removed".to_owned(),
@@ -134,5 +156,18 @@ fn status_json(status: &xdp::Status, now_ns: u64) -> serde_json::Value {
         "passed_allowed": status.passed_allowed,
         "allowed": status.allowed.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "entries": entries,
+        "detectors": {
+            "enabled": status.detection.as_ref().is_some_and(|d| d.enabled),
+            "drop_scope": status.detection.as_ref().map(|d| if d.drop_service_only { "service" } else { "all" }),
+            "syns_seen": status.detectors.syns_seen,
+            "syns_dropped": status.detectors.syns_dropped,
+            "scans": status.detectors.scans,
+            "floods": status.detectors.floods,
+            "malformed": status.detectors.malformed,
+            "events_sent": status.detectors.events_sent,
+            "events_lost": status.detectors.events_lost,
+            "unparsed": status.detectors.unparsed,
+            "probes_dropped": status.detectors.probes_dropped,
+        },
     })
 }

@@ -13,9 +13,9 @@ use aya::programs::{ProgramError, Xdp, XdpMode};
 use ebpf_common::{
     BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_EVENTS_LOST,
     COUNTER_EVENTS_SENT, COUNTER_FLOODS, COUNTER_MALFORMED, COUNTER_PASSED_ALLOWED,
-    COUNTER_PASSED_EXPIRED, COUNTER_SCANS, COUNTER_SYN_DROPPED, COUNTER_SYN_SEEN, COUNTER_UNPARSED,
-    COUNTERS_MAP, PIN_ADDRS, PIN_ALLOWED, PIN_CONFIG, PIN_COUNTERS, PIN_EVENTS, PIN_LINK,
-    PIN_PREFIXES, PIN_SOURCES,
+    COUNTER_PASSED_EXPIRED, COUNTER_PROBES_DROPPED, COUNTER_SCANS, COUNTER_SYN_DROPPED,
+    COUNTER_SYN_SEEN, COUNTER_UNPARSED, COUNTERS_MAP, PIN_ADDRS, PIN_ALLOWED, PIN_CONFIG,
+    PIN_COUNTERS, PIN_EVENTS, PIN_LINK, PIN_PREFIXES, PIN_SOURCES,
 };
 use model::Cidr;
 
@@ -199,6 +199,8 @@ pub struct DetectorCounters {
     pub events_sent: u64,
     pub events_lost: u64,
     pub unparsed: u64,
+    /// Probes of an already reported source dropped before its time-out.
+    pub probes_dropped: u64,
 }
 
 pub fn status(pin_dir: &Path) -> Result<Status, XdpError> {
@@ -246,6 +248,7 @@ pub fn status(pin_dir: &Path) -> Result<Status, XdpError> {
             events_sent: total(COUNTER_EVENTS_SENT),
             events_lost: total(COUNTER_EVENTS_LOST),
             unparsed: total(COUNTER_UNPARSED),
+            probes_dropped: total(COUNTER_PROBES_DROPPED),
         },
         detection: table.detection()?,
     })

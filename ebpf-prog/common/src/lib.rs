@@ -60,7 +60,11 @@ pub const COUNTER_EVENTS_LOST: u32 = 10;
 /// IP packets whose TCP header the program does not look for: IPv4
 /// fragments after the first, IPv6 with extension headers.
 pub const COUNTER_UNPARSED: u32 = 11;
-pub const COUNTER_SLOTS: u32 = 12;
+/// Connection-opening probes of a source already reported as a scanner or
+/// for bad flags this window, dropped at once (before its time-out is in
+/// the map).
+pub const COUNTER_PROBES_DROPPED: u32 = 12;
+pub const COUNTER_SLOTS: u32 = 13;
 
 /// The detector configuration (one entry of the `CONFIG` array), written by
 /// userspace at start and on change. All zeroes, as a fresh attach leaves

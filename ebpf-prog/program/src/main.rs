@@ -5,6 +5,11 @@
 //! event in a ring buffer (at most one per source, detector and window);
 //! the ban registry times the source out, and its ban comes back here.
 //!
+//! From the probe that makes a source a scanner (or a bad-flags prober),
+//! its further connection-opening probes are dropped here at once, within
+//! the drop scope, for the rest of the window: the time-out follows through
+//! userspace, and a fast scanner sends hundreds of probes meanwhile.
+//!
 //! What passes untouched: non-IP frames (ARP...), short or odd packets,
 //! sources not banned, bans that have ended (the expiry is checked here, so
 //! a ban never outlives its time even if userspace is gone), allow-listed
@@ -36,10 +41,11 @@ use aya_ebpf::programs::XdpContext;
 use ebpf_common::{
     AddrKey, BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_EVENTS_LOST,
     COUNTER_EVENTS_SENT, COUNTER_FLOODS, COUNTER_MALFORMED, COUNTER_PASSED_ALLOWED,
-    COUNTER_PASSED_EXPIRED, COUNTER_SCANS, COUNTER_SLOTS, COUNTER_SYN_DROPPED, COUNTER_SYN_SEEN,
-    COUNTER_UNPARSED, DETECT_BAD_FLAGS, DETECT_PORT_SCAN, DETECT_SYN_FLOOD, DetectConfig,
-    EVENTS_BYTES, Event, MAX_ADDRS, MAX_ALLOWED, MAX_PREFIXES, MAX_SCAN_PORTS, MAX_SERVICE_PORTS,
-    MAX_SOURCES, MAX_TRAP_PORTS, SourceState, in_force, v4_mapped,
+    COUNTER_PASSED_EXPIRED, COUNTER_PROBES_DROPPED, COUNTER_SCANS, COUNTER_SLOTS,
+    COUNTER_SYN_DROPPED, COUNTER_SYN_SEEN, COUNTER_UNPARSED, DETECT_BAD_FLAGS, DETECT_PORT_SCAN,
+    DETECT_SYN_FLOOD, DetectConfig, EVENTS_BYTES, Event, MAX_ADDRS, MAX_ALLOWED, MAX_PREFIXES,
+    MAX_SCAN_PORTS, MAX_SERVICE_PORTS, MAX_SOURCES, MAX_TRAP_PORTS, SourceState, in_force,
+    v4_mapped,
 };
 
 #[map(name = "BANNED_ADDRS")]
@@ -326,6 +332,9 @@ fn inspect(source: &AddrKey, tcp: Tcp, to_service: bool, now: u64, config: &Dete
         state.syns = 0;
     }
 
+    if drops_reported_probe(state, to_service, config) {
+        return xdp_action::XDP_DROP;
+    }
     note_port(state, tcp.dest_port);
     if is_trap_port(config, tcp.dest_port) || state.distinct_ports >= config.scan_ports {
         report(
@@ -345,6 +354,10 @@ fn inspect(source: &AddrKey, tcp: Tcp, to_service: bool, now: u64, config: &Dete
         let figure = u32::from(tcp.flags) | short_header;
         report(source, state, DETECT_BAD_FLAGS, figure, tcp.dest_port);
     }
+    // The probe that made it a scanner is dropped like the ones after.
+    if drops_reported_probe(state, to_service, config) {
+        return xdp_action::XDP_DROP;
+    }
     if syn && to_service {
         state.syns = state.syns.saturating_add(1);
         // GCRA: the bucket is empty when the theoretical arrival time is
@@ -362,6 +375,19 @@ fn inspect(source: &AddrKey, tcp: Tcp, to_service: bool, now: u64, config: &Dete
         state.syn_tat_ns = tat.saturating_add(config.syn_interval_ns);
     }
     xdp_action::XDP_PASS
+}
+
+/// Reported as a scanner (or for bad flags) this window: its time-out is on
+/// the way through userspace, and its further probes need not wait for it.
+/// Only probes, and only within the drop scope, as its ban will be.
+#[inline(always)]
+fn drops_reported_probe(state: &SourceState, to_service: bool, config: &DetectConfig) -> bool {
+    let reported = state.reported & ((1 << DETECT_PORT_SCAN) | (1 << DETECT_BAD_FLAGS)) != 0;
+    if reported && (to_service || config.drop_service_only == 0) {
+        count(COUNTER_PROBES_DROPPED);
+        return true;
+    }
+    false
 }
 
 /// Adds `port` to the window's distinct ports (exactly, up to
