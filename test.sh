@@ -13,9 +13,12 @@ step "prerequisites"
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-# The kernel tests need iproute2 (netns, veth) and nsenter (util-linux).
-if ! command -v ip >/dev/null || ! command -v nsenter >/dev/null; then
-  apt-get update -q && apt-get install -y -q iproute2 util-linux
+# The kernel tests need iproute2 (netns, veth) and nsenter (util-linux),
+# and real scanners (nmap, hping3); the XDP bench compares with xdp-filter
+# (xdp-tools) and reads programs with bpftool.
+if ! command -v ip >/dev/null || ! command -v nsenter >/dev/null || ! command -v nmap >/dev/null \
+    || ! command -v hping3 >/dev/null || ! command -v xdp-filter >/dev/null || ! command -v bpftool >/dev/null; then
+  apt-get update -q && apt-get install -y -q iproute2 util-linux nmap hping3 xdp-tools bpftool
 fi
 # The pinned nightly (eBPF program, fuzzing) and bpf-linker.
 ebpf-prog/toolchain.sh

@@ -29,7 +29,8 @@ pub struct Detection {
     pub trap_ports: Vec<u16>,
     /// SYNs per second per source to a service port, sustained (≥ 1).
     pub syn_rate: u32,
-    /// SYNs a source may send at once (≥ 1).
+    /// SYNs a source may send at once (≥ 1); also how many SYNs past the
+    /// limit, within one scan window, make it a SYN flood.
     pub syn_burst: u32,
     /// Drop a banned source's packets only when they are TCP to a service
     /// port (else everything from it).
@@ -97,6 +98,10 @@ impl Detection {
             drop_service_only: u32::from(self.drop_service_only),
             service_port_count: self.service_ports.len().min(MAX_SERVICE_PORTS) as u32,
             trap_port_count: self.trap_ports.len().min(MAX_TRAP_PORTS) as u32,
+            // Past the limit by a second burst: far more than a client that
+            // reconnects too fast ever loses (one SYN per retransmission
+            // timeout, a second or more), at once for a flood.
+            syn_flood_drops: self.syn_burst.max(1),
             ..DetectConfig::default()
         };
         for (slot, port) in config.service_ports.iter_mut().zip(&self.service_ports) {

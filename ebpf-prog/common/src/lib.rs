@@ -91,7 +91,11 @@ pub struct DetectConfig {
     pub allowed_empty: u32,
     pub service_port_count: u32,
     pub trap_port_count: u32,
-    pub _pad: u32,
+    /// SYNs dropped by the rate limit within a window that make a source a
+    /// SYN flood (reported). A client that reconnects too fast only loses
+    /// a SYN now and then (it retransmits a second later); a flood keeps
+    /// sending into the limit.
+    pub syn_flood_drops: u32,
     /// The server's listen ports (SYN rate limit, drop scope).
     pub service_ports: [u16; MAX_SERVICE_PORTS],
     /// A probe to one of these is a scan at once.
@@ -120,7 +124,8 @@ pub struct SourceState {
     /// Connection-opening SYNs to a service port this window (the SYN
     /// flood event's figure).
     pub syns: u32,
-    pub _pad: u32,
+    /// SYNs the rate limit dropped this window.
+    pub syn_drops: u32,
 }
 
 /// The largest `scan_ports` threshold.

@@ -330,6 +330,7 @@ fn inspect(source: &AddrKey, tcp: Tcp, to_service: bool, now: u64, config: &Dete
         state.distinct_ports = 0;
         state.reported = 0;
         state.syns = 0;
+        state.syn_drops = 0;
     }
 
     if drops_reported_probe(state, to_service, config) {
@@ -369,7 +370,10 @@ fn inspect(source: &AddrKey, tcp: Tcp, to_service: bool, now: u64, config: &Dete
         };
         if tat - now > config.syn_tolerance_ns {
             count(COUNTER_SYN_DROPPED);
-            report(source, state, DETECT_SYN_FLOOD, state.syns, tcp.dest_port);
+            state.syn_drops = state.syn_drops.saturating_add(1);
+            if state.syn_drops >= config.syn_flood_drops {
+                report(source, state, DETECT_SYN_FLOOD, state.syns, tcp.dest_port);
+            }
             return xdp_action::XDP_DROP;
         }
         state.syn_tat_ns = tat.saturating_add(config.syn_interval_ns);
