@@ -21,6 +21,7 @@ pub struct KernelTier {
     pub table: Box<dyn KernelSync>,
     /// The detectors' events; `None` when they are off.
     pub events: Option<EventReader>,
+    pub table_path: PathBuf,
 }
 
 /// The kernel table to keep in step, if the settings ask for one and the
@@ -89,7 +90,33 @@ pub fn open(all: &Settings) -> Option<KernelTier> {
     Some(KernelTier {
         table: Box::new(PinnedTable(table)),
         events,
+        table_path,
     })
+}
+
+/// The detection settings with the ports the server really bound (a
+/// configured port 0 is only known once bound), written into the program
+/// if they differ from what `open` wrote.
+pub fn use_bound_ports(
+    table_path: &std::path::Path,
+    mut detection: Detection,
+    bound: &[std::net::SocketAddr],
+) -> Detection {
+    let mut ports: Vec<u16> = bound.iter().map(std::net::SocketAddr::port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    if ports != detection.service_ports {
+        detection.service_ports = ports;
+        let written = KernelTable::open(table_path).and_then(|mut t| t.set_detection(&detection));
+        match written {
+            Ok(()) => log::info!(
+                "kernel detectors: service ports {:?} (as bound)",
+                detection.service_ports
+            ),
+            Err(error) => log::warn!("kernel detectors: cannot set the bound ports: {error}"),
+        }
+    }
+    detection
 }
 
 fn describe(d: &Detection) -> String {

@@ -76,7 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let public = server_key.public_key();
     let (kernel, kernel_events) = match crate::kernel_wiring::open(&settings) {
-        Some(tier) => (Some(tier.table), tier.events),
+        Some(tier) => (Some(tier.table), tier.events.map(|e| (e, tier.table_path))),
         None => (None, None),
     };
     let config = ServerConfig {
@@ -95,9 +95,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     actix_rt::System::new().block_on(async move {
         let running = actors::start(config, store)?;
-        if let Some(events) = kernel_events {
-            let handle = running.handle();
-            if let Err(error) = crate::kernel_wiring::watch(events, handle, settings.detection()) {
+        if let Some((events, table_path)) = kernel_events {
+            let detection = crate::kernel_wiring::use_bound_ports(
+                &table_path,
+                settings.detection(),
+                &running.local_addrs,
+            );
+            if let Err(error) = crate::kernel_wiring::watch(events, running.handle(), detection) {
                 log::warn!("kernel detectors: cannot watch their events: {error}");
             }
         }

@@ -33,7 +33,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use core::mem;
 
 use aya_ebpf::bindings::{BPF_F_NO_PREALLOC, xdp_action};
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use aya_ebpf::macros::{map, xdp};
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf};
@@ -44,8 +44,7 @@ use ebpf_common::{
     COUNTER_PASSED_EXPIRED, COUNTER_PROBES_DROPPED, COUNTER_SCANS, COUNTER_SLOTS,
     COUNTER_SYN_DROPPED, COUNTER_SYN_SEEN, COUNTER_UNPARSED, DETECT_BAD_FLAGS, DETECT_PORT_SCAN,
     DETECT_SYN_FLOOD, DetectConfig, EVENTS_BYTES, Event, MAX_ADDRS, MAX_ALLOWED, MAX_PREFIXES,
-    MAX_SCAN_PORTS, MAX_SERVICE_PORTS, MAX_SOURCES, MAX_TRAP_PORTS, SourceState, in_force,
-    v4_mapped,
+    MAX_SCAN_PORTS, MAX_SOURCES, SourceState, in_force, v4_mapped,
 };
 
 #[map(name = "BANNED_ADDRS")]
@@ -100,28 +99,42 @@ pub fn penaltybox(ctx: XdpContext) -> u32 {
     let Some(config) = CONFIG.get(0) else {
         return xdp_action::XDP_PASS;
     };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     let to_service = match tcp {
         Some(tcp) => is_service_port(config, tcp.dest_port),
         None => false,
     };
-    match banned(&source, now, config) {
+    match banned(&source, config) {
         Ban::None => {}
         // Already timed out: its probes are not news.
-        Ban::Held if config.drop_service_only != 0 && !to_service => {
+        Ban::Address(_) | Ban::Prefix if config.drop_service_only != 0 && !to_service => {
             return xdp_action::XDP_PASS;
         }
-        Ban::Held => {
-            if is_allowed(&source, config) {
-                count(COUNTER_PASSED_ALLOWED);
-                return xdp_action::XDP_PASS;
-            }
-            return drop_banned(&source);
+        Ban::Address(_) | Ban::Prefix if is_allowed(&source, config) => {
+            count(COUNTER_PASSED_ALLOWED);
+            return xdp_action::XDP_PASS;
+        }
+        Ban::Address(value) => {
+            // SAFETY: `drops` is an aligned u64 inside the live map value
+            // (see `banned`); every writer on every CPU uses this atomic add
+            // (BPF_ATOMIC_ADD, "lock xadd"), so no increment is lost.
+            // (The bpfel target has no `AtomicU64::fetch_add`; the intrinsic
+            // is what it would lower to.)
+            unsafe {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                    core::ptr::addr_of_mut!((*value).drops),
+                    1,
+                )
+            };
+            count(COUNTER_DROPPED_ADDR);
+            return xdp_action::XDP_DROP;
+        }
+        Ban::Prefix => {
+            count(COUNTER_DROPPED_PREFIX);
+            return xdp_action::XDP_DROP;
         }
     }
     match tcp {
-        Some(tcp) if config.enabled != 0 => inspect(&source, tcp, to_service, now, config),
+        Some(tcp) if config.enabled != 0 => inspect(&source, tcp, to_service, config),
         _ => xdp_action::XDP_PASS,
     }
 }
@@ -196,55 +209,45 @@ fn tcp_at(ctx: &XdpContext, offset: usize) -> Option<Tcp> {
 
 enum Ban {
     None,
-    Held,
+    /// By its exact address: the entry, to count the drop on.
+    Address(*mut BanValue),
+    Prefix,
+}
+
+/// CLOCK_MONOTONIC now, at tick resolution (CLOCK_MONOTONIC_COARSE, a few
+/// ms: a ban may end that much late, a window start that much off; the
+/// SYN limit's 20 ms interval is coarser still). Read only where a
+/// decision needs it (a ban matched, a probe): the clock is a fair part of
+/// a packet's cost, and the coarse one costs a fraction of the precise.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: no preconditions (Linux >= 5.11).
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// Is `source` timed out now, by its address or a prefix?
 #[inline(always)]
-fn banned(source: &AddrKey, now: u64, config: &DetectConfig) -> Ban {
-    if let Some(value) = BANNED_ADDRS.get_ptr(source) {
+fn banned(source: &AddrKey, config: &DetectConfig) -> Ban {
+    if let Some(value) = BANNED_ADDRS.get_ptr_mut(source) {
         // SAFETY: a map value returned by lookup stays valid until this
         // program run ends (RCU), even if userspace deletes the entry.
-        // Several CPUs may hold it at once, so `expires_ns` is only read.
+        // Several CPUs may hold it at once, so `expires_ns` is only read
+        // (and `drops` only changed through an atomic add).
         let expires_ns = unsafe { core::ptr::addr_of!((*value).expires_ns).read_volatile() };
-        if in_force(expires_ns, now) {
-            return Ban::Held;
+        if in_force(expires_ns, now_ns()) {
+            return Ban::Address(value);
         }
         count(COUNTER_PASSED_EXPIRED);
     }
     if config.prefixes_empty == 0
         && let Some(value) = BANNED_PREFIXES.get(Key::new(128, *source))
     {
-        if in_force(value.expires_ns, now) {
-            return Ban::Held;
+        if in_force(value.expires_ns, now_ns()) {
+            return Ban::Prefix;
         }
         count(COUNTER_PASSED_EXPIRED);
     }
     Ban::None
-}
-
-/// Drops a banned source's packet, counting it on its entry (exact address)
-/// or as a prefix drop.
-#[inline(always)]
-fn drop_banned(source: &AddrKey) -> u32 {
-    match BANNED_ADDRS.get_ptr_mut(source) {
-        Some(value) => {
-            // SAFETY: `drops` is an aligned u64 inside the live map value
-            // (see `banned`); every writer on every CPU uses this atomic add
-            // (BPF_ATOMIC_ADD, "lock xadd"), so no increment is lost.
-            // (The bpfel target has no `AtomicU64::fetch_add`; the intrinsic
-            // is what it would lower to.)
-            unsafe {
-                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                    core::ptr::addr_of_mut!((*value).drops),
-                    1,
-                )
-            };
-            count(COUNTER_DROPPED_ADDR);
-        }
-        None => count(COUNTER_DROPPED_PREFIX),
-    }
-    xdp_action::XDP_DROP
 }
 
 /// Is `source` allow-listed?
@@ -255,21 +258,24 @@ fn is_allowed(source: &AddrKey, config: &DetectConfig) -> bool {
 
 #[inline(always)]
 fn is_service_port(config: &DetectConfig, port: u16) -> bool {
-    let mut i = 0;
-    while i < MAX_SERVICE_PORTS {
-        if (i as u32) < config.service_port_count && config.service_ports[i] == port {
-            return true;
-        }
-        i += 1;
-    }
-    false
+    contains(&config.service_ports, config.service_port_count, port)
 }
 
 #[inline(always)]
 fn is_trap_port(config: &DetectConfig, port: u16) -> bool {
+    contains(&config.trap_ports, config.trap_port_count, port)
+}
+
+/// Is `port` among the first `count` of `ports`? Stops at `count`: the
+/// common lists are short (one listen port, no trap ports).
+#[inline(always)]
+fn contains<const N: usize>(ports: &[u16; N], count: u32, port: u16) -> bool {
     let mut i = 0;
-    while i < MAX_TRAP_PORTS {
-        if (i as u32) < config.trap_port_count && config.trap_ports[i] == port {
+    while i < N {
+        if i as u32 >= count {
+            return false;
+        }
+        if ports[i] == port {
             return true;
         }
         i += 1;
@@ -291,7 +297,7 @@ fn is_malformed(tcp: Tcp) -> bool {
 
 /// The detectors, for a TCP packet of a source that is not timed out.
 #[inline(always)]
-fn inspect(source: &AddrKey, tcp: Tcp, to_service: bool, now: u64, config: &DetectConfig) -> u32 {
+fn inspect(source: &AddrKey, tcp: Tcp, to_service: bool, config: &DetectConfig) -> u32 {
     let syn = tcp.flags & (SYN | ACK) == SYN;
     let malformed = is_malformed(tcp);
     // Established traffic (anything with ACK, a plain RST) costs no state.
@@ -304,6 +310,7 @@ fn inspect(source: &AddrKey, tcp: Tcp, to_service: bool, now: u64, config: &Dete
     if syn {
         count(COUNTER_SYN_SEEN);
     }
+    let now = now_ns();
     let state = match SOURCES.get_ptr_mut(source) {
         Some(state) => state,
         None => {
@@ -398,14 +405,10 @@ fn drops_reported_probe(state: &SourceState, to_service: bool, config: &DetectCo
 /// `MAX_SCAN_PORTS`; the threshold is never higher).
 #[inline(always)]
 fn note_port(state: &mut SourceState, port: u16) {
-    let distinct = state.distinct_ports as usize;
-    let mut i = 0;
-    while i < MAX_SCAN_PORTS {
-        if i < distinct && state.ports[i] == port {
-            return;
-        }
-        i += 1;
+    if contains(&state.ports, state.distinct_ports, port) {
+        return;
     }
+    let distinct = state.distinct_ports as usize;
     if distinct < MAX_SCAN_PORTS {
         state.ports[distinct] = port;
         state.distinct_ports += 1;
