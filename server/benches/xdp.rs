@@ -20,7 +20,6 @@
 //! smaller run; `-- per-packet` or `-- detection` for that part alone).
 //! Prints a table.
 
-#[allow(dead_code)]
 #[path = "../../tests/common/mod.rs"]
 mod common;
 #[path = "../../tests/common/netns.rs"]
