@@ -749,6 +749,21 @@ fn every_bad_config_is_one_clear_error_naming_the_key_or_file() {
             "[timeouts]\nidle = \"0s\"\n",
             "timeouts.idle: must be longer than 0s",
         ),
+        (
+            "[kernel]\nscan_ports = 40\n",
+            "kernel.scan_ports: 40 is not in 2..=16",
+        ),
+        (
+            "[kernel]\ndrop_scope = \"everything\"\n",
+            "kernel.drop_scope: \"everything\" is neither",
+        ),
+        ("[kernel]\nsyn_rate = 0\n", "kernel.syn_rate"),
+        ("[kernel]\nscan_window = \"0s\"\n", "kernel.scan_window"),
+        ("[kernel]\ntrap_ports = [70000]\n", "trap_ports"),
+        (
+            "[bans]\nport_scan = \"2days\"\n",
+            "bans.port_scan: 2days is longer than bans.max_duration",
+        ),
     ];
     for (toml, expected) in cases {
         let file = dir.path().join("c.toml");

@@ -81,6 +81,7 @@ pub struct KernelSettings {
     pub scan_ports: u32,
     pub scan_window: Dur,
     /// Ports nothing legitimate connects to here: one probe is a scan.
+    #[serde(deserialize_with = "one_or_many")]
     pub trap_ports: Vec<u16>,
     /// SYNs per second per source to the listen ports, sustained; SYNs over
     /// the limit (after a burst of `syn_burst`) are dropped in XDP.
@@ -170,6 +171,45 @@ pub struct LimitSettings {
 pub struct StorageSettings {
     pub flush_interval: Dur,
     pub cache_mb: u64,
+}
+
+/// A list of ports, or one port alone: what the environment gives for a
+/// one-item list (`PENALTYBOX_KERNEL__TRAP_PORTS=23` reads as a number).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+    // The environment's list items arrive as text, the file's as numbers.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Port {
+        Number(i64),
+        Text(String),
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Port),
+        Many(Vec<Port>),
+    }
+    let ports = match OneOrMany::deserialize(d).map_err(|_| {
+        serde::de::Error::custom("expected a port or a list of ports, e.g. [23, 3389]")
+    })? {
+        OneOrMany::One(port) => vec![port],
+        OneOrMany::Many(ports) => ports,
+    };
+    ports
+        .into_iter()
+        .map(|port| {
+            let (text, number) = match port {
+                Port::Number(n) => (n.to_string(), Some(n)),
+                Port::Text(t) => (t.clone(), t.trim().parse::<i64>().ok()),
+            };
+            match number.and_then(|n| u16::try_from(n).ok()) {
+                Some(port) if port > 0 => Ok(port),
+                _ => Err(serde::de::Error::custom(format!(
+                    "{text} is not a port (1..=65535)"
+                ))),
+            }
+        })
+        .collect()
 }
 
 /// A duration written the human way ("100ms", "15m", "24h").
