@@ -834,3 +834,41 @@ fn legit_reconnects_and_an_allow_listed_nmap_are_never_reported() {
     assert_eq!(stats["bans_total"], 0, "{stats}");
     assert_eq!(drops(&bed.status()), 0);
 }
+
+#[test]
+fn the_program_loads_with_cap_bpf_and_cap_net_admin_alone() {
+    // Without CAP_PERFMON the verifier is strict (no packet or map pointer
+    // moved by a variable, speculative paths walked too): what a container
+    // run with --cap-add BPF --cap-add NET_ADMIN as a non-root user gets.
+    let Some(bed) = Testbed::new() else { return };
+    let pin = bed.pin_dir.display().to_string();
+    let output = run(
+        "nsenter",
+        &[
+            &format!("--net=/run/netns/{}", bed.pair.server_ns),
+            "setpriv",
+            "--reuid",
+            "10001",
+            "--regid",
+            "10001",
+            "--clear-groups",
+            "--inh-caps",
+            "-all,+bpf,+net_admin",
+            "--ambient-caps",
+            "+bpf,+net_admin",
+            BIN,
+            "xdp",
+            "attach",
+            "--iface",
+            &bed.pair.server_if,
+            "--pin-dir",
+            &pin,
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(bed.status()["detectors"].is_object());
+}

@@ -85,8 +85,7 @@ pub fn attach_object(
         })?
         .try_into()
         .map_err(|e: ProgramError| XdpError::from_os("load the XDP program", &e))?;
-    xdp.load()
-        .map_err(|e| XdpError::from_os("load the XDP program (verifier)", &e))?;
+    crate::load_verified(xdp)?;
     let attempt = |xdp: &mut Xdp, mode| {
         xdp.attach(iface, mode).map_err(|e| match e {
             ProgramError::UnknownInterface { .. } => XdpError::NoInterface(iface.to_owned()),

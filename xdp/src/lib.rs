@@ -78,6 +78,46 @@ impl XdpError {
     }
 }
 
+/// Loads `xdp` into the kernel. A verifier refusal keeps the verifier's
+/// last words (what it refused), with a hint when it is the missing
+/// CAP_PERFMON that made the verifier strict.
+pub(crate) fn load_verified(xdp: &mut aya::programs::Xdp) -> Result<(), XdpError> {
+    use aya::programs::ProgramError;
+    match xdp.load() {
+        Ok(()) => Ok(()),
+        Err(ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        }) if !verifier_log.to_string().trim().is_empty() => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .filter(|l| {
+                    !l.starts_with("verification time")
+                        && !l.starts_with("stack depth")
+                        && !l.starts_with("processed ")
+                })
+                .take(2)
+                .collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            let hint = if matches!(
+                io_error.raw_os_error(),
+                Some(libc::EACCES) | Some(libc::EPERM)
+            ) {
+                " (without CAP_PERFMON the verifier refuses more: docker run --cap-add BPF --cap-add NET_ADMIN --cap-add PERFMON, or run as root)"
+            } else {
+                ""
+            };
+            Err(XdpError::Kernel {
+                what: "load the XDP program".into(),
+                detail: format!("the verifier refused it: {}{hint}", tail.join(" / ").trim()),
+            })
+        }
+        Err(other) => Err(XdpError::from_os("load the XDP program (verifier)", &other)),
+    }
+}
+
 /// An error and its causes on one line.
 pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();

@@ -41,8 +41,7 @@ impl TestProgram {
             })?
             .try_into()
             .map_err(|e: ProgramError| XdpError::from_os("load the XDP program", &e))?;
-        xdp.load()
-            .map_err(|e| XdpError::from_os("load the XDP program (verifier)", &e))?;
+        crate::load_verified(xdp)?;
         let loaded = TestProgram {
             ebpf,
             program: program.to_owned(),

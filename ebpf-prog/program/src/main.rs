@@ -30,10 +30,10 @@
 #![feature(core_intrinsics)]
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
-use core::mem;
+use core::mem::{self, MaybeUninit};
 
 use aya_ebpf::bindings::{BPF_F_NO_PREALLOC, xdp_action};
-use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_xdp_load_bytes};
 use aya_ebpf::macros::{map, xdp};
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf};
@@ -66,6 +66,10 @@ static CONFIG: Array<DetectConfig> = Array::with_max_entries(1, 0);
 #[map(name = "SOURCES")]
 static SOURCES: LruHashMap<AddrKey, SourceState> = LruHashMap::with_max_entries(MAX_SOURCES, 0);
 
+/// One all-zero SourceState: what a new source's entry is copied from.
+#[map(name = "ZERO_STATE")]
+static ZERO_STATE: Array<SourceState> = Array::with_max_entries(1, 0);
+
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
@@ -82,9 +86,13 @@ const ACK: u8 = 0x10;
 /// FIN, SYN, RST, PSH, ACK, URG: the flags a first packet is judged by.
 const BASE_FLAGS: u8 = 0x3f;
 
-/// The TCP fields the program looks at.
+/// The TCP fields the program looks at. Not an `Option`: every field is
+/// written on every path (`NO_TCP` when there is no header), because
+/// without CAP_PERFMON the verifier also walks mispredicted branches, and
+/// there an `Option`'s unwritten payload is an uninitialised register.
 #[derive(Clone, Copy)]
 struct Tcp {
+    present: bool,
     dest_port: u16,
     flags: u8,
     /// Header length in 32-bit words (5 at least in any real segment).
@@ -99,10 +107,7 @@ pub fn penaltybox(ctx: XdpContext) -> u32 {
     let Some(config) = CONFIG.get(0) else {
         return xdp_action::XDP_PASS;
     };
-    let to_service = match tcp {
-        Some(tcp) => is_service_port(config, tcp.dest_port),
-        None => false,
-    };
+    let to_service = tcp.present && is_service_port(config, tcp.dest_port);
     match banned(&source, config) {
         Ban::None => {}
         // Already timed out: its probes are not news.
@@ -133,9 +138,10 @@ pub fn penaltybox(ctx: XdpContext) -> u32 {
             return xdp_action::XDP_DROP;
         }
     }
-    match tcp {
-        Some(tcp) if config.enabled != 0 => inspect(&source, tcp, to_service, config),
-        _ => xdp_action::XDP_PASS,
+    if tcp.present && config.enabled != 0 {
+        inspect(&source, tcp, to_service, config)
+    } else {
+        xdp_action::XDP_PASS
     }
 }
 
@@ -152,7 +158,7 @@ pub fn drop_all(_ctx: XdpContext) -> u32 {
 /// The packet's source address, if it is IPv4 or IPv6 and long enough,
 /// and its TCP header if it has one where the program looks.
 #[inline(always)]
-fn parse(ctx: &XdpContext) -> Option<(AddrKey, Option<Tcp>)> {
+fn parse(ctx: &XdpContext) -> Option<(AddrKey, Tcp)> {
     let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
     match ethertype {
         ETHERTYPE_IPV4 => {
@@ -161,14 +167,14 @@ fn parse(ctx: &XdpContext) -> Option<(AddrKey, Option<Tcp>)> {
             let header = usize::from(version_ihl & 0x0f) * 4;
             let protocol = read::<u8>(ctx, ETH_HEADER + 9)?;
             if version_ihl >> 4 != 4 || header < 20 || protocol != IPPROTO_TCP {
-                return Some((source, None));
+                return Some((source, NO_TCP));
             }
             let fragment_offset = u16::from_be(read::<u16>(ctx, ETH_HEADER + 6)?) & 0x1fff;
             if fragment_offset != 0 {
                 count(COUNTER_UNPARSED);
-                return Some((source, None));
+                return Some((source, NO_TCP));
             }
-            Some((source, tcp_at(ctx, ETH_HEADER + header)))
+            Some((source, tcp_after_ipv4(ctx, header)))
         }
         ETHERTYPE_IPV6 => {
             let source = read::<AddrKey>(ctx, ETH_HEADER + 8)?;
@@ -179,7 +185,7 @@ fn parse(ctx: &XdpContext) -> Option<(AddrKey, Option<Tcp>)> {
             if is_extension_header(next_header) {
                 count(COUNTER_UNPARSED);
             }
-            Some((source, None))
+            Some((source, NO_TCP))
         }
         _ => None,
     }
@@ -195,16 +201,64 @@ fn is_extension_header(next_header: u8) -> bool {
     )
 }
 
+const NO_TCP: Tcp = Tcp {
+    present: false,
+    dest_port: 0,
+    flags: 0,
+    data_offset: 0,
+};
+
+/// The TCP header after an IPv4 header of `header` bytes (20..=60). A
+/// header with options (rare) is copied out with `bpf_xdp_load_bytes`
+/// instead of read at `offset + header`: without CAP_PERFMON the verifier
+/// refuses a packet pointer moved by a variable, and the server is meant
+/// to run with CAP_BPF and CAP_NET_ADMIN alone.
+#[inline(always)]
+fn tcp_after_ipv4(ctx: &XdpContext, header: usize) -> Tcp {
+    if header == 20 {
+        return tcp_at(ctx, ETH_HEADER + 20);
+    }
+    // Uninitialised, so that no memset call zeroes it first (the helper's
+    // buffer may be uninitialised memory).
+    let mut buffer = MaybeUninit::<[u8; 14]>::uninit();
+    // SAFETY: the helper writes exactly 14 bytes into our 14-byte buffer,
+    // bounds-checked by the kernel against the packet (an error if short).
+    let rc = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            (ETH_HEADER + header) as u32,
+            buffer.as_mut_ptr().cast(),
+            14,
+        )
+    };
+    if rc != 0 {
+        return NO_TCP;
+    }
+    // SAFETY: rc == 0: the helper filled all 14 bytes.
+    let bytes = unsafe { buffer.assume_init() };
+    Tcp {
+        present: true,
+        dest_port: u16::from_be_bytes([bytes[2], bytes[3]]),
+        flags: bytes[13],
+        data_offset: bytes[12] >> 4,
+    }
+}
+
 /// The TCP header at `offset`, if the packet holds its first 14 bytes.
 #[inline(always)]
-fn tcp_at(ctx: &XdpContext, offset: usize) -> Option<Tcp> {
-    let dest_port = u16::from_be(read::<u16>(ctx, offset + 2)?);
-    let [offset_byte, flags] = read::<[u8; 2]>(ctx, offset + 12)?;
-    Some(Tcp {
-        dest_port,
+fn tcp_at(ctx: &XdpContext, offset: usize) -> Tcp {
+    let (Some(port), Some([offset_byte, flags])) = (
+        read::<u16>(ctx, offset + 2),
+        read::<[u8; 2]>(ctx, offset + 12),
+    ) else {
+        return NO_TCP;
+    };
+    Tcp {
+        present: true,
+        dest_port: u16::from_be(port),
         flags,
         data_offset: offset_byte >> 4,
-    })
+    }
 }
 
 enum Ban {
@@ -314,12 +368,15 @@ fn inspect(source: &AddrKey, tcp: Tcp, to_service: bool, config: &DetectConfig) 
     let state = match SOURCES.get_ptr_mut(source) {
         Some(state) => state,
         None => {
-            let fresh = SourceState {
-                window_start_ns: now,
-                syn_tat_ns: now,
-                ..SourceState::default()
+            // A new source starts as all zeroes, copied from a map entry
+            // nobody writes: its window (started at 0) rolls over at once
+            // below, and its SYN limit starts full. (A value built on the
+            // stack becomes a memset call, whose byte loop the verifier
+            // refuses without CAP_PERFMON.)
+            let Some(zero) = ZERO_STATE.get(0) else {
+                return xdp_action::XDP_PASS;
             };
-            if SOURCES.insert(source, &fresh, 0).is_err() {
+            if SOURCES.insert(source, zero, 0).is_err() {
                 return xdp_action::XDP_PASS;
             }
             match SOURCES.get_ptr_mut(source) {
@@ -333,11 +390,15 @@ fn inspect(source: &AddrKey, tcp: Tcp, to_service: bool, config: &DetectConfig) 
     let state = unsafe { &mut *state };
     if now.saturating_sub(state.window_start_ns) >= config.scan_window_ns {
         state.window_start_ns = now;
-        state.ports = [0; MAX_SCAN_PORTS];
-        state.distinct_ports = 0;
-        state.reported = 0;
-        state.syns = 0;
-        state.syn_drops = 0;
+        // `ports` beyond `distinct_ports` is never read. Volatile stores:
+        // LLVM would merge plain ones into a memset call (see fresh_state).
+        // SAFETY: fields of the live map value `state`.
+        unsafe {
+            core::ptr::write_volatile(&mut state.distinct_ports, 0);
+            core::ptr::write_volatile(&mut state.reported, 0);
+            core::ptr::write_volatile(&mut state.syns, 0);
+            core::ptr::write_volatile(&mut state.syn_drops, 0);
+        }
     }
 
     if drops_reported_probe(state, to_service, config) {
@@ -408,9 +469,29 @@ fn note_port(state: &mut SourceState, port: u16) {
     if contains(&state.ports, state.distinct_ports, port) {
         return;
     }
-    let distinct = state.distinct_ports as usize;
-    if distinct < MAX_SCAN_PORTS {
-        state.ports[distinct] = port;
+    // The new port goes in front and the others move back one: the first
+    // `distinct_ports` slots are always the window's distinct ports. Each
+    // move is its own volatile access at a constant offset: writing
+    // `ports[distinct]` (or a loop LLVM folds into it) moves a map value
+    // pointer by a variable, which the verifier refuses without CAP_PERFMON.
+    let ports = state.ports.as_mut_ptr();
+    macro_rules! shift {
+        ($($to:literal <- $from:literal),*) => {
+            // SAFETY: constant indices below MAX_SCAN_PORTS (16), inside
+            // the live map value.
+            unsafe {
+                $(core::ptr::write_volatile(
+                    ports.add($to),
+                    core::ptr::read_volatile(ports.add($from)),
+                );)*
+                core::ptr::write_volatile(ports, port);
+            }
+        };
+    }
+    shift!(15 <- 14, 14 <- 13, 13 <- 12, 12 <- 11, 11 <- 10, 10 <- 9, 9 <- 8, 8 <- 7,
+        7 <- 6, 6 <- 5, 5 <- 4, 4 <- 3, 3 <- 2, 2 <- 1, 1 <- 0);
+    const _: () = assert!(MAX_SCAN_PORTS == 16);
+    if (state.distinct_ports as usize) < MAX_SCAN_PORTS {
         state.distinct_ports += 1;
     }
 }
@@ -427,13 +508,22 @@ fn report(source: &AddrKey, state: &mut SourceState, detector: u8, figure: u32, 
         count(COUNTER_EVENTS_LOST);
         return;
     };
-    entry.write(Event {
-        source: *source,
-        figure,
-        port,
-        detector,
-        _pad: 0,
-    });
+    let event = entry.as_mut_ptr();
+    // Field by field, byte by byte for the address: a struct copy becomes
+    // a memcpy call, a byte loop the verifier refuses without CAP_PERFMON.
+    // SAFETY: `event` points at reserved ring memory the size of an Event,
+    // ours until submit.
+    unsafe {
+        let mut i = 0;
+        while i < 16 {
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*event).source[i]), source[i]);
+            i += 1;
+        }
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*event).figure), figure);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*event).port), port);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*event).detector), detector);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*event)._pad), 0);
+    }
     entry.submit(0);
     state.reported |= bit;
     count(COUNTER_EVENTS_SENT);
