@@ -20,6 +20,9 @@ if ! command -v ip >/dev/null || ! command -v nsenter >/dev/null || ! command -v
     || ! command -v hping3 >/dev/null || ! command -v xdp-filter >/dev/null || ! command -v bpftool >/dev/null; then
   apt-get update -q && apt-get install -y -q iproute2 util-linux nmap hping3 xdp-tools bpftool
 fi
+# The metrics test parses /metrics with the official Prometheus client's
+# OpenMetrics parser.
+python3 -c "import prometheus_client" 2>/dev/null || pip install -q prometheus_client
 # The pinned nightly (eBPF program, fuzzing) and bpf-linker.
 ebpf-prog/toolchain.sh
 NIGHTLY="$(sed -n 's/^channel = "\(.*\)"/\1/p' ebpf-prog/program/rust-toolchain.toml)"

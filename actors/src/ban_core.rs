@@ -371,6 +371,11 @@ impl BanCore {
     }
 
     /// Live entries in memory.
+    /// Records how long a time-out took from the offence to the table.
+    pub(crate) fn observe_time_to_ban(&self, elapsed: Duration) {
+        self.stats.time_to_ban_seconds.observe(elapsed);
+    }
+
     pub fn len(&self) -> usize {
         self.view.len()
     }
@@ -401,6 +406,7 @@ impl BanCore {
             });
         }
         bump(&self.stats.bans_total);
+        self.stats.count_ban(record.cause.as_str().parse().ok());
     }
 
     fn evict_one(&mut self, now_ms: u64) {

@@ -38,7 +38,7 @@ pub use kernel_sync::{KernelError, KernelSync};
 pub use policy::{AdminBan, BanPolicy, Durations, expiry_after};
 pub use requests::ServiceConfig;
 pub use startup::{RunningServer, ServerConfig, ServerHandle, StartError, start};
-pub use stats::Stats;
+pub use stats::{HistogramSnapshot, LATENCY_BUCKETS, MetricsSnapshot, Stats};
 pub use view::BanView;
 
 use model::Cidr;

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use model::ban::{BanCause, BanInfo, FirstBytes};
@@ -37,6 +37,8 @@ pub struct Ban {
     pub peer: IpAddr,
     pub cause: BanCause,
     pub first_bytes: FirstBytes,
+    /// When the offence was seen (time-to-ban is measured from here).
+    pub detected_at: Instant,
 }
 
 /// The kernel detectors found `source` (a port scan, a SYN flood, bad TCP
@@ -47,6 +49,8 @@ pub struct Detected {
     pub source: IpAddr,
     pub cause: BanCause,
     pub evidence: String,
+    /// When the event was read from the kernel.
+    pub detected_at: Instant,
 }
 
 /// An admin's ban of an address or CIDR prefix, from `session` if it came
@@ -195,6 +199,7 @@ impl Handler<Ban> for BanRegistry {
             self.core
                 .ban(ban.peer, ban.cause, ban.first_bytes, now_ms())
         {
+            self.core.observe_time_to_ban(ban.detected_at.elapsed());
             self.kick_covered(record.prefix, None);
         }
     }
@@ -211,6 +216,8 @@ impl Handler<Detected> for BanRegistry {
             now_ms(),
         );
         if let BanOutcome::Banned(record) = outcome {
+            self.core
+                .observe_time_to_ban(detected.detected_at.elapsed());
             self.kick_covered(record.prefix, None);
         }
     }

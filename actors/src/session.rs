@@ -200,6 +200,7 @@ async fn handshake(
     shared: &Shared,
     mut slot: Slot,
 ) -> Option<Established> {
+    let started = Instant::now();
     stream.set_nodelay(true).ok();
     // A bounded send queue: with the write deadline, a peer that does not
     // read cannot make us hold megabytes for it.
@@ -282,6 +283,7 @@ async fn handshake(
     let (connection, role, who, first) = opened;
     slot.established();
     bump(&shared.stats.handshakes_completed);
+    shared.stats.handshake_seconds.observe(started.elapsed());
     log::debug!("{peer}: session open ({who:?}, {role:?})");
     Some(Established {
         connection,
@@ -363,5 +365,6 @@ fn ban(shared: &Shared, peer: SocketAddr, cause: BanCause, first_bytes: &[u8]) {
         peer: peer.ip(),
         cause,
         first_bytes: FirstBytes::truncated(first_bytes),
+        detected_at: Instant::now(),
     });
 }

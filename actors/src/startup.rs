@@ -73,6 +73,10 @@ impl Shared {
     pub fn stats(&self) -> ServerStats {
         self.stats.snapshot(self.view.len(), &self.store)
     }
+
+    pub fn metrics(&self) -> crate::MetricsSnapshot {
+        self.stats.metrics(self.stats(), self.view.len_by_family())
+    }
 }
 
 pub struct RunningServer {
@@ -173,6 +177,11 @@ impl ServerHandle {
         self.shared.stats()
     }
 
+    /// Every counter and histogram now (the metrics endpoint).
+    pub fn metrics(&self) -> crate::MetricsSnapshot {
+        self.shared.metrics()
+    }
+
     /// Is `ip` timed out now (the acceptors' own lookup)?
     pub fn is_timed_out(&self, ip: std::net::IpAddr) -> bool {
         self.shared.view.is_banned(ip, crate::now_ms())
@@ -191,6 +200,7 @@ impl ServerHandle {
             source,
             cause,
             evidence,
+            detected_at: std::time::Instant::now(),
         });
     }
 

@@ -1,10 +1,13 @@
-//! Server-wide counters, shared by every actor, and their snapshot (the
-//! wire's [`ServerStats`]), the one way they are read: by the admin `Stats`
-//! request, the shutdown log, and the binary ([`crate::ServerHandle::stats`]).
+//! Server-wide counters, shared by every actor, and their snapshots: the
+//! wire's [`ServerStats`] (the admin `Stats` request, the shutdown log,
+//! [`crate::ServerHandle::stats`]) and the fuller [`MetricsSnapshot`] the
+//! binary's Prometheus endpoint encodes ([`crate::ServerHandle::metrics`]).
+//! Everything is a relaxed atomic: recording costs the hot path one add.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use model::BanCause;
 use protocol::message::ServerStats;
 
 /// The counters themselves; opaque outside this crate (read them through a
@@ -32,6 +35,87 @@ pub struct Stats {
     pub(crate) kernel_errors: AtomicU64,
     /// Kernel detector events received.
     pub(crate) kernel_detections: AtomicU64,
+    /// Time-outs made, by cause: `BanCause::ALL` order, then admin bans.
+    pub(crate) bans_by_cause: [AtomicU64; CAUSE_SLOTS],
+    /// From accept to the first authenticated frame.
+    pub(crate) handshake_seconds: LatencyHistogram,
+    /// From the offending input (or the missed deadline, or the kernel's
+    /// event) to the time-out being in the table.
+    pub(crate) time_to_ban_seconds: LatencyHistogram,
+}
+
+const CAUSE_SLOTS: usize = BanCause::ALL.len() + 1;
+const ADMIN_SLOT: usize = BanCause::ALL.len();
+
+/// The upper bounds of the latency buckets, in seconds: 100 µs to 5 s.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A latency histogram of fixed buckets, lock-free (a Prometheus histogram
+/// is encoded from its snapshot by the binary).
+pub(crate) struct LatencyHistogram {
+    /// Per bucket (not cumulative); the last one is +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    pub(crate) fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let index = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> HistogramSnapshot {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len() + 1);
+        for (i, count) in self.buckets.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let bound = LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
+            buckets.push((bound, cumulative));
+        }
+        HistogramSnapshot {
+            count: cumulative,
+            sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            buckets,
+        }
+    }
+}
+
+/// A histogram at one moment: cumulative counts per upper bound (the last
+/// bound is +Inf, its count the total).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    pub count: u64,
+    pub sum_seconds: f64,
+    pub buckets: Vec<(f64, u64)>,
+}
+
+/// Everything the metrics endpoint shows, at one moment.
+#[derive(Debug, Clone)]
+pub struct MetricsSnapshot {
+    pub stats: ServerStats,
+    /// Time-outs made since start, by cause name ("admin" for admins').
+    pub bans_by_cause: Vec<(&'static str, u64)>,
+    pub bans_active_ipv4: u64,
+    pub bans_active_ipv6: u64,
+    pub handshake_seconds: HistogramSnapshot,
+    pub time_to_ban_seconds: HistogramSnapshot,
 }
 
 impl Default for Stats {
@@ -51,6 +135,9 @@ impl Default for Stats {
             bans_evicted: AtomicU64::new(0),
             kernel_errors: AtomicU64::new(0),
             kernel_detections: AtomicU64::new(0),
+            bans_by_cause: std::array::from_fn(|_| AtomicU64::new(0)),
+            handshake_seconds: LatencyHistogram::default(),
+            time_to_ban_seconds: LatencyHistogram::default(),
         }
     }
 }
@@ -60,6 +147,38 @@ pub(crate) fn bump(counter: &AtomicU64) {
 }
 
 impl Stats {
+    /// Counts a time-out made: `None` for an admin's (its cause is free text).
+    pub(crate) fn count_ban(&self, cause: Option<BanCause>) {
+        let slot = cause
+            .and_then(|c| BanCause::ALL.iter().position(|known| *known == c))
+            .unwrap_or(ADMIN_SLOT);
+        bump(&self.bans_by_cause[slot]);
+    }
+
+    pub(crate) fn metrics(
+        &self,
+        stats: ServerStats,
+        (ipv4, ipv6): (usize, usize),
+    ) -> MetricsSnapshot {
+        let mut bans_by_cause: Vec<(&'static str, u64)> = BanCause::ALL
+            .iter()
+            .zip(&self.bans_by_cause)
+            .map(|(cause, n)| (cause.name(), n.load(Ordering::Relaxed)))
+            .collect();
+        bans_by_cause.push((
+            "admin",
+            self.bans_by_cause[ADMIN_SLOT].load(Ordering::Relaxed),
+        ));
+        MetricsSnapshot {
+            stats,
+            bans_by_cause,
+            bans_active_ipv4: ipv4 as u64,
+            bans_active_ipv6: ipv6 as u64,
+            handshake_seconds: self.handshake_seconds.snapshot(),
+            time_to_ban_seconds: self.time_to_ban_seconds.snapshot(),
+        }
+    }
+
     /// Every counter at one moment, as the admin `Stats` answer carries them.
     pub(crate) fn snapshot(&self, bans_active: usize, store: &storage::Store) -> ServerStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -83,5 +202,39 @@ impl Stats {
             kernel_errors: get(&self.kernel_errors),
             kernel_detections: get(&self.kernel_detections),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_sum_their_observations() {
+        let h = LatencyHistogram::default();
+        h.observe(Duration::from_micros(50)); // first bucket
+        h.observe(Duration::from_micros(100)); // on the bound: still first
+        h.observe(Duration::from_millis(3)); // 0.005
+        h.observe(Duration::from_secs(60)); // +Inf
+        let s = h.snapshot();
+        assert_eq!(s.count, 4);
+        assert_eq!(s.buckets[0], (0.0001, 2));
+        assert_eq!(s.buckets[5], (0.005, 3));
+        assert_eq!(s.buckets[13], (5.0, 3));
+        assert_eq!(s.buckets[14], (f64::INFINITY, 4));
+        assert!((s.sum_seconds - 60.00315).abs() < 1e-9, "{}", s.sum_seconds);
+    }
+
+    #[test]
+    fn bans_are_counted_by_cause_and_admin() {
+        let stats = Stats::default();
+        stats.count_ban(Some(BanCause::PortScan));
+        stats.count_ban(Some(BanCause::PortScan));
+        stats.count_ban(None);
+        let m = stats.metrics(ServerStats::default(), (1, 2));
+        assert!(m.bans_by_cause.contains(&("port-scan", 2)));
+        assert!(m.bans_by_cause.contains(&("admin", 1)));
+        assert!(m.bans_by_cause.contains(&("bad-magic", 0)));
+        assert_eq!((m.bans_active_ipv4, m.bans_active_ipv6), (1, 2));
     }
 }

@@ -72,6 +72,17 @@ impl BanView {
         self.entries.len()
     }
 
+    /// Entries by family: (IPv4, IPv6).
+    pub fn len_by_family(&self) -> (usize, usize) {
+        let sum = |slots: &[AtomicU32]| -> usize {
+            slots
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed) as usize)
+                .sum()
+        };
+        (sum(&self.lengths[..33]), sum(&self.lengths[33..]))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "../src/metrics.rs"]
+mod metrics;
+
 use actors::{BanCore, BanPolicy, BanView, RunningServer, ServerConfig, ServerHandle};
 use protocol::message::{BanInfo, Cause, FirstBytes};
 use protocol::{AccessPolicy, Cidr, Client, ClientConfig, PrivateKey, PublicKey, Request};
@@ -47,6 +50,7 @@ fn main() {
             "live" => live_memory(&options, 64, &mut rows),
             "live-small-cache" => live_memory(&options, 16, &mut rows),
             "attacks" => attacks(&options, &mut rows),
+            "flood" => flood_and_latency(&options, &mut rows),
             other => panic!("no section {other}"),
         }
         for (name, value) in rows {
@@ -532,6 +536,48 @@ fn flood_and_latency(options: &Options, rows: &mut Vec<(String, String)>) {
     let accepted_before = context.stats().connections_refused;
     let ours = flood(addr, &flooders, 2, options.flood, None);
     let refused = context.stats().connections_refused - accepted_before;
+
+    // The same flood with the metrics endpoint scraped ten times a second
+    // (Prometheus' default is every 15 s), alternating with none, 5 rounds.
+    let endpoint = metrics::MetricsServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.ready(context.clone(), None);
+    let metrics_addr = endpoint.local_addr();
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        off.push(flood(addr, &flooders, 2, options.flood, None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let scraper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut scrapes = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(mut stream) = TcpStream::connect(metrics_addr) {
+                        let _ = std::io::Write::write_all(
+                            &mut stream,
+                            b"GET /metrics HTTP/1.0\r\n\r\n",
+                        );
+                        let mut body = Vec::new();
+                        let _ = stream.read_to_end(&mut body);
+                        scrapes += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                scrapes
+            })
+        };
+        on.push(flood(addr, &flooders, 2, options.flood, None));
+        stop.store(true, Ordering::Relaxed);
+        assert!(scraper.join().unwrap() > 0, "the scraper got nothing");
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (off, on) = (median(off), median(on));
+    rows.push((
+        "banned-source rejections/s, metrics scraped 10/s vs not".into(),
+        format!("{on:.0} vs {off:.0}  ({:.1} %)", 100.0 * (on - off) / off),
+    ));
     rows.push((
         "bare tokio accept+RST loop (connections/s)".into(),
         format!("{bare_rate:.0}"),

@@ -11,6 +11,7 @@ mod db_cmd;
 mod display;
 mod kernel_wiring;
 mod keygen;
+mod metrics;
 mod pinned_table;
 mod replay_cmd;
 mod serve;

@@ -93,6 +93,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         kernel,
     };
 
+    // Before the restore, so that /readyz can say "not yet" meanwhile.
+    let metrics = settings
+        .metrics_listen()?
+        .map(crate::metrics::MetricsServer::start)
+        .transpose()?;
+    let kernel_pins = settings
+        .kernel
+        .table
+        .clone()
+        .or_else(|| {
+            settings
+                .kernel
+                .xdp_iface
+                .as_ref()
+                .map(|_| PathBuf::from(xdp::DEFAULT_PIN_DIR))
+        })
+        .filter(|_| config.kernel.is_some());
+
     actix_rt::System::new().block_on(async move {
         let running = actors::start(config, store)?;
         if let Some((events, table_path)) = kernel_events {
@@ -138,8 +156,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         log::info!("  penaltybox client --server HOST:{port} --server-key {public} ping");
 
+        match &metrics {
+            Some(metrics) => {
+                metrics.ready(running.handle(), kernel_pins.clone());
+                log::info!(
+                    "metrics on http://{0}/metrics (health: /healthz, /readyz)",
+                    metrics.local_addr()
+                );
+            }
+            None => log::info!("metrics off (metrics.listen = \"\")"),
+        }
         if let Some(path) = &args.ready_file {
-            write_ready_file(path, &running.local_addrs, &public)?;
+            write_ready_file(
+                path,
+                &running.local_addrs,
+                &public,
+                metrics.as_ref().map(crate::metrics::MetricsServer::local_addr),
+            )?;
         }
 
         let signal = wait_for_signal().await?;
@@ -170,10 +203,12 @@ fn write_ready_file(
     path: &Path,
     addrs: &[SocketAddr],
     public: &protocol::PublicKey,
+    metrics: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let ready = serde_json::json!({
         "pid": std::process::id(),
         "listen": addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "metrics": metrics.map(|a| a.to_string()),
         "public_key": public.to_string(),
         "fingerprint": public.fingerprint(),
     });

@@ -32,6 +32,23 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub service: ServiceSettings,
     pub kernel: KernelSettings,
+    pub metrics: MetricsSettings,
+}
+
+/// The Prometheus endpoint (with /healthz and /readyz).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Address of /metrics, /healthz and /readyz; "" turns them off.
+    pub listen: String,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
 }
 
 /// What clients may do with the inventory (see actors' `ServiceConfig`).
@@ -274,6 +291,7 @@ impl Default for Settings {
             storage: StorageSettings::default(),
             service: ServiceSettings::default(),
             kernel: KernelSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -509,7 +527,21 @@ impl Settings {
         }
         detection.check().map_err(|e| anyhow!("kernel.{e}"))?;
         self.allow_list()?;
+        self.metrics_listen()?;
         Ok(())
+    }
+
+    /// Where the metrics endpoint listens; `None` when it is off.
+    pub fn metrics_listen(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let text = self.metrics.listen.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| {
+            anyhow!(
+                "metrics.listen: {text:?} is not an address and port (e.g. 127.0.0.1:9464; \"\" turns metrics off)"
+            )
+        })
     }
 
     pub fn allow_list(&self) -> anyhow::Result<Vec<Cidr>> {

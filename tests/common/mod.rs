@@ -36,6 +36,8 @@ pub struct Server {
     log: Arc<Mutex<Vec<String>>>,
     /// Reads the server's stderr into `log`; ends when the process exits.
     log_reader: Option<std::thread::JoinHandle<()>>,
+    /// The metrics endpoint, unless turned off.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// How to start a server: extra config (TOML), environment, data dir.
@@ -117,7 +119,29 @@ impl ServerSpec {
         self
     }
 
+    /// Starts the server and waits for its ready file.
     pub fn start(self) -> Server {
+        let (mut server, ready_file) = self.spawn();
+        let ready = server.wait_ready(&ready_file, Duration::from_secs(20));
+        server.addrs = ready["listen"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().parse().unwrap())
+            .collect();
+        server.addr = server.addrs[0];
+        server.metrics = ready["metrics"].as_str().map(|a| a.parse().unwrap());
+        server.public_key = ready["public_key"].as_str().unwrap().parse().unwrap();
+        server
+    }
+
+    /// Starts the server without waiting for it to be ready (its addresses
+    /// are unknown; for tests that watch it start).
+    pub fn start_without_waiting(self) -> Server {
+        self.spawn().0
+    }
+
+    fn spawn(self) -> (Server, PathBuf) {
         let mut prefix = self.wrapper.clone();
         if let Some(ns) = &self.netns {
             // nsenter switches only the network namespace, so /sys/fs/bpf
@@ -149,6 +173,9 @@ impl ServerSpec {
                 "PENALTYBOX_KEYS__ADMIN_KEYS",
                 self.data_dir.with_extension("admins"),
             )
+            // Tests run servers side by side: each its own metrics port
+            // (a test's own env or config key overrides it).
+            .env("PENALTYBOX_METRICS__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -170,7 +197,7 @@ impl ServerSpec {
             }
         });
         let (admin, admin_key) = self.admin;
-        let mut server = Server {
+        let server = Server {
             child: Some(child),
             addr: "0.0.0.0:0".parse().unwrap(),
             addrs: Vec::new(),
@@ -180,17 +207,9 @@ impl ServerSpec {
             admin_key,
             log,
             log_reader: Some(log_reader),
+            metrics: None,
         };
-        let ready = server.wait_ready(&ready_file, Duration::from_secs(20));
-        server.addrs = ready["listen"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().parse().unwrap())
-            .collect();
-        server.addr = server.addrs[0];
-        server.public_key = ready["public_key"].as_str().unwrap().parse().unwrap();
-        server
+        (server, ready_file)
     }
 }
 

@@ -202,24 +202,72 @@ pub struct DetectorCounters {
     pub probes_dropped: u64,
 }
 
-pub fn status(pin_dir: &Path) -> Result<Status, XdpError> {
-    let table = KernelTable::open(pin_dir)?;
+/// The program's counters alone, summed over CPUs: cheap enough for every
+/// metrics scrape (`status` also lists the whole table).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    pub dropped_by_address: u64,
+    pub dropped_by_prefix: u64,
+    pub passed_expired: u64,
+    pub passed_allowed: u64,
+    pub detectors: DetectorCounters,
+}
+
+/// The per-CPU counters map under `pin_dir`.
+fn counters_map(pin_dir: &Path) -> Result<PerCpuArray<MapData, u64>, XdpError> {
     let counters_path = pin_dir.join(PIN_COUNTERS);
+    if !counters_path.exists() {
+        return Err(XdpError::MissingPin {
+            path: counters_path,
+        });
+    }
     let data = MapData::from_pin(&counters_path)
         .map_err(|e| XdpError::from_os(counters_path.display().to_string(), &e))?;
-    let counters: PerCpuArray<MapData, u64> = Map::from_map_data(data)
+    Map::from_map_data(data)
         .and_then(PerCpuArray::try_from)
         .map_err(|e| XdpError::WrongMap {
             path: counters_path.clone(),
             detail: chain(&e),
-        })?;
-    let per_cpu = |index: u32| -> Vec<u64> {
-        counters
-            .get(&index, 0)
-            .map(|values| values.iter().copied().collect())
-            .unwrap_or_default()
-    };
-    let total = |index: u32| -> u64 { per_cpu(index).iter().sum() };
+        })
+}
+
+fn per_cpu(counters: &PerCpuArray<MapData, u64>, index: u32) -> Vec<u64> {
+    counters
+        .get(&index, 0)
+        .map(|values| values.iter().copied().collect())
+        .unwrap_or_default()
+}
+
+fn read_counters(counters: &PerCpuArray<MapData, u64>) -> Counters {
+    let total = |index: u32| -> u64 { per_cpu(counters, index).iter().sum() };
+    Counters {
+        dropped_by_address: total(COUNTER_DROPPED_ADDR),
+        dropped_by_prefix: total(COUNTER_DROPPED_PREFIX),
+        passed_expired: total(COUNTER_PASSED_EXPIRED),
+        passed_allowed: total(COUNTER_PASSED_ALLOWED),
+        detectors: DetectorCounters {
+            syns_seen: total(COUNTER_SYN_SEEN),
+            syns_dropped: total(COUNTER_SYN_DROPPED),
+            scans: total(COUNTER_SCANS),
+            floods: total(COUNTER_FLOODS),
+            malformed: total(COUNTER_MALFORMED),
+            events_sent: total(COUNTER_EVENTS_SENT),
+            events_lost: total(COUNTER_EVENTS_LOST),
+            unparsed: total(COUNTER_UNPARSED),
+            probes_dropped: total(COUNTER_PROBES_DROPPED),
+        },
+    }
+}
+
+/// The program's counters now.
+pub fn counters(pin_dir: &Path) -> Result<Counters, XdpError> {
+    Ok(read_counters(&counters_map(pin_dir)?))
+}
+
+pub fn status(pin_dir: &Path) -> Result<Status, XdpError> {
+    let table = KernelTable::open(pin_dir)?;
+    let map = counters_map(pin_dir)?;
+    let counters = read_counters(&map);
     let interface = std::fs::read_dir(pin_dir).ok().and_then(|entries| {
         entries.flatten().find_map(|e| {
             e.file_name()
@@ -233,22 +281,12 @@ pub fn status(pin_dir: &Path) -> Result<Status, XdpError> {
         interface,
         entries: table.entries()?,
         allowed: table.allowed()?,
-        dropped_by_address: total(COUNTER_DROPPED_ADDR),
-        dropped_by_prefix: total(COUNTER_DROPPED_PREFIX),
-        passed_expired: total(COUNTER_PASSED_EXPIRED),
-        passed_allowed: total(COUNTER_PASSED_ALLOWED),
-        dropped_by_address_per_cpu: per_cpu(COUNTER_DROPPED_ADDR),
-        detectors: DetectorCounters {
-            syns_seen: total(COUNTER_SYN_SEEN),
-            syns_dropped: total(COUNTER_SYN_DROPPED),
-            scans: total(COUNTER_SCANS),
-            floods: total(COUNTER_FLOODS),
-            malformed: total(COUNTER_MALFORMED),
-            events_sent: total(COUNTER_EVENTS_SENT),
-            events_lost: total(COUNTER_EVENTS_LOST),
-            unparsed: total(COUNTER_UNPARSED),
-            probes_dropped: total(COUNTER_PROBES_DROPPED),
-        },
+        dropped_by_address: counters.dropped_by_address,
+        dropped_by_prefix: counters.dropped_by_prefix,
+        passed_expired: counters.passed_expired,
+        passed_allowed: counters.passed_allowed,
+        dropped_by_address_per_cpu: per_cpu(&map, COUNTER_DROPPED_ADDR),
+        detectors: counters.detectors,
         detection: table.detection()?,
     })
 }

@@ -24,7 +24,9 @@ pub mod test_run;
 
 use std::path::PathBuf;
 
-pub use attach::{AttachMode, DetectorCounters, Status, attach, attach_object, detach, status};
+pub use attach::{
+    AttachMode, Counters, DetectorCounters, Status, attach, attach_object, counters, detach, status,
+};
 pub use detect::{Detected, Detection, Detector, EventReader};
 pub use ebpf_common::PROGRAM;
 pub use table::KernelTable;
