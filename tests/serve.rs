@@ -1113,3 +1113,53 @@ fn db_check_and_salvage_copy_every_readable_record() {
     let server = ServerSpec::new(&salvaged).start();
     assert!(refused_at_accept("127.0.15.1", server.addr));
 }
+
+#[test]
+fn json_logs_parse_line_by_line_and_carry_the_time_out_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerSpec::new(&dir.path().join("data"))
+        .env("PENALTYBOX_LOG_FORMAT", "json")
+        .start();
+    send_raw(
+        "127.0.5.9",
+        server.addr,
+        b"GET / HTTP/1.1\r\n\r\n",
+        Duration::from_secs(2),
+    );
+    let line = server
+        .wait_log("timed out 127.0.5.9/32", Duration::from_secs(5))
+        .expect("the time-out is logged");
+    let (_, log) = server.stop_with_log();
+    for text in log.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("not a JSON line ({e}): {text}"));
+        for key in ["ts", "level", "target", "message"] {
+            assert!(value[key].is_string(), "{key} in {text}");
+        }
+    }
+    let timeout: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(timeout["event"], "timeout");
+    assert_eq!(timeout["prefix"], "127.0.5.9/32");
+    assert_eq!(timeout["source"], "127.0.5.9");
+    assert_eq!(timeout["cause"], "bad-magic");
+    assert_eq!(timeout["repeat"], 1);
+    assert_eq!(timeout["duration_s"], 900);
+    assert!(
+        timeout["evidence"]
+            .as_str()
+            .unwrap()
+            .starts_with("first bytes 47 45 54")
+    );
+}
+
+#[test]
+fn an_empty_list_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let data = server.data_dir.display().to_string();
+    server.stop();
+    let (code, out, err) = cli(&["bans", "--data-dir", &data, "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "");
+    assert_eq!(err.trim(), "no time-outs");
+}

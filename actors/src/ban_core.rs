@@ -237,6 +237,9 @@ impl BanCore {
         };
         self.insert(&record, now_ms);
         log::info!(
+            event = "timeout", prefix:% = prefix, source:% = source, cause = cause.name(),
+            duration_s = decision.duration.as_secs(), repeat = decision.repeat,
+            expires_at = crate::format_time(record.expires_at_ms).as_str(), evidence = evidence;
             "timed out {prefix} for {} (cause {cause}, repeat {}, source {source}, {evidence})",
             humantime::format_duration(decision.duration),
             decision.repeat,
@@ -251,6 +254,8 @@ impl BanCore {
         let record = self.policy.admin_ban(ban, now_ms)?;
         self.insert(&record, now_ms);
         log::info!(
+            event = "admin-timeout", prefix:% = record.prefix, cause = record.cause.as_str(),
+            expires_at = crate::format_time(record.expires_at_ms).as_str(), forced = forced;
             "admin timed out {} until {} (cause {}{})",
             record.prefix,
             crate::format_time(record.expires_at_ms),
@@ -269,7 +274,7 @@ impl BanCore {
             let stored = self.store.bans().forget(&candidate);
             match stored {
                 Ok(stored) if in_memory || stored => {
-                    log::info!("admin released {candidate}");
+                    log::info!(event = "admin-release", prefix:% = candidate; "admin released {candidate}");
                     return Ok(Some(candidate));
                 }
                 Ok(_) => {}
@@ -439,7 +444,7 @@ impl BanCore {
     fn release_ended(&mut self, prefix: &Cidr) {
         self.view.remove(prefix);
         self.kernel_remove(prefix);
-        log::info!("released {prefix}: time-out over");
+        log::info!(event = "release", prefix:% = prefix; "released {prefix}: time-out over");
         if let Err(error) = self.store.bans().retire(prefix) {
             self.storage_failed(|| format!("could not persist the expiry of {prefix}: {error}"));
         }

@@ -169,9 +169,11 @@ async fn connect(args: &Args) -> anyhow::Result<Backend> {
 
 async fn list(backend: &mut Backend, json: bool) -> anyhow::Result<ExitCode> {
     let now = actors::now_ms();
+    let mut shown = 0usize;
     backend
         .each_ban(|ban| {
             if ban.expires_at_ms > now {
+                shown += 1;
                 if json {
                     println!("{}", ban_json(ban, now));
                 } else {
@@ -181,6 +183,10 @@ async fn list(backend: &mut Backend, json: bool) -> anyhow::Result<ExitCode> {
             true
         })
         .await?;
+    // Scripts get nothing to parse; a person gets told, on stderr.
+    if shown == 0 && !json {
+        eprintln!("no time-outs");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,6 +11,7 @@ mod db_cmd;
 mod display;
 mod kernel_wiring;
 mod keygen;
+mod logging;
 mod metrics;
 mod pinned_table;
 mod replay_cmd;
@@ -31,9 +32,20 @@ use clap::{Parser, Subcommand};
 A source whose first bytes are not that protocol (TLS hellos, HTTP, UPnP, SSH banners, \
 random scans) goes into a time-out table; while it is timed out, its connections are \
 closed as soon as they are accepted.\n\n\
-Log verbosity: RUST_LOG=debug|info|warn (default info for serve, warn otherwise)."
+Log verbosity: RUST_LOG=debug|info|warn (default info for serve, warn otherwise; \
+other crates such as sled at warn unless RUST_LOG names them)."
 )]
 struct Cli {
+    /// Log lines as text, or as JSON (one object per line: ts, level,
+    /// target, message, and a time-out's fields as their own keys).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "PENALTYBOX_LOG_FORMAT"
+    )]
+    log_format: logging::Format,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,8 +85,7 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
-        .init();
+    logging::init(default_level, cli.log_format);
     exit_on_panic();
     capabilities::raise_permitted_capabilities();
     let result = match cli.command {

@@ -69,6 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         admins: read_key_list("keys.admin_keys", settings.keys.admin_keys.as_deref())?
             .unwrap_or_default(),
     };
+    log_summary(&args, &settings, &access);
     let store = Store::open(&settings.database_dir(), &settings.store_options())?;
     let workers = match settings.workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -195,6 +196,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// What this server runs with, before it starts: where the settings came
+/// from, who may connect, who is never timed out, and the kernel tier.
+fn log_summary(args: &Args, settings: &Settings, access: &AccessPolicy) {
+    match &args.config {
+        Some(file) => log::info!(
+            "settings: {} (with PENALTYBOX_* environment and flags)",
+            file.display()
+        ),
+        None => log::info!("settings: defaults, PENALTYBOX_* environment and flags (no --config)"),
+    }
+    let clients = match &access.authorized {
+        Some(keys) => format!("{} authorized client keys", keys.len()),
+        None => "any client (anonymous included; keys.authorized_keys unset)".to_owned(),
+    };
+    log::info!("keys: {clients}, {} admin keys", access.admins.len());
+    let allow = &settings.bans.allow;
+    if allow.is_empty() {
+        log::info!("allow-list: empty (any source can be timed out)");
+    } else {
+        log::info!("allow-list (never timed out): {}", allow.join(", "));
+    }
+    if settings.kernel.table.is_none() && settings.kernel.xdp_iface.is_none() {
+        log::info!(
+            "kernel tier off: no -B/--bpf-table and no --xdp-iface (userspace time-outs only)"
+        );
+    }
 }
 
 /// The readiness signal: written to a temporary name, then renamed, so a

@@ -349,6 +349,9 @@ impl Default for StorageSettings {
     }
 }
 
+/// `PENALTYBOX_*` variables the command line reads, not the settings.
+const NOT_SETTINGS: [&str; 1] = ["PENALTYBOX_LOG_FORMAT"];
+
 /// Values from command-line flags, which override everything else.
 #[derive(Debug, Default, Clone)]
 pub struct FlagOverrides {
@@ -383,8 +386,14 @@ pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Settin
                 .required(true),
         );
     }
+    // Variables that are not server settings (the log format, read by the
+    // command line itself) stay out of the settings.
+    let environment: config::Map<String, String> = std::env::vars()
+        .filter(|(key, _)| !NOT_SETTINGS.contains(&key.as_str()))
+        .collect();
     builder = builder.add_source(
         config::Environment::with_prefix("PENALTYBOX")
+            .source(Some(environment))
             .prefix_separator("_")
             .separator("__")
             .list_separator(",")
