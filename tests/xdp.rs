@@ -872,3 +872,37 @@ fn the_program_loads_with_cap_bpf_and_cap_net_admin_alone() {
     );
     assert!(bed.status()["detectors"].is_object());
 }
+
+#[test]
+fn xdp_attach_under_ip_netns_exec_fails_and_says_to_use_nsenter() {
+    // `ip netns exec` gives the command a mount namespace of its own: pins
+    // made there would vanish when it exits, with a success message.
+    let Some(bed) = Testbed::new() else { return };
+    let pin = bed.pin_dir.display().to_string();
+    let output = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &bed.pair.server_ns,
+            BIN,
+            "xdp",
+            "attach",
+            "--iface",
+            &bed.pair.server_if,
+            "--pin-dir",
+            &pin,
+        ],
+    );
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("mount namespace of its own") && err.contains("nsenter --net="),
+        "{err}"
+    );
+    assert!(!bed.pin_dir.exists(), "nothing pinned on the host");
+    // The way it says works.
+    bed.attach();
+    assert!(bed.status()["detectors"].is_object());
+}

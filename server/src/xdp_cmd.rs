@@ -51,6 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             mode,
             pin_dir,
         } => {
+            xdp::check_pins_outlive_us(&pin_dir)?;
             xdp::attach(&iface, mode, &pin_dir)?;
             println!(
                 "attached to {iface}; ban table pinned at {} (serve -B {})",

@@ -295,7 +295,10 @@ pub fn status(pin_dir: &Path) -> Result<Status, XdpError> {
 /// not mounted yet.
 pub(crate) fn ensure_bpffs(pin_dir: &Path) -> Result<(), XdpError> {
     let root = Path::new("/sys/fs/bpf");
-    if !pin_dir.starts_with(root) || is_bpffs(root) {
+    if !pin_dir.starts_with(root) {
+        return Ok(());
+    }
+    if is_bpffs(root) {
         return Ok(());
     }
     let source = c"bpf";
@@ -316,6 +319,44 @@ pub(crate) fn ensure_bpffs(pin_dir: &Path) -> Result<(), XdpError> {
     }
     log::info!("mounted bpffs at /sys/fs/bpf");
     Ok(())
+}
+
+/// For a command whose pins must outlive it (`xdp attach`): refuses when
+/// they would not, because this process is alone in its mount namespace.
+/// (`serve --xdp-iface` may be: its pins need live only as long as it,
+/// and it attaches afresh on every start.)
+pub fn check_pins_outlive_us(pin_dir: &Path) -> Result<(), XdpError> {
+    if pin_dir.starts_with("/sys/fs/bpf") && mount_namespace_dies_with_us() {
+        // `ip netns exec` gives its command a mount namespace of its own
+        // with a fresh /sys (and bpffs): every pin made there vanishes when
+        // the command exits, and nothing would say so.
+        return Err(XdpError::Kernel {
+            what: format!("pin under {}", pin_dir.display()),
+            detail: "this process has a mount namespace of its own (as under `ip netns exec`): a bpffs there, and the pins in it, vanish when it exits. Enter only the network namespace instead: `nsenter --net=/run/netns/NAME penaltybox xdp ...`".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Is this process alone in its mount namespace, so that a bpffs mounted
+/// in it (and every pin in that) goes when it exits? That is what `ip netns
+/// exec` does: its command gets a mount namespace of its own. False when
+/// it cannot tell (no /proc): only a proven loss refuses.
+fn mount_namespace_dies_with_us() -> bool {
+    let Ok(own) = std::fs::read_link("/proc/self/ns/mnt") else {
+        return false;
+    };
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    !entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        name.bytes().all(|b| b.is_ascii_digit())
+            && name != me
+            && std::fs::read_link(entry.path().join("ns/mnt")).is_ok_and(|ns| ns == own)
+    })
 }
 
 fn is_bpffs(path: &Path) -> bool {

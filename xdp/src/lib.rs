@@ -25,7 +25,8 @@ pub mod test_run;
 use std::path::PathBuf;
 
 pub use attach::{
-    AttachMode, Counters, DetectorCounters, Status, attach, attach_object, counters, detach, status,
+    AttachMode, Counters, DetectorCounters, Status, attach, attach_object, check_pins_outlive_us,
+    counters, detach, status,
 };
 pub use detect::{Detected, Detection, Detector, EventReader};
 pub use ebpf_common::PROGRAM;
