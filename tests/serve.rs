@@ -1163,3 +1163,104 @@ fn an_empty_list_says_so() {
     assert_eq!(out, "");
     assert_eq!(err.trim(), "no time-outs");
 }
+
+#[test]
+fn bans_show_answers_for_an_address_a_prefix_and_an_ipv6_inside_a_64_online_and_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), "");
+    let admin_key = server.admin_key.display().to_string();
+    let addr = server.addr.to_string();
+    let pub_file = server.data_dir.join("server.pub").display().to_string();
+    let online = |args: &[&str]| {
+        let mut all = vec![
+            "bans",
+            "--server",
+            &addr,
+            "--server-key",
+            &pub_file,
+            "--key",
+            &admin_key,
+            "show",
+        ];
+        all.extend_from_slice(args);
+        let (code, out, err) = cli(&all);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out
+    };
+    send_raw(
+        "127.0.6.1",
+        server.addr,
+        b"GET / HTTP/1.1\r\n\r\n",
+        Duration::from_secs(2),
+    );
+    assert!(
+        server
+            .wait_log("timed out 127.0.6.1/32", Duration::from_secs(5))
+            .is_some()
+    );
+    let added = server.admin_call(AdminRequest::AddBan {
+        prefix: "2001:db8:5::/64".parse().unwrap(),
+        duration_secs: Some(600),
+        cause: model::Cause::new("abuse report").unwrap(),
+        force: false,
+    });
+    assert!(matches!(added, Response::BanAdded(_)), "{added:?}");
+
+    let covered = online(&["127.0.6.1"]);
+    assert!(
+        covered.contains("127.0.6.1/32: timed out by 127.0.6.1/32 (cause bad-magic"),
+        "{covered}"
+    );
+    assert!(covered.contains("first bytes: 47 45 54 20 2f"), "{covered}");
+    assert!(covered.contains("\"GET / HT"), "{covered}");
+    assert!(
+        covered.contains("history of 127.0.6.1/32: 1 time-out(s)"),
+        "{covered}"
+    );
+    assert!(covered.contains("kernel: no kernel tier"), "{covered}");
+
+    let clean = online(&["127.0.6.2"]);
+    assert!(clean.starts_with("127.0.6.2/32: not timed out"), "{clean}");
+    assert!(clean.contains("history: none"), "{clean}");
+
+    let inside = online(&["2001:db8:5::7", "--json"]);
+    let inside: serde_json::Value = serde_json::from_str(inside.trim()).unwrap();
+    assert_eq!(inside["timed_out"], true);
+    assert_eq!(inside["covering"]["prefix"], "2001:db8:5::/64");
+    assert_eq!(inside["covering"]["cause"], "abuse report");
+
+    let json = online(&["127.0.6.1", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert!(
+        json["covering"]["first_bytes"]
+            .as_str()
+            .unwrap()
+            .starts_with("47 45 54 20 2f")
+    );
+    assert!(
+        json["covering"]["first_bytes_text"]
+            .as_str()
+            .unwrap()
+            .starts_with("GET /")
+    );
+    assert_eq!(json["history"]["repeat"], 1);
+
+    // Offline, on the stopped server's database: the same answers.
+    let data = server.data_dir.display().to_string();
+    server.stop();
+    let (code, out, err) = cli(&["bans", "--data-dir", &data, "show", "127.0.6.1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("timed out by 127.0.6.1/32 (cause bad-magic"),
+        "{out}"
+    );
+    let (code, out, err) = cli(&["bans", "--data-dir", &data, "show", "2001:db8:5::1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("timed out by 2001:db8:5::/64"), "{out}");
+    let (code, _, err) = cli(&["bans", "--data-dir", &data, "show", "not-an-address"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("is neither an address nor a CIDR prefix"),
+        "{err}"
+    );
+}

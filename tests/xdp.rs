@@ -239,6 +239,11 @@ fn banned_sources_are_dropped_in_the_kernel_until_unban_or_expiry() {
         accepted + 1,
         "a banned SYN reached the server"
     );
+    // `bans show` says so, with the entry's own drop count.
+    let (code, out, err) = bed.admin(&admin_key, &server_pub, &["show", CLIENT_V4]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("kernel: in the map, "), "{out}");
+    assert!(!out.contains("in the map, 0 packets"), "{out}");
 
     // Unban: passes again, and the kernel entry is gone.
     let (code, _, err) = bed.admin(&admin_key, &server_pub, &["remove", CLIENT_V4]);

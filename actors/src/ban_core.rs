@@ -358,6 +358,102 @@ impl BanCore {
         Ok(self.store.bans().list(after, limit)?)
     }
 
+    /// What covers `target` (an address: the longest live prefix around
+    /// it; a prefix: its own entry), its table entry's escalation history,
+    /// and whether the kernel map holds the covering entry.
+    pub fn show(&mut self, target: Cidr, now_ms: u64) -> Result<model::BanReport, BanError> {
+        let is_host = target.len()
+            == match target.addr() {
+                IpAddr::V4(_) => 32,
+                IpAddr::V6(_) => 128,
+            };
+        let covering_prefix = if is_host {
+            self.view.lookup(target.addr(), now_ms).map(|(p, _)| p)
+        } else {
+            self.view
+                .expiry(&target)
+                .filter(|expires| *expires > now_ms)
+                .map(|_| target)
+        };
+        let covering = match covering_prefix {
+            Some(prefix) => self.store.bans().get(&prefix)?,
+            // Offline the view is empty: ask the table itself, longest
+            // prefix first (an admin command; at most 129 reads).
+            None => self.stored_covering(target, is_host, now_ms)?,
+        };
+        let entry = if is_host {
+            self.policy.prefix_for(target.addr())
+        } else {
+            target
+        };
+        let window_ms =
+            u64::try_from(self.policy.escalation_window.as_millis()).unwrap_or(u64::MAX);
+        // A live time-out of the entry is its latest history (the history
+        // record is written when a time-out ends).
+        let live = covering
+            .as_ref()
+            .filter(|ban| ban.prefix == entry)
+            .map(|ban| storage::History {
+                last_banned_at_ms: ban.banned_at_ms,
+                last_duration_ms: ban.expires_at_ms.saturating_sub(ban.banned_at_ms),
+                repeat: ban.repeat,
+            });
+        let history = match live {
+            Some(live) => Some(live),
+            None => self.store.bans().history(&entry)?,
+        }
+        .map(|h| model::BanHistory {
+            prefix: entry,
+            last_banned_at_ms: h.last_banned_at_ms,
+            last_duration_ms: h.last_duration_ms,
+            repeat: h.repeat,
+            resets_at_ms: h.last_banned_at_ms.saturating_add(window_ms),
+        })
+        .filter(|h| h.resets_at_ms > now_ms);
+        let kernel = match (&covering, self.kernel.as_mut()) {
+            (Some(ban), Some(kernel)) => match kernel.lookup(&ban.prefix) {
+                Ok(drops) => Some(model::KernelEntry {
+                    in_map: drops.is_some(),
+                    drops: drops.unwrap_or(0),
+                }),
+                Err(error) => {
+                    log::warn!("kernel table: cannot look up {}: {error}", ban.prefix);
+                    None
+                }
+            },
+            _ => None,
+        };
+        Ok(model::BanReport {
+            covering,
+            history,
+            kernel,
+        })
+    }
+
+    fn stored_covering(
+        &self,
+        target: Cidr,
+        is_host: bool,
+        now_ms: u64,
+    ) -> Result<Option<BanInfo>, BanError> {
+        let lengths = if is_host {
+            0..=target.len()
+        } else {
+            target.len()..=target.len()
+        };
+        for len in lengths.rev() {
+            let Ok(prefix) = Cidr::new(target.addr(), len) else {
+                continue;
+            };
+            if let Some(ban) = self.store.bans().get(&prefix)?
+                && ban.expires_at_ms > now_ms
+            {
+                return Ok(Some(ban));
+            }
+        }
+        Ok(None)
+    }
+
     /// Makes every ban so far durable.
     pub fn flush(&self) -> Result<(), BanError> {
         Ok(self.store.flush()?)
@@ -592,6 +688,15 @@ mod tests {
 
         fn prefixes(&mut self) -> Result<Vec<Cidr>, KernelError> {
             Ok(self.entries.lock().unwrap().keys().copied().collect())
+        }
+
+        fn lookup(&mut self, prefix: &Cidr) -> Result<Option<u64>, KernelError> {
+            Ok(self
+                .entries
+                .lock()
+                .unwrap()
+                .contains_key(prefix)
+                .then_some(0))
         }
     }
 

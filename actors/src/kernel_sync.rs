@@ -32,6 +32,8 @@ pub trait KernelSync: Send + 'static {
     /// Makes the kernel's allow-list exactly `allow`: those sources pass
     /// whatever ban covers them.
     fn set_allowed(&mut self, allow: &[Cidr]) -> Result<(), KernelError>;
+    /// The kernel's entry for exactly `prefix`: its drop count if present.
+    fn lookup(&mut self, prefix: &Cidr) -> Result<Option<u64>, KernelError>;
     /// Every prefix the kernel table holds now.
     fn prefixes(&mut self) -> Result<Vec<Cidr>, KernelError>;
     /// Many inserts at once (boot replay); returns the failures.

@@ -76,6 +76,13 @@ pub struct ListBans {
     pub limit: usize,
 }
 
+/// An admin's question: what covers this address or prefix?
+#[derive(Message, Debug)]
+#[rtype(result = "Result<model::BanReport, BanError>")]
+pub struct ShowBan {
+    pub target: Cidr,
+}
+
 /// Makes every ban so far durable (shutdown).
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), BanError>")]
@@ -230,6 +237,14 @@ impl Handler<AdminBanFrom> for BanRegistry {
         let record = self.core.admin_ban(request.ban, now_ms())?;
         self.kick_covered(record.prefix, request.session);
         Ok(record)
+    }
+}
+
+impl Handler<ShowBan> for BanRegistry {
+    type Result = Result<model::BanReport, BanError>;
+
+    fn handle(&mut self, show: ShowBan, _: &mut Self::Context) -> Self::Result {
+        self.core.show(show.target, now_ms())
     }
 }
 

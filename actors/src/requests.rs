@@ -187,6 +187,10 @@ async fn handle_admin(shared: &Shared, requester: Requester, request: AdminReque
             })
             .await
             .map(|r| r.map(Response::BanAdded)),
+        AdminRequest::ShowBan { target } => registry
+            .send(crate::registry::ShowBan { target })
+            .await
+            .map(|r| r.map(Response::BanShown)),
         AdminRequest::RemoveBan { prefix } => registry.send(Unban { prefix }).await.map(|r| {
             r.map(|removed| Response::BanRemoved {
                 prefix: removed.unwrap_or(prefix),

@@ -31,6 +31,37 @@ pub struct BanInfo {
     pub repeat: u32,
 }
 
+/// What the server knows about one address or prefix (`bans show`).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct BanReport {
+    /// The live time-out that covers it, if any.
+    pub covering: Option<BanInfo>,
+    /// The escalation history of its table entry (the aggregate it falls
+    /// into), if it was timed out within the escalation window.
+    pub history: Option<BanHistory>,
+    /// The kernel map's entry for the covering time-out: `None` when the
+    /// server runs without a kernel tier (or nothing covers it).
+    pub kernel: Option<KernelEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct BanHistory {
+    pub prefix: Cidr,
+    pub last_banned_at_ms: u64,
+    pub last_duration_ms: u64,
+    /// Time-outs within the window, counting the last.
+    pub repeat: u32,
+    /// When the history no longer escalates (last ban + window).
+    pub resets_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct KernelEntry {
+    pub in_map: bool,
+    /// Packets dropped for it (exact-address entries count; 0 for prefixes).
+    pub drops: u64,
+}
+
 /// Why the server timed a source out. The names are stable: they are stored
 /// with each ban and shown by `bans list`, so renaming one is a format change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -19,5 +19,7 @@ pub mod cidr;
 pub mod inline;
 pub mod volume;
 
-pub use ban::{BanCause, BanInfo, Cause, CauseClass, FirstBytes};
+pub use ban::{
+    BanCause, BanHistory, BanInfo, BanReport, Cause, CauseClass, FirstBytes, KernelEntry,
+};
 pub use cidr::{Cidr, CidrError};

@@ -6,7 +6,9 @@
 //! no request ids.
 
 use bincode::{Decode, Encode};
-pub use model::ban::{BanInfo, Cause, FirstBytes, MAX_CAUSE_LEN, MAX_FIRST_BYTES};
+pub use model::ban::{
+    BanHistory, BanInfo, BanReport, Cause, FirstBytes, KernelEntry, MAX_CAUSE_LEN, MAX_FIRST_BYTES,
+};
 pub use model::cidr::{Cidr, CidrError};
 pub use model::volume::{
     Location, MAX_LOCATION_LEN, MAX_MEDIA_TYPE_LEN, MAX_VOLUME_ID_LEN, MediaType, Volume, VolumeId,
@@ -60,6 +62,10 @@ pub enum AdminRequest {
         prefix: Cidr,
     },
     Stats,
+    /// What covers an address or prefix, its history, its kernel entry.
+    ShowBan {
+        target: Cidr,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -86,6 +92,7 @@ pub enum Response {
         code: ErrorCode,
         message: String,
     },
+    BanShown(BanReport),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -157,7 +164,9 @@ impl Request {
             Request::Admin(AdminRequest::AddBan { cause, .. }) => {
                 check_text("cause", cause.as_str())
             }
-            Request::Admin(AdminRequest::RemoveBan { .. } | AdminRequest::Stats) => Ok(()),
+            Request::Admin(
+                AdminRequest::RemoveBan { .. } | AdminRequest::Stats | AdminRequest::ShowBan { .. },
+            ) => Ok(()),
         }
     }
 }

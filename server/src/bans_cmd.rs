@@ -68,6 +68,16 @@ enum BansCommand {
         #[arg(long)]
         force: bool,
     },
+    /// What the server knows about an address or prefix: the time-out that
+    /// covers it (cause, time left, first bytes as hex and text), its
+    /// escalation history, and whether the kernel map holds it.
+    Show {
+        /// An address (the longest live prefix around it answers) or a
+        /// CIDR prefix (its own entry).
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Release an address or prefix (and forget its escalation history).
     Remove { prefix: Cidr },
     /// The server's counters as JSON (online only).
@@ -122,6 +132,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                     other => Err(server_error(other)),
                 }
+            }
+            BansCommand::Show { target, json } => {
+                let target = parse_target(&target)?;
+                let report = backend.show(target).await?;
+                let now = actors::now_ms();
+                if json {
+                    println!("{}", crate::display::report_json(&target, &report, now));
+                } else {
+                    println!("{}", crate::display::report_text(&target, &report, now));
+                }
+                Ok(ExitCode::SUCCESS)
             }
             BansCommand::Remove { prefix } => match backend.remove(prefix).await? {
                 Some(removed) => {
@@ -190,7 +211,30 @@ async fn list(backend: &mut Backend, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An address alone (`203.0.113.7`, `2001:db8::1`) or a prefix.
+fn parse_target(text: &str) -> anyhow::Result<Cidr> {
+    if let Ok(ip) = text.trim().parse::<IpAddr>() {
+        return Ok(Cidr::host(ip));
+    }
+    text.trim()
+        .parse::<Cidr>()
+        .map_err(|e| anyhow::anyhow!("{text:?} is neither an address nor a CIDR prefix: {e}"))
+}
+
 impl Backend {
+    async fn show(&mut self, target: Cidr) -> anyhow::Result<protocol::message::BanReport> {
+        match self {
+            Backend::Online(client) => match client
+                .call(&Request::Admin(AdminRequest::ShowBan { target }))
+                .await?
+            {
+                Response::BanShown(report) => Ok(report),
+                other => Err(server_error(other)),
+            },
+            Backend::Offline(offline) => Ok(offline.core.show(target, actors::now_ms())?),
+        }
+    }
+
     /// Visits every ban in prefix order, page by page, until `visit`
     /// returns false.
     pub(crate) async fn each_ban(

@@ -15,7 +15,103 @@ pub fn ban_json(ban: &BanInfo, now_ms: u64) -> serde_json::Value {
         "repeat": ban.repeat,
         "banned_at": format_time(ban.banned_at_ms),
         "first_bytes": hex(ban.first_bytes.as_slice()),
+        "first_bytes_text": printable(ban.first_bytes.as_slice()),
     })
+}
+
+/// `bans show`: what covers the target, its history, its kernel entry.
+pub fn report_json(
+    target: &protocol::Cidr,
+    report: &protocol::message::BanReport,
+    now_ms: u64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "target": target.to_string(),
+        "timed_out": report.covering.is_some(),
+        "covering": report.covering.as_ref().map(|ban| {
+            let mut value = ban_json(ban, now_ms);
+            value["origin"] = "local".into();
+            value
+        }),
+        "history": report.history.as_ref().map(|h| serde_json::json!({
+            "prefix": h.prefix.to_string(),
+            "repeat": h.repeat,
+            "last_banned_at": format_time(h.last_banned_at_ms),
+            "last_duration_s": h.last_duration_ms / 1000,
+            "resets_at": format_time(h.resets_at_ms),
+        })),
+        "kernel": report.kernel.map(|k| serde_json::json!({
+            "in_map": k.in_map,
+            "drops": k.drops,
+        })),
+    })
+}
+
+/// `bans show` for a person.
+pub fn report_text(
+    target: &protocol::Cidr,
+    report: &protocol::message::BanReport,
+    now_ms: u64,
+) -> String {
+    let mut lines = Vec::new();
+    match &report.covering {
+        Some(ban) => {
+            let left = Duration::from_secs(ban.expires_at_ms.saturating_sub(now_ms) / 1000);
+            lines.push(format!(
+                "{target}: timed out by {} (cause {}, origin local), {} left, until {}; repeat {}",
+                ban.prefix,
+                ban.cause.as_str(),
+                humantime::format_duration(left),
+                format_time(ban.expires_at_ms),
+                ban.repeat
+            ));
+            let bytes = ban.first_bytes.as_slice();
+            if bytes.is_empty() {
+                lines
+                    .push("  first bytes: none (a kernel detection or an admin's time-out)".into());
+            } else {
+                lines.push(format!(
+                    "  first bytes: {}  \"{}\"",
+                    hex(bytes),
+                    printable(bytes)
+                ));
+            }
+        }
+        None => lines.push(format!("{target}: not timed out")),
+    }
+    match &report.history {
+        Some(h) => lines.push(format!(
+            "  history of {}: {} time-out(s) within the escalation window, the last at {} for {}; resets at {}",
+            h.prefix,
+            h.repeat,
+            format_time(h.last_banned_at_ms),
+            humantime::format_duration(Duration::from_secs(h.last_duration_ms / 1000)),
+            format_time(h.resets_at_ms)
+        )),
+        None => lines.push("  history: none within the escalation window".into()),
+    }
+    if report.covering.is_some() {
+        lines.push(match report.kernel {
+            Some(k) if k.in_map => format!("  kernel: in the map, {} packets dropped", k.drops),
+            Some(_) => "  kernel: NOT in the map (kernel tier on, entry missing)".into(),
+            None => "  kernel: no kernel tier here (or offline)".into(),
+        });
+    }
+    lines.join("\n")
+}
+
+/// Bytes as text: printable ASCII as is, everything else as `.`.
+pub fn printable(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&b| {
+            if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                '.'
+            }
+        })
+        .collect()
 }
 
 pub fn stats_json(stats: &ServerStats) -> serde_json::Value {
@@ -59,6 +155,10 @@ pub fn ban_line(ban: &BanInfo, now_ms: u64) -> String {
     )
 }
 
+/// The one first-bytes format (as in the log): "47 45 54 20 2f".
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    if bytes.is_empty() {
+        return String::new();
+    }
+    actors::hex_preview(bytes)
 }

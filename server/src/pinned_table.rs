@@ -31,6 +31,11 @@ impl KernelSync for PinnedTable {
         self.0.set_allowed(allow).map_err(KernelError::new)
     }
 
+    fn lookup(&mut self, prefix: &Cidr) -> Result<Option<u64>, KernelError> {
+        let entry = self.0.get(prefix).map_err(KernelError::new)?;
+        Ok(entry.map(|value| value.drops))
+    }
+
     fn prefixes(&mut self) -> Result<Vec<Cidr>, KernelError> {
         let entries = self.0.entries().map_err(KernelError::new)?;
         Ok(entries.into_iter().map(|(prefix, _)| prefix).collect())

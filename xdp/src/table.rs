@@ -328,6 +328,22 @@ impl KernelTable {
         Ok(())
     }
 
+    /// The entry for exactly `prefix`, if the map holds it.
+    pub fn get(&self, prefix: &Cidr) -> Result<Option<BanValue>, XdpError> {
+        let found = match key_of(prefix) {
+            MapKey::Addr(key) => self.addrs.get(&key, 0),
+            MapKey::Prefix(key) => self.prefixes.get(&key, 0),
+        };
+        match found {
+            Ok(value) => Ok(Some(value)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(XdpError::from_os(
+                format!("kernel table: look up {prefix}"),
+                &e,
+            )),
+        }
+    }
+
     /// Makes the program's allow-list exactly `allow`: entries not in it are
     /// removed, the rest written (in place, so an allowed source is never
     /// unprotected in between).
