@@ -911,3 +911,48 @@ fn xdp_attach_under_ip_netns_exec_fails_and_says_to_use_nsenter() {
     bed.attach();
     assert!(bed.status()["detectors"].is_object());
 }
+
+#[test]
+fn the_watchdog_reattaches_a_detached_program_and_replays_the_bans() {
+    let Some(bed) = Testbed::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let pin = bed.pin_dir.display().to_string();
+    // One-step mode: the server attaches the program itself.
+    let server = ServerSpec::new(&dir.path().join("data"))
+        .netns(&bed.pair.server_ns)
+        .listen(&[&format!("{SERVER_V4}:5000")])
+        .args(&["--xdp-iface", &bed.pair.server_if, "-B", &pin])
+        .start();
+    let server_pub = server.data_dir.join("server.pub");
+    let (code, _, err) = bed.admin(&server.admin_key, &server_pub, &["add", "198.18.99.0/24"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(bed.entry("198.18.99.0/24").is_some());
+
+    // Someone detaches it under the running server.
+    let (code, out, err) =
+        bed.penaltybox(&bed.pair.server_ns, &["xdp", "detach", "--pin-dir", &pin]);
+    assert_eq!(code, 0, "{out}{err}");
+    let lost = server
+        .wait_log("kernel tier lost", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no error line: {}", server.log_text()));
+    assert!(
+        lost.contains("ERROR") && lost.contains("attaching the program again"),
+        "{lost}"
+    );
+    let back = server
+        .wait_log("kernel tier back", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("not re-attached: {}", server.log_text()));
+    assert!(back.contains("1 time-outs replayed"), "{back}");
+    assert!(
+        bed.entry("198.18.99.0/24").is_some(),
+        "the time-out is back in the new map"
+    );
+    // And the program drops again: a banned prefix's ping finds no answer.
+    let status = bed.status();
+    assert_eq!(status["detectors"]["enabled"], true, "{status}");
+    assert_eq!(
+        server.log_text().matches("kernel tier lost").count(),
+        1,
+        "one error line"
+    );
+}

@@ -564,6 +564,15 @@ impl BanCore {
     /// Makes the kernel table hold exactly the live bans: entries it has
     /// that storage no longer holds are removed, every live ban is written
     /// (in place: no clearing first, so no source is let through meanwhile).
+    /// A new kernel table in place of the old one (the kernel watchdog
+    /// re-attached the program): it is made to hold exactly the live
+    /// time-outs and the allow-list, as on boot.
+    pub fn replace_kernel(&mut self, kernel: Box<dyn KernelSync>, now_ms: u64) -> KernelReplay {
+        self.kernel = Some(kernel);
+        let live = self.view.live(now_ms);
+        self.replay_into_kernel(&live, now_ms).unwrap_or_default()
+    }
+
     fn replay_into_kernel(&mut self, live: &[(Cidr, u64)], now_ms: u64) -> Option<KernelReplay> {
         let kernel = self.kernel.as_mut()?;
         let started = Instant::now();

@@ -83,6 +83,14 @@ pub struct ShowBan {
     pub target: Cidr,
 }
 
+/// The kernel watchdog has a new kernel table (the program was attached
+/// again): replay the live time-outs into it.
+#[derive(Message)]
+#[rtype(result = "crate::ban_core::KernelReplay")]
+pub struct ReplaceKernel {
+    pub table: Box<dyn crate::KernelSync>,
+}
+
 /// Makes every ban so far durable (shutdown).
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), BanError>")]
@@ -245,6 +253,14 @@ impl Handler<ShowBan> for BanRegistry {
 
     fn handle(&mut self, show: ShowBan, _: &mut Self::Context) -> Self::Result {
         self.core.show(show.target, now_ms())
+    }
+}
+
+impl Handler<ReplaceKernel> for BanRegistry {
+    type Result = actix::MessageResult<ReplaceKernel>;
+
+    fn handle(&mut self, replace: ReplaceKernel, _: &mut Self::Context) -> Self::Result {
+        actix::MessageResult(self.core.replace_kernel(replace.table, now_ms()))
     }
 }
 

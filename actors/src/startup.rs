@@ -204,6 +204,19 @@ impl ServerHandle {
         });
     }
 
+    /// Hands the ban core a new kernel table and replays every live
+    /// time-out into it; `None` if the registry is gone.
+    pub async fn replace_kernel(
+        &self,
+        table: Box<dyn crate::KernelSync>,
+    ) -> Option<crate::KernelReplay> {
+        self.shared
+            .registry
+            .send(crate::registry::ReplaceKernel { table })
+            .await
+            .ok()
+    }
+
     /// An admin time-out, through the registry like the admin command's.
     pub async fn admin_ban(&self, ban: crate::AdminBan) -> Result<model::BanInfo, BanError> {
         let request = crate::registry::AdminBanFrom { ban, session: None };

@@ -72,6 +72,15 @@ impl BanView {
         self.entries.len()
     }
 
+    /// Every entry in force at `now_ms`: prefix and expiry.
+    pub fn live(&self, now_ms: u64) -> Vec<(Cidr, u64)> {
+        self.entries
+            .iter()
+            .filter(|e| *e.value() > now_ms)
+            .map(|e| (*e.key(), *e.value()))
+            .collect()
+    }
+
     /// Entries by family: (IPv4, IPv6).
     pub fn len_by_family(&self) -> (usize, usize) {
         let sum = |slots: &[AtomicU32]| -> usize {

@@ -140,6 +140,79 @@ fn describe(d: &Detection) -> String {
     )
 }
 
+/// How often the watchdog checks the kernel tier.
+const WATCHDOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Watches the kernel tier while the server runs: every two seconds, are
+/// the pinned maps there and answering (and, with `--xdp-iface`, the
+/// program's link)? When not: one error line, `penaltybox_kernel_tier_up`
+/// reads 0 (it is computed from the same maps), and
+/// - with `--xdp-iface`: the program is attached again and every live
+///   time-out replayed into it, retried each check until it works;
+/// - with `-B` alone (someone else attaches): it waits for the pinned table
+///   to come back, then takes it up and replays into it.
+pub fn watchdog(
+    all: Settings,
+    table_path: PathBuf,
+    server: ServerHandle,
+    bound: Vec<std::net::SocketAddr>,
+) {
+    let one_step = all.kernel.xdp_iface.is_some();
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(WATCHDOG_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lost = false;
+        loop {
+            tick.tick().await;
+            let problem = kernel_problem(&table_path, one_step);
+            if let Some(why) = &problem
+                && !lost
+            {
+                lost = true;
+                let next = if one_step {
+                    "attaching the program again"
+                } else {
+                    "userspace time-outs only until the pinned table is back (`penaltybox xdp attach`)"
+                };
+                log::error!("kernel tier lost: {why}; {next}");
+            }
+            if !lost || (problem.is_some() && !one_step) {
+                continue;
+            }
+            let Some(tier) = open(&all) else { continue };
+            let detection = use_bound_ports(&tier.table_path, all.detection(), &bound);
+            if let Some(events) = tier.events
+                && let Err(error) = watch(events, server.clone(), detection)
+            {
+                log::warn!("kernel detectors: cannot watch their events: {error}");
+            }
+            if let Some(replay) = server.replace_kernel(tier.table).await {
+                lost = false;
+                log::info!(
+                    "kernel tier back under {}: {} time-outs replayed, {} stale entries removed, {} failed",
+                    table_path.display(),
+                    replay.replayed,
+                    replay.removed_stale,
+                    replay.failed
+                );
+            }
+        }
+    });
+}
+
+/// What is wrong with the kernel tier now, if anything.
+fn kernel_problem(table_path: &std::path::Path, one_step: bool) -> Option<String> {
+    if one_step && !table_path.join(xdp::PIN_LINK).exists() {
+        return Some(format!(
+            "the program's link is no longer pinned under {} (detached?)",
+            table_path.display()
+        ));
+    }
+    xdp::counters(table_path)
+        .err()
+        .map(|error| error.to_string())
+}
+
 /// Reports every detection in the ring buffer to the registry, for as long
 /// as the server runs (a task on the current actix/tokio runtime).
 pub fn watch(

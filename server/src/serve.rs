@@ -31,8 +31,10 @@ pub struct Args {
     /// Bans are added to it and removed as they begin and end.
     #[arg(short = 'B', long = "bpf-table", value_name = "PINNED_MAP_PATH")]
     bpf_table: Option<PathBuf>,
-    /// Kernel tier in one step: load and attach the XDP program to IFACE
-    /// (pinned under -B, default /sys/fs/bpf/penaltybox) unless it is there.
+    /// Kernel tier in one step: load and attach the XDP program to IFACE at
+    /// start (pinned under -B, default /sys/fs/bpf/penaltybox; a program an
+    /// earlier start left there is replaced), and attach it again, with the
+    /// live time-outs, if it goes away while the server runs.
     #[arg(long, value_name = "IFACE")]
     xdp_iface: Option<String>,
     /// Once the server accepts connections, write a JSON object here (pid,
@@ -123,6 +125,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if let Err(error) = crate::kernel_wiring::watch(events, running.handle(), detection) {
                 log::warn!("kernel detectors: cannot watch their events: {error}");
             }
+        }
+        if let Some(table_path) = &kernel_pins {
+            crate::kernel_wiring::watchdog(
+                settings.clone(),
+                table_path.clone(),
+                running.handle(),
+                running.local_addrs.clone(),
+            );
         }
         let addrs: Vec<String> = running
             .local_addrs

@@ -29,7 +29,7 @@ pub use attach::{
     counters, detach, status,
 };
 pub use detect::{Detected, Detection, Detector, EventReader};
-pub use ebpf_common::PROGRAM;
+pub use ebpf_common::{PIN_LINK, PROGRAM};
 pub use table::KernelTable;
 pub use test_run::TestProgram;
 
