@@ -391,7 +391,7 @@ fn inspect(source: &AddrKey, tcp: Tcp, to_service: bool, config: &DetectConfig) 
     if now.saturating_sub(state.window_start_ns) >= config.scan_window_ns {
         state.window_start_ns = now;
         // `ports` beyond `distinct_ports` is never read. Volatile stores:
-        // LLVM would merge plain ones into a memset call (see fresh_state).
+        // LLVM would merge plain ones into a memset call (see ZERO_STATE).
         // SAFETY: fields of the live map value `state`.
         unsafe {
             core::ptr::write_volatile(&mut state.distinct_ports, 0);
