@@ -71,7 +71,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         admins: read_key_list("keys.admin_keys", settings.keys.admin_keys.as_deref())?
             .unwrap_or_default(),
     };
-    log_summary(&args, &settings, &access);
     let store = Store::open(&settings.database_dir(), &settings.store_options())?;
     let workers = match settings.workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -114,6 +113,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         })
         .filter(|_| config.kernel.is_some());
 
+    // Once nothing before the start can fail any more.
+    log_summary(&args, &settings, &config.access);
     actix_rt::System::new().block_on(async move {
         let running = actors::start(config, store)?;
         if let Some((events, table_path)) = kernel_events {
