@@ -347,16 +347,31 @@ fn mount_namespace_dies_with_us() -> bool {
         return false;
     };
     let me = std::process::id().to_string();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let is_root = unsafe { libc::geteuid() } == 0;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return false;
     };
-    !entries.flatten().any(|entry| {
+    for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        name.bytes().all(|b| b.is_ascii_digit())
-            && name != me
-            && std::fs::read_link(entry.path().join("ns/mnt")).is_ok_and(|ns| ns == own)
-    })
+        if !name.bytes().all(|b| b.is_ascii_digit()) || name == me {
+            continue;
+        }
+        match std::fs::read_link(entry.path().join("ns/mnt")) {
+            Ok(ns) if ns == own => return false,
+            Ok(_) => {}
+            // Unprivileged, other users' processes are hidden from us: we
+            // cannot tell, so we do not refuse. (Root reads all it shares
+            // a user namespace with; what it cannot read is not in the
+            // mount namespace `ip netns exec` just made for us.)
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && !is_root => {
+                return false;
+            }
+            Err(_) => {} // exited meanwhile, or not ours to read
+        }
+    }
+    true
 }
 
 fn is_bpffs(path: &Path) -> bool {
