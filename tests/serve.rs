@@ -580,22 +580,7 @@ fn bans_survive_a_clean_restart_and_kill_9_and_expire_during_downtime() {
 fn admin_cli_online_and_offline() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::with_config(dir.path(), "");
-    let admin_key = server.admin_key.clone();
-    let addr = server.addr.to_string();
-    let pub_file = server.data_dir.join("server.pub").display().to_string();
-    let online = |args: &[&str]| {
-        let mut all = vec![
-            "bans",
-            "--server",
-            &addr,
-            "--server-key",
-            &pub_file,
-            "--key",
-            admin_key.to_str().unwrap(),
-        ];
-        all.extend_from_slice(args);
-        cli(&all)
-    };
+    let online = |args: &[&str]| server.bans_cli(args);
     let (code, out, err) = online(&[
         "add",
         "192.0.2.0/24",
@@ -617,6 +602,8 @@ fn admin_cli_online_and_offline() {
     assert!(ban["expires_at"].as_str().unwrap().ends_with('Z'));
     // A non-admin key is told so.
     let (_, stranger) = key_file(dir.path(), "stranger.key");
+    let addr = server.addr.to_string();
+    let pub_file = server.data_dir.join("server.pub").display().to_string();
     let (code, _, err) = cli(&[
         "bans",
         "--server",
@@ -1168,22 +1155,10 @@ fn an_empty_list_says_so() {
 fn bans_show_answers_for_an_address_a_prefix_and_an_ipv6_inside_a_64_online_and_offline() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::with_config(dir.path(), "");
-    let admin_key = server.admin_key.display().to_string();
-    let addr = server.addr.to_string();
-    let pub_file = server.data_dir.join("server.pub").display().to_string();
     let online = |args: &[&str]| {
-        let mut all = vec![
-            "bans",
-            "--server",
-            &addr,
-            "--server-key",
-            &pub_file,
-            "--key",
-            &admin_key,
-            "show",
-        ];
+        let mut all = vec!["show"];
         all.extend_from_slice(args);
-        let (code, out, err) = cli(&all);
+        let (code, out, err) = server.bans_cli(&all);
         assert_eq!(code, 0, "{args:?}: {err}");
         out
     };

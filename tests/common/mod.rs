@@ -345,6 +345,24 @@ impl Server {
     }
 
     /// Sends `request` on a fresh session from `source`.
+    /// `penaltybox bans ARGS...` against this server with its admin key.
+    pub fn bans_cli(&self, args: &[&str]) -> (i32, String, String) {
+        let addr = self.addr.to_string();
+        let pub_file = self.data_dir.join("server.pub").display().to_string();
+        let key = self.admin_key.display().to_string();
+        let mut all = vec![
+            "bans",
+            "--server",
+            &addr,
+            "--server-key",
+            &pub_file,
+            "--key",
+            &key,
+        ];
+        all.extend_from_slice(args);
+        cli(&all)
+    }
+
     pub fn call_from(&self, source: &str, key: Option<&PrivateKey>, request: Request) -> Response {
         let mut client = self
             .client_from(source, key)

@@ -75,17 +75,8 @@ pub fn attach_object(
     std::fs::create_dir_all(pin_dir)
         .map_err(|e| XdpError::from_os(format!("create {}", pin_dir.display()), &e))?;
 
-    let mut ebpf =
-        aya::Ebpf::load(object).map_err(|e| XdpError::from_os("load the XDP object", &e))?;
-    let xdp: &mut Xdp = ebpf
-        .program_mut(program)
-        .ok_or_else(|| XdpError::Kernel {
-            what: "load the XDP object".into(),
-            detail: format!("no program {program:?} in it"),
-        })?
-        .try_into()
-        .map_err(|e: ProgramError| XdpError::from_os("load the XDP program", &e))?;
-    crate::load_verified(xdp)?;
+    let mut ebpf = load_program(object, program)?;
+    let xdp = xdp_program(&mut ebpf, program)?;
     let attempt = |xdp: &mut Xdp, mode| {
         xdp.attach(iface, mode).map_err(|e| match e {
             ProgramError::UnknownInterface { .. } => XdpError::NoInterface(iface.to_owned()),
@@ -119,6 +110,29 @@ pub fn attach_object(
     drop(pinned);
     let _ = std::fs::create_dir(pin_dir.join(format!("iface-{iface}")));
     Ok(())
+}
+
+/// Loads `object` and its XDP program `program` into the kernel (the
+/// verifier's pass), attached to nothing yet.
+pub(crate) fn load_program(object: &[u8], program: &str) -> Result<aya::Ebpf, XdpError> {
+    let mut ebpf =
+        aya::Ebpf::load(object).map_err(|e| XdpError::from_os("load the XDP object", &e))?;
+    crate::load_verified(xdp_program(&mut ebpf, program)?)?;
+    Ok(ebpf)
+}
+
+/// The XDP program `program` of a loaded object.
+pub(crate) fn xdp_program<'a>(
+    ebpf: &'a mut aya::Ebpf,
+    program: &str,
+) -> Result<&'a mut Xdp, XdpError> {
+    ebpf.program_mut(program)
+        .ok_or_else(|| XdpError::Kernel {
+            what: "load the XDP object".into(),
+            detail: format!("no program {program:?} in it"),
+        })?
+        .try_into()
+        .map_err(|e: ProgramError| XdpError::from_os("load the XDP program", &e))
 }
 
 /// Pins every map of a loaded object under `pin_dir`, as `attach` does

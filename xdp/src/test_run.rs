@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
 
-use crate::attach::{ensure_bpffs, pin_maps, unpin_maps};
+use crate::attach::{ensure_bpffs, load_program, pin_maps, unpin_maps};
 use crate::{OBJECT, XdpError};
 
 /// A loaded, unattached copy of a program; unpinned on drop.
@@ -31,17 +31,7 @@ impl TestProgram {
         ensure_bpffs(pin_dir)?;
         std::fs::create_dir_all(pin_dir)
             .map_err(|e| XdpError::from_os(format!("create {}", pin_dir.display()), &e))?;
-        let mut ebpf =
-            aya::Ebpf::load(object).map_err(|e| XdpError::from_os("load the XDP object", &e))?;
-        let xdp: &mut Xdp = ebpf
-            .program_mut(program)
-            .ok_or_else(|| XdpError::Kernel {
-                what: "load the XDP object".into(),
-                detail: format!("no program {program:?} in it"),
-            })?
-            .try_into()
-            .map_err(|e: ProgramError| XdpError::from_os("load the XDP program", &e))?;
-        crate::load_verified(xdp)?;
+        let ebpf = load_program(object, program)?;
         let loaded = TestProgram {
             ebpf,
             program: program.to_owned(),
