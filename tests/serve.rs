@@ -1239,3 +1239,53 @@ fn bans_show_answers_for_an_address_a_prefix_and_an_ipv6_inside_a_64_online_and_
         "{err}"
     );
 }
+
+#[test]
+fn keygen_writes_the_public_key_beside_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("admin.key");
+    let (code, stdout, err) = cli(&["keygen", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let public = std::fs::read_to_string(dir.path().join("admin.pub")).unwrap();
+    assert_eq!(public.trim(), stdout.trim());
+    let private = protocol::PrivateKey::read(&out).unwrap();
+    assert_eq!(private.public_key().to_string(), public.trim());
+    let (code, _, err) = cli(&["keygen", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("never overwrites"), "{err}");
+    let (code, _, err) = cli(&[
+        "keygen",
+        "--out",
+        dir.path().join("x.pub").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("would pass for a public key"), "{err}");
+}
+
+#[test]
+fn client_side_variables_reach_the_client_commands_and_not_the_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), "");
+    let pub_file = server.data_dir.join("server.pub");
+    let output = std::process::Command::new(BIN)
+        .args(["bans", "list"])
+        .env("PENALTYBOX_SERVER", server.addr.to_string())
+        .env("PENALTYBOX_SERVER_KEY", &pub_file)
+        .env("PENALTYBOX_KEY", &server.admin_key)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{err}");
+    assert!(err.contains("no time-outs"), "online, and empty: {err}");
+    let output = std::process::Command::new(BIN)
+        .args(["config", "print"])
+        .env("PENALTYBOX_SERVER", server.addr.to_string())
+        .env("PENALTYBOX_KEY", &server.admin_key)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -26,13 +26,13 @@ Offline (server stopped): [--data-dir DIR] [--config FILE]; the default is ./pen
 )]
 pub struct Args {
     /// Online: the running server, HOST:PORT.
-    #[arg(long, short, global = true, requires_all = ["server_key", "key"])]
+    #[arg(long, short, global = true, requires_all = ["server_key", "key"], env = "PENALTYBOX_SERVER")]
     server: Option<String>,
     /// Online: the server's public key (base64) or its server.pub file.
-    #[arg(long, global = true, value_parser = parse_server_key)]
+    #[arg(long, global = true, value_parser = parse_server_key, env = "PENALTYBOX_SERVER_KEY")]
     server_key: Option<PublicKey>,
     /// Online: an admin private key file (listed in keys.admin_keys).
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, env = "PENALTYBOX_KEY")]
     key: Option<PathBuf>,
     /// Online: local address to connect from.
     #[arg(long, global = true)]

@@ -17,14 +17,14 @@ use protocol::{Client, ClientConfig, PrivateKey, PublicKey, Request, Response};
 #[derive(clap::Args)]
 pub struct Args {
     /// Server address, HOST:PORT.
-    #[arg(long, short)]
+    #[arg(long, short, env = "PENALTYBOX_SERVER")]
     server: String,
     /// The server's public key (base64), or the path of its server.pub file.
-    #[arg(long, value_parser = parse_server_key)]
+    #[arg(long, value_parser = parse_server_key, env = "PENALTYBOX_SERVER_KEY")]
     server_key: PublicKey,
     /// Private key file to authenticate with (Noise IK). Without it the
     /// session is anonymous (Noise NK).
-    #[arg(long, short)]
+    #[arg(long, short, env = "PENALTYBOX_KEY")]
     key: Option<PathBuf>,
     /// Local address to connect from.
     #[arg(long)]

@@ -1,4 +1,6 @@
-//! `penaltybox keygen`: makes a client (or admin) key pair.
+//! `penaltybox keygen`: makes a client (or admin) key pair: the private key
+//! (0600) and its public key beside it (`.pub`), for an admins or
+//! authorized-keys file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,17 +9,40 @@ use protocol::PrivateKey;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Where to write the private key. Never overwritten.
+    /// Where to write the private key; the public key goes beside it, with
+    /// the extension `.pub`. Neither is ever overwritten.
     #[arg(long, short, default_value = "penaltybox.key")]
     out: PathBuf,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    use std::io::Write;
+    if args.out.extension().is_some_and(|e| e == "pub") {
+        anyhow::bail!(
+            "--out {}: a private key named .pub would pass for a public key; name it .key",
+            args.out.display()
+        );
+    }
+    let public_path = args.out.with_extension("pub");
+    if public_path.exists() {
+        anyhow::bail!(
+            "{} exists already (keygen never overwrites a key)",
+            public_path.display()
+        );
+    }
     let key = PrivateKey::generate();
     key.write_new(&args.out)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&public_path)
+        .and_then(|mut file| writeln!(file, "{}", key.public_key()))
+        .with_context(|| format!("cannot write {}", public_path.display()))?;
     eprintln!(
-        "wrote private key to {} (mode 0600); public key:",
-        args.out.display()
+        "wrote the private key to {} (mode 0600) and the public key to {}; public key:",
+        args.out.display(),
+        public_path.display()
     );
     println!("{}", key.public_key());
     Ok(ExitCode::SUCCESS)

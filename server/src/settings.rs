@@ -349,8 +349,14 @@ impl Default for StorageSettings {
     }
 }
 
-/// `PENALTYBOX_*` variables the command line reads, not the settings.
-const NOT_SETTINGS: [&str; 1] = ["PENALTYBOX_LOG_FORMAT"];
+/// `PENALTYBOX_*` variables the command line reads, not the server
+/// settings: the log format, and the client side of `client` and `bans`.
+const NOT_SETTINGS: [&str; 4] = [
+    "PENALTYBOX_LOG_FORMAT",
+    "PENALTYBOX_SERVER",
+    "PENALTYBOX_SERVER_KEY",
+    "PENALTYBOX_KEY",
+];
 
 /// Values from command-line flags, which override everything else.
 #[derive(Debug, Default, Clone)]
@@ -386,8 +392,8 @@ pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Settin
                 .required(true),
         );
     }
-    // Variables that are not server settings (the log format, read by the
-    // command line itself) stay out of the settings.
+    // Variables that are not server settings (read by the command line
+    // itself) stay out of the settings.
     let environment: config::Map<String, String> = std::env::vars()
         .filter(|(key, _)| !NOT_SETTINGS.contains(&key.as_str()))
         .collect();
