@@ -965,24 +965,7 @@ fn a_storage_failure_under_an_admin_command_is_answered_as_the_servers_fault() {
 fn absurd_durations_are_refused_with_the_cap_and_nothing_panics() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::with_config(dir.path(), "");
-    let addr = server.addr.to_string();
-    let pub_file = server.data_dir.join("server.pub").display().to_string();
-    let key = server.admin_key.display().to_string();
-    let add = |duration: &str| {
-        cli(&[
-            "bans",
-            "--server",
-            &addr,
-            "--server-key",
-            &pub_file,
-            "--key",
-            &key,
-            "add",
-            "203.0.113.0/24",
-            "--for",
-            duration,
-        ])
-    };
+    let add = |duration: &str| server.bans_cli(&["add", "203.0.113.0/24", "--for", duration]);
     for (duration, expected) in [
         ("10000years", "longer than bans.max_duration (1day)"),
         ("18446744073709552s", "longer than bans.max_duration (1day)"),

@@ -518,6 +518,31 @@ fn have(tool: &str) -> bool {
     found
 }
 
+/// Runs a tool in network namespace `ns`, bounded by `timeout_s` seconds
+/// (running past it fails the test); returns its stdout and stderr.
+fn run_in_bounded(ns: &str, timeout_s: u32, args: &[&str]) -> String {
+    let mut all = vec![
+        format!("--net=/run/netns/{ns}"),
+        "timeout".to_owned(),
+        timeout_s.to_string(),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let output = run(
+        "nsenter",
+        &all.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.code() != Some(124),
+        "{args:?} ran past {timeout_s}s: {text}"
+    );
+    text
+}
+
 impl Testbed {
     /// Adds addresses to the client side (each scanner gets its own).
     fn add_client_addresses(&self, addrs: &[&str]) {
@@ -541,26 +566,7 @@ impl Testbed {
     /// Runs a tool in the client namespace, bounded by `timeout` seconds;
     /// returns its stdout and stderr.
     fn in_client(&self, timeout_s: u32, args: &[&str]) -> String {
-        let mut all = vec![
-            format!("--net=/run/netns/{}", self.pair.client_ns),
-            "timeout".to_owned(),
-            timeout_s.to_string(),
-        ];
-        all.extend(args.iter().map(|a| a.to_string()));
-        let output = run(
-            "nsenter",
-            &all.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(
-            output.status.code() != Some(124),
-            "{args:?} ran past {timeout_s}s: {text}"
-        );
-        text
+        run_in_bounded(&self.pair.client_ns, timeout_s, args)
     }
 
     fn nmap(&self, scan: &str, source: &str, ports: &str) -> String {
@@ -743,12 +749,10 @@ fn a_random_source_flood_neither_locks_out_a_client_nor_fills_the_table() {
         std::thread::spawn(move || {
             // 20,000 SYNs, each from a random address, at about 5,000/s;
             // their SYN-ACKs have no route out of the server namespace.
-            run(
-                "nsenter",
+            run_in_bounded(
+                &ns,
+                60,
                 &[
-                    &format!("--net=/run/netns/{ns}"),
-                    "timeout",
-                    "60",
                     "hping3",
                     "-S",
                     "-p",
@@ -770,7 +774,7 @@ fn a_random_source_flood_neither_locks_out_a_client_nor_fills_the_table() {
         served += 1;
     }
     let output = flood.join().unwrap();
-    assert!(served >= 1, "the flood ended before a ping: {output:?}");
+    assert!(served >= 1, "the flood ended before a ping: {output}");
     let (code, out, err) = bed.admin(&server.admin_key, &server_pub, &["list"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(

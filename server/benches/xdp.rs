@@ -39,7 +39,6 @@ use actors::{BanCore, BanPolicy, BanView, KernelSync};
 use netns::{CLIENT_V4, NetnsPair, SERVER_V4};
 use pinned_table::PinnedTable;
 use protocol::Cidr;
-use protocol::message::{BanInfo, Cause, FirstBytes};
 use storage::{Store, StoreOptions};
 use xdp::{AttachMode, KernelTable};
 
@@ -153,25 +152,7 @@ fn in_namespace<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
 fn replay(n: usize, pin_dir: &Path, rows: &mut Vec<(String, String)>) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
-    {
-        let store = Store::open(&db, &StoreOptions::default()).unwrap();
-        let now = actors::now_ms();
-        for i in 0..n as u32 {
-            let prefix = Cidr::host(std::net::IpAddr::from((0x0b00_0000u32 + i).to_be_bytes()));
-            store
-                .bans()
-                .put(&BanInfo {
-                    prefix,
-                    cause: Cause::new("bad-magic").unwrap(),
-                    first_bytes: FirstBytes::default(),
-                    banned_at_ms: now,
-                    expires_at_ms: now + 3_600_000,
-                    repeat: 1,
-                })
-                .unwrap();
-        }
-        store.flush().unwrap();
-    }
+    common::write_live_bans(&db, n as u32);
     let store = Store::open(&db, &StoreOptions::default()).unwrap();
     let kernel: Box<dyn KernelSync> = Box::new(PinnedTable(KernelTable::open(pin_dir).unwrap()));
     let started = Instant::now();

@@ -97,7 +97,7 @@ pub fn open(all: &Settings) -> Option<KernelTier> {
 /// The detection settings with the ports the server really bound (a
 /// configured port 0 is only known once bound), written into the program
 /// if they differ from what `open` wrote.
-pub fn use_bound_ports(
+fn use_bound_ports(
     table_path: &std::path::Path,
     mut detection: Detection,
     bound: &[std::net::SocketAddr],
@@ -140,6 +140,24 @@ fn describe(d: &Detection) -> String {
     )
 }
 
+/// Once the server is bound (at start, and after the watchdog attached the
+/// program again): the detectors learn the bound ports, and their events
+/// are watched (when they are on).
+pub fn serve_detectors(
+    all: &Settings,
+    table_path: &std::path::Path,
+    events: Option<EventReader>,
+    server: &ServerHandle,
+    bound: &[std::net::SocketAddr],
+) {
+    let detection = use_bound_ports(table_path, all.detection(), bound);
+    if let Some(events) = events
+        && let Err(error) = watch(events, server.clone(), detection)
+    {
+        log::warn!("kernel detectors: cannot watch their events: {error}");
+    }
+}
+
 /// How often the watchdog checks the kernel tier.
 const WATCHDOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -180,12 +198,7 @@ pub fn watchdog(
                 continue;
             }
             let Some(tier) = open(&all) else { continue };
-            let detection = use_bound_ports(&tier.table_path, all.detection(), &bound);
-            if let Some(events) = tier.events
-                && let Err(error) = watch(events, server.clone(), detection)
-            {
-                log::warn!("kernel detectors: cannot watch their events: {error}");
-            }
+            serve_detectors(&all, &tier.table_path, tier.events, &server, &bound);
             if let Some(replay) = server.replace_kernel(tier.table).await {
                 lost = false;
                 log::info!(
@@ -215,11 +228,7 @@ fn kernel_problem(table_path: &std::path::Path, one_step: bool) -> Option<String
 
 /// Reports every detection in the ring buffer to the registry, for as long
 /// as the server runs (a task on the current actix/tokio runtime).
-pub fn watch(
-    events: EventReader,
-    server: ServerHandle,
-    detection: Detection,
-) -> std::io::Result<()> {
+fn watch(events: EventReader, server: ServerHandle, detection: Detection) -> std::io::Result<()> {
     // SAFETY: the fd is the ring buffer map's, owned by `events`, which the
     // AsyncFd owns from here on: it stays open and the same for its life.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }

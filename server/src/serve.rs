@@ -77,9 +77,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         n => n,
     };
     let public = server_key.public_key();
-    let (kernel, kernel_events) = match crate::kernel_wiring::open(&settings) {
-        Some(tier) => (Some(tier.table), tier.events.map(|e| (e, tier.table_path))),
-        None => (None, None),
+    let (kernel, kernel_events, kernel_pins) = match crate::kernel_wiring::open(&settings) {
+        Some(tier) => (Some(tier.table), tier.events, Some(tier.table_path)),
+        None => (None, None, None),
     };
     let config = ServerConfig {
         listen: settings.listen.clone(),
@@ -100,38 +100,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .metrics_listen()?
         .map(crate::metrics::MetricsServer::start)
         .transpose()?;
-    let kernel_pins = settings
-        .kernel
-        .table
-        .clone()
-        .or_else(|| {
-            settings
-                .kernel
-                .xdp_iface
-                .as_ref()
-                .map(|_| PathBuf::from(xdp::DEFAULT_PIN_DIR))
-        })
-        .filter(|_| config.kernel.is_some());
-
     // Once nothing before the start can fail any more.
     log_summary(&args, &settings, &config.access);
     actix_rt::System::new().block_on(async move {
         let running = actors::start(config, store)?;
-        if let Some((events, table_path)) = kernel_events {
-            let detection = crate::kernel_wiring::use_bound_ports(
-                &table_path,
-                settings.detection(),
+        if let Some(table_path) = &kernel_pins {
+            let server = running.handle();
+            crate::kernel_wiring::serve_detectors(
+                &settings,
+                table_path,
+                kernel_events,
+                &server,
                 &running.local_addrs,
             );
-            if let Err(error) = crate::kernel_wiring::watch(events, running.handle(), detection) {
-                log::warn!("kernel detectors: cannot watch their events: {error}");
-            }
-        }
-        if let Some(table_path) = &kernel_pins {
             crate::kernel_wiring::watchdog(
                 settings.clone(),
                 table_path.clone(),
-                running.handle(),
+                server,
                 running.local_addrs.clone(),
             );
         }

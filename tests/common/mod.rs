@@ -546,6 +546,29 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     condition()
 }
 
+/// Writes `n` live one-hour time-outs (11.0.0.0/32, 11.0.0.1/32, ...) into
+/// the database at `db`, the way a server writes them: a large table for
+/// restore tests and benches.
+pub fn write_live_bans(db: &Path, n: u32) {
+    let store = storage::Store::open(db, &storage::StoreOptions::default()).unwrap();
+    let now = actors::now_ms();
+    for i in 0..n {
+        let prefix = Cidr::host(IpAddr::from((0x0b00_0000u32 + i).to_be_bytes()));
+        store
+            .bans()
+            .put(&BanInfo {
+                prefix,
+                cause: model::BanCause::BadMagic.as_cause(),
+                first_bytes: Default::default(),
+                banned_at_ms: now,
+                expires_at_ms: now + 3_600_000,
+                repeat: 1,
+            })
+            .unwrap();
+    }
+    store.flush().unwrap();
+}
+
 /// Runs the CLI; returns (exit code, stdout, stderr).
 pub fn cli(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(BIN).args(args).output().unwrap();
