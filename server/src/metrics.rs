@@ -141,7 +141,7 @@ impl Collector for ServerCollector {
         };
         let m = source.server.metrics();
         encode_server(&mut encoder, &m)?;
-        encode_kernel(&mut encoder, source.kernel.as_deref(), &m)
+        encode_kernel(&mut encoder, source.kernel.as_deref())
     }
 }
 
@@ -331,11 +331,7 @@ fn encode_server(e: &mut DescriptorEncoder, m: &MetricsSnapshot) -> std::fmt::Re
     )
 }
 
-fn encode_kernel(
-    e: &mut DescriptorEncoder,
-    pin_dir: Option<&std::path::Path>,
-    _m: &MetricsSnapshot,
-) -> std::fmt::Result {
+fn encode_kernel(e: &mut DescriptorEncoder, pin_dir: Option<&std::path::Path>) -> std::fmt::Result {
     let counters = pin_dir.and_then(|dir| xdp::counters(dir).ok());
     gauge(
         e,
