@@ -9,6 +9,10 @@
 //! think it was timed out; refusals and evictions are summed up in one log
 //! line a second.
 //!
+//! A connection from a trusted proxy (`proxy.trusted`) first has its PROXY
+//! header read (under the handshake deadline); everything after, the
+//! time-out check included, is about the client the header names.
+//!
 //! Accept errors such as EMFILE do not spin: the acceptor pauses, doubling
 //! the pause up to a second, until accepting works again.
 
@@ -45,6 +49,10 @@ pub(crate) struct Acceptor {
     load: LoadReport,
     /// Notices being delivered (each holds its socket up to NOTICE_LINGER).
     lingering: Rc<Cell<usize>>,
+    /// PROXY headers being read from trusted proxies.
+    reading_headers: Rc<Cell<usize>>,
+    /// Bad PROXY headers, one log line a second.
+    header_errors: RateLimitedLog,
 }
 
 /// Refusals and evictions since the last summary line.
@@ -60,6 +68,9 @@ const NOTICE_LINGER: Duration = Duration::from_millis(500);
 /// At most this many notices in flight; past it, refusals are plain resets.
 const MAX_LINGERING: usize = 256;
 const LOAD_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// PROXY headers read at once (each under the handshake deadline); past
+/// it, a trusted proxy's new connections are dropped, counted.
+const MAX_HEADER_READS: usize = 4096;
 
 /// Stop accepting (shutdown); the listening socket closes with the actor.
 #[derive(Message)]
@@ -82,6 +93,8 @@ impl Acceptor {
             refusals: RateLimitedLog::new(Duration::from_secs(1)),
             load: LoadReport::default(),
             lingering: Rc::new(Cell::new(0)),
+            reading_headers: Rc::new(Cell::new(0)),
+            header_errors: RateLimitedLog::new(Duration::from_secs(1)),
         })
     }
 
@@ -158,6 +171,21 @@ impl StreamHandler<io::Result<TcpStream>> for Acceptor {
         let Ok(peer) = stream.peer_addr() else {
             return; // already reset by the peer
         };
+        if self.shared.is_trusted_proxy(peer.ip()) {
+            return self.read_proxy_header(stream, peer, ctx);
+        }
+        self.admit(stream, peer);
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Acceptor {
+    /// A source that passed the proxy step (if any): refused at once if it
+    /// is timed out, else given an admission slot and a session.
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
         if let Some((prefix, _)) = self.shared.view.lookup(peer.ip(), now_ms())
             && !self.shared.is_allowed(peer.ip())
         {
@@ -199,8 +227,44 @@ impl StreamHandler<io::Result<TcpStream>> for Acceptor {
         Session::start_in_arbiter(worker, move |_| Session::new(stream, peer, shared, slot));
     }
 
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        ctx.stop();
+    /// A trusted proxy's connection: its PROXY header names the client,
+    /// which is then admitted as if it had connected itself (time-out
+    /// check included). A missing or malformed header drops the
+    /// connection, counted; the proxy is never timed out.
+    fn read_proxy_header(&mut self, stream: TcpStream, proxy: SocketAddr, ctx: &mut Context<Self>) {
+        if self.reading_headers.get() >= MAX_HEADER_READS {
+            bump(&self.shared.stats.proxy_header_rejected);
+            return self.refuse(stream, proxy, "too many PROXY headers being read");
+        }
+        self.reading_headers.set(self.reading_headers.get() + 1);
+        let deadline = self.shared.handshake_timeout;
+        let read = async move {
+            let mut stream = stream;
+            let result = crate::proxy_header::read(&mut stream, deadline).await;
+            (stream, result)
+        };
+        ctx.spawn(read.into_actor(self).map(move |(stream, result), acceptor, _| {
+            let reading = &acceptor.reading_headers;
+            reading.set(reading.get().saturating_sub(1));
+            match result {
+                Ok(crate::proxy_header::ProxiedSource::Client(client)) => {
+                    acceptor.admit(stream, client)
+                }
+                // The proxy's own connection (a health check): served as
+                // itself; it is allow-listed, never timed out.
+                Ok(crate::proxy_header::ProxiedSource::Proxy) => acceptor.admit(stream, proxy),
+                Err(error) => {
+                    bump(&acceptor.shared.stats.proxy_header_rejected);
+                    if let Some(suppressed) = acceptor.header_errors.allow() {
+                        log::warn!(
+                            "{}: dropped a connection from trusted proxy {proxy}: {error} ({suppressed} more since the last line)",
+                            acceptor.local
+                        );
+                    }
+                    let _ = stream.set_zero_linger();
+                }
+            }
+        }));
     }
 }
 

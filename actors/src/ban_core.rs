@@ -26,10 +26,11 @@ use std::time::{Duration, Instant};
 
 use model::ban::{BanCause, BanInfo, FirstBytes};
 use model::cidr::Cidr;
-use storage::{StorageError, Store};
+use storage::{FleetChange, StorageError, Store};
 
 use crate::BanError;
 use crate::error_summary::ErrorSummary;
+use crate::fleet_sync::FleetOutlet;
 use crate::kernel_sync::KernelSync;
 use crate::policy::{AdminBan, BanPolicy, expiry_after};
 use crate::stats::{Stats, bump};
@@ -48,6 +49,8 @@ pub struct BanCore {
     by_expiry: BinaryHeap<Reverse<(u64, Cidr)>>,
     store: Store,
     kernel: Option<Box<dyn KernelSync>>,
+    /// Where time-outs made here go for the other nodes (fleet on).
+    fleet: Option<FleetOutlet>,
     stats: Arc<Stats>,
 }
 
@@ -122,6 +125,7 @@ impl BanCore {
             by_expiry,
             store,
             kernel,
+            fleet: None,
             stats,
         };
         // A table stored with a larger bound than today's: the bound holds
@@ -154,8 +158,15 @@ impl BanCore {
             by_expiry: BinaryHeap::new(),
             store,
             kernel: None,
+            fleet: None,
             stats: Arc::new(Stats::default()),
         }
+    }
+
+    /// Shares every time-out and admin release made here from now on with
+    /// the fleet (remote ones are never sent back).
+    pub fn set_fleet(&mut self, fleet: FleetOutlet) {
+        self.fleet = Some(fleet);
     }
 
     pub fn view(&self) -> Arc<BanView> {
@@ -234,6 +245,7 @@ impl BanCore {
             banned_at_ms: now_ms,
             expires_at_ms: expiry_after(now_ms, decision.duration),
             repeat: decision.repeat,
+            origin: Default::default(),
         };
         self.insert(&record, now_ms);
         log::info!(
@@ -244,6 +256,7 @@ impl BanCore {
             humantime::format_duration(decision.duration),
             decision.repeat,
         );
+        self.share(FleetChange::Put(record.clone()));
         BanOutcome::Banned(record)
     }
 
@@ -262,6 +275,7 @@ impl BanCore {
             record.cause,
             if forced { ", forced" } else { "" }
         );
+        self.share(FleetChange::Put(record.clone()));
         Ok(record)
     }
 
@@ -275,6 +289,7 @@ impl BanCore {
             match stored {
                 Ok(stored) if in_memory || stored => {
                     log::info!(event = "admin-release", prefix:% = candidate; "admin released {candidate}");
+                    self.share(FleetChange::Delete(candidate));
                     return Ok(Some(candidate));
                 }
                 Ok(_) => {}
@@ -293,16 +308,19 @@ impl BanCore {
     /// Applies a time-out another node made: our allow-list wins, the bound
     /// holds, the record's own expiry, cause, origin and repeat count are
     /// kept (no local escalation), and it is persisted and mirrored like
-    /// any other.
+    /// any other. It is not shared again.
     pub fn apply_remote(&mut self, record: BanInfo, now_ms: u64) -> RemoteOutcome {
         let prefix = record.prefix;
+        let origin = record.origin;
         let allow_listed = self
             .policy
             .allow
             .iter()
             .any(|entry| entry.contains(prefix.addr()) || prefix.contains(entry.addr()));
         if allow_listed {
-            log::info!("not applying the remote time-out of {prefix}: allow-listed");
+            log::info!(
+                "not applying the time-out of {prefix} from node {origin}: allow-listed here"
+            );
             return RemoteOutcome::AllowListed;
         }
         if record.expires_at_ms <= now_ms {
@@ -321,13 +339,45 @@ impl BanCore {
             return RemoteOutcome::Superseded;
         }
         self.insert(&record, now_ms);
+        bump(&self.stats.fleet_applied);
         log::info!(
-            "applied remote time-out of {prefix} until {} (cause {}, repeat {})",
+            event = "remote-timeout", prefix:% = prefix, origin = origin.as_str(),
+            cause = record.cause.as_str(), repeat = record.repeat,
+            expires_at = crate::format_time(record.expires_at_ms).as_str();
+            "timed out {prefix} until {} as node {origin} did (cause {}, repeat {})",
             crate::format_time(record.expires_at_ms),
             record.cause,
             record.repeat
         );
         RemoteOutcome::Applied
+    }
+
+    /// Another node's admin released `prefix`: the entry of exactly that
+    /// prefix is released here too, and its history forgotten (a pardon
+    /// everywhere). Says whether there was one. Not shared again.
+    pub fn release_remote(&mut self, prefix: Cidr) -> Result<bool, BanError> {
+        let in_memory = self.remove(&prefix);
+        let stored = self.store.bans().forget(&prefix)?;
+        if in_memory || stored {
+            bump(&self.stats.fleet_released);
+            log::info!(
+                event = "remote-release", prefix:% = prefix;
+                "released {prefix}: an admin released it on another node"
+            );
+        }
+        Ok(in_memory || stored)
+    }
+
+    /// Hands a change made here to the fleet; a storage failure is logged
+    /// like any other (the time-out stands locally).
+    fn share(&mut self, change: FleetChange) {
+        let Some(fleet) = &self.fleet else { return };
+        if let Err(error) = fleet.offer(&change) {
+            let prefix = change.prefix();
+            self.storage_failed(|| {
+                format!("could not queue {prefix} for the fleet (not shared): {error}")
+            });
+        }
     }
 
     /// Releases every time-out that ended at or before `now_ms`; returns
@@ -1133,6 +1183,7 @@ mod tests {
             banned_at_ms: NOW - MIN,
             expires_at_ms,
             repeat: 4,
+            origin: Default::default(),
         };
         assert_eq!(
             bed.core

@@ -22,8 +22,10 @@ mod acceptor;
 mod admission;
 mod ban_core;
 mod error_summary;
+mod fleet_sync;
 mod kernel_sync;
 mod policy;
+mod proxy_header;
 mod rate_limit;
 mod registry;
 mod requests;
@@ -34,6 +36,7 @@ mod view;
 
 pub use admission::LimitConfig;
 pub use ban_core::{BanCore, BanOutcome, BootReport, KernelReplay, RemoteOutcome, hex_preview};
+pub use fleet_sync::FleetOutlet;
 pub use kernel_sync::{KernelError, KernelSync};
 pub use policy::{AdminBan, BanPolicy, Durations, expiry_after};
 pub use requests::ServiceConfig;

@@ -233,6 +233,7 @@ impl BanPolicy {
             banned_at_ms: now_ms,
             expires_at_ms: expiry_after(now_ms, duration),
             repeat: 1,
+            origin: Default::default(),
         })
     }
 

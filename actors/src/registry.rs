@@ -14,7 +14,7 @@ use actix::prelude::*;
 use model::ban::{BanCause, BanInfo, FirstBytes};
 use model::cidr::Cidr;
 
-use crate::ban_core::{BanCore, BanOutcome};
+use crate::ban_core::{BanCore, BanOutcome, RemoteOutcome};
 use crate::policy::AdminBan;
 use crate::{BanError, now_ms};
 
@@ -89,6 +89,20 @@ pub struct ShowBan {
 #[rtype(result = "crate::ban_core::KernelReplay")]
 pub struct ReplaceKernel {
     pub table: Box<dyn crate::KernelSync>,
+}
+
+/// Another fleet node's time-out, from the bucket.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ApplyRemote {
+    pub record: BanInfo,
+}
+
+/// Another fleet node's admin released this prefix.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ReleaseRemote {
+    pub prefix: Cidr,
 }
 
 /// Makes every ban so far durable (shutdown).
@@ -234,6 +248,30 @@ impl Handler<Detected> for BanRegistry {
             self.core
                 .observe_time_to_ban(detected.detected_at.elapsed());
             self.kick_covered(record.prefix, None);
+        }
+    }
+}
+
+impl Handler<ApplyRemote> for BanRegistry {
+    type Result = ();
+
+    fn handle(&mut self, remote: ApplyRemote, _: &mut Self::Context) {
+        let prefix = remote.record.prefix;
+        if self.core.apply_remote(remote.record, now_ms()) == RemoteOutcome::Applied {
+            self.kick_covered(prefix, None);
+        }
+    }
+}
+
+impl Handler<ReleaseRemote> for BanRegistry {
+    type Result = ();
+
+    fn handle(&mut self, remote: ReleaseRemote, _: &mut Self::Context) {
+        if let Err(error) = self.core.release_remote(remote.prefix) {
+            log::error!(
+                "could not release {} as another node asked: {error}",
+                remote.prefix
+            );
         }
     }
 }

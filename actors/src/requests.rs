@@ -282,6 +282,7 @@ mod tests {
                 stats,
                 admission: Admission::new(LimitConfig::default()),
                 allow: Vec::new(),
+                proxy_trusted: Vec::new(),
                 aggregation: (32, 64),
                 handshake_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(60),

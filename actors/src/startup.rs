@@ -40,6 +40,10 @@ pub struct ServerConfig {
     pub workers: usize,
     /// The kernel tier's table, when there is one.
     pub kernel: Option<Box<dyn KernelSync>>,
+    /// Where time-outs made here go for the other nodes (fleet on).
+    pub fleet: Option<crate::FleetOutlet>,
+    /// Load balancers whose connections begin with a PROXY header.
+    pub proxy_trusted: Vec<model::Cidr>,
 }
 
 /// What the acceptors and every session share.
@@ -52,6 +56,8 @@ pub(crate) struct Shared {
     pub admission: Arc<Admission>,
     /// Never refused at accept, whatever time-out covers them.
     pub allow: Vec<model::Cidr>,
+    /// Their connections begin with a PROXY header naming the client.
+    pub proxy_trusted: Vec<model::Cidr>,
     /// The time-out prefix lengths, for per-source admission.
     pub aggregation: (u8, u8),
     pub handshake_timeout: Duration,
@@ -63,6 +69,10 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn is_allowed(&self, ip: std::net::IpAddr) -> bool {
         self.allow.iter().any(|entry| entry.contains(ip))
+    }
+
+    pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
+        self.proxy_trusted.iter().any(|entry| entry.contains(ip))
     }
 
     /// The time-out prefix `ip` falls in: admission counts per source by it.
@@ -114,7 +124,7 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
     let stats = Arc::new(Stats::default());
     let allow = config.policy.allow.clone();
     let aggregation = (config.policy.ipv4_prefix, config.policy.ipv6_prefix);
-    let (core, boot) = BanCore::restore(
+    let (mut core, boot) = BanCore::restore(
         config.policy,
         store.clone(),
         view.clone(),
@@ -122,6 +132,9 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
         config.kernel,
         crate::now_ms(),
     )?;
+    if let Some(fleet) = config.fleet {
+        core.set_fleet(fleet);
+    }
     let registry = BanRegistry::new(core).start();
 
     let shared = Arc::new(Shared {
@@ -132,6 +145,7 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
         stats,
         admission: Admission::new(config.limits),
         allow,
+        proxy_trusted: config.proxy_trusted,
         aggregation,
         handshake_timeout: config.handshake_timeout,
         idle_timeout: config.idle_timeout,
@@ -215,6 +229,21 @@ impl ServerHandle {
             .send(crate::registry::ReplaceKernel { table })
             .await
             .ok()
+    }
+
+    /// Another fleet node's time-out: applied through the registry (our
+    /// allow-list wins, the record's expiry holds). Never waits.
+    pub fn apply_remote(&self, record: model::BanInfo) {
+        self.shared
+            .registry
+            .do_send(crate::registry::ApplyRemote { record });
+    }
+
+    /// Another fleet node's admin released `prefix`. Never waits.
+    pub fn release_remote(&self, prefix: model::Cidr) {
+        self.shared
+            .registry
+            .do_send(crate::registry::ReleaseRemote { prefix });
     }
 
     /// An admin time-out, through the registry like the admin command's.

@@ -35,6 +35,13 @@ pub struct Stats {
     pub(crate) kernel_errors: AtomicU64,
     /// Kernel detector events received.
     pub(crate) kernel_detections: AtomicU64,
+    /// Time-outs other fleet nodes made, applied here.
+    pub(crate) fleet_applied: AtomicU64,
+    /// Prefixes released here because an admin released them elsewhere.
+    pub(crate) fleet_released: AtomicU64,
+    /// Connections from a trusted proxy dropped: no valid PROXY header in
+    /// time (the proxy is not timed out).
+    pub(crate) proxy_header_rejected: AtomicU64,
     /// Time-outs made, by cause: `BanCause::ALL` order, then admin bans.
     pub(crate) bans_by_cause: [AtomicU64; CAUSE_SLOTS],
     /// From accept to the first authenticated frame.
@@ -116,6 +123,9 @@ pub struct MetricsSnapshot {
     pub bans_active_ipv6: u64,
     pub handshake_seconds: HistogramSnapshot,
     pub time_to_ban_seconds: HistogramSnapshot,
+    pub fleet_applied: u64,
+    pub fleet_released: u64,
+    pub proxy_header_rejected: u64,
 }
 
 impl Default for Stats {
@@ -135,6 +145,9 @@ impl Default for Stats {
             bans_evicted: AtomicU64::new(0),
             kernel_errors: AtomicU64::new(0),
             kernel_detections: AtomicU64::new(0),
+            fleet_applied: AtomicU64::new(0),
+            fleet_released: AtomicU64::new(0),
+            proxy_header_rejected: AtomicU64::new(0),
             bans_by_cause: std::array::from_fn(|_| AtomicU64::new(0)),
             handshake_seconds: LatencyHistogram::default(),
             time_to_ban_seconds: LatencyHistogram::default(),
@@ -176,6 +189,9 @@ impl Stats {
             bans_active_ipv6: ipv6 as u64,
             handshake_seconds: self.handshake_seconds.snapshot(),
             time_to_ban_seconds: self.time_to_ban_seconds.snapshot(),
+            fleet_applied: self.fleet_applied.load(Ordering::Relaxed),
+            fleet_released: self.fleet_released.load(Ordering::Relaxed),
+            proxy_header_rejected: self.proxy_header_rejected.load(Ordering::Relaxed),
         }
     }
 

@@ -12,10 +12,14 @@ use crate::inline::{InlineBytes, InlineStr};
 pub const MAX_CAUSE_LEN: usize = 64;
 /// Most first bytes of a banned connection kept with its ban.
 pub const MAX_FIRST_BYTES: usize = 16;
+/// Longest fleet node name (`fleet.node_id`).
+pub const MAX_ORIGIN_LEN: usize = 64;
 
 /// Why a prefix was timed out, as stored: a [`BanCause`] name or an admin's note.
 pub type Cause = InlineStr<MAX_CAUSE_LEN>;
 pub type FirstBytes = InlineBytes<MAX_FIRST_BYTES>;
+/// The fleet node that made a time-out; empty for one made here.
+pub type Origin = InlineStr<MAX_ORIGIN_LEN>;
 
 /// One entry of the time-out table, as the admin interface shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -29,6 +33,8 @@ pub struct BanInfo {
     pub expires_at_ms: u64,
     /// How many times this prefix was banned within the escalation window.
     pub repeat: u32,
+    /// Which fleet node made it: empty when this server did.
+    pub origin: Origin,
 }
 
 /// What the server knows about one address or prefix (`bans show`).

@@ -25,7 +25,7 @@ pub struct InlineBytes<const N: usize> {
 }
 
 /// At most `N` bytes of UTF-8, stored inline.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InlineStr<const N: usize>(InlineBytes<N>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -20,6 +20,6 @@ pub mod inline;
 pub mod volume;
 
 pub use ban::{
-    BanCause, BanHistory, BanInfo, BanReport, Cause, CauseClass, FirstBytes, KernelEntry,
+    BanCause, BanHistory, BanInfo, BanReport, Cause, CauseClass, FirstBytes, KernelEntry, Origin,
 };
 pub use cidr::{Cidr, CidrError};

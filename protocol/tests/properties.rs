@@ -77,6 +77,7 @@ fn ban() -> impl Strategy<Value = BanInfo> {
                 banned_at_ms,
                 expires_at_ms,
                 repeat,
+                origin: Default::default(),
             },
         )
 }

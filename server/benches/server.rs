@@ -122,6 +122,8 @@ fn start_server_on(
         service: Default::default(),
         workers: 1,
         kernel: None,
+        fleet: None,
+        proxy_trusted: Vec::new(),
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -516,6 +518,7 @@ fn flood_and_latency(options: &Options, rows: &mut Vec<(String, String)>) {
             banned_at_ms: actors::now_ms(),
             expires_at_ms: actors::now_ms() + 3_600_000,
             repeat: 1,
+            origin: Default::default(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -540,7 +543,7 @@ fn flood_and_latency(options: &Options, rows: &mut Vec<(String, String)>) {
     // The same flood with the metrics endpoint scraped ten times a second
     // (Prometheus' default is every 15 s), alternating with none, 5 rounds.
     let endpoint = metrics::MetricsServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.ready(context.clone(), None);
+    endpoint.ready(context.clone(), None, None);
     let metrics_addr = endpoint.local_addr();
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for _ in 0..5 {
@@ -702,6 +705,7 @@ fn restore(options: &Options, rows: &mut Vec<(String, String)>) {
                     banned_at_ms: now,
                     expires_at_ms: now + 3_600_000,
                     repeat: 1,
+                    origin: Default::default(),
                 })
                 .unwrap();
         }

@@ -183,9 +183,15 @@ async fn connect(args: &Args) -> anyhow::Result<Backend> {
     let settings = settings::load_offline(args.config.as_deref(), args.data_dir.clone())?;
     let store =
         settings.open_stopped_database("pass --data-dir, or --server for a running server")?;
-    Ok(Backend::Offline(Box::new(Offline {
-        core: BanCore::offline(settings.policy()?, store),
-    })))
+    let mut core = BanCore::offline(settings.policy()?, store.clone());
+    if settings.fleet()?.is_some() {
+        // Shared by the server's fleet link at its next start.
+        core.set_fleet(actors::FleetOutlet::new(
+            store.outbox().clone(),
+            std::sync::Arc::new(|| {}),
+        ));
+    }
+    Ok(Backend::Offline(Box::new(Offline { core })))
 }
 
 async fn list(backend: &mut Backend, json: bool) -> anyhow::Result<ExitCode> {

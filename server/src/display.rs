@@ -16,7 +16,17 @@ pub fn ban_json(ban: &BanInfo, now_ms: u64) -> serde_json::Value {
         "banned_at": format_time(ban.banned_at_ms),
         "first_bytes": hex(ban.first_bytes.as_slice()),
         "first_bytes_text": printable(ban.first_bytes.as_slice()),
+        "origin": origin(ban),
     })
+}
+
+/// Which node made a time-out: "local", or the fleet node's name.
+pub fn origin(ban: &BanInfo) -> &str {
+    if ban.origin.is_empty() {
+        "local"
+    } else {
+        ban.origin.as_str()
+    }
 }
 
 /// `bans show`: what covers the target, its history, its kernel entry.
@@ -28,11 +38,7 @@ pub fn report_json(
     serde_json::json!({
         "target": target.to_string(),
         "timed_out": report.covering.is_some(),
-        "covering": report.covering.as_ref().map(|ban| {
-            let mut value = ban_json(ban, now_ms);
-            value["origin"] = "local".into();
-            value
-        }),
+        "covering": report.covering.as_ref().map(|ban| ban_json(ban, now_ms)),
         "history": report.history.as_ref().map(|h| serde_json::json!({
             "prefix": h.prefix.to_string(),
             "repeat": h.repeat,
@@ -58,9 +64,10 @@ pub fn report_text(
         Some(ban) => {
             let left = Duration::from_secs(ban.expires_at_ms.saturating_sub(now_ms) / 1000);
             lines.push(format!(
-                "{target}: timed out by {} (cause {}, origin local), {} left, until {}; repeat {}",
+                "{target}: timed out by {} (cause {}, origin {}), {} left, until {}; repeat {}",
                 ban.prefix,
                 ban.cause.as_str(),
+                origin(ban),
                 humantime::format_duration(left),
                 format_time(ban.expires_at_ms),
                 ban.repeat
@@ -141,12 +148,13 @@ pub fn stats_json(stats: &ServerStats) -> serde_json::Value {
 pub fn ban_line(ban: &BanInfo, now_ms: u64) -> String {
     let remaining = Duration::from_secs(ban.expires_at_ms.saturating_sub(now_ms) / 1000);
     format!(
-        "{:<24} {:<18} until {} ({} left)  repeat {}  first bytes {}",
+        "{:<24} {:<18} until {} ({} left)  repeat {}  origin {}  first bytes {}",
         ban.prefix.to_string(),
         ban.cause.as_str(),
         format_time(ban.expires_at_ms),
         humantime::format_duration(remaining),
         ban.repeat,
+        origin(ban),
         if ban.first_bytes.as_slice().is_empty() {
             "-".into()
         } else {

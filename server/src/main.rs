@@ -9,6 +9,7 @@ mod capabilities;
 mod client_cmd;
 mod db_cmd;
 mod display;
+mod fleet_wiring;
 mod kernel_wiring;
 mod keygen;
 mod logging;

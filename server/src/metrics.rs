@@ -27,6 +27,8 @@ struct Source {
     server: ServerHandle,
     /// The kernel tier's pin directory, when it is configured.
     kernel: Option<PathBuf>,
+    /// The fleet link's counters and its outbox, when the fleet is on.
+    fleet: Option<(Arc<fleet::FleetStats>, storage::OutboxStore)>,
 }
 
 /// The running listener; the process ends it (the thread is not joined).
@@ -70,8 +72,17 @@ impl MetricsServer {
 
     /// The ban table is restored and the server listens: `/readyz` is 200
     /// and `/metrics` has the server's values from now on.
-    pub fn ready(&self, server: ServerHandle, kernel: Option<PathBuf>) {
-        let _ = self.source.set(Source { server, kernel });
+    pub fn ready(
+        &self,
+        server: ServerHandle,
+        kernel: Option<PathBuf>,
+        fleet: Option<(Arc<fleet::FleetStats>, storage::OutboxStore)>,
+    ) {
+        let _ = self.source.set(Source {
+            server,
+            kernel,
+            fleet,
+        });
     }
 }
 
@@ -141,6 +152,7 @@ impl Collector for ServerCollector {
         };
         let m = source.server.metrics();
         encode_server(&mut encoder, &m)?;
+        encode_fleet(&mut encoder, &m, source.fleet.as_ref())?;
         encode_kernel(&mut encoder, source.kernel.as_deref())
     }
 }
@@ -328,6 +340,83 @@ fn encode_server(e: &mut DescriptorEncoder, m: &MetricsSnapshot) -> std::fmt::Re
         "kernel_detections_received",
         "Detections the kernel tier reported to the registry",
         s.kernel_detections,
+    )
+}
+
+fn encode_fleet(
+    e: &mut DescriptorEncoder,
+    m: &MetricsSnapshot,
+    fleet: Option<&(Arc<fleet::FleetStats>, storage::OutboxStore)>,
+) -> std::fmt::Result {
+    use std::sync::atomic::Ordering::Relaxed;
+    counter(
+        e,
+        "proxy_headers_rejected",
+        "Connections from a trusted proxy dropped for a missing or malformed PROXY header",
+        m.proxy_header_rejected,
+    )?;
+    let Some((stats, outbox)) = fleet else {
+        return Ok(());
+    };
+    gauge(
+        e,
+        "fleet_connected",
+        "1 while the NATS engine answers",
+        i64::from(stats.connected.load(Relaxed)),
+    )?;
+    gauge(
+        e,
+        "fleet_caught_up",
+        "1 once the bucket's live time-outs have all been merged in",
+        i64::from(stats.caught_up.load(Relaxed)),
+    )?;
+    gauge(
+        e,
+        "fleet_outbox",
+        "Changes made here waiting to be published",
+        as_gauge(outbox.len() as u64),
+    )?;
+    counter(
+        e,
+        "fleet_published",
+        "Changes published to the bucket and acknowledged",
+        stats.published.load(Relaxed),
+    )?;
+    counter(
+        e,
+        "fleet_publish_failures",
+        "Publish rounds that failed (retried with backoff)",
+        stats.publish_failures.load(Relaxed),
+    )?;
+    counter(
+        e,
+        "fleet_outages",
+        "Times the engine was lost",
+        stats.outages.load(Relaxed),
+    )?;
+    counter(
+        e,
+        "fleet_received",
+        "Other nodes' time-outs and releases handed to the ban core",
+        stats.received.load(Relaxed),
+    )?;
+    counter(
+        e,
+        "fleet_skipped",
+        "Bucket entries not ours to read (foreign keys, undecodable or newer records)",
+        stats.skipped.load(Relaxed),
+    )?;
+    counter(
+        e,
+        "fleet_applied",
+        "Other nodes' time-outs applied here (not allow-listed, not already covered)",
+        m.fleet_applied,
+    )?;
+    counter(
+        e,
+        "fleet_released",
+        "Prefixes released here because an admin released them on another node",
+        m.fleet_released,
     )
 }
 

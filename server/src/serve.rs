@@ -81,11 +81,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(tier) => (Some(tier.table), tier.events, Some(tier.table_path)),
         None => (None, None, None),
     };
+    let fleet = settings.fleet()?.map(crate::fleet_wiring::Fleet::new);
+    let proxy_trusted = settings.proxy_trusted()?;
+    // A trusted proxy carries every client: it is never timed out itself.
+    let mut policy = settings.policy()?;
+    policy.allow.extend(proxy_trusted.iter().copied());
     let config = ServerConfig {
         listen: settings.listen.clone(),
         server_key,
         access,
-        policy: settings.policy()?,
+        policy,
         limits: settings.limits(),
         handshake_timeout: settings.timeouts.handshake.0,
         idle_timeout: settings.timeouts.idle.0,
@@ -93,6 +98,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         service: settings.service(),
         workers,
         kernel,
+        fleet: fleet.as_ref().map(|fleet| fleet.outlet(&store)),
+        proxy_trusted,
     };
 
     // Before the restore, so that /readyz can say "not yet" meanwhile.
@@ -103,7 +110,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Once nothing before the start can fail any more.
     log_summary(&args, &settings, &config.access);
     actix_rt::System::new().block_on(async move {
-        let running = actors::start(config, store)?;
+        let running = actors::start(config, store.clone())?;
+        if let Some(fleet) = &fleet {
+            fleet
+                .start(&store, running.handle())
+                .context("cannot start the fleet link")?;
+        }
         if let Some(table_path) = &kernel_pins {
             let server = running.handle();
             crate::kernel_wiring::serve_detectors(
@@ -155,7 +167,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
         match &metrics {
             Some(metrics) => {
-                metrics.ready(running.handle(), kernel_pins.clone());
+                metrics.ready(
+                    running.handle(),
+                    kernel_pins.clone(),
+                    fleet.as_ref().map(|fleet| (fleet.stats(), store.outbox().clone())),
+                );
                 log::info!(
                     "metrics on http://{0}/metrics (health: /healthz, /readyz)",
                     metrics.local_addr()
@@ -214,6 +230,15 @@ fn log_summary(args: &Args, settings: &Settings, access: &AccessPolicy) {
         log::info!("allow-list: empty (any source can be timed out)");
     } else {
         log::info!("allow-list (never timed out): {}", allow.join(", "));
+    }
+    if settings.fleet.servers.is_empty() {
+        log::info!("fleet off: no fleet.servers (time-outs stay on this node)");
+    }
+    if !settings.proxy.trusted.is_empty() {
+        log::info!(
+            "PROXY protocol expected from: {} (their own address is never timed out)",
+            settings.proxy.trusted.join(", ")
+        );
     }
     if settings.kernel.table.is_none() && settings.kernel.xdp_iface.is_none() {
         log::info!(

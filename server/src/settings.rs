@@ -33,6 +33,59 @@ pub struct Settings {
     pub service: ServiceSettings,
     pub kernel: KernelSettings,
     pub metrics: MetricsSettings,
+    pub fleet: FleetSettings,
+    pub proxy: ProxySettings,
+}
+
+/// Time-outs shared with other servers through a NATS JetStream bucket.
+/// Off while `servers` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetSettings {
+    /// NATS URLs, e.g. ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"].
+    pub servers: Vec<String>,
+    /// The key-value bucket (created with per-key TTLs if missing).
+    pub bucket: String,
+    /// This node's name in the fleet [default: the host name].
+    pub node_id: Option<String>,
+    /// Replicas of the bucket, when this node creates it.
+    pub replicas: usize,
+    /// A NATS `.creds` file; or `user` and `password`; or `token`.
+    pub creds_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// TLS: the CA to trust, and a client certificate and key.
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        FleetSettings {
+            servers: Vec::new(),
+            bucket: "penaltybox_bans".into(),
+            node_id: None,
+            replicas: 1,
+            creds_file: None,
+            user: None,
+            password: None,
+            token: None,
+            tls_ca_file: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// Load balancers in front of the server that send the PROXY protocol.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySettings {
+    /// Proxies whose connections must begin with a PROXY header (v1 or
+    /// v2); the header's source is the client for everything.
+    pub trusted: Vec<String>,
 }
 
 /// The Prometheus endpoint (with /healthz and /readyz).
@@ -292,6 +345,8 @@ impl Default for Settings {
             service: ServiceSettings::default(),
             kernel: KernelSettings::default(),
             metrics: MetricsSettings::default(),
+            fleet: FleetSettings::default(),
+            proxy: ProxySettings::default(),
         }
     }
 }
@@ -347,6 +402,15 @@ impl Default for StorageSettings {
             cache_mb: 64,
         }
     }
+}
+
+/// The host name, as a fleet node name (the kernel's, else "penaltybox").
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "penaltybox".into())
 }
 
 /// `PENALTYBOX_*` variables the command line reads, not the server
@@ -406,6 +470,8 @@ pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Settin
             .with_list_parse_key("listen")
             .with_list_parse_key("bans.allow")
             .with_list_parse_key("kernel.trap_ports")
+            .with_list_parse_key("fleet.servers")
+            .with_list_parse_key("proxy.trusted")
             .try_parsing(true),
     );
     if !flags.listen.is_empty() {
@@ -543,7 +609,97 @@ impl Settings {
         detection.check().map_err(|e| anyhow!("kernel.{e}"))?;
         self.allow_list()?;
         self.metrics_listen()?;
+        self.fleet()?;
+        self.proxy_trusted()?;
         Ok(())
+    }
+
+    /// The fleet link's settings; `None` when the fleet is off.
+    pub fn fleet(&self) -> anyhow::Result<Option<fleet::FleetConfig>> {
+        let f = &self.fleet;
+        if f.servers.is_empty() {
+            return Ok(None);
+        }
+        for (i, url) in f.servers.iter().enumerate() {
+            fleet::link::check_server_url(url).map_err(|e| anyhow!("fleet.servers[{i}]: {e}"))?;
+        }
+        if f.bucket.is_empty()
+            || !f
+                .bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            bail!(
+                "fleet.bucket: {:?} is not a bucket name (letters, digits, _ and -)",
+                f.bucket
+            );
+        }
+        if !(1..=5).contains(&f.replicas) {
+            bail!("fleet.replicas: {} is not in 1..=5", f.replicas);
+        }
+        let node_id = match &f.node_id {
+            Some(id) => id.clone(),
+            None => host_name(),
+        };
+        let node_ok = !node_id.is_empty()
+            && node_id.len() <= model::ban::MAX_ORIGIN_LEN
+            && node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !node_ok {
+            bail!(
+                "fleet.node_id: {node_id:?} is not a node name (1 to {} letters, digits, -, _ and .)",
+                model::ban::MAX_ORIGIN_LEN
+            );
+        }
+        let auth = match (&f.creds_file, &f.user, &f.password, &f.token) {
+            (None, None, None, None) => fleet::Auth::None,
+            (Some(path), None, None, None) => {
+                std::fs::metadata(path)
+                    .with_context(|| format!("fleet.creds_file: {}", path.display()))?;
+                fleet::Auth::CredsFile(path.clone())
+            }
+            (None, Some(user), Some(password), None) => fleet::Auth::UserPassword {
+                user: user.clone(),
+                password: password.clone(),
+            },
+            (None, None, None, Some(token)) => fleet::Auth::Token(token.clone()),
+            (None, Some(_), None, None) | (None, None, Some(_), None) => {
+                bail!("fleet.user and fleet.password: give both, or neither")
+            }
+            _ => bail!("fleet: give one of creds_file, user and password, or token (not several)"),
+        };
+        let client_cert = match (&f.tls_cert, &f.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => bail!("fleet.tls_cert and fleet.tls_key: give both, or neither"),
+        };
+        let tls = (f.tls_ca_file.is_some() || client_cert.is_some()).then(|| fleet::Tls {
+            ca_file: f.tls_ca_file.clone(),
+            client_cert,
+        });
+        Ok(Some(fleet::FleetConfig {
+            servers: f.servers.clone(),
+            bucket: f.bucket.clone(),
+            node_id: model::ban::Origin::new(&node_id).expect("length checked"),
+            replicas: f.replicas,
+            auth,
+            tls,
+        }))
+    }
+
+    /// The proxies whose connections start with a PROXY header.
+    pub fn proxy_trusted(&self) -> anyhow::Result<Vec<Cidr>> {
+        self.proxy
+            .trusted
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                text.trim()
+                    .parse()
+                    .map_err(|e| anyhow!("proxy.trusted[{i}]: {e}"))
+            })
+            .collect()
     }
 
     /// Where the metrics endpoint listens; `None` when it is off.

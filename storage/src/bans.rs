@@ -236,6 +236,7 @@ mod tests {
             banned_at_ms: 1_000,
             expires_at_ms,
             repeat: 1,
+            origin: Default::default(),
         }
     }
 

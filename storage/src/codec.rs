@@ -2,7 +2,8 @@
 //! independent of the wire format, so that a change to the protocol can
 //! never silently change what is on disk (or the other way round).
 //!
-//! Every value written today is format 1: a format byte, then fixed-width
+//! Every value written today is format 1 (bans: format 2, which adds the
+//! fleet origin): a format byte, then fixed-width
 //! big-endian integers and length-prefixed bytes, in the order documented
 //! on each function. Format 0 (the first release, before this module) was
 //! the wire's bincode encoding; it is still read, never written.
@@ -20,15 +21,18 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use model::ban::{BanInfo, FirstBytes};
+use model::ban::{BanInfo, Cause, FirstBytes, Origin};
 use model::cidr::Cidr;
 use model::inline::InlineStr;
 use model::volume::{Volume, VolumeSpec, VolumeStatus};
 
 use crate::{Result, StorageError};
 
-/// The format byte of every record written by this version.
+/// The format byte of volume records, and of bans before the fleet.
 pub const FORMAT_1: u8 = 0xF1;
+/// The format byte of ban records written by this version: format 1 plus
+/// the fleet origin.
+pub const FORMAT_2: u8 = 0xF2;
 /// Length of an encoded prefix: family, 16 address bytes, prefix length.
 /// Also the key of the `bans` and `history` trees, so keys sort by family,
 /// then address, then length.
@@ -68,19 +72,23 @@ pub fn decode_prefix(tree: &'static str, bytes: &[u8]) -> Result<Cidr> {
     Cidr::new(addr, key[17]).map_err(|e| corrupt(tree, e.to_string()))
 }
 
-/// A ban, format 1: expiry (u64 ms) · FORMAT_1 · banned-at (u64 ms) ·
+/// A ban, format 2: expiry (u64 ms) · FORMAT_2 · banned-at (u64 ms) ·
 /// repeat (u32) · cause (u8 length + UTF-8) · first bytes (u8 length +
-/// bytes). The prefix is the record's key, not repeated in the value.
+/// bytes) · origin (u8 length + UTF-8). The prefix is the record's key,
+/// not repeated in the value. Format 1 is the same without the origin.
 pub fn encode_ban(ban: &BanInfo) -> Vec<u8> {
     let cause = ban.cause.as_str().as_bytes();
     let first = ban.first_bytes.as_slice();
-    let mut out = Vec::with_capacity(EXPIRY_LEN + 1 + 12 + 2 + cause.len() + first.len());
+    let origin = ban.origin.as_str().as_bytes();
+    let mut out =
+        Vec::with_capacity(EXPIRY_LEN + 1 + 12 + 3 + cause.len() + first.len() + origin.len());
     out.extend_from_slice(&ban.expires_at_ms.to_be_bytes());
-    out.push(FORMAT_1);
+    out.push(FORMAT_2);
     out.extend_from_slice(&ban.banned_at_ms.to_be_bytes());
     out.extend_from_slice(&ban.repeat.to_be_bytes());
     push_short(&mut out, cause);
     push_short(&mut out, first);
+    push_short(&mut out, origin);
     out
 }
 
@@ -95,7 +103,7 @@ pub fn decode_ban(key: &[u8], value: &[u8]) -> Result<BanInfo> {
     let mut reader = Reader::new("bans", value);
     let expires_at_ms = reader.u64()?;
     match reader.peek()? {
-        FORMAT_1 => {
+        format @ (FORMAT_1 | FORMAT_2) => {
             reader.byte()?;
             let prefix = decode_prefix("bans", key)?;
             let banned_at_ms = reader.u64()?;
@@ -103,6 +111,10 @@ pub fn decode_ban(key: &[u8], value: &[u8]) -> Result<BanInfo> {
             let cause = reader.short_str::<{ model::ban::MAX_CAUSE_LEN }>()?;
             let first_bytes = FirstBytes::new(reader.short()?)
                 .map_err(|e| corrupt("bans", format!("first bytes: {e}")))?;
+            let origin = match format {
+                FORMAT_2 => reader.short_str::<{ model::ban::MAX_ORIGIN_LEN }>()?,
+                _ => Origin::default(),
+            };
             reader.finish()?;
             Ok(BanInfo {
                 prefix,
@@ -111,9 +123,10 @@ pub fn decode_ban(key: &[u8], value: &[u8]) -> Result<BanInfo> {
                 banned_at_ms,
                 expires_at_ms,
                 repeat,
+                origin,
             })
         }
-        0 | 1 => decode_format_0("bans", reader.rest()),
+        0 | 1 => decode_format_0::<BanInfoV0>("bans", reader.rest()).map(BanInfoV0::into_ban),
         other => Err(corrupt(
             "bans",
             format!("unknown record format {other:#04x}"),
@@ -177,6 +190,31 @@ fn status_of(code: u8) -> Result<VolumeStatus> {
         .into_iter()
         .find(|status| status_code(*status) == code)
         .ok_or_else(|| corrupt("volumes", format!("volume status {code}")))
+}
+
+/// A ban as format 0 held it (the wire's `BanInfo` of the first release).
+#[derive(bincode::Decode)]
+struct BanInfoV0 {
+    prefix: Cidr,
+    cause: Cause,
+    first_bytes: FirstBytes,
+    banned_at_ms: u64,
+    expires_at_ms: u64,
+    repeat: u32,
+}
+
+impl BanInfoV0 {
+    fn into_ban(self) -> BanInfo {
+        BanInfo {
+            prefix: self.prefix,
+            cause: self.cause,
+            first_bytes: self.first_bytes,
+            banned_at_ms: self.banned_at_ms,
+            expires_at_ms: self.expires_at_ms,
+            repeat: self.repeat,
+            origin: Origin::default(),
+        }
+    }
 }
 
 /// Format 0: bincode 2's standard configuration, as the first release wrote
@@ -292,16 +330,29 @@ mod tests {
             banned_at_ms: 1_764_000_000_000,
             expires_at_ms: 1_764_000_900_000,
             repeat: 3,
+            origin: Origin::default(),
         }
     }
 
     #[test]
-    fn format_1_round_trips_and_starts_with_the_expiry() {
-        let original = ban("2001:db8:1:2::/64", "bad-magic", b"GET / HTTP/1.1\r\n");
+    fn format_2_round_trips_and_starts_with_the_expiry() {
+        let mut original = ban("2001:db8:1:2::/64", "bad-magic", b"GET / HTTP/1.1\r\n");
+        original.origin = Origin::new("node-b").unwrap();
         let key = encode_prefix(&original.prefix);
         let bytes = encode_ban(&original);
         assert_eq!(decode_expiry(&bytes).unwrap(), original.expires_at_ms);
-        assert_eq!(bytes[EXPIRY_LEN], FORMAT_1);
+        assert_eq!(bytes[EXPIRY_LEN], FORMAT_2);
+        assert_eq!(decode_ban(&key, &bytes).unwrap(), original);
+    }
+
+    #[test]
+    fn format_1_is_still_read_as_a_ban_made_here() {
+        let original = ban("192.0.2.0/24", "port-scan", b"");
+        let key = encode_prefix(&original.prefix);
+        // Format 1 is format 2 without the origin's length byte.
+        let mut bytes = encode_ban(&original);
+        bytes[EXPIRY_LEN] = FORMAT_1;
+        assert_eq!(bytes.pop(), Some(0));
         assert_eq!(decode_ban(&key, &bytes).unwrap(), original);
     }
 

@@ -1,12 +1,14 @@
 //! # penaltybox-storage
 //!
-//! The server's sled database, one directory, three trees:
+//! The server's sled database, one directory, four trees:
 //!
 //! - `bans`: the live time-out table, prefix → [`model::BanInfo`]
 //!   (see [`bans`]);
 //! - `history`: when each prefix was last banned and for how long, kept past
 //!   a ban's expiry so that a repeat offender's time-out can escalate;
-//! - `volumes`: the tape-volume inventory (see [`volumes`]).
+//! - `volumes`: the tape-volume inventory (see [`volumes`]);
+//! - `fleet-outbox`: changes made here that the fleet has not yet
+//!   published (see [`outbox`]).
 //!
 //! Writes go to sled at once (readers see them immediately) and are made
 //! durable by group commit ([`commit`]): one fsync at most every flush
@@ -28,6 +30,7 @@
 pub mod bans;
 pub mod codec;
 mod commit;
+pub mod outbox;
 pub mod salvage;
 mod trees;
 pub mod volumes;
@@ -38,6 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use bans::{BanStore, History, LoadedBans};
+pub use outbox::{FleetChange, OutboxStore, Pending};
 pub use salvage::{CheckReport, TreeReport};
 pub use volumes::VolumeStore;
 
@@ -100,6 +104,7 @@ impl Default for StoreOptions {
 pub struct Store {
     bans: BanStore,
     volumes: VolumeStore,
+    outbox: OutboxStore,
     shared: Arc<Shared>,
     /// Held (flock) for as long as any clone lives.
     _lock: Arc<std::fs::File>,
@@ -229,6 +234,7 @@ impl Store {
         let volumes = VolumeStore::new(shared.clone())?;
         Ok(Store {
             bans: BanStore::new(shared.clone()),
+            outbox: OutboxStore::new(shared.clone()),
             volumes,
             shared,
             _lock: Arc::new(lock),
@@ -241,6 +247,10 @@ impl Store {
 
     pub fn volumes(&self) -> &VolumeStore {
         &self.volumes
+    }
+
+    pub fn outbox(&self) -> &OutboxStore {
+        &self.outbox
     }
 
     /// Storage errors seen since opening (writes, reads and flushes).

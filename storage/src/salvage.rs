@@ -106,6 +106,7 @@ mod tests {
             banned_at_ms: 1,
             expires_at_ms: u64::MAX / 2,
             repeat: 2,
+            origin: Default::default(),
         };
         store.bans().put(&ban).unwrap();
         store

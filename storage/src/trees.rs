@@ -28,6 +28,7 @@ pub(crate) enum TreeId {
     Bans,
     History,
     Volumes,
+    Outbox,
 }
 
 pub(crate) struct Trees {
@@ -35,6 +36,7 @@ pub(crate) struct Trees {
     pub bans: sled::Tree,
     pub history: sled::Tree,
     pub volumes: sled::Tree,
+    pub outbox: sled::Tree,
 }
 
 impl Trees {
@@ -52,6 +54,7 @@ impl Trees {
             bans: tree("bans")?,
             history: tree("history")?,
             volumes: tree("volumes")?,
+            outbox: tree("fleet-outbox")?,
             db,
         })
     }
@@ -61,6 +64,7 @@ impl Trees {
             TreeId::Bans => &self.bans,
             TreeId::History => &self.history,
             TreeId::Volumes => &self.volumes,
+            TreeId::Outbox => &self.outbox,
         }
     }
 }

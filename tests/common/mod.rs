@@ -563,6 +563,7 @@ pub fn write_live_bans(db: &Path, n: u32) {
                 banned_at_ms: now,
                 expires_at_ms: now + 3_600_000,
                 repeat: 1,
+                origin: Default::default(),
             })
             .unwrap();
     }

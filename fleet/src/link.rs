@@ -1,0 +1,536 @@
+//! The fleet link: one thread with its own runtime that keeps this node
+//! and the bucket in step, in both directions.
+//!
+//! - **Out:** the ban core writes each local change into the durable
+//!   outbox and wakes the link ([`FleetLink::waker`]); the link publishes
+//!   what the outbox holds, each put with a per-key TTL that ends when the
+//!   time-out does, and removes it once the engine has acknowledged it.
+//!   A failed publish stays in the outbox and is retried with backoff, so
+//!   an outage (or a restart of this node meanwhile) loses nothing.
+//! - **In:** the link watches the whole bucket (the live values first,
+//!   then every update) and hands other nodes' records to the
+//!   [`FleetTarget`]; its own come back and are skipped. A watch that
+//!   breaks is resumed after the last revision seen.
+//!
+//! Every put and every delete carries the origin node, so a node can tell
+//! its own writes coming back. A delete is an admin's release; the markers
+//! the engine writes when a TTL runs out (KV "purge") are not releases:
+//! every node ends the time-out by its own clock anyway.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use async_nats::{ConnectOptions, Event, HeaderMap, HeaderValue};
+use futures_util::StreamExt;
+use model::ban::{BanInfo, Origin};
+use model::cidr::Cidr;
+use storage::{FleetChange, OutboxStore, Pending};
+use tokio::sync::Notify;
+
+use crate::FleetError;
+use crate::key::{key_of, prefix_of};
+use crate::record;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long the engine keeps a delete (and its own expiry markers): long
+/// enough for every watching node to see it, short enough that the bucket
+/// never fills with tombstones.
+const TOMBSTONE_TTL_SECS: u64 = 60;
+/// Outbox entries read per round.
+const BATCH: usize = 256;
+/// Publishes in flight at once (acknowledged in order).
+const IN_FLIGHT: usize = 64;
+/// The engine's acknowledgement of one publish.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where the fleet is and who we are in it; validated by the binary.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// NATS URLs (`nats://host:port`, `tls://…`).
+    pub servers: Vec<String>,
+    pub bucket: String,
+    /// This node's name, written as the origin of its time-outs.
+    pub node_id: Origin,
+    /// Replicas of the bucket when this node creates it.
+    pub replicas: usize,
+    pub auth: Auth,
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub enum Auth {
+    #[default]
+    None,
+    /// A `.creds` file (JWT and NKey seed).
+    CredsFile(PathBuf),
+    UserPassword {
+        user: String,
+        password: String,
+    },
+    Token(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    pub ca_file: Option<PathBuf>,
+    /// Certificate and key, for servers that verify clients.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// Where remote changes go (the ban core, through the registry).
+pub trait FleetTarget: Send + Sync + 'static {
+    fn apply(&self, record: BanInfo);
+    fn release(&self, prefix: Cidr);
+}
+
+/// The link's counters, read by the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct FleetStats {
+    /// The engine is reachable now.
+    pub connected: AtomicBool,
+    /// The bucket's live values have all been seen (boot merge done).
+    pub caught_up: AtomicBool,
+    pub published: AtomicU64,
+    pub publish_failures: AtomicU64,
+    /// Other nodes' changes handed to the ban core.
+    pub received: AtomicU64,
+    /// Entries of the bucket that were not ours to read (foreign keys,
+    /// undecodable or newer records).
+    pub skipped: AtomicU64,
+    /// Times the engine was lost.
+    pub outages: AtomicU64,
+}
+
+pub struct FleetLink {
+    wake: Arc<Notify>,
+    stats: Arc<FleetStats>,
+}
+
+struct Inner {
+    config: FleetConfig,
+    outbox: OutboxStore,
+    target: Arc<dyn FleetTarget>,
+    wake: Arc<Notify>,
+    stats: Arc<FleetStats>,
+}
+
+impl Default for FleetLink {
+    fn default() -> Self {
+        FleetLink {
+            wake: Arc::new(Notify::new()),
+            stats: Arc::new(FleetStats::default()),
+        }
+    }
+}
+
+impl FleetLink {
+    /// A link not started yet: its [`FleetLink::waker`] can be handed to
+    /// the ban core before the server (the link's target) exists.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts the link on its own thread. It connects in the background:
+    /// the node works alone until the engine answers, and what the outbox
+    /// already holds (from before a restart, too) is published first.
+    pub fn start(
+        &self,
+        config: FleetConfig,
+        outbox: OutboxStore,
+        target: Arc<dyn FleetTarget>,
+    ) -> std::io::Result<()> {
+        let inner = Arc::new(Inner {
+            config,
+            outbox,
+            target,
+            wake: self.wake.clone(),
+            stats: self.stats.clone(),
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("fleet".into())
+            .spawn(move || runtime.block_on(run(inner)))?;
+        Ok(())
+    }
+
+    /// What the ban core calls after each change it queued: never blocks.
+    pub fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let wake = self.wake.clone();
+        Arc::new(move || wake.notify_one())
+    }
+
+    pub fn stats(&self) -> Arc<FleetStats> {
+        self.stats.clone()
+    }
+}
+
+/// The open bucket, and the JetStream context its puts are published on.
+#[derive(Clone)]
+struct Bucket {
+    context: jetstream::Context,
+    store: kv::Store,
+}
+
+async fn run(inner: Arc<Inner>) {
+    let bucket = open_until_up(&inner).await;
+    inner.stats.connected.store(true, Ordering::Relaxed);
+    log::info!(
+        "fleet: connected to {}, bucket {} (node {})",
+        inner.config.servers.join(","),
+        inner.config.bucket,
+        inner.config.node_id
+    );
+    tokio::spawn(watch(inner.clone(), bucket.store.clone()));
+    publish_forever(&inner, &bucket).await;
+}
+
+/// Connects and opens (or creates) the bucket, retrying with backoff;
+/// the first failure is logged, then one line each time the wait doubles.
+async fn open_until_up(inner: &Arc<Inner>) -> Bucket {
+    let mut backoff = MIN_BACKOFF;
+    let mut failures = 0u32;
+    loop {
+        match open(inner).await {
+            Ok(bucket) => return bucket,
+            Err(error) => {
+                failures += 1;
+                if failures == 1 {
+                    inner.stats.outages.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "fleet: {error}; working alone (time-outs made here wait in the outbox), retrying"
+                    );
+                } else if backoff < MAX_BACKOFF {
+                    log::debug!("fleet: still unreachable: {error}");
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn open(inner: &Arc<Inner>) -> Result<Bucket, FleetError> {
+    let config = &inner.config;
+    let mut options = match &config.auth {
+        Auth::None => ConnectOptions::new(),
+        Auth::CredsFile(path) => {
+            ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|source| FleetError::Credentials {
+                    path: path.clone(),
+                    source,
+                })?
+        }
+        Auth::UserPassword { user, password } => {
+            ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        }
+        Auth::Token(token) => ConnectOptions::with_token(token.clone()),
+    };
+    if let Some(tls) = &config.tls {
+        options = options.require_tls(true);
+        if let Some(ca) = &tls.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &tls.client_cert {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    let stats = inner.stats.clone();
+    let options = options
+        .name(format!("penaltybox {}", config.node_id))
+        .connection_timeout(Duration::from_secs(2))
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            let exp = u32::try_from(attempts.min(6)).unwrap_or(6);
+            (MIN_BACKOFF * 2u32.pow(exp)).min(MAX_BACKOFF)
+        })
+        .event_callback(move |event| {
+            let stats = stats.clone();
+            async move { connection_event(&stats, event) }
+        });
+    let servers = config.servers.join(",");
+    let addrs = config
+        .servers
+        .iter()
+        .map(|url| url.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| FleetError::Connect {
+            servers: servers.clone(),
+            detail: error.to_string(),
+        })?;
+    let client = options
+        .connect(addrs)
+        .await
+        .map_err(|error| FleetError::Connect {
+            servers,
+            detail: error.to_string(),
+        })?;
+    let mut context = jetstream::new(client);
+    context.set_timeout(ACK_TIMEOUT);
+    let store = open_bucket(&context, config).await?;
+    Ok(Bucket { context, store })
+}
+
+fn connection_event(stats: &FleetStats, event: Event) {
+    match event {
+        Event::Disconnected => {
+            if stats.connected.swap(false, Ordering::Relaxed) {
+                stats.outages.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "fleet: lost the engine; working alone (time-outs made here wait in the outbox), reconnecting"
+                );
+            }
+        }
+        Event::Connected => {
+            if !stats.connected.swap(true, Ordering::Relaxed) {
+                log::info!("fleet: engine reachable again");
+            }
+        }
+        other => log::debug!("fleet: {other}"),
+    }
+}
+
+/// The bucket, created with per-key TTLs if it does not exist. An existing
+/// bucket without them is refused: its entries would outlive their bans.
+async fn open_bucket(
+    context: &jetstream::Context,
+    config: &FleetConfig,
+) -> Result<kv::Store, FleetError> {
+    let bucket_error = |detail: String| FleetError::Bucket {
+        bucket: config.bucket.clone(),
+        detail,
+    };
+    let store = match context.get_key_value(&config.bucket).await {
+        Ok(store) => store,
+        Err(error) if error.kind() == jetstream::context::KeyValueErrorKind::GetBucket => context
+            .create_key_value(kv::Config {
+                bucket: config.bucket.clone(),
+                description: "penaltybox time-outs, one key per prefix".into(),
+                history: 1,
+                max_value_size: i32::try_from(record::MAX_RECORD_LEN).unwrap_or(i32::MAX),
+                num_replicas: config.replicas.max(1),
+                storage: jetstream::stream::StorageType::File,
+                limit_markers: Some(Duration::from_secs(TOMBSTONE_TTL_SECS)),
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| bucket_error(format!("cannot create it: {error}")))?,
+        Err(error) => return Err(bucket_error(error.to_string())),
+    };
+    let mut stream = store.stream.clone();
+    let info = stream
+        .info()
+        .await
+        .map_err(|error| bucket_error(error.to_string()))?;
+    if !info.config.allow_message_ttl {
+        return Err(bucket_error(
+            "it exists without per-key TTLs (allow_msg_ttl); delete it or name another bucket"
+                .into(),
+        ));
+    }
+    Ok(store)
+}
+
+/// Publishes the outbox whenever the ban core wakes us (and once a second
+/// while something waits), backing off while the engine does not answer.
+async fn publish_forever(inner: &Arc<Inner>, bucket: &Bucket) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match publish_pending(inner, bucket).await {
+            Ok(more) => {
+                backoff = MIN_BACKOFF;
+                if more {
+                    continue;
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), inner.wake.notified()).await;
+            }
+            Err(error) => {
+                inner.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
+                log::debug!("fleet: {error}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// One round: up to [`BATCH`] changes, [`IN_FLIGHT`] at a time. Answers
+/// whether a full batch was published (more may wait).
+async fn publish_pending(inner: &Arc<Inner>, bucket: &Bucket) -> Result<bool, FleetError> {
+    let pending = inner.outbox.pending(BATCH)?;
+    let full = pending.len() == BATCH;
+    for chunk in pending.chunks(IN_FLIGHT) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for entry in chunk {
+            if let Some(ack) = publish(inner, bucket, entry).await? {
+                acks.push((entry, ack));
+            } else {
+                inner.outbox.done(entry)?; // over before it could be shared
+            }
+        }
+        for (entry, ack) in acks {
+            ack.await.map_err(|error| FleetError::Publish {
+                key: key_of(&entry.change.prefix()),
+                detail: error.to_string(),
+            })?;
+            inner.outbox.done(entry)?;
+            inner.stats.published.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(full)
+}
+
+/// Sends one change; its acknowledgement is awaited by the caller. `None`
+/// for a time-out already over (nothing to share).
+async fn publish(
+    inner: &Arc<Inner>,
+    bucket: &Bucket,
+    entry: &Pending,
+) -> Result<Option<jetstream::context::PublishAckFuture>, FleetError> {
+    let key = key_of(&entry.change.prefix());
+    let store = &bucket.store;
+    let subject = format!(
+        "{}{key}",
+        store.put_prefix.as_deref().unwrap_or(&store.prefix)
+    );
+    let mut headers = HeaderMap::new();
+    let origin = inner.config.node_id;
+    let payload = match &entry.change {
+        FleetChange::Put(ban) => {
+            let left_ms = ban.expires_at_ms.saturating_sub(crate_now_ms());
+            if left_ms == 0 {
+                return Ok(None);
+            }
+            // Whole seconds, rounded up: the entry never ends before the ban.
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_TTL,
+                HeaderValue::from(left_ms.div_ceil(1000)),
+            );
+            record::encode(ban, origin)
+        }
+        FleetChange::Delete(_) => {
+            headers.insert("KV-Operation", "DEL");
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_TTL,
+                HeaderValue::from(TOMBSTONE_TTL_SECS),
+            );
+            origin.as_str().as_bytes().to_vec()
+        }
+    };
+    let ack = bucket
+        .context
+        .publish_with_headers(subject, headers, payload.into())
+        .await
+        .map_err(|error| FleetError::Publish {
+            key,
+            detail: error.to_string(),
+        })?;
+    Ok(Some(ack))
+}
+
+/// Watches the bucket for good: a broken watch resumes after the last
+/// revision it delivered.
+async fn watch(inner: Arc<Inner>, store: kv::Store) {
+    let mut last_revision = 0u64;
+    let mut backoff = MIN_BACKOFF;
+    let mut merged = 0u64;
+    match store.status().await {
+        Ok(status) if status.values() == 0 => inner.stats.caught_up.store(true, Ordering::Relaxed),
+        _ => {}
+    }
+    loop {
+        let watched = if last_revision == 0 {
+            // The live value of every key first (`watch_all` would only
+            // give what comes after), then every update.
+            store.watch_with_history(">").await
+        } else {
+            store.watch_all_from_revision(last_revision + 1).await
+        };
+        match watched {
+            Ok(mut entries) => {
+                while let Some(entry) = entries.next().await {
+                    let entry = match entry {
+                        Ok(entry) => entry,
+                        Err(error) => {
+                            log::debug!("fleet: watch: {error}");
+                            break;
+                        }
+                    };
+                    backoff = MIN_BACKOFF;
+                    last_revision = last_revision.max(entry.revision);
+                    if receive(&inner, &entry) {
+                        merged += 1;
+                    }
+                    if entry.delta == 0 && !inner.stats.caught_up.swap(true, Ordering::Relaxed) {
+                        log::info!("fleet: merged the bucket: {merged} time-outs from other nodes");
+                    }
+                }
+            }
+            Err(error) => log::debug!(
+                "fleet: {}",
+                FleetError::Watch {
+                    bucket: inner.config.bucket.clone(),
+                    detail: error.to_string(),
+                }
+            ),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Hands one bucket entry to the target unless it is ours or not ours to
+/// read. Answers whether it was handed over.
+fn receive(inner: &Inner, entry: &kv::Entry) -> bool {
+    let skip = |why: &str| {
+        inner.stats.skipped.fetch_add(1, Ordering::Relaxed);
+        log::warn!("fleet: skipping bucket entry {:?}: {why}", entry.key);
+        false
+    };
+    let Some(prefix) = prefix_of(&entry.key) else {
+        return skip("not a prefix key");
+    };
+    let own = inner.config.node_id.as_str().as_bytes();
+    match entry.operation {
+        kv::Operation::Put => match record::decode(prefix, &entry.value) {
+            Ok(ban) if ban.origin == inner.config.node_id => false,
+            Ok(ban) => {
+                inner.stats.received.fetch_add(1, Ordering::Relaxed);
+                inner.target.apply(ban);
+                true
+            }
+            Err(error) => skip(&error.to_string()),
+        },
+        kv::Operation::Delete if entry.value.as_ref() == own => false,
+        kv::Operation::Delete => {
+            inner.stats.received.fetch_add(1, Ordering::Relaxed);
+            inner.target.release(prefix);
+            true
+        }
+        // The engine's marker of a TTL that ran out (or an operator's
+        // purge): every node ends its time-outs by its own clock.
+        kv::Operation::Purge => false,
+    }
+}
+
+fn crate_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A `fleet.servers` entry as the client will read it (`nats://host:port`,
+/// `tls://host:port`, or `host:port`).
+pub fn check_server_url(url: &str) -> Result<(), String> {
+    url.parse::<async_nats::ServerAddr>()
+        .map(drop)
+        .map_err(|e| {
+            format!("{url:?} is not a NATS server URL ({e}); write e.g. nats://127.0.0.1:4222")
+        })
+}

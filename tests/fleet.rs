@@ -1,0 +1,216 @@
+//! The fleet against a real engine: a 3-node NATS JetStream cluster on
+//! loopback (tests/common/nats.rs) and two penaltybox nodes sharing a
+//! bucket with 3 replicas. Every wait polls (a refusal at accept, a table,
+//! a log line), bounded; none sleeps a fixed time.
+
+mod common;
+
+#[path = "common/nats.rs"]
+mod nats;
+
+use std::time::Duration;
+
+use common::*;
+use nats::NatsCluster;
+
+const GARBAGE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+const PROPAGATION: Duration = Duration::from_secs(20);
+
+fn node_config(cluster: &NatsCluster, node_id: &str, allow: &[&str]) -> String {
+    let allow: Vec<String> = allow.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "[fleet]\nservers = {}\nnode_id = \"{node_id}\"\nreplicas = 3\n\n[bans]\nallow = [{}]\n",
+        cluster.urls_toml(),
+        allow.join(", ")
+    )
+}
+
+fn start_node(dir: &std::path::Path, config: &str) -> Server {
+    ServerSpec::new(dir).config(config).start()
+}
+
+/// Times `source` out on `server` (garbage) and waits until it is in
+/// its table.
+fn time_out_on(server: &Server, source: &str) {
+    send_raw(source, server.addr, GARBAGE, Duration::from_secs(3));
+    assert!(
+        eventually(Duration::from_secs(5), || server
+            .ban_of(&format!("{source}/32"))
+            .is_some()),
+        "{source} not timed out on its own node; log:\n{}",
+        server.log_text()
+    );
+}
+
+fn fleet_ready() -> bool {
+    if let Err(why) = nats::nats_server() {
+        skip_or_fail(&why);
+        return false;
+    }
+    true
+}
+
+fn wait_fleet_up(server: &Server) {
+    assert!(
+        server
+            .wait_log("fleet: connected to", Duration::from_secs(20))
+            .is_some(),
+        "never connected; log:\n{}",
+        server.log_text()
+    );
+}
+
+/// Polls until `server` refuses `source` at accept.
+fn wait_refused(server: &Server, source: &str, what: &str) {
+    assert!(
+        eventually(PROPAGATION, || refused_at_accept(source, server.addr)),
+        "{what}: {source} not refused; log:\n{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn time_outs_cross_the_fleet_through_restarts_and_outages() {
+    if !fleet_ready() {
+        return;
+    }
+    let mut cluster = NatsCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let a_config = node_config(&cluster, "node-a", &[]);
+    let b_config = node_config(&cluster, "node-b", &["127.0.3.200/32"]);
+    let a = start_node(&dir.path().join("a"), &a_config);
+    let mut b = start_node(&dir.path().join("b"), &b_config);
+    wait_fleet_up(&a);
+    wait_fleet_up(&b);
+
+    // Garbage to A → B refuses the source before reading anything.
+    time_out_on(&a, "127.0.3.1");
+    wait_refused(&b, "127.0.3.1", "propagation");
+    let on_b = b.ban_of("127.0.3.1/32").expect("in B's table");
+    assert_eq!(on_b.origin.as_str(), "node-a");
+    assert_eq!(on_b.cause.as_str(), "bad-magic");
+    let on_a = a.ban_of("127.0.3.1/32").unwrap();
+    assert_eq!(
+        on_b.expires_at_ms, on_a.expires_at_ms,
+        "the record's expiry, not extended"
+    );
+    assert!(on_a.origin.is_empty(), "A's own record is local on A");
+    let (_, shown, _) = b.bans_cli(&["show", "127.0.3.1"]);
+    assert!(shown.contains("origin node-a"), "{shown}");
+
+    // B stopped; A times out more; B restarted → B enforces them.
+    let b_dir = b.data_dir.clone();
+    assert!(b.stop().success());
+    time_out_on(&a, "127.0.3.2");
+    b = start_node(&b_dir, &b_config);
+    wait_refused(&b, "127.0.3.2", "after B's restart");
+
+    // One NATS node killed → time-outs still propagate.
+    cluster.stop(0);
+    time_out_on(&a, "127.0.3.3");
+    wait_refused(&b, "127.0.3.3", "with one NATS node down");
+
+    // Every NATS node stopped → both keep serving and timing out alone.
+    cluster.stop(1);
+    cluster.stop(2);
+    assert!(
+        a.wait_log("fleet: lost the engine", Duration::from_secs(20))
+            .is_some(),
+        "A never noticed the outage; log:\n{}",
+        a.log_text()
+    );
+    time_out_on(&a, "127.0.3.4");
+    time_out_on(&b, "127.0.3.5");
+    assert!(refused_at_accept("127.0.3.4", a.addr));
+    assert!(refused_at_accept("127.0.3.5", b.addr));
+    assert!(served(&a, "127.0.3.9"), "A stopped serving alone");
+    // NATS back → the outage's time-outs reach the other node.
+    for i in 0..3 {
+        cluster.restart(i);
+    }
+    for i in 0..3 {
+        cluster.wait_ready(i);
+    }
+    wait_refused(&b, "127.0.3.4", "A's outage time-out on B");
+    wait_refused(&a, "127.0.3.5", "B's outage time-out on A");
+
+    // Admin unban on B → A releases the prefix.
+    let (code, out, err) = b.bans_cli(&["remove", "127.0.3.1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        eventually(PROPAGATION, || a.ban_of("127.0.3.1/32").is_none()),
+        "A kept the prefix B's admin released; log:\n{}",
+        a.log_text()
+    );
+    assert!(served(&a, "127.0.3.1"), "released on A, so served");
+
+    // A prefix allow-listed on B is never enforced by B.
+    time_out_on(&a, "127.0.3.200");
+    assert!(
+        b.wait_log(
+            "not applying the time-out of 127.0.3.200/32 from node node-a: allow-listed here",
+            PROPAGATION
+        )
+        .is_some(),
+        "B never saw it; log:\n{}",
+        b.log_text()
+    );
+    assert!(b.ban_of("127.0.3.200/32").is_none());
+    assert!(served(&b, "127.0.3.200"), "allow-listed on B, so served");
+}
+
+/// A ping from `source` is answered.
+fn served(server: &Server, source: &str) -> bool {
+    let Ok(mut client) = server.client_from(source, None) else {
+        return false;
+    };
+    matches!(
+        block_on(client.call(&protocol::Request::Ping { nonce: 7 })),
+        Ok(protocol::Response::Pong { nonce: 7 })
+    )
+}
+
+#[test]
+fn the_outbox_survives_a_restart_while_the_engine_is_down() {
+    if !fleet_ready() {
+        return;
+    }
+    let mut cluster = NatsCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = |id: &str| {
+        format!(
+            "[fleet]\nservers = {}\nnode_id = \"{id}\"\n",
+            cluster.urls_toml()
+        )
+    };
+    let (a_config, b_config) = (config("node-a"), config("node-b"));
+    let a = start_node(&dir.path().join("a"), &a_config);
+    wait_fleet_up(&a);
+    cluster.stop(0);
+    assert!(
+        a.wait_log("fleet: lost the engine", Duration::from_secs(20))
+            .is_some()
+    );
+    time_out_on(&a, "127.0.5.1");
+    a.wait_durable();
+    // A restarts while the engine is still down: the time-out waits in
+    // its outbox, on disk.
+    let a_dir = a.data_dir.clone();
+    assert!(a.stop().success());
+    let a = start_node(&a_dir, &a_config);
+    assert!(
+        a.wait_log(
+            "the outbox holds 1 unpublished changes",
+            Duration::from_secs(5)
+        )
+        .is_some(),
+        "{}",
+        a.log_text()
+    );
+    cluster.restart(0);
+    cluster.wait_ready(0);
+    let b = start_node(&dir.path().join("b"), &b_config);
+    wait_refused(&b, "127.0.5.1", "the outbox after A's restart");
+    assert_eq!(b.ban_of("127.0.5.1/32").unwrap().origin.as_str(), "node-a");
+    drop(a);
+}
