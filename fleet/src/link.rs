@@ -292,6 +292,8 @@ fn connection_event(stats: &FleetStats, event: Event) {
                 log::info!("fleet: engine reachable again");
             }
         }
+        // A permission the account lacks, say: worth a line each time.
+        Event::ServerError(error) => log::warn!("fleet: the engine says: {error}"),
         other => log::debug!("fleet: {other}"),
     }
 }
@@ -341,10 +343,12 @@ async fn open_bucket(
 /// while something waits), backing off while the engine does not answer.
 async fn publish_forever(inner: &Arc<Inner>, bucket: &Bucket) {
     let mut backoff = MIN_BACKOFF;
+    let mut failing = false;
     loop {
         match publish_pending(inner, bucket).await {
             Ok(more) => {
                 backoff = MIN_BACKOFF;
+                failing = false;
                 if more {
                     continue;
                 }
@@ -352,7 +356,13 @@ async fn publish_forever(inner: &Arc<Inner>, bucket: &Bucket) {
             }
             Err(error) => {
                 inner.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
-                log::debug!("fleet: {error}; retrying in {backoff:?}");
+                // While the engine is away the outage line has said it all.
+                if failing || !inner.stats.connected.load(Ordering::Relaxed) {
+                    log::debug!("fleet: {error}; retrying in {backoff:?}");
+                } else {
+                    log::warn!("fleet: {error}; kept in the outbox, retrying");
+                }
+                failing = true;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -440,6 +450,9 @@ async fn watch(inner: Arc<Inner>, store: kv::Store) {
     let mut last_revision = 0u64;
     let mut backoff = MIN_BACKOFF;
     let mut merged = 0u64;
+    // The first failure of a run of them is a warning (a permission
+    // missing, say); the retries after it are debug.
+    let mut failing = false;
     match store.status().await {
         Ok(status) if status.values() == 0 => inner.stats.caught_up.store(true, Ordering::Relaxed),
         _ => {}
@@ -463,6 +476,7 @@ async fn watch(inner: Arc<Inner>, store: kv::Store) {
                         }
                     };
                     backoff = MIN_BACKOFF;
+                    failing = false;
                     last_revision = last_revision.max(entry.revision);
                     if receive(&inner, &entry) {
                         merged += 1;
@@ -472,13 +486,20 @@ async fn watch(inner: Arc<Inner>, store: kv::Store) {
                     }
                 }
             }
-            Err(error) => log::debug!(
-                "fleet: {}",
-                FleetError::Watch {
+            Err(error) => {
+                let error = FleetError::Watch {
                     bucket: inner.config.bucket.clone(),
                     detail: error.to_string(),
+                };
+                if failing {
+                    log::debug!("fleet: {error}");
+                } else {
+                    log::warn!(
+                        "fleet: {error}; retrying (other nodes' time-outs arrive once it works)"
+                    );
+                    failing = true;
                 }
-            ),
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -22,6 +22,8 @@ pub struct NatsNode {
     monitor_port: u16,
     store: PathBuf,
     routes: String,
+    /// A config file, for what flags cannot say (authorization).
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -68,6 +70,7 @@ impl NatsCluster {
                 monitor_port,
                 store: dir.path().join(format!("n{}", i + 1)),
                 routes: routes.clone(),
+                config: None,
                 child: None,
             })
             .collect();
@@ -78,6 +81,32 @@ impl NatsCluster {
         for i in 0..size {
             cluster.wait_ready(i);
         }
+        cluster
+    }
+
+    /// One plain server (no cluster) whose config file holds `extra`
+    /// (an `authorization { … }` block, say) beside its ports and store.
+    pub fn start_single_with(extra: &str) -> NatsCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("nats.conf");
+        std::fs::write(&config, extra).unwrap();
+        let mut node = NatsNode {
+            name: "n1".into(),
+            client_port: free_port(),
+            cluster_port: free_port(),
+            monitor_port: free_port(),
+            store: dir.path().join("n1"),
+            routes: String::new(),
+            config: None,
+            child: None,
+        };
+        node.config = Some(config);
+        node.start();
+        let cluster = NatsCluster {
+            nodes: vec![node],
+            _dir: dir,
+        };
+        cluster.wait_ready(0);
         cluster
     }
 
@@ -123,6 +152,9 @@ impl NatsNode {
     fn start(&mut self) {
         assert!(self.child.is_none(), "{} already runs", self.name);
         let mut command = Command::new("nats-server");
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
         command
             .args(["-a", "127.0.0.1", "-p", &self.client_port.to_string()])
             .args(["-n", &self.name, "-js", "-sd"])
