@@ -1217,6 +1217,68 @@ mod tests {
     }
 
     #[test]
+    fn local_changes_are_shared_and_remote_ones_are_not() {
+        let mut bed = bed(BanPolicy::default());
+        let wakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = wakes.clone();
+        bed.core.set_fleet(FleetOutlet::new(
+            bed.store.outbox().clone(),
+            Arc::new(move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }),
+        ));
+        let pending = |bed: &Bed| -> Vec<FleetChange> {
+            let outbox = bed.store.outbox();
+            outbox
+                .pending(10)
+                .unwrap()
+                .into_iter()
+                .map(|p| p.change)
+                .collect()
+        };
+        let local = banned(bed.core.ban(
+            ip("192.0.2.7"),
+            BanCause::BadMagic,
+            FirstBytes::default(),
+            NOW,
+        ));
+        assert_eq!(pending(&bed), vec![FleetChange::Put(local.clone())]);
+        assert_eq!(wakes.load(Ordering::Relaxed), 1);
+
+        // Another node's time-out is applied, kept with its origin, and not
+        // sent back.
+        let remote = BanInfo {
+            prefix: "198.51.100.9/32".parse().unwrap(),
+            origin: model::Origin::new("node-b").unwrap(),
+            ..local.clone()
+        };
+        assert_eq!(
+            bed.core.apply_remote(remote.clone(), NOW),
+            RemoteOutcome::Applied
+        );
+        assert_eq!(
+            bed.store.bans().get(&remote.prefix).unwrap(),
+            Some(remote.clone())
+        );
+        assert_eq!(pending(&bed).len(), 1);
+
+        // Released on another node: released here, not shared again.
+        assert!(bed.core.release_remote(remote.prefix).unwrap());
+        assert!(!bed.core.view().is_banned(ip("198.51.100.9"), NOW));
+        assert!(!bed.kernel.holds("198.51.100.9/32"));
+        assert!(
+            !bed.core.release_remote(remote.prefix).unwrap(),
+            "nothing left"
+        );
+        assert_eq!(pending(&bed).len(), 1);
+
+        // An admin's release here replaces the pending put of its prefix.
+        assert_eq!(bed.core.release(local.prefix).unwrap(), Some(local.prefix));
+        assert_eq!(pending(&bed), vec![FleetChange::Delete(local.prefix)]);
+        assert_eq!(wakes.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
     fn the_offline_core_writes_only_storage() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &storage::StoreOptions::default()).unwrap();

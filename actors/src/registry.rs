@@ -91,11 +91,11 @@ pub struct ReplaceKernel {
     pub table: Box<dyn crate::KernelSync>,
 }
 
-/// Another fleet node's time-out, from the bucket.
+/// Other fleet nodes' time-outs, from the bucket, in its order.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct ApplyRemote {
-    pub record: BanInfo,
+    pub records: Vec<BanInfo>,
 }
 
 /// Another fleet node's admin released this prefix.
@@ -256,9 +256,12 @@ impl Handler<ApplyRemote> for BanRegistry {
     type Result = ();
 
     fn handle(&mut self, remote: ApplyRemote, _: &mut Self::Context) {
-        let prefix = remote.record.prefix;
-        if self.core.apply_remote(remote.record, now_ms()) == RemoteOutcome::Applied {
-            self.kick_covered(prefix, None);
+        let now = now_ms();
+        for record in remote.records {
+            let prefix = record.prefix;
+            if self.core.apply_remote(record, now) == RemoteOutcome::Applied {
+                self.kick_covered(prefix, None);
+            }
         }
     }
 }

