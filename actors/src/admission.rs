@@ -81,7 +81,8 @@ impl OverLimit {
 }
 
 pub(crate) struct Admission {
-    config: LimitConfig,
+    /// Replaced by a reload; read once per admission.
+    config: std::sync::RwLock<LimitConfig>,
     connections: AtomicUsize,
     state: Mutex<State>,
     epoch: Instant,
@@ -146,11 +147,27 @@ pub(crate) struct Admitted {
 impl Admission {
     pub fn new(config: LimitConfig) -> Arc<Self> {
         Arc::new(Admission {
-            config,
+            config: std::sync::RwLock::new(config),
             connections: AtomicUsize::new(0),
             state: Mutex::new(State::default()),
             epoch: Instant::now(),
         })
+    }
+
+    /// New limits for new connections (a reload); connections already in
+    /// keep their slots.
+    pub fn set_limits(&self, limits: LimitConfig) {
+        *self
+            .config
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = limits;
+    }
+
+    fn limits(&self) -> LimitConfig {
+        *self
+            .config
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -174,16 +191,17 @@ impl Admission {
         base_deadline: Duration,
         sent_data: bool,
     ) -> Result<Admitted, OverLimit> {
-        if !take(&self.connections, self.config.max_connections) {
+        let limits = self.limits();
+        if !take(&self.connections, limits.max_connections) {
             return Err(OverLimit::Connections);
         }
         let mut state = self.state();
         let count = state.by_source.get(&source).copied().unwrap_or_default();
         // Pending ones count towards the session cap too: each may become a
         // session, and the cap must hold when they do.
-        let refused = if count.sessions + count.pending >= self.config.max_sessions_per_source {
+        let refused = if count.sessions + count.pending >= limits.max_sessions_per_source {
             Some(OverLimit::SessionsFromSource)
-        } else if count.pending >= self.config.max_pending_per_source {
+        } else if count.pending >= limits.max_pending_per_source {
             Some(OverLimit::PendingFromSource)
         } else {
             None
@@ -193,7 +211,7 @@ impl Admission {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return Err(limit);
         }
-        let max = self.config.max_pending_handshakes;
+        let max = limits.max_pending_handshakes;
         let now_ms = self.elapsed_ms();
         let evicted_another = if state.pending.len() >= max.saturating_mul(2) {
             let evicted = state.evict_one(now_ms, false);
@@ -206,7 +224,7 @@ impl Admission {
         } else {
             state.pending.len() >= max && state.evict_one(now_ms, true)
         };
-        let fill = state.pending.len() as f64 / self.config.max_pending_handshakes.max(1) as f64;
+        let fill = state.pending.len() as f64 / limits.max_pending_handshakes.max(1) as f64;
         let seq = state.next_seq;
         state.next_seq += 1;
         let signal = Arc::new(PendingSignal::default());

@@ -51,7 +51,43 @@ pub struct BanCore {
     kernel: Option<Box<dyn KernelSync>>,
     /// Where time-outs made here go for the other nodes (fleet on).
     fleet: Option<FleetOutlet>,
+    /// Monitor mode's would-be time-outs, for `bans show` and so that one
+    /// offender is logged once per would-be time-out, not per connection.
+    monitored: Monitored,
     stats: Arc<Stats>,
+}
+
+/// Would-be time-outs by prefix, the oldest forgotten past a bound.
+#[derive(Default)]
+struct Monitored {
+    by_prefix: std::collections::HashMap<Cidr, BanInfo>,
+    order: std::collections::VecDeque<Cidr>,
+}
+
+/// Would-be time-outs remembered at most (about 100 bytes each).
+const MAX_MONITORED: usize = 65_536;
+
+impl Monitored {
+    fn live(&self, prefix: &Cidr, now_ms: u64) -> Option<&BanInfo> {
+        self.by_prefix
+            .get(prefix)
+            .filter(|ban| ban.expires_at_ms > now_ms)
+    }
+
+    fn remember(&mut self, record: BanInfo) {
+        if self
+            .by_prefix
+            .insert(record.prefix, record.clone())
+            .is_none()
+        {
+            self.order.push_back(record.prefix);
+        }
+        while self.order.len() > MAX_MONITORED {
+            if let Some(oldest) = self.order.pop_front() {
+                self.by_prefix.remove(&oldest);
+            }
+        }
+    }
 }
 
 /// What boot restored.
@@ -83,6 +119,9 @@ pub enum BanOutcome {
     /// Its prefix is already timed out (concurrent sessions of one source
     /// all fail at once; the first ban stands).
     AlreadyBanned(Cidr),
+    /// Monitor mode: this is the time-out that would be in force (logged
+    /// and counted once per would-be time-out), not enforced.
+    Monitored(BanInfo),
 }
 
 /// What became of a time-out another node made.
@@ -96,6 +135,15 @@ pub enum RemoteOutcome {
     Expired,
     /// We hold a time-out of that prefix that lasts at least as long.
     Superseded,
+    /// Monitor mode: logged and counted, not applied.
+    Monitored,
+}
+
+/// What a new policy (a reload) changed in the table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyChange {
+    /// Live time-outs inside a newly allow-listed prefix, released.
+    pub released: usize,
 }
 
 impl BanCore {
@@ -126,6 +174,7 @@ impl BanCore {
             store,
             kernel,
             fleet: None,
+            monitored: Monitored::default(),
             stats,
         };
         // A table stored with a larger bound than today's: the bound holds
@@ -159,8 +208,51 @@ impl BanCore {
             store,
             kernel: None,
             fleet: None,
+            monitored: Monitored::default(),
             stats: Arc::new(Stats::default()),
         }
+    }
+
+    /// A new policy (a reload): durations, escalation, the cap, the
+    /// allow-list, the table bound and the mode apply from the next
+    /// decision on. Live time-outs inside a newly allow-listed prefix are
+    /// released at once (view, kernel, storage; their history kept), and
+    /// the kernel's allow-list is replaced. The aggregation lengths are the
+    /// caller's to keep (entries are keyed by them).
+    pub fn set_policy(&mut self, policy: BanPolicy, now_ms: u64) -> PolicyChange {
+        let newly_allowed: Vec<Cidr> = policy
+            .allow
+            .iter()
+            .filter(|entry| !self.policy.allow.contains(entry))
+            .copied()
+            .collect();
+        self.policy = policy;
+        let mut change = PolicyChange::default();
+        if !newly_allowed.is_empty() {
+            for (prefix, _) in self.view.live(now_ms) {
+                let inside = newly_allowed
+                    .iter()
+                    .any(|entry| entry.len() <= prefix.len() && entry.contains(prefix.addr()));
+                if inside {
+                    self.view.remove(&prefix);
+                    self.kernel_remove(&prefix);
+                    if let Err(error) = self.store.bans().retire(&prefix) {
+                        self.storage_failed(|| {
+                            format!("could not persist the release of {prefix}: {error}")
+                        });
+                    }
+                    log::info!(event = "release", prefix:% = prefix; "released {prefix}: allow-listed by the reload");
+                    change.released += 1;
+                }
+            }
+        }
+        if let Some(kernel) = self.kernel.as_mut()
+            && let Err(error) = kernel.set_allowed(&self.policy.allow)
+        {
+            bump(&self.stats.kernel_errors);
+            log::warn!("kernel table: cannot replace the allow-list: {error}");
+        }
+        change
     }
 
     /// Shares every time-out and admin release made here from now on with
@@ -221,6 +313,11 @@ impl BanCore {
             return BanOutcome::AllowListed;
         }
         let prefix = self.policy.prefix_for(source);
+        if self.policy.monitor
+            && let Some(would) = self.monitored.live(&prefix, now_ms)
+        {
+            return BanOutcome::Monitored(would.clone());
+        }
         match self.view.expiry(&prefix) {
             Some(expires) if expires > now_ms => return BanOutcome::AlreadyBanned(prefix),
             // Ended but not swept yet: released first, so that its history
@@ -247,6 +344,18 @@ impl BanCore {
             repeat: decision.repeat,
             origin: Default::default(),
         };
+        if self.policy.monitor {
+            log::info!(
+                event = "would-timeout", prefix:% = prefix, source:% = source, cause = cause.name(),
+                duration_s = decision.duration.as_secs(), repeat = decision.repeat, evidence = evidence;
+                "would time out {prefix} for {} (monitor mode; cause {cause}, repeat {}, source {source}, {evidence})",
+                humantime::format_duration(decision.duration),
+                decision.repeat,
+            );
+            self.stats.count_monitored(Some(cause));
+            self.monitored.remember(record.clone());
+            return BanOutcome::Monitored(record);
+        }
         self.insert(&record, now_ms);
         log::info!(
             event = "timeout", prefix:% = prefix, source:% = source, cause = cause.name(),
@@ -263,6 +372,9 @@ impl BanCore {
     /// An admin's time-out of an address or prefix: no escalation, the
     /// allow-list wins.
     pub fn admin_ban(&mut self, ban: AdminBan, now_ms: u64) -> Result<BanInfo, BanError> {
+        if self.policy.monitor {
+            return Err(BanError::MonitorMode);
+        }
         let forced = ban.force;
         let record = self.policy.admin_ban(ban, now_ms)?;
         self.insert(&record, now_ms);
@@ -325,6 +437,18 @@ impl BanCore {
         }
         if record.expires_at_ms <= now_ms {
             return RemoteOutcome::Expired;
+        }
+        if self.policy.monitor {
+            if self.monitored.live(&prefix, now_ms).is_none() {
+                log::info!(
+                    "would time out {prefix} until {} as node {origin} did (monitor mode; cause {})",
+                    crate::format_time(record.expires_at_ms),
+                    record.cause
+                );
+                self.stats.count_monitored(None);
+                self.monitored.remember(record);
+            }
+            return RemoteOutcome::Monitored;
         }
         // Another node's record lasts no longer than our own cap would.
         let mut record = record;
@@ -473,10 +597,12 @@ impl BanCore {
             },
             _ => None,
         };
+        let monitored = self.monitored.live(&entry, now_ms).cloned();
         Ok(model::BanReport {
             covering,
             history,
             kernel,
+            monitored,
         })
     }
 

@@ -35,12 +35,14 @@ mod stats;
 mod view;
 
 pub use admission::LimitConfig;
-pub use ban_core::{BanCore, BanOutcome, BootReport, KernelReplay, RemoteOutcome, hex_preview};
+pub use ban_core::{
+    BanCore, BanOutcome, BootReport, KernelReplay, PolicyChange, RemoteOutcome, hex_preview,
+};
 pub use fleet_sync::FleetOutlet;
 pub use kernel_sync::{KernelError, KernelSync};
 pub use policy::{AdminBan, BanPolicy, Durations, expiry_after};
 pub use requests::ServiceConfig;
-pub use startup::{RunningServer, ServerConfig, ServerHandle, StartError, start};
+pub use startup::{Reloader, RunningServer, ServerConfig, ServerHandle, StartError, start};
 pub use stats::{HistogramSnapshot, LATENCY_BUCKETS, MetricsSnapshot, Stats};
 pub use view::BanView;
 
@@ -76,6 +78,10 @@ pub enum BanError {
         requested: std::time::Duration,
         max: std::time::Duration,
     },
+    #[error(
+        "the server is in monitor mode (bans.mode = \"monitor\"): nothing is timed out; set bans.mode = \"enforce\" and reload"
+    )]
+    MonitorMode,
     #[error("storage: {0}")]
     Storage(#[from] storage::StorageError),
     /// The registry actor stopped: nothing is being timed out any more.
@@ -90,7 +96,8 @@ impl BanError {
             | BanError::CoversAllowListed { .. }
             | BanError::CoversRequester { .. }
             | BanError::ZeroDuration
-            | BanError::OverMaxDuration { .. } => false,
+            | BanError::OverMaxDuration { .. }
+            | BanError::MonitorMode => false,
             BanError::Storage(_) | BanError::RegistryGone => true,
         }
     }

@@ -96,6 +96,9 @@ pub struct BanPolicy {
     pub allow: Vec<Cidr>,
     /// Most live entries; when full the entry closest to expiry is evicted.
     pub max_entries: usize,
+    /// Monitor mode (`bans.mode = "monitor"`): every would-be time-out is
+    /// decided, logged and counted as usual, and none is enforced.
+    pub monitor: bool,
 }
 
 impl Default for BanPolicy {
@@ -108,6 +111,7 @@ impl Default for BanPolicy {
             ipv6_prefix: 64,
             allow: Vec::new(),
             max_entries: 1_000_000,
+            monitor: false,
         }
     }
 }

@@ -105,6 +105,13 @@ pub struct ReleaseRemote {
     pub prefix: Cidr,
 }
 
+/// A reload's new policy.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct SetPolicy {
+    pub policy: crate::BanPolicy,
+}
+
 /// Makes every ban so far durable (shutdown).
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), BanError>")]
@@ -248,6 +255,20 @@ impl Handler<Detected> for BanRegistry {
             self.core
                 .observe_time_to_ban(detected.detected_at.elapsed());
             self.kick_covered(record.prefix, None);
+        }
+    }
+}
+
+impl Handler<SetPolicy> for BanRegistry {
+    type Result = ();
+
+    fn handle(&mut self, set: SetPolicy, _: &mut Self::Context) {
+        let change = self.core.set_policy(set.policy, now_ms());
+        if change.released > 0 {
+            log::info!(
+                "reload: released {} time-outs inside newly allow-listed prefixes",
+                change.released
+            );
         }
     }
 }

@@ -162,6 +162,18 @@ async fn handle_admin(shared: &Shared, requester: Requester, request: AdminReque
     let registry = &shared.registry;
     let answer = match request {
         AdminRequest::Stats => return Response::Stats(shared.stats()),
+        AdminRequest::Reload => {
+            return match shared.reloader.get() {
+                Some(reloader) => match reloader.reload() {
+                    Ok(summary) => Response::Reloaded { summary },
+                    Err(why) => error(ErrorCode::InvalidRequest, why),
+                },
+                None => error(
+                    ErrorCode::Internal,
+                    "this server cannot reload its settings".into(),
+                ),
+            };
+        }
         AdminRequest::ListBans { after, limit } => registry
             .send(ListBans {
                 after,
@@ -281,8 +293,9 @@ mod tests {
                 view,
                 stats,
                 admission: Admission::new(LimitConfig::default()),
-                allow: Vec::new(),
+                allow: Default::default(),
                 proxy_trusted: Vec::new(),
+                reloader: Default::default(),
                 aggregation: (32, 64),
                 handshake_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(60),

@@ -54,10 +54,13 @@ pub(crate) struct Shared {
     pub view: Arc<BanView>,
     pub stats: Arc<Stats>,
     pub admission: Arc<Admission>,
-    /// Never refused at accept, whatever time-out covers them.
-    pub allow: Vec<model::Cidr>,
+    /// Never refused at accept, whatever time-out covers them (replaced by
+    /// a reload; read only when a time-out matched).
+    pub allow: std::sync::RwLock<Vec<model::Cidr>>,
     /// Their connections begin with a PROXY header naming the client.
     pub proxy_trusted: Vec<model::Cidr>,
+    /// The admin `Reload` request's handler (the binary's).
+    pub reloader: std::sync::OnceLock<Arc<dyn Reloader>>,
     /// The time-out prefix lengths, for per-source admission.
     pub aggregation: (u8, u8),
     pub handshake_timeout: Duration,
@@ -68,7 +71,11 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn is_allowed(&self, ip: std::net::IpAddr) -> bool {
-        self.allow.iter().any(|entry| entry.contains(ip))
+        self.allow
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .any(|entry| entry.contains(ip))
     }
 
     pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
@@ -87,6 +94,12 @@ impl Shared {
     pub fn metrics(&self) -> crate::MetricsSnapshot {
         self.stats.metrics(self.stats(), self.view.len_by_family())
     }
+}
+
+/// Re-reads the settings and applies them (the binary knows where they
+/// come from); answers the one-line summary, or why nothing changed.
+pub trait Reloader: Send + Sync {
+    fn reload(&self) -> Result<String, String>;
 }
 
 pub struct RunningServer {
@@ -144,8 +157,9 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
         view,
         stats,
         admission: Admission::new(config.limits),
-        allow,
+        allow: std::sync::RwLock::new(allow),
         proxy_trusted: config.proxy_trusted,
+        reloader: std::sync::OnceLock::new(),
         aggregation,
         handshake_timeout: config.handshake_timeout,
         idle_timeout: config.idle_timeout,
@@ -238,6 +252,34 @@ impl ServerHandle {
         self.shared
             .registry
             .do_send(crate::registry::ApplyRemote { records });
+    }
+
+    /// A reload: who may connect, the limits for new connections, and the
+    /// ban policy (durations, allow-list, mode) from now on; nothing
+    /// established is dropped. Answers what the policy change released.
+    pub fn reload(
+        &self,
+        access: protocol::AccessPolicy,
+        limits: crate::LimitConfig,
+        policy: crate::BanPolicy,
+    ) {
+        self.shared.responder.set_access(access);
+        self.shared.admission.set_limits(limits);
+        *self
+            .shared
+            .allow
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = policy.allow.clone();
+        // The registry logs what the new policy released.
+        self.shared
+            .registry
+            .do_send(crate::registry::SetPolicy { policy });
+    }
+
+    /// What `penaltybox reload` over the admin connection runs (the
+    /// binary's settings reload); set once the server runs.
+    pub fn set_reloader(&self, reloader: Arc<dyn Reloader>) {
+        let _ = self.shared.reloader.set(reloader);
     }
 
     /// Another fleet node's admin released `prefix`. Never waits.

@@ -44,6 +44,9 @@ pub struct Stats {
     pub(crate) proxy_header_rejected: AtomicU64,
     /// Time-outs made, by cause: `BanCause::ALL` order, then admin bans.
     pub(crate) bans_by_cause: [AtomicU64; CAUSE_SLOTS],
+    /// Monitor mode: time-outs that would have been made, by cause (the
+    /// same slots; the admin slot counts other nodes' records).
+    pub(crate) monitored_by_cause: [AtomicU64; CAUSE_SLOTS],
     /// From accept to the first authenticated frame.
     pub(crate) handshake_seconds: LatencyHistogram,
     /// From the offending input (or the missed deadline, or the kernel's
@@ -53,6 +56,12 @@ pub struct Stats {
 
 const CAUSE_SLOTS: usize = BanCause::ALL.len() + 1;
 const ADMIN_SLOT: usize = BanCause::ALL.len();
+
+fn cause_slot(cause: Option<BanCause>) -> usize {
+    cause
+        .and_then(|c| BanCause::ALL.iter().position(|known| *known == c))
+        .unwrap_or(ADMIN_SLOT)
+}
 
 /// The upper bounds of the latency buckets, in seconds: 100 µs to 5 s.
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -126,6 +135,9 @@ pub struct MetricsSnapshot {
     pub fleet_applied: u64,
     pub fleet_released: u64,
     pub proxy_header_rejected: u64,
+    /// Monitor mode's would-be time-outs, by cause ("other" for admins'
+    /// and other nodes').
+    pub monitored_by_cause: Vec<(&'static str, u64)>,
 }
 
 impl Default for Stats {
@@ -149,6 +161,7 @@ impl Default for Stats {
             fleet_released: AtomicU64::new(0),
             proxy_header_rejected: AtomicU64::new(0),
             bans_by_cause: std::array::from_fn(|_| AtomicU64::new(0)),
+            monitored_by_cause: std::array::from_fn(|_| AtomicU64::new(0)),
             handshake_seconds: LatencyHistogram::default(),
             time_to_ban_seconds: LatencyHistogram::default(),
         }
@@ -162,10 +175,12 @@ pub(crate) fn bump(counter: &AtomicU64) {
 impl Stats {
     /// Counts a time-out made: `None` for an admin's (its cause is free text).
     pub(crate) fn count_ban(&self, cause: Option<BanCause>) {
-        let slot = cause
-            .and_then(|c| BanCause::ALL.iter().position(|known| *known == c))
-            .unwrap_or(ADMIN_SLOT);
-        bump(&self.bans_by_cause[slot]);
+        bump(&self.bans_by_cause[cause_slot(cause)]);
+    }
+
+    /// Counts a time-out monitor mode did not make.
+    pub(crate) fn count_monitored(&self, cause: Option<BanCause>) {
+        bump(&self.monitored_by_cause[cause_slot(cause)]);
     }
 
     pub(crate) fn metrics(
@@ -192,6 +207,13 @@ impl Stats {
             fleet_applied: self.fleet_applied.load(Ordering::Relaxed),
             fleet_released: self.fleet_released.load(Ordering::Relaxed),
             proxy_header_rejected: self.proxy_header_rejected.load(Ordering::Relaxed),
+            monitored_by_cause: BanCause::ALL
+                .iter()
+                .map(|cause| cause.name())
+                .chain(["other"])
+                .zip(&self.monitored_by_cause)
+                .map(|(name, n)| (name, n.load(Ordering::Relaxed)))
+                .collect(),
         }
     }
 

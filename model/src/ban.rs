@@ -48,6 +48,9 @@ pub struct BanReport {
     /// The kernel map's entry for the covering time-out: `None` when the
     /// server runs without a kernel tier (or nothing covers it).
     pub kernel: Option<KernelEntry>,
+    /// Monitor mode: the time-out of its entry that would be in force now
+    /// (decided, logged and counted, not enforced).
+    pub monitored: Option<BanInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

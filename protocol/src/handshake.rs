@@ -191,7 +191,8 @@ pub struct Responder {
     /// Parsed once: parsing the Noise name per handshake is measurable.
     params: [snow::params::NoiseParams; 2],
     mac1: Mac1Key,
-    policy: AccessPolicy,
+    /// Replaced whole by a reload; read once per handshake.
+    policy: std::sync::RwLock<AccessPolicy>,
     replay: Mutex<ReplayGuard>,
     ephemerals: Mutex<EphemeralGuard>,
 }
@@ -202,10 +203,25 @@ impl Responder {
             private: server_key.to_bytes(),
             params: [params(Pattern::NK), params(Pattern::IK)],
             mac1: Mac1Key::new(&server_key.public_key()),
-            policy,
+            policy: std::sync::RwLock::new(policy),
             replay: Mutex::new(ReplayGuard::new(REPLAY_GUARD_CAPACITY)),
             ephemerals: Mutex::new(EphemeralGuard::new(EPHEMERAL_GUARD_CAPACITY)),
         }
+    }
+
+    /// Who may connect from now on (a reload); sessions already
+    /// established keep the role they were given.
+    pub fn set_access(&self, policy: AccessPolicy) {
+        *self
+            .policy
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = policy;
+    }
+
+    fn access(&self) -> std::sync::RwLockReadGuard<'_, AccessPolicy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Validates a complete first message (as read by
@@ -228,7 +244,7 @@ impl Responder {
         if !self.mac1.verify(message) {
             return Err(Rejection::BadMac1);
         }
-        if pattern == Pattern::NK && self.policy.authorized.is_some() {
+        if pattern == Pattern::NK && self.access().authorized.is_some() {
             return Err(Rejection::AnonymousNotAllowed);
         }
 
@@ -267,13 +283,17 @@ impl Responder {
                 let key = PublicKey::from_bytes(
                     bytes.try_into().map_err(|_| Rejection::HandshakeFailed)?,
                 );
-                let admin = self.policy.admins.contains(&key);
-                if let Some(authorized) = &self.policy.authorized
-                    && !admin
-                    && !authorized.contains(&key)
-                {
-                    return Err(Rejection::Unauthorized(key));
-                }
+                let admin = {
+                    let access = self.access();
+                    let admin = access.admins.contains(&key);
+                    if let Some(authorized) = &access.authorized
+                        && !admin
+                        && !authorized.contains(&key)
+                    {
+                        return Err(Rejection::Unauthorized(key));
+                    }
+                    admin
+                };
                 let stamp: [u8; TIMESTAMP_LEN] = timestamp[..TIMESTAMP_LEN]
                     .try_into()
                     .expect("checked length");

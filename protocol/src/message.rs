@@ -66,6 +66,9 @@ pub enum AdminRequest {
     ShowBan {
         target: Cidr,
     },
+    /// Re-read the server's settings and apply what can change live (as
+    /// SIGHUP does).
+    Reload,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -93,6 +96,10 @@ pub enum Response {
         message: String,
     },
     BanShown(BanReport),
+    /// What a reload changed, one line.
+    Reloaded {
+        summary: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -165,7 +172,10 @@ impl Request {
                 check_text("cause", cause.as_str())
             }
             Request::Admin(
-                AdminRequest::RemoveBan { .. } | AdminRequest::Stats | AdminRequest::ShowBan { .. },
+                AdminRequest::RemoveBan { .. }
+                | AdminRequest::Stats
+                | AdminRequest::ShowBan { .. }
+                | AdminRequest::Reload,
             ) => Ok(()),
         }
     }

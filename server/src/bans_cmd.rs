@@ -155,6 +155,45 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `penaltybox reload`: the running server re-reads its settings (as on
+/// SIGHUP) and answers what changed.
+#[derive(clap::Args)]
+pub struct ReloadArgs {
+    /// The running server, HOST:PORT.
+    #[arg(long, short, env = "PENALTYBOX_SERVER")]
+    server: String,
+    /// The server's public key (base64) or its server.pub file.
+    #[arg(long, value_parser = parse_server_key, env = "PENALTYBOX_SERVER_KEY")]
+    server_key: PublicKey,
+    /// An admin private key file (listed in keys.admin_keys).
+    #[arg(long, short, env = "PENALTYBOX_KEY")]
+    key: PathBuf,
+    /// Local address to connect from.
+    #[arg(long)]
+    bind: Option<IpAddr>,
+}
+
+pub fn run_reload(args: ReloadArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let Backend::Online(mut client) =
+            connect_admin(&args.server, args.server_key, &args.key, args.bind).await?
+        else {
+            unreachable!("connect_admin connects");
+        };
+        match client.call(&Request::Admin(AdminRequest::Reload)).await? {
+            Response::Reloaded { summary } => {
+                println!("{summary}");
+                Ok(ExitCode::SUCCESS)
+            }
+            other => Err(server_error(other)),
+        }
+    })
+}
+
 /// A session with a running server, authenticated with an admin key.
 pub(crate) async fn connect_admin(
     server: &str,

@@ -46,6 +46,7 @@ pub fn report_json(
             "last_duration_s": h.last_duration_ms / 1000,
             "resets_at": format_time(h.resets_at_ms),
         })),
+        "monitored": report.monitored.as_ref().map(|ban| ban_json(ban, now_ms)),
         "kernel": report.kernel.map(|k| serde_json::json!({
             "in_map": k.in_map,
             "drops": k.drops,
@@ -85,6 +86,17 @@ pub fn report_text(
             }
         }
         None => lines.push(format!("{target}: not timed out")),
+    }
+    if let Some(would) = &report.monitored {
+        let left = Duration::from_secs(would.expires_at_ms.saturating_sub(now_ms) / 1000);
+        lines.push(format!(
+            "  monitor mode: would be timed out as {} (cause {}, repeat {}), {} left, until {}",
+            would.prefix,
+            would.cause.as_str(),
+            would.repeat,
+            humantime::format_duration(left),
+            format_time(would.expires_at_ms)
+        ));
     }
     match &report.history {
         Some(h) => lines.push(format!(

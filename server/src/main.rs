@@ -15,6 +15,7 @@ mod keygen;
 mod logging;
 mod metrics;
 mod pinned_table;
+mod reload;
 mod replay_cmd;
 mod serve;
 mod settings;
@@ -58,6 +59,8 @@ enum Command {
     Serve(serve::Args),
     /// List, add or remove time-outs, online (admin key) or offline (stopped server).
     Bans(bans_cmd::Args),
+    /// Make a running server re-read its settings, as SIGHUP does (admin key).
+    Reload(bans_cmd::ReloadArgs),
     /// The kernel tier: attach, inspect or detach the XDP program (Linux, CAP_BPF + CAP_NET_ADMIN).
     Xdp(xdp_cmd::Args),
     /// Replay the client side of a capture's TCP streams against a live server.
@@ -77,6 +80,10 @@ enum Command {
 enum ConfigCommand {
     /// Print the settings `serve` would use (defaults < file < environment < flags), as TOML.
     Print(serve::Args),
+    /// Check everything `serve` would check (settings, key files, the kernel
+    /// table path) without starting or creating anything; one line per
+    /// problem, exit 1 if there is any.
+    Check(serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +99,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bans(args) => bans_cmd::run(args),
+        Command::Reload(args) => bans_cmd::run_reload(args),
         Command::Db(args) => db_cmd::run(args),
         Command::Xdp(args) => xdp_cmd::run(args),
         Command::Replay(args) => replay_cmd::run(args),
@@ -101,6 +109,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
         }
+        Command::Config(ConfigCommand::Check(args)) => args.check(),
         Command::Keygen(args) => keygen::run(args),
         Command::Client(args) => client_cmd::run(args),
     };

@@ -349,6 +349,13 @@ fn encode_fleet(
     fleet: Option<&(Arc<fleet::FleetStats>, storage::OutboxStore)>,
 ) -> std::fmt::Result {
     use std::sync::atomic::Ordering::Relaxed;
+    counters_by(
+        e,
+        "bans_monitored",
+        "Monitor mode: time-outs that would have been made, by cause (none enforced)",
+        "cause",
+        &m.monitored_by_cause,
+    )?;
     counter(
         e,
         "proxy_headers_rejected",

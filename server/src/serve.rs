@@ -1,5 +1,6 @@
 //! `penaltybox serve`: settings, keys and database, then the actors, until
-//! SIGINT or SIGTERM; then stop accepting, flush, exit 0.
+//! SIGINT or SIGTERM; then stop accepting, flush, exit 0. SIGHUP reloads
+//! the settings (`reload.rs`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,15 +47,72 @@ pub struct Args {
 
 impl Args {
     pub fn settings(&self) -> anyhow::Result<Settings> {
-        settings::load(
-            self.config.as_deref(),
-            &FlagOverrides {
-                listen: self.listen.clone(),
-                data_dir: self.data_dir.clone(),
-                kernel_table: self.bpf_table.clone(),
-                xdp_iface: self.xdp_iface.clone(),
-            },
-        )
+        (self.settings_loader())()
+    }
+
+    fn flags(&self) -> FlagOverrides {
+        FlagOverrides {
+            listen: self.listen.clone(),
+            data_dir: self.data_dir.clone(),
+            kernel_table: self.bpf_table.clone(),
+            xdp_iface: self.xdp_iface.clone(),
+        }
+    }
+
+    /// `config check`: everything `serve` would check before it starts,
+    /// every problem on its own line (none: "ok"). Creates nothing.
+    pub fn check(&self) -> anyhow::Result<ExitCode> {
+        let settings = settings::load_unchecked(self.config.as_deref(), &self.flags())?;
+        let mut problems = settings.problems();
+        let server_key = settings.server_key_path();
+        if server_key.exists() {
+            if let Err(error) = PrivateKey::read(&server_key) {
+                problems.push(format!("keys.server_key: {error:#}"));
+            }
+        } else if settings.keys.server_key.is_some() {
+            problems.push(format!(
+                "keys.server_key: {} does not exist",
+                server_key.display()
+            ));
+        }
+        for (name, path) in [
+            ("keys.authorized_keys", &settings.keys.authorized_keys),
+            ("keys.admin_keys", &settings.keys.admin_keys),
+        ] {
+            if let Err(error) = read_key_list(name, path.as_deref()) {
+                problems.push(format!("{error:#}"));
+            }
+        }
+        if let Some(table) = &settings.kernel.table
+            && !table.exists()
+        {
+            problems.push(format!(
+                "kernel.table: {} does not exist (attach first: penaltybox xdp attach IFACE)",
+                table.display()
+            ));
+        }
+        if problems.is_empty() {
+            println!(
+                "ok: {}",
+                match &self.config {
+                    Some(file) => file.display().to_string(),
+                    None => "defaults, environment and flags".into(),
+                }
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        for problem in &problems {
+            eprintln!("penaltybox: config: {problem}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+
+    /// Loads the settings as this command line does, again and again (a
+    /// reload reads the same file, environment and flags).
+    pub fn settings_loader(&self) -> crate::reload::Loader {
+        let file = self.config.clone();
+        let flags = self.flags();
+        Box::new(move || settings::load(file.as_deref(), &flags))
     }
 }
 
@@ -63,14 +121,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("data_dir: cannot create {}", settings.data_dir.display()))?;
     let server_key = server_key(&settings)?;
-    let access = AccessPolicy {
-        authorized: read_key_list(
-            "keys.authorized_keys",
-            settings.keys.authorized_keys.as_deref(),
-        )?,
-        admins: read_key_list("keys.admin_keys", settings.keys.admin_keys.as_deref())?
-            .unwrap_or_default(),
-    };
+    let access = access_policy(&settings)?;
     let store = Store::open(&settings.database_dir(), &settings.store_options())?;
     let workers = match settings.workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -83,6 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let fleet = settings.fleet()?.map(crate::fleet_wiring::Fleet::new);
     let proxy_trusted = settings.proxy_trusted()?;
+    let proxy_trusted_copy = proxy_trusted.clone();
     // A trusted proxy carries every client: it is never timed out itself.
     let mut policy = settings.policy()?;
     policy.allow.extend(proxy_trusted.iter().copied());
@@ -109,8 +161,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .transpose()?;
     // Once nothing before the start can fail any more.
     log_summary(&args, &settings, &config.access);
+    let reload_settings = settings.clone();
+    let proxy_for_reload = proxy_trusted_copy;
     actix_rt::System::new().block_on(async move {
+        let mut signals = Signals::new()?;
         let running = actors::start(config, store.clone())?;
+        let reloader = std::sync::Arc::new(crate::reload::Reload::new(
+            args.settings_loader(),
+            reload_settings,
+            running.handle(),
+            kernel_pins.clone(),
+            running.local_addrs.clone(),
+            proxy_for_reload,
+        ));
+        running.handle().set_reloader(reloader.clone());
         if let Some(fleet) = &fleet {
             fleet
                 .start(&store, running.handle())
@@ -188,7 +252,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             )?;
         }
 
-        let signal = wait_for_signal().await?;
+        let signal = loop {
+            match signals.next().await {
+                Received::Stop(signal) => break signal,
+                Received::Reload => reloader.on_signal(),
+            }
+        };
         log::info!("{signal}: stopping");
         let (stats, flushed) = running.stats_then_shutdown().await;
         log::info!(
@@ -291,6 +360,18 @@ fn server_key(settings: &Settings) -> anyhow::Result<PrivateKey> {
     Ok(key)
 }
 
+/// Who may connect, from the key files the settings name.
+pub fn access_policy(settings: &Settings) -> anyhow::Result<AccessPolicy> {
+    Ok(AccessPolicy {
+        authorized: read_key_list(
+            "keys.authorized_keys",
+            settings.keys.authorized_keys.as_deref(),
+        )?,
+        admins: read_key_list("keys.admin_keys", settings.keys.admin_keys.as_deref())?
+            .unwrap_or_default(),
+    })
+}
+
 fn read_key_list(
     setting: &str,
     path: Option<&Path>,
@@ -299,12 +380,35 @@ fn read_key_list(
         .transpose()
 }
 
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
-    use actix_rt::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    Ok(tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
-    })
+/// The signals `serve` answers: SIGTERM and SIGINT stop it, SIGHUP
+/// reloads. Listened for from the start, so an early SIGHUP does not kill
+/// the server.
+struct Signals {
+    terminate: actix_rt::signal::unix::Signal,
+    interrupt: actix_rt::signal::unix::Signal,
+    hangup: actix_rt::signal::unix::Signal,
+}
+
+enum Received {
+    Stop(&'static str),
+    Reload,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use actix_rt::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            hangup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+        })
+    }
+
+    async fn next(&mut self) -> Received {
+        tokio::select! {
+            _ = self.terminate.recv() => Received::Stop("SIGTERM"),
+            _ = self.interrupt.recv() => Received::Stop("SIGINT"),
+            _ = self.hangup.recv() => Received::Reload,
+        }
+    }
 }

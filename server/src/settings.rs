@@ -225,6 +225,9 @@ pub struct BanSettings {
     pub ipv6_prefix: u8,
     pub allow: Vec<String>,
     pub max_entries: usize,
+    /// "enforce", or "monitor": decide, log and count every time-out,
+    /// enforce none (a careful roll-out).
+    pub mode: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -379,6 +382,7 @@ impl Default for BanSettings {
             ipv6_prefix: policy.ipv6_prefix,
             allow: Vec::new(),
             max_entries: policy.max_entries,
+            mode: "enforce".into(),
         }
     }
 }
@@ -445,6 +449,14 @@ pub fn load_offline(file: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::R
 
 /// Loads and validates the effective settings.
 pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Settings> {
+    let settings = load_unchecked(file, flags)?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// Reads and merges the settings, types checked but values not validated
+/// (`config check` lists every problem of them).
+pub fn load_unchecked(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Settings> {
     let mut builder = config::Config::builder();
     if let Some(file) = file {
         // Read it ourselves first: "cannot read" is clearer than the config
@@ -498,49 +510,63 @@ pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Settin
         .build()
         .and_then(config::Config::try_deserialize)
         .map_err(|e| anyhow!("{source}: {e}"))?;
-    settings.validate()?;
     Ok(settings)
 }
 
 impl Settings {
+    /// Validates; the first problem is the error (`problems` has them all).
     fn validate(&self) -> anyhow::Result<()> {
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(anyhow!(problem)),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem of these settings, one line each, in key order.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = Vec::new();
+        let mut note = |result: anyhow::Result<()>| {
+            if let Err(error) = result {
+                problems.push(format!("{error:#}"));
+            }
+        };
         if self.listen.is_empty() {
-            bail!("listen: at least one address is needed");
+            note(Err(anyhow!("listen: at least one address is needed")));
         }
         if self.bans.ipv4_prefix == 0 || self.bans.ipv4_prefix > 32 {
-            bail!(
+            note(Err(anyhow!(
                 "bans.ipv4_prefix: {} is not in 1..=32",
                 self.bans.ipv4_prefix
-            );
+            )));
         }
         if self.bans.ipv6_prefix == 0 || self.bans.ipv6_prefix > 128 {
-            bail!(
+            note(Err(anyhow!(
                 "bans.ipv6_prefix: {} is not in 1..=128",
                 self.bans.ipv6_prefix
-            );
+            )));
         }
         if self.bans.max_entries == 0 {
-            bail!("bans.max_entries: must be at least 1");
+            note(Err(anyhow!("bans.max_entries: must be at least 1")));
         }
         if self.workers > MAX_WORKERS {
-            bail!(
+            note(Err(anyhow!(
                 "workers: {} is more than {MAX_WORKERS} (each is a thread with its own event loop; 0 = one per CPU)",
                 self.workers
-            );
+            )));
         }
         let b = &self.bans;
-        check_duration(
+        note(check_duration(
             "bans.max_duration",
             b.max_duration,
             MAX_TIME_OUT,
             "10 years",
-        )?;
-        check_duration(
+        ));
+        note(check_duration(
             "bans.escalation_window",
             b.escalation_window,
             MAX_TIME_OUT,
             "10 years",
-        )?;
+        ));
         for (key, value) in [
             ("bans.non_protocol", b.non_protocol),
             ("bans.handshake_failure", b.handshake_failure),
@@ -551,29 +577,36 @@ impl Settings {
             ("bans.syn_flood", b.syn_flood),
             ("bans.bad_tcp_flags", b.bad_tcp_flags),
         ] {
-            check_duration(key, value, b.max_duration.0, "bans.max_duration")?;
+            note(check_duration(
+                key,
+                value,
+                b.max_duration.0,
+                "bans.max_duration",
+            ));
         }
-        check_duration(
+        note(check_duration(
             "timeouts.handshake",
             self.timeouts.handshake,
             Duration::from_secs(600),
             "10m",
-        )?;
-        check_duration(
+        ));
+        note(check_duration(
             "timeouts.idle",
             self.timeouts.idle,
             MAX_TIME_OUT,
             "10 years",
-        )?;
+        ));
         if self.service.requests_per_second == 0 || self.service.request_burst == 0 {
-            bail!("service.requests_per_second and service.request_burst: must be at least 1");
+            note(Err(anyhow!(
+                "service.requests_per_second and service.request_burst: must be at least 1"
+            )));
         }
-        check_duration(
+        note(check_duration(
             "storage.flush_interval",
             self.storage.flush_interval,
             Duration::from_secs(60),
             "1m",
-        )?;
+        ));
         for (name, value) in [
             ("limits.max_connections", self.limits.max_connections),
             (
@@ -590,28 +623,37 @@ impl Settings {
             ),
         ] {
             if value == 0 {
-                bail!("{name}: must be at least 1");
+                note(Err(anyhow!("{name}: must be at least 1")));
             }
         }
-        crate::kernel_wiring::parse_mode(&self.kernel.xdp_mode)
-            .map_err(|e| anyhow!("kernel.xdp_mode: {e}"))?;
+        note(
+            crate::kernel_wiring::parse_mode(&self.kernel.xdp_mode)
+                .map(drop)
+                .map_err(|e| anyhow!("kernel.xdp_mode: {e}")),
+        );
+        if !matches!(self.bans.mode.as_str(), "enforce" | "monitor") {
+            note(Err(anyhow!(
+                "bans.mode: {:?} is neither \"enforce\" nor \"monitor\"",
+                self.bans.mode
+            )));
+        }
         if !matches!(self.kernel.drop_scope.as_str(), "service" | "all") {
-            bail!(
+            note(Err(anyhow!(
                 "kernel.drop_scope: {:?} is neither \"service\" nor \"all\"",
                 self.kernel.drop_scope
-            );
+            )));
         }
         let mut detection = self.detection();
         if self.kernel.table.is_none() && self.kernel.xdp_iface.is_none() {
             // No kernel tier: how many ports we listen on is no concern.
             detection.service_ports.clear();
         }
-        detection.check().map_err(|e| anyhow!("kernel.{e}"))?;
-        self.allow_list()?;
-        self.metrics_listen()?;
-        self.fleet()?;
-        self.proxy_trusted()?;
-        Ok(())
+        note(detection.check().map_err(|e| anyhow!("kernel.{e}")));
+        note(self.allow_list().map(drop));
+        note(self.metrics_listen().map(drop));
+        note(self.fleet().map(drop));
+        note(self.proxy_trusted().map(drop));
+        problems
     }
 
     /// The fleet link's settings; `None` when the fleet is off.
@@ -747,6 +789,7 @@ impl Settings {
             ipv6_prefix: b.ipv6_prefix,
             allow: self.allow_list()?,
             max_entries: b.max_entries,
+            monitor: b.mode == "monitor",
         })
     }
 

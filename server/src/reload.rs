@@ -1,0 +1,266 @@
+//! Reloading the settings without a restart: SIGHUP, or `penaltybox
+//! reload` over the admin connection (both end here).
+//!
+//! The settings are read again exactly as at start (file, environment,
+//! flags) and the key files with them. If anything is invalid, the running
+//! settings stay whole and the reason is logged (and answered). Otherwise
+//! what can change live is applied without dropping a connection or a
+//! time-out:
+//! - `bans.*` but the aggregation lengths: durations, escalation, the cap,
+//!   the table bound, the mode, the allow-list (newly allow-listed
+//!   time-outs are released at once, from the view and the kernel);
+//! - `keys.authorized_keys`, `keys.admin_keys` (re-read even if the path
+//!   is the same): for new handshakes;
+//! - `limits.*`: for new connections;
+//! - the kernel detectors' thresholds (`kernel.scan_*`, `trap_ports`,
+//!   `syn_*`, `drop_scope`).
+//!
+//! Everything else (listen addresses, data dir, workers, storage, metrics,
+//! timeouts, the kernel table, the fleet, the proxies, aggregation) is
+//! named in the log and left as it was. One line says what changed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use actors::ServerHandle;
+use model::Cidr;
+
+use crate::settings::Settings;
+
+/// Reads the settings the way the command line did.
+pub type Loader = Box<dyn Fn() -> anyhow::Result<Settings> + Send + Sync>;
+
+/// Keys that a reload applies; every other changed key is reported as
+/// needing a restart. A key here matches itself and everything under it.
+const LIVE: &[&str] = &[
+    "bans.non_protocol",
+    "bans.handshake_failure",
+    "bans.handshake_timeout",
+    "bans.session_violation",
+    "bans.admin_default",
+    "bans.port_scan",
+    "bans.syn_flood",
+    "bans.bad_tcp_flags",
+    "bans.escalation_window",
+    "bans.max_duration",
+    "bans.allow",
+    "bans.max_entries",
+    "bans.mode",
+    "keys.authorized_keys",
+    "keys.admin_keys",
+    "limits",
+    "kernel.scan_ports",
+    "kernel.scan_window",
+    "kernel.trap_ports",
+    "kernel.syn_rate",
+    "kernel.syn_burst",
+    "kernel.drop_scope",
+];
+
+pub struct Reload {
+    load: Loader,
+    /// The settings in force.
+    current: Mutex<Settings>,
+    server: ServerHandle,
+    kernel_pins: Option<PathBuf>,
+    bound: Vec<std::net::SocketAddr>,
+    /// Trusted proxies (allow-listed, never timed out): fixed at start.
+    proxies: Vec<Cidr>,
+}
+
+impl Reload {
+    pub fn new(
+        load: Loader,
+        current: Settings,
+        server: ServerHandle,
+        kernel_pins: Option<PathBuf>,
+        bound: Vec<std::net::SocketAddr>,
+        proxies: Vec<Cidr>,
+    ) -> Self {
+        Reload {
+            load,
+            current: Mutex::new(current),
+            server,
+            kernel_pins,
+            bound,
+            proxies,
+        }
+    }
+
+    /// SIGHUP: the outcome is logged.
+    pub fn on_signal(&self) {
+        match self.apply() {
+            Ok(summary) => log::info!("SIGHUP: {summary}"),
+            Err(why) => log::error!("SIGHUP: {why}"),
+        }
+    }
+
+    /// Re-reads and applies; the one-line summary, or why the running
+    /// settings were kept.
+    pub fn apply(&self) -> Result<String, String> {
+        let kept =
+            |e: anyhow::Error| format!("reload failed, the running settings are kept: {e:#}");
+        let new = (self.load)().map_err(kept)?;
+        let access = crate::serve::access_policy(&new).map_err(kept)?;
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let changed = changed_keys(&current, &new);
+        let (live, frozen): (Vec<&String>, Vec<&String>) =
+            changed.iter().partition(|key| is_live(key));
+
+        // What applies: the new settings, with every key that cannot change
+        // live kept as it runs.
+        let mut applied = current.clone();
+        applied.bans = new.bans.clone();
+        applied.bans.ipv4_prefix = current.bans.ipv4_prefix;
+        applied.bans.ipv6_prefix = current.bans.ipv6_prefix;
+        applied.keys.authorized_keys = new.keys.authorized_keys.clone();
+        applied.keys.admin_keys = new.keys.admin_keys.clone();
+        applied.limits = new.limits.clone();
+        let k = &new.kernel;
+        applied.kernel.scan_ports = k.scan_ports;
+        applied.kernel.scan_window = k.scan_window;
+        applied.kernel.trap_ports = k.trap_ports.clone();
+        applied.kernel.syn_rate = k.syn_rate;
+        applied.kernel.syn_burst = k.syn_burst;
+        applied.kernel.drop_scope = k.drop_scope.clone();
+        let mut policy = applied.policy().map_err(kept)?;
+        policy.allow.extend(self.proxies.iter().copied());
+        let detection = self.kernel_detection(&applied);
+        if let (Some(pins), Some(detection)) = (&self.kernel_pins, &detection)
+            && *detection != self.kernel_detection(&current).expect("same kernel tier")
+            && let Err(error) =
+                xdp::KernelTable::open(pins).and_then(|mut table| table.set_detection(detection))
+        {
+            return Err(format!(
+                "reload failed, the running settings are kept: kernel detectors: {error}"
+            ));
+        }
+        self.server.reload(access.clone(), applied.limits(), policy);
+        *current = applied;
+
+        let mut parts = Vec::new();
+        if live.is_empty() {
+            parts.push("no live setting changed".to_owned());
+        } else {
+            let names: Vec<&str> = live.iter().map(|k| k.as_str()).collect();
+            parts.push(format!("applied {}", names.join(", ")));
+        }
+        parts.push(format!(
+            "{} admin keys, {}",
+            access.admins.len(),
+            match &access.authorized {
+                Some(keys) => format!("{} authorized client keys", keys.len()),
+                None => "any client".to_owned(),
+            }
+        ));
+        if current.bans.mode == "monitor" {
+            parts.push("monitor mode (nothing is timed out)".into());
+        }
+        if !frozen.is_empty() {
+            let names: Vec<&str> = frozen.iter().map(|k| k.as_str()).collect();
+            parts.push(format!(
+                "not applied, restart to change: {}",
+                names.join(", ")
+            ));
+        }
+        Ok(format!("reloaded: {}", parts.join("; ")))
+    }
+
+    /// The detector settings `settings` give, with the ports as bound;
+    /// `None` without a kernel tier.
+    fn kernel_detection(&self, settings: &Settings) -> Option<xdp::Detection> {
+        self.kernel_pins.as_ref()?;
+        let mut detection = settings.detection();
+        let mut ports: Vec<u16> = self.bound.iter().map(std::net::SocketAddr::port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        detection.service_ports = ports;
+        Some(detection)
+    }
+}
+
+impl actors::Reloader for Reload {
+    fn reload(&self) -> Result<String, String> {
+        let outcome = self.apply();
+        match &outcome {
+            Ok(summary) => log::info!("admin reload: {summary}"),
+            Err(why) => log::error!("admin reload: {why}"),
+        }
+        outcome
+    }
+}
+
+fn is_live(key: &str) -> bool {
+    LIVE.iter()
+        .any(|live| key == *live || key.starts_with(&format!("{live}.")))
+}
+
+/// Every key (dotted path) whose value differs, in order.
+fn changed_keys(old: &Settings, new: &Settings) -> Vec<String> {
+    let flat = |s: &Settings| {
+        let mut out = BTreeMap::new();
+        if let Ok(value) = toml::Value::try_from(s) {
+            flatten("", &value, &mut out);
+        }
+        out
+    };
+    let (old, new) = (flat(old), flat(new));
+    let mut keys: Vec<String> = old
+        .keys()
+        .chain(new.keys())
+        .filter(|key| old.get(*key) != new.get(*key))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(&path, value, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_owned(), other.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_keys_are_named_and_sorted_into_live_and_restart() {
+        let old = Settings::default();
+        let mut new = Settings::default();
+        new.bans.allow = vec!["192.0.2.0/24".into()];
+        new.limits.max_connections = 7;
+        new.data_dir = "/elsewhere".into();
+        new.bans.ipv4_prefix = 24;
+        let changed = changed_keys(&old, &new);
+        assert_eq!(
+            changed,
+            vec![
+                "bans.allow",
+                "bans.ipv4_prefix",
+                "data_dir",
+                "limits.max_connections"
+            ]
+        );
+        let live: Vec<&String> = changed.iter().filter(|k| is_live(k)).collect();
+        assert_eq!(live, vec!["bans.allow", "limits.max_connections"]);
+    }
+}
