@@ -214,3 +214,73 @@ fn the_replay_command_reports_each_stream_and_the_ban() {
     assert_eq!(code, 1);
     assert!(err.contains("not a pcap or pcapng capture"), "{err}");
 }
+
+#[test]
+fn monitor_mode_logs_and_counts_every_would_be_cause_and_refuses_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[keys]\nserver_key = {:?}\n\n[bans]\nmode = \"monitor\"\n",
+        fixtures().join("server.key").display().to_string(),
+    );
+    let server = ServerSpec::new(&dir.path().join("data"))
+        .config(&config)
+        .start();
+    let mut expected_causes = 0;
+    for (i, (capture, expected)) in expected_outcomes().into_iter().enumerate() {
+        let source = format!("127.0.43.{}", i + 1);
+        replay_all(&fixtures().join(&capture), server.addr, &source);
+        server.wait_sessions(0);
+        let Some(cause) = expected else { continue };
+        expected_causes += 1;
+        let line = format!("would time out {source}/32 for");
+        let logged = server
+            .wait_log(&line, Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("{capture}: no {line:?}; log:\n{}", server.log_text()));
+        assert!(
+            logged.contains(&format!("cause {cause}")),
+            "{capture}: {logged}"
+        );
+        // Not refused: a ping from the same source is answered.
+        let mut client = server.client_from(&source, None).unwrap();
+        assert!(
+            matches!(
+                block_on(client.call(&Request::Ping { nonce: 3 })),
+                Ok(Response::Pong { nonce: 3 })
+            ),
+            "{capture}: {source} not served in monitor mode"
+        );
+        // `bans show` says what would have happened.
+        let target: protocol::Cidr = source.parse().unwrap();
+        match server.admin_call(protocol::AdminRequest::ShowBan { target }) {
+            Response::BanShown(report) => {
+                assert!(report.covering.is_none(), "{capture}: enforced");
+                let would = report.monitored.expect("a would-be time-out");
+                assert_eq!(would.cause.as_str(), cause, "{capture}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(server.bans().is_empty(), "monitor mode timed someone out");
+    assert_eq!(server.stats().connections_refused, 0);
+    // Counted: the metrics endpoint sums the would-be time-outs by cause.
+    let metrics = server.metrics.expect("metrics on");
+    let body = http_get(metrics, "/metrics");
+    let counted: u64 = body
+        .lines()
+        .filter(|l| l.starts_with("penaltybox_bans_monitored_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        counted >= expected_causes,
+        "{counted} counted for {expected_causes} would-be causes:\n{body}"
+    );
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
