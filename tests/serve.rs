@@ -650,6 +650,10 @@ fn admin_cli_online_and_offline() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("no penaltybox database here"), "{err}");
+    // Neither --server nor --data-dir: said, not guessed.
+    let (code, _, err) = cli(&["bans", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("which server?"), "{err}");
 }
 
 #[test]
@@ -1229,10 +1233,16 @@ fn keygen_writes_the_public_key_beside_and_never_overwrites() {
     let out = dir.path().join("admin.key");
     let (code, stdout, err) = cli(&["keygen", "--out", out.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    let public = std::fs::read_to_string(dir.path().join("admin.pub")).unwrap();
-    assert_eq!(public.trim(), stdout.trim());
+    let public = protocol::keys::read_public_key_file(&dir.path().join("admin.pub")).unwrap();
+    assert_eq!(public.to_string(), stdout.trim());
     let private = protocol::PrivateKey::read(&out).unwrap();
-    assert_eq!(private.public_key().to_string(), public.trim());
+    assert_eq!(private.public_key(), public);
+    let (code, shown, err) = cli(&["key", "pub", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        shown,
+        format!("{public}\nfingerprint {}\n", public.fingerprint())
+    );
     let (code, _, err) = cli(&["keygen", "--out", out.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("never overwrites"), "{err}");
@@ -1243,6 +1253,72 @@ fn keygen_writes_the_public_key_beside_and_never_overwrites() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("would pass for a public key"), "{err}");
+}
+
+#[test]
+fn each_key_mix_up_is_one_line_before_any_connection_and_times_nobody_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), "");
+    let addr = server.addr.to_string();
+    let server_key = server.data_dir.join("server.key").display().to_string();
+    let server_pub = server.data_dir.join("server.pub").display().to_string();
+    let out = dir.path().join("me.key");
+    assert_eq!(cli(&["keygen", "--out", out.to_str().unwrap()]).0, 0);
+    let me_pub = dir.path().join("me.pub").display().to_string();
+    let me_key = out.display().to_string();
+    let accepted = server.stats().connections_accepted;
+    // The private server key given as --server-key.
+    // (clap's usage error: status 2, the reason on the first line.)
+    let (code, _, err) = cli(&[
+        "client",
+        "--server",
+        &addr,
+        "--server-key",
+        &server_key,
+        "ping",
+    ]);
+    assert_eq!(code, 2);
+    let first = err.lines().next().unwrap();
+    assert!(first.contains("this is a PRIVATE key file"), "{err}");
+    // A .pub file given as --key.
+    let (code, _, err) = cli(&[
+        "client",
+        "--server",
+        &addr,
+        "--server-key",
+        &server_pub,
+        "--key",
+        &me_pub,
+        "ping",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("this is a public key file"), "{err}");
+    // A private key file as the admins list.
+    let (code, _, err) = cli(&[
+        "config",
+        "check",
+        "--data-dir",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let output = std::process::Command::new(BIN)
+        .args(["config", "check"])
+        .env("PENALTYBOX_KEYS__ADMIN_KEYS", &me_key)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        err.contains("keys.admin_keys") && err.contains("PRIVATE key file"),
+        "{err}"
+    );
+    // None of it reached the server, and nobody is timed out.
+    assert_eq!(
+        server.stats().connections_accepted,
+        accepted + 1,
+        "only this stats call"
+    );
+    assert!(server.bans().is_empty());
 }
 
 #[test]
@@ -1271,4 +1347,29 @@ fn client_side_variables_reach_the_client_commands_and_not_the_settings() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[test]
+fn serve_fails_on_a_busy_port_or_a_bad_key_list_before_creating_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let data = dir.path().join("data");
+    let data_arg = data.display().to_string();
+    let (code, _, err) = cli(&["serve", "--listen", &addr, "--data-dir", &data_arg]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(!data.exists(), "a data dir (and key pair) was created");
+    let output = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", &data_arg])
+        .env(
+            "PENALTYBOX_KEYS__ADMIN_KEYS",
+            dir.path().join("missing-admins"),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(err.contains("keys.admin_keys"), "{err}");
+    assert!(!data.exists(), "a data dir (and key pair) was created");
 }

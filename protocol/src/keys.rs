@@ -2,9 +2,13 @@
 //! authorized-keys lists and fingerprints.
 //!
 //! Key material is handled with x25519-dalek types; the Noise handshake only
-//! ever sees the raw 32 bytes. The file format is WireGuard's: one line of
-//! standard base64 holding the 32-byte private key, so keys can be inspected
-//! and moved with ordinary tools.
+//! ever sees the raw 32 bytes. The file format is WireGuard's (one line of
+//! standard base64 holding the 32 bytes) after a one-line type header that
+//! `keygen` and `serve` write: [`PRIVATE_HEADER`] or [`PUBLIC_HEADER`]. The
+//! readers refuse a file of the other type with a one-line explanation, so
+//! a private key given where a public key is expected (and the reverse)
+//! fails here, before any connection. A file without a header (`wg genkey`,
+//! a key written by an earlier release) is still read.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -35,6 +39,98 @@ pub enum KeyError {
     Malformed { what: String },
     #[error("{path}:{line}: not a public key: expected 44 characters of base64 encoding 32 bytes")]
     MalformedLine { path: PathBuf, line: usize },
+    #[error(
+        "{path}: this is a public key file; a private key is needed here (the file keygen wrote without .pub)"
+    )]
+    PublicWherePrivate { path: PathBuf },
+    #[error(
+        "{path}: this is a PRIVATE key file; a public key is needed here (the .pub file beside it, or server.pub); keep the private one secret"
+    )]
+    PrivateWherePublic { path: PathBuf },
+}
+
+/// The first line of a private key file.
+pub const PRIVATE_HEADER: &str = "# penaltybox private key (X25519); keep it secret";
+/// The first line of a public key file.
+pub const PUBLIC_HEADER: &str = "# penaltybox public key (X25519)";
+
+/// What a key file's header says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Private,
+    Public,
+    /// No header: a bare key (WireGuard's format, earlier releases).
+    Unknown,
+}
+
+fn kind_of(text: &str) -> KeyKind {
+    match text.lines().next().map(str::trim) {
+        Some(PRIVATE_HEADER) => KeyKind::Private,
+        Some(PUBLIC_HEADER) => KeyKind::Public,
+        _ => KeyKind::Unknown,
+    }
+}
+
+/// The key line of a key file: the first line that is not a comment.
+fn key_line(text: &str) -> &str {
+    text.lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty() && !line.starts_with('#'))
+        .unwrap_or("")
+}
+
+/// Reads a public key file (`server.pub`, a `.pub` keygen wrote): refuses
+/// a private key file.
+pub fn read_public_key_file(path: &Path) -> Result<PublicKey, KeyError> {
+    let text = read_small(path)?;
+    if kind_of(&text) == KeyKind::Private {
+        return Err(KeyError::PrivateWherePublic {
+            path: path.to_owned(),
+        });
+    }
+    decode_key(key_line(&text))
+        .map(PublicKey)
+        .ok_or_else(|| KeyError::Malformed {
+            what: path.display().to_string(),
+        })
+}
+
+/// A key file is a few short lines; refuse to slurp anything large.
+fn read_small(path: &Path) -> Result<String, KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.len() > 1024 {
+        return Err(KeyError::Malformed {
+            what: path.display().to_string(),
+        });
+    }
+    std::fs::read_to_string(path).map_err(io)
+}
+
+/// Writes a public key file (with its header). Never overwrites.
+pub fn write_public_key_file(key: &PublicKey, path: &Path) -> Result<(), KeyError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::AlreadyExists => KeyError::Exists {
+                path: path.to_owned(),
+            },
+            _ => KeyError::Io {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+    file.write_all(format!("{PUBLIC_HEADER}\n{key}\n").as_bytes())
+        .map_err(|source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// A static private key. Zeroized on drop by x25519-dalek.
@@ -78,14 +174,14 @@ impl PrivateKey {
                 meta.permissions().mode() & 0o777
             );
         }
-        // A key file is one short line; refuse to slurp anything large.
-        if meta.len() > 1024 {
-            return Err(KeyError::Malformed {
-                what: path.display().to_string(),
+        let text = read_small(path)?;
+        let named_pub = path.extension().is_some_and(|e| e == "pub");
+        if kind_of(&text) == KeyKind::Public || (kind_of(&text) == KeyKind::Unknown && named_pub) {
+            return Err(KeyError::PublicWherePrivate {
+                path: path.to_owned(),
             });
         }
-        let text = std::fs::read_to_string(path).map_err(io)?;
-        let bytes = decode_key(text.trim()).ok_or_else(|| KeyError::Malformed {
+        let bytes = decode_key(key_line(&text)).ok_or_else(|| KeyError::Malformed {
             what: path.display().to_string(),
         })?;
         Ok(Self::from_bytes(bytes))
@@ -107,7 +203,7 @@ impl PrivateKey {
                     source,
                 },
             })?;
-        let line = format!("{}\n", B64.encode(self.to_bytes()));
+        let line = format!("{PRIVATE_HEADER}\n{}\n", B64.encode(self.to_bytes()));
         file.write_all(line.as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(|source| KeyError::Io {
@@ -174,19 +270,26 @@ fn decode_key(text: &str) -> Option<[u8; KEY_LEN]> {
     B64.decode(text).ok()?.try_into().ok()
 }
 
-/// Reads an authorized-keys file: one base64 public key per line; blank lines
-/// and text after `#` are ignored, so keys can carry a comment naming their owner.
+/// Reads an authorized-keys file: one base64 public key per line, as
+/// `authorized_keys` has them: `KEY`, `KEY comment`, `KEY # comment`;
+/// blank lines and lines starting with `#` are ignored. A private key file
+/// given here is refused (its key would otherwise pass for a public one).
 pub fn read_public_keys(path: &Path) -> Result<HashSet<PublicKey>, KeyError> {
     let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
         path: path.to_owned(),
         source,
     })?;
+    if kind_of(&text) == KeyKind::Private {
+        return Err(KeyError::PrivateWherePublic {
+            path: path.to_owned(),
+        });
+    }
     let mut keys = HashSet::new();
     for (index, line) in text.lines().enumerate() {
-        let content = line.split('#').next().unwrap_or("").trim();
-        if content.is_empty() {
+        let content = line.split('#').next().unwrap_or("");
+        let Some(content) = content.split_whitespace().next() else {
             continue;
-        }
+        };
         let key = decode_key(content).ok_or_else(|| KeyError::MalformedLine {
             path: path.to_owned(),
             line: index + 1,
@@ -214,6 +317,30 @@ mod tests {
         assert!(matches!(again, Err(KeyError::Exists { .. })), "{again:?}");
         assert_eq!(
             PrivateKey::read(&path).unwrap().public_key(),
+            key.public_key()
+        );
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_type_is_refused_with_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("me.key");
+        let public = dir.path().join("me.pub");
+        let key = PrivateKey::generate();
+        key.write_new(&private).unwrap();
+        write_public_key_file(&key.public_key(), &public).unwrap();
+        assert_eq!(read_public_key_file(&public).unwrap(), key.public_key());
+        let err = read_public_key_file(&private).unwrap_err();
+        assert!(matches!(err, KeyError::PrivateWherePublic { .. }), "{err}");
+        let err = PrivateKey::read(&public).unwrap_err();
+        assert!(matches!(err, KeyError::PublicWherePrivate { .. }), "{err}");
+        let err = read_public_keys(&private).unwrap_err();
+        assert!(matches!(err, KeyError::PrivateWherePublic { .. }), "{err}");
+        // A bare key (wg genkey, earlier releases) still reads.
+        let bare = dir.path().join("wg.key");
+        std::fs::write(&bare, format!("{}\n", B64.encode(key.to_bytes()))).unwrap();
+        assert_eq!(
+            PrivateKey::read(&bare).unwrap().public_key(),
             key.public_key()
         );
     }
@@ -250,9 +377,14 @@ mod tests {
         let path = dir.path().join("authorized");
         let a = PrivateKey::generate().public_key();
         let b = PrivateKey::generate().public_key();
-        std::fs::write(&path, format!("# team\n{a} # alice\n\n  {b}\n")).unwrap();
+        let c = PrivateKey::generate().public_key();
+        std::fs::write(
+            &path,
+            format!("# team\n{a} # alice\n\n  {b}\n{c} carol@laptop\n"),
+        )
+        .unwrap();
         let keys = read_public_keys(&path).unwrap();
-        assert_eq!(keys, HashSet::from([a, b]));
+        assert_eq!(keys, HashSet::from([a, b, c]));
         std::fs::write(&path, format!("{a}\nnot-a-key\n")).unwrap();
         let err = read_public_keys(&path).unwrap_err();
         assert!(

@@ -22,7 +22,8 @@ use crate::settings;
 #[derive(clap::Args)]
 #[command(
     after_help = "Online: --server HOST:PORT --server-key KEY --key ADMIN.key\n\
-Offline (server stopped): [--data-dir DIR] [--config FILE]; the default is ./penaltybox-data"
+Offline (server stopped): --data-dir DIR [--config FILE] (or data_dir in the --config file); \
+never chosen silently"
 )]
 pub struct Args {
     /// Online: the running server, HOST:PORT.
@@ -218,6 +219,11 @@ async fn connect(args: &Args) -> anyhow::Result<Backend> {
     if let (Some(server), Some(server_key), Some(key)) = (&args.server, args.server_key, &args.key)
     {
         return connect_admin(server, server_key, key, args.bind).await;
+    }
+    if args.data_dir.is_none() && args.config.is_none() {
+        bail!(
+            "which server? --server HOST:PORT --server-key KEY --key ADMIN.key for a running one, or --data-dir DIR for a stopped one"
+        );
     }
     let settings = settings::load_offline(args.config.as_deref(), args.data_dir.clone())?;
     let store =

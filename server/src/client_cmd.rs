@@ -85,11 +85,12 @@ pub fn parse_server_key(value: &str) -> Result<PublicKey, String> {
     if let Ok(key) = value.parse() {
         return Ok(key);
     }
-    let text = std::fs::read_to_string(value).map_err(|_| {
-        format!("{value:?} is neither a base64 public key nor a readable server.pub file")
-    })?;
-    text.parse()
-        .map_err(|_| format!("{value}: does not hold a base64 public key"))
+    if !std::path::Path::new(value).exists() {
+        return Err(format!(
+            "{value:?} is neither a base64 public key nor a readable server.pub file"
+        ));
+    }
+    protocol::keys::read_public_key_file(std::path::Path::new(value)).map_err(|e| e.to_string())
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

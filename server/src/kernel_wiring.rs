@@ -28,7 +28,7 @@ pub struct KernelTier {
 /// kernel lets us have it.
 pub fn open(all: &Settings) -> Option<KernelTier> {
     let settings = &all.kernel;
-    let table_path = settings.table.clone().or_else(|| {
+    let table_path = settings.bpf_table.clone().or_else(|| {
         settings
             .xdp_iface
             .as_ref()

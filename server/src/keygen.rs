@@ -15,9 +15,27 @@ pub struct Args {
     out: PathBuf,
 }
 
+/// `penaltybox key pub FILE`: the public key and fingerprint of a private
+/// key file.
+#[derive(clap::Subcommand)]
+pub enum KeyCommand {
+    /// Print the public key (base64) and fingerprint of a private key file.
+    Pub { file: PathBuf },
+}
+
+pub fn run_key(command: KeyCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        KeyCommand::Pub { file } => {
+            let key = PrivateKey::read(&file)?;
+            let public = key.public_key();
+            println!("{public}");
+            println!("fingerprint {}", public.fingerprint());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    use anyhow::Context;
-    use std::io::Write;
     if args.out.extension().is_some_and(|e| e == "pub") {
         anyhow::bail!(
             "--out {}: a private key named .pub would pass for a public key; name it .key",
@@ -33,12 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let key = PrivateKey::generate();
     key.write_new(&args.out)?;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&public_path)
-        .and_then(|mut file| writeln!(file, "{}", key.public_key()))
-        .with_context(|| format!("cannot write {}", public_path.display()))?;
+    protocol::keys::write_public_key_file(&key.public_key(), &public_path)?;
     eprintln!(
         "wrote the private key to {} (mode 0600) and the public key to {}; public key:",
         args.out.display(),

@@ -72,6 +72,9 @@ enum Command {
     Config(ConfigCommand),
     /// Generate a static key pair: writes the private key (mode 0600) and prints the public key.
     Keygen(keygen::Args),
+    /// Inspect a key file.
+    #[command(subcommand)]
+    Key(keygen::KeyCommand),
     /// Talk to a penaltybox server: ping it, or use its tape-volume inventory.
     Client(client_cmd::Args),
     /// Print a shell completion script: `source <(penaltybox completions bash)`.
@@ -115,6 +118,7 @@ fn main() -> ExitCode {
         }
         Command::Config(ConfigCommand::Check(args)) => args.check(),
         Command::Keygen(args) => keygen::run(args),
+        Command::Key(command) => keygen::run_key(command),
         Command::Client(args) => client_cmd::run(args),
         Command::Completions { shell } => {
             use clap::CommandFactory;

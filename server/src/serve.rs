@@ -83,11 +83,11 @@ impl Args {
                 problems.push(format!("{error:#}"));
             }
         }
-        if let Some(table) = &settings.kernel.table
+        if let Some(table) = &settings.kernel.bpf_table
             && !table.exists()
         {
             problems.push(format!(
-                "kernel.table: {} does not exist (attach first: penaltybox xdp attach IFACE)",
+                "kernel.bpf_table: {} does not exist (attach first: penaltybox xdp attach IFACE)",
                 table.display()
             ));
         }
@@ -118,10 +118,13 @@ impl Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = args.settings()?;
+    // Everything that can fail without touching the disk fails first: a
+    // bad key list or a busy port must not leave a new key pair behind.
+    let access = access_policy(&settings)?;
+    probe_listen(&settings.listen)?;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("data_dir: cannot create {}", settings.data_dir.display()))?;
     let server_key = server_key(&settings)?;
-    let access = access_policy(&settings)?;
     let store = Store::open(&settings.database_dir(), &settings.store_options())?;
     let workers = match settings.workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -309,7 +312,7 @@ fn log_summary(args: &Args, settings: &Settings, access: &AccessPolicy) {
             settings.proxy.trusted.join(", ")
         );
     }
-    if settings.kernel.table.is_none() && settings.kernel.xdp_iface.is_none() {
+    if settings.kernel.bpf_table.is_none() && settings.kernel.xdp_iface.is_none() {
         log::info!(
             "kernel tier off: no -B/--bpf-table and no --xdp-iface (userspace time-outs only)"
         );
@@ -350,14 +353,42 @@ fn server_key(settings: &Settings) -> anyhow::Result<PrivateKey> {
     let key = PrivateKey::generate();
     key.write_new(&path)?;
     let public_path = settings.data_dir.join("server.pub");
-    std::fs::write(&public_path, format!("{}\n", key.public_key()))
-        .with_context(|| format!("cannot write {}", public_path.display()))?;
+    if public_path.exists() {
+        // A stale one from an earlier key: replaced, it names no secret.
+        std::fs::remove_file(&public_path)
+            .with_context(|| format!("cannot replace {}", public_path.display()))?;
+    }
+    protocol::keys::write_public_key_file(&key.public_key(), &public_path)?;
     log::info!(
         "generated a server key pair: {} (0600) and {}",
         path.display(),
         public_path.display()
     );
     Ok(key)
+}
+
+/// Binds each listen address for a moment (as the acceptors will), so a
+/// port in use is one line before anything is created. The acceptors bind
+/// again for real; a port taken in between still fails there, clearly.
+fn probe_listen(addrs: &[SocketAddr]) -> anyhow::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    for addr in addrs {
+        let socket = Socket::new(
+            Domain::for_address(*addr),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .with_context(|| format!("cannot listen on {addr}"))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket
+            .bind(&(*addr).into())
+            .and_then(|()| socket.listen(1))
+            .with_context(|| format!("cannot listen on {addr}"))?;
+    }
+    Ok(())
 }
 
 /// Who may connect, from the key files the settings name.

@@ -135,9 +135,12 @@ impl Default for ServiceSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KernelSettings {
-    /// The pinned ban table (`-B`): the pin directory of `xdp attach`, or
-    /// its `banned_addrs` map.
-    pub table: Option<PathBuf>,
+    /// The pinned ban table (`-B`/`--bpf-table`): the pin directory of
+    /// `xdp attach`, or its `banned_addrs` map. Flag, key and variable
+    /// share the name (`PENALTYBOX_KERNEL__BPF_TABLE`); `table` is its old
+    /// name, still read.
+    #[serde(alias = "table")]
+    pub bpf_table: Option<PathBuf>,
     /// Load and attach the program to this interface at start (if it is not
     /// pinned there already).
     pub xdp_iface: Option<String>,
@@ -166,7 +169,7 @@ impl Default for KernelSettings {
     fn default() -> Self {
         let detection = xdp::Detection::default();
         KernelSettings {
-            table: None,
+            bpf_table: None,
             xdp_iface: None,
             xdp_mode: "auto".into(),
             detect: detection.enabled,
@@ -494,7 +497,7 @@ pub fn load_unchecked(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Res
         builder = builder.set_override("data_dir", dir.to_string_lossy().into_owned())?;
     }
     if let Some(table) = &flags.kernel_table {
-        builder = builder.set_override("kernel.table", table.to_string_lossy().into_owned())?;
+        builder = builder.set_override("kernel.bpf_table", table.to_string_lossy().into_owned())?;
     }
     if let Some(iface) = &flags.xdp_iface {
         builder = builder.set_override("kernel.xdp_iface", iface.clone())?;
@@ -644,7 +647,7 @@ impl Settings {
             )));
         }
         let mut detection = self.detection();
-        if self.kernel.table.is_none() && self.kernel.xdp_iface.is_none() {
+        if self.kernel.bpf_table.is_none() && self.kernel.xdp_iface.is_none() {
             // No kernel tier: how many ports we listen on is no concern.
             detection.service_ports.clear();
         }
