@@ -192,6 +192,17 @@ fn a_broken_file_on_reload_keeps_the_running_settings() {
         "{out}"
     );
     assert!(out.contains("monitor mode"), "{out}");
+    // The log names the admin's key, for the session and for the action.
+    let fingerprint = server.admin.public_key().fingerprint();
+    let log = server.log_text();
+    assert!(
+        log.contains(&format!("admin reload by key {fingerprint} from 127.0.0.1")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("admin session, key {fingerprint}")),
+        "{log}"
+    );
     send_raw("127.0.8.2", server.addr, GARBAGE, Duration::from_secs(3));
     assert!(
         server

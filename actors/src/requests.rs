@@ -29,7 +29,22 @@ use crate::{BanError, now_ms};
 pub(crate) struct Requester {
     pub ip: std::net::IpAddr,
     pub session: u64,
-    pub anonymous: bool,
+    /// The client's key; `None` for an anonymous (NK) session.
+    pub key: Option<protocol::PublicKey>,
+}
+
+impl Requester {
+    pub fn anonymous(&self) -> bool {
+        self.key.is_none()
+    }
+
+    /// "key 0123…cdef from 192.0.2.1", for the log lines of admin actions.
+    fn who(&self) -> String {
+        match &self.key {
+            Some(key) => format!("key {} from {}", key.fingerprint(), self.ip),
+            None => format!("an anonymous session from {}", self.ip),
+        }
+    }
 }
 
 /// Limits on what clients may do with the inventory.
@@ -64,7 +79,7 @@ fn refuse_write(
     new_id: Option<&VolumeId>,
 ) -> Option<Response> {
     let config = &shared.service;
-    if requester.anonymous && !config.anonymous_writes {
+    if requester.anonymous() && !config.anonymous_writes {
         return Some(error(
             ErrorCode::Forbidden,
             "anonymous sessions may not write the inventory (service.anonymous_writes); connect with a client key".into(),
@@ -163,6 +178,7 @@ async fn handle_admin(shared: &Shared, requester: Requester, request: AdminReque
     let answer = match request {
         AdminRequest::Stats => return Response::Stats(shared.stats()),
         AdminRequest::Reload => {
+            log::info!("admin reload by {}", requester.who());
             return match shared.reloader.get() {
                 Some(reloader) => match reloader.reload() {
                     Ok(summary) => Response::Reloaded { summary },
@@ -198,15 +214,30 @@ async fn handle_admin(shared: &Shared, requester: Requester, request: AdminReque
                 session: Some(requester.session),
             })
             .await
-            .map(|r| r.map(Response::BanAdded)),
+            .map(|r| {
+                r.map(|ban| {
+                    log::info!(
+                        "admin time-out of {} by {} (cause {})",
+                        ban.prefix,
+                        requester.who(),
+                        ban.cause
+                    );
+                    Response::BanAdded(ban)
+                })
+            }),
         AdminRequest::ShowBan { target } => registry
             .send(crate::registry::ShowBan { target })
             .await
             .map(|r| r.map(|report| Response::BanShown(Box::new(report)))),
         AdminRequest::RemoveBan { prefix } => registry.send(Unban { prefix }).await.map(|r| {
-            r.map(|removed| Response::BanRemoved {
-                prefix: removed.unwrap_or(prefix),
-                existed: removed.is_some(),
+            r.map(|removed| {
+                if let Some(released) = removed {
+                    log::info!("admin release of {released} by {}", requester.who());
+                }
+                Response::BanRemoved {
+                    prefix: removed.unwrap_or(prefix),
+                    existed: removed.is_some(),
+                }
             })
         }),
     };
@@ -372,7 +403,7 @@ mod tests {
                 let requester = Requester {
                     ip: "192.0.2.1".parse().unwrap(),
                     session: 1,
-                    anonymous,
+                    key: (!anonymous).then(|| protocol::PrivateKey::generate().public_key()),
                 };
                 let response = handle(&shared, role, requester, request).await;
                 if is_admin && !admin {

@@ -60,8 +60,8 @@ pub(crate) struct Session {
 struct Established {
     connection: Connection<TcpStream>,
     role: Role,
-    /// No client key (Noise NK).
-    anonymous: bool,
+    /// The client's static key (Noise IK); `None`: anonymous (NK).
+    key: Option<protocol::PublicKey>,
     /// The connection slot, held until the session ends.
     slot: Slot,
     /// The first request, which authenticated the session.
@@ -150,14 +150,14 @@ impl Session {
         let Established {
             mut connection,
             role,
-            anonymous,
+            key,
             slot,
             first,
         } = established;
         let requester = requests::Requester {
             ip: peer.ip(),
             session: id,
-            anonymous,
+            key,
         };
         let requests = async move {
             serve(&mut connection, peer, requester, &shared, role, first).await;
@@ -284,11 +284,19 @@ async fn handshake(
     slot.established();
     bump(&shared.stats.handshakes_completed);
     shared.stats.handshake_seconds.observe(started.elapsed());
-    log::debug!("{peer}: session open ({who:?}, {role:?})");
+    let key = match who {
+        protocol::Peer::Key(key) => Some(key),
+        protocol::Peer::Anonymous => None,
+    };
+    match (&key, role) {
+        (Some(key), Role::Admin) => log::info!("{peer}: admin session, key {}", key.fingerprint()),
+        (Some(key), _) => log::info!("{peer}: session, client key {}", key.fingerprint()),
+        (None, _) => log::debug!("{peer}: anonymous session"),
+    }
     Some(Established {
         connection,
         role,
-        anonymous: matches!(who, protocol::Peer::Anonymous),
+        key,
         slot,
         first,
     })

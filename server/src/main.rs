@@ -7,6 +7,7 @@
 mod bans_cmd;
 mod capabilities;
 mod client_cmd;
+mod config_print;
 mod db_cmd;
 mod display;
 mod fleet_wiring;
@@ -85,7 +86,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Print the settings `serve` would use (defaults < file < environment < flags), as TOML.
+    /// Print every setting `serve` would use (defaults < file < environment < flags),
+    /// as commented TOML: one line of help and the environment variable each,
+    /// unset optional ones commented out.
     Print(serve::Args),
     /// Check everything `serve` would check (settings, key files, the kernel
     /// table path) without starting or creating anything; one line per
@@ -110,12 +113,13 @@ fn main() -> ExitCode {
         Command::Db(args) => db_cmd::run(args),
         Command::Xdp(args) => xdp_cmd::run(args),
         Command::Replay(args) => replay_cmd::run(args),
-        Command::Config(ConfigCommand::Print(args)) => {
-            args.settings().and_then(|s| s.to_toml()).map(|toml| {
+        Command::Config(ConfigCommand::Print(args)) => args
+            .settings()
+            .and_then(|s| config_print::render(&s))
+            .map(|toml| {
                 print!("{toml}");
                 ExitCode::SUCCESS
-            })
-        }
+            }),
         Command::Config(ConfigCommand::Check(args)) => args.check(),
         Command::Keygen(args) => keygen::run(args),
         Command::Key(command) => keygen::run_key(command),

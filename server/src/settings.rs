@@ -866,8 +866,4 @@ impl Settings {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("server.key"))
     }
-
-    pub fn to_toml(&self) -> anyhow::Result<String> {
-        Ok(toml::to_string_pretty(self)?)
-    }
 }
