@@ -275,6 +275,10 @@ fn the_client_cli_against_a_real_server() {
     assert_eq!(code, 1);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("not this server's key"), "{err}");
+    assert!(
+        err.contains("and this address is now timed out for 1m"),
+        "the client is told it is timed out: {err}"
+    );
     // The same source again: refused at accept.
     let (code, _, err) = run(&key, &["--bind", "127.0.0.9", "ping"]);
     assert_eq!(code, 1);

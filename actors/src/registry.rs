@@ -30,9 +30,11 @@ pub struct BanRegistry {
     roster: Roster,
 }
 
-/// A session saw a protocol violation from `peer`.
+/// A session saw a protocol violation from `peer`. Answers how long the
+/// source is timed out now, in seconds (`None`: it is not: allow-listed,
+/// or monitor mode), for a rejection notice that says so.
 #[derive(Message, Debug)]
-#[rtype(result = "()")]
+#[rtype(result = "Option<u64>")]
 pub struct Ban {
     pub peer: IpAddr,
     pub cause: BanCause,
@@ -228,16 +230,20 @@ impl Actor for BanRegistry {
 }
 
 impl Handler<Ban> for BanRegistry {
-    type Result = ();
+    type Result = Option<u64>;
 
-    fn handle(&mut self, ban: Ban, _: &mut Self::Context) {
-        if let BanOutcome::Banned(record) =
-            self.core
-                .ban(ban.peer, ban.cause, ban.first_bytes, now_ms())
-        {
-            self.core.observe_time_to_ban(ban.detected_at.elapsed());
-            self.kick_covered(record.prefix, None);
-        }
+    fn handle(&mut self, ban: Ban, _: &mut Self::Context) -> Option<u64> {
+        let now = now_ms();
+        let expires = match self.core.ban(ban.peer, ban.cause, ban.first_bytes, now) {
+            BanOutcome::Banned(record) => {
+                self.core.observe_time_to_ban(ban.detected_at.elapsed());
+                self.kick_covered(record.prefix, None);
+                record.expires_at_ms
+            }
+            BanOutcome::AlreadyBanned(prefix) => self.core.view().expiry(&prefix)?,
+            BanOutcome::AllowListed | BanOutcome::Monitored(_) => return None,
+        };
+        Some(expires.saturating_sub(now).div_ceil(1000))
     }
 }
 

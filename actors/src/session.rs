@@ -28,7 +28,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use model::ban::{BanCause, FirstBytes};
 use protocol::connection::{Connection, ConnectionError};
-use protocol::initiation::{ReadInitiationError, read_initiation};
+use protocol::initiation::{ReadInitiationError, notice_with_time_out, read_initiation};
 use protocol::message::ErrorCode;
 use protocol::{Request, Response, Role};
 use tokio::io::AsyncWriteExt;
@@ -188,6 +188,8 @@ enum OpenFailure {
     /// The first frame did not authenticate or broke a limit.
     Violation(protocol::frame::FrameError),
     Closed,
+    /// Rejected, timed out, and told so in a notice.
+    Noticed(protocol::Rejection),
 }
 
 /// Steps 1 and 2: the handshake and the first transport frame, both within
@@ -216,11 +218,29 @@ async fn handshake(
         let accepted = match shared.responder.accept(&seen) {
             Ok(accepted) => accepted,
             Err(rejection) => {
-                if let Some(notice) = rejection.notice() {
-                    // Best effort: the peer may already be gone.
-                    let _ = stream.write_all(&notice).await;
-                }
-                return Err(OpenFailure::Read(ReadInitiationError::Rejected(rejection)));
+                let Some(notice) = rejection.notice() else {
+                    return Err(OpenFailure::Read(ReadInitiationError::Rejected(rejection)));
+                };
+                // A penaltybox client: time it out first, so that the
+                // notice can say for how long (its user would otherwise
+                // only see every next connection closed).
+                let timed_out = shared
+                    .registry
+                    .send(Ban {
+                        peer: peer.ip(),
+                        cause: cause_of(&rejection),
+                        first_bytes: FirstBytes::truncated(&seen),
+                        detected_at: Instant::now(),
+                    })
+                    .await
+                    .ok()
+                    .flatten();
+                // Best effort: the peer may already be gone.
+                let _ = match timed_out {
+                    Some(secs) => stream.write_all(&notice_with_time_out(notice, secs)).await,
+                    None => stream.write_all(&notice).await,
+                };
+                return Err(OpenFailure::Noticed(rejection));
             }
         };
         stream
@@ -256,6 +276,10 @@ async fn handshake(
         Some(Ok(Err(OpenFailure::Read(ReadInitiationError::Rejected(rejection))))) => {
             log::debug!("{peer}: rejected: {rejection}");
             ban(shared, peer, cause_of(&rejection), &seen);
+            return None;
+        }
+        Some(Ok(Err(OpenFailure::Noticed(rejection)))) => {
+            log::debug!("{peer}: rejected, and told so: {rejection}");
             return None;
         }
         Some(Ok(Err(OpenFailure::Read(ReadInitiationError::Closed(0))))) => {

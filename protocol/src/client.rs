@@ -69,8 +69,14 @@ pub enum ClientError {
     ConnectTimeout { addr: SocketAddr, after: Duration },
     #[error("{addr} did not complete the handshake within {after:?}")]
     HandshakeTimeout { addr: SocketAddr, after: Duration },
-    #[error("{addr} rejected the handshake: {notice}")]
-    Rejected { addr: SocketAddr, notice: Notice },
+    #[error("{addr} rejected the handshake: {notice}{}", time_out_text(*timed_out))]
+    Rejected {
+        addr: SocketAddr,
+        notice: Notice,
+        /// The time-out the rejection put this address in, if the server
+        /// said (no new connection will be served before it ends).
+        timed_out: Option<Duration>,
+    },
     #[error(
         "{addr} closed the connection during the handshake: this source address is probably timed out, or it is not a penaltybox server"
     )]
@@ -222,8 +228,12 @@ async fn handshake(
     while filled < RESPONSE_LEN {
         let n = stream.read(&mut response[filled..]).await.map_err(closed)?;
         if n == 0 {
-            return Err(match Notice::parse(&response[..filled]) {
-                Some(notice) => ClientError::Rejected { addr, notice },
+            return Err(match Notice::parse_with_time_out(&response[..filled]) {
+                Some((notice, timed_out)) => ClientError::Rejected {
+                    addr,
+                    notice,
+                    timed_out,
+                },
                 None => ClientError::ClosedDuringHandshake { addr },
             });
         }
@@ -232,6 +242,33 @@ async fn handshake(
     initiator
         .finish(&response)
         .map_err(|source| ClientError::Handshake { addr, source })
+}
+
+fn time_out_text(timed_out: Option<Duration>) -> String {
+    match timed_out {
+        Some(left) => format!(
+            ", and this address is now timed out for {}",
+            humantime_secs(left)
+        ),
+        None => String::new(),
+    }
+}
+
+/// "1m", "15m", "1h 30m": whole seconds, the largest units first.
+fn humantime_secs(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut parts = Vec::new();
+    if h > 0 {
+        parts.push(format!("{h}h"));
+    }
+    if m > 0 {
+        parts.push(format!("{m}m"));
+    }
+    if s > 0 || parts.is_empty() {
+        parts.push(format!("{s}s"));
+    }
+    parts.join(" ")
 }
 
 fn is_closed(e: &std::io::Error) -> bool {

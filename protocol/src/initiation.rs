@@ -123,10 +123,29 @@ impl Rejection {
     }
 }
 
-/// First byte of a rejection notice. A notice is exactly two bytes followed
-/// by the server closing; a real response is [`crate::handshake::RESPONSE_LEN`]
-/// bytes, so the length tells the two apart.
+/// First byte of a rejection notice. A notice is two bytes, optionally
+/// followed by [`TIMED_OUT_TAG`] and a big-endian u32 of seconds (the
+/// time-out the rejection put the sender's address in), then the server
+/// closes; a real response is [`crate::handshake::RESPONSE_LEN`] bytes, so
+/// the length tells the two apart.
 pub const NOTICE_TAG: u8 = 0xFF;
+pub const TIMED_OUT_TAG: u8 = b'T';
+/// The longest notice: tag, code, timed-out tag, seconds.
+pub const MAX_NOTICE_LEN: usize = 7;
+
+/// A rejection notice that says the sender is now timed out for `secs`.
+pub fn notice_with_time_out(notice: [u8; 2], secs: u64) -> [u8; MAX_NOTICE_LEN] {
+    let secs = u32::try_from(secs).unwrap_or(u32::MAX).to_be_bytes();
+    [
+        notice[0],
+        notice[1],
+        TIMED_OUT_TAG,
+        secs[0],
+        secs[1],
+        secs[2],
+        secs[3],
+    ]
+}
 
 impl Rejection {
     /// The two bytes a server sends before closing when it rejects a message
@@ -172,6 +191,20 @@ impl Notice {
     /// connection is over one of its limits (not a rejection of bytes).
     pub fn over_limit(too_many_from_source: bool) -> [u8; 2] {
         [NOTICE_TAG, if too_many_from_source { 7 } else { 6 }]
+    }
+
+    /// A notice and, if it says so, how long the sender is timed out.
+    pub fn parse_with_time_out(bytes: &[u8]) -> Option<(Notice, Option<std::time::Duration>)> {
+        match bytes {
+            [a, b] => Some((Notice::parse(&[*a, *b])?, None)),
+            [a, b, TIMED_OUT_TAG, s0, s1, s2, s3] => Some((
+                Notice::parse(&[*a, *b])?,
+                Some(std::time::Duration::from_secs(u64::from(
+                    u32::from_be_bytes([*s0, *s1, *s2, *s3]),
+                ))),
+            )),
+            _ => None,
+        }
     }
 
     pub fn parse(bytes: &[u8]) -> Option<Notice> {
