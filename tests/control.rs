@@ -174,18 +174,7 @@ fn a_broken_file_on_reload_keeps_the_running_settings() {
         "[bans]\nnon_protocol = \"45m\"\nmode = \"monitor\"\n",
     )
     .unwrap();
-    let addr = server.addr.to_string();
-    let pub_file = server.data_dir.join("server.pub").display().to_string();
-    let key = server.admin_key.display().to_string();
-    let (code, out, err) = cli(&[
-        "reload",
-        "--server",
-        &addr,
-        "--server-key",
-        &pub_file,
-        "--key",
-        &key,
-    ]);
+    let (code, out, err) = server.admin_cli("reload", &[]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("applied bans.mode, bans.non_protocol"),

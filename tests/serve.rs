@@ -1241,6 +1241,23 @@ fn keygen_writes_the_public_key_beside_and_never_overwrites() {
     assert_eq!(public.to_string(), stdout.trim());
     let private = protocol::PrivateKey::read(&out).unwrap();
     assert_eq!(private.public_key(), public);
+    // The file's whole text works as --server-key too ("$(cat x.pub)").
+    let text = std::fs::read_to_string(dir.path().join("admin.pub")).unwrap();
+    let (code, _, err) = cli(&[
+        "client",
+        "--server",
+        "127.0.0.1:1",
+        "--server-key",
+        &text,
+        "--timeout",
+        "1",
+        "ping",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot connect to 127.0.0.1:1"),
+        "parsed, then connected: {err}"
+    );
     let (code, shown, err) = cli(&["key", "pub", out.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(

@@ -83,16 +83,23 @@ fn key_line(text: &str) -> &str {
 /// a private key file.
 pub fn read_public_key_file(path: &Path) -> Result<PublicKey, KeyError> {
     let text = read_small(path)?;
-    if kind_of(&text) == KeyKind::Private {
-        return Err(KeyError::PrivateWherePublic {
+    parse_public_key_text(&text, &path.display().to_string()).map_err(|error| match error {
+        KeyError::PrivateWherePublic { .. } => KeyError::PrivateWherePublic {
             path: path.to_owned(),
-        });
+        },
+        other => other,
+    })
+}
+
+/// A public key given as text: bare base64, or a public key file's whole
+/// content (`--server-key "$(cat server.pub)"`); `what` names it in errors.
+pub fn parse_public_key_text(text: &str, what: &str) -> Result<PublicKey, KeyError> {
+    if kind_of(text) == KeyKind::Private {
+        return Err(KeyError::PrivateWherePublic { path: what.into() });
     }
-    decode_key(key_line(&text))
+    decode_key(key_line(text))
         .map(PublicKey)
-        .ok_or_else(|| KeyError::Malformed {
-            what: path.display().to_string(),
-        })
+        .ok_or_else(|| KeyError::Malformed { what: what.into() })
 }
 
 /// A key file is a few short lines; refuse to slurp anything large.
@@ -112,25 +119,29 @@ fn read_small(path: &Path) -> Result<String, KeyError> {
 
 /// Writes a public key file (with its header). Never overwrites.
 pub fn write_public_key_file(key: &PublicKey, path: &Path) -> Result<(), KeyError> {
+    write_key_file(path, 0o644, &format!("{PUBLIC_HEADER}\n{key}\n"))
+}
+
+/// Creates `path` with `mode` and writes `text`, synced. Never overwrites.
+fn write_key_file(path: &Path, mode: u32, text: &str) -> Result<(), KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(mode)
         .open(path)
         .map_err(|source| match source.kind() {
             std::io::ErrorKind::AlreadyExists => KeyError::Exists {
                 path: path.to_owned(),
             },
-            _ => KeyError::Io {
-                path: path.to_owned(),
-                source,
-            },
+            _ => io(source),
         })?;
-    file.write_all(format!("{PUBLIC_HEADER}\n{key}\n").as_bytes())
-        .map_err(|source| KeyError::Io {
-            path: path.to_owned(),
-            source,
-        })
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io)
 }
 
 /// A static private key. Zeroized on drop by x25519-dalek.
@@ -189,27 +200,8 @@ impl PrivateKey {
 
     /// Writes the key to a new file with mode 0600. Never overwrites.
     pub fn write_new(&self, path: &Path) -> Result<(), KeyError> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::AlreadyExists => KeyError::Exists {
-                    path: path.to_owned(),
-                },
-                _ => KeyError::Io {
-                    path: path.to_owned(),
-                    source,
-                },
-            })?;
-        let line = format!("{PRIVATE_HEADER}\n{}\n", B64.encode(self.to_bytes()));
-        file.write_all(line.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|source| KeyError::Io {
-                path: path.to_owned(),
-                source,
-            })
+        let text = format!("{PRIVATE_HEADER}\n{}\n", B64.encode(self.to_bytes()));
+        write_key_file(path, 0o600, &text)
     }
 }
 

@@ -85,6 +85,11 @@ pub fn parse_server_key(value: &str) -> Result<PublicKey, String> {
     if let Ok(key) = value.parse() {
         return Ok(key);
     }
+    if value.starts_with(protocol::keys::PUBLIC_HEADER) {
+        // A server.pub's content, as `--server-key "$(cat server.pub)"` gives it.
+        return protocol::keys::parse_public_key_text(value, "--server-key")
+            .map_err(|e| e.to_string());
+    }
     if !std::path::Path::new(value).exists() {
         return Err(format!(
             "{value:?} is neither a base64 public key nor a readable server.pub file"

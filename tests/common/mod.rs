@@ -347,11 +347,16 @@ impl Server {
     /// Sends `request` on a fresh session from `source`.
     /// `penaltybox bans ARGS...` against this server with its admin key.
     pub fn bans_cli(&self, args: &[&str]) -> (i32, String, String) {
+        self.admin_cli("bans", args)
+    }
+
+    /// `penaltybox COMMAND --server … --server-key … --key ADMIN ARGS...`.
+    pub fn admin_cli(&self, command: &str, args: &[&str]) -> (i32, String, String) {
         let addr = self.addr.to_string();
         let pub_file = self.data_dir.join("server.pub").display().to_string();
         let key = self.admin_key.display().to_string();
         let mut all = vec![
-            "bans",
+            command,
             "--server",
             &addr,
             "--server-key",
