@@ -196,8 +196,8 @@ async fn run(inner: Arc<Inner>) {
     publish_forever(&inner, &bucket).await;
 }
 
-/// Connects and opens (or creates) the bucket, retrying with backoff;
-/// the first failure is logged, then one line each time the wait doubles.
+/// Connects and opens (or creates) the bucket, retrying with backoff; the
+/// first failure is a warning, the retries after it are debug lines.
 async fn open_until_up(inner: &Arc<Inner>) -> Bucket {
     let mut backoff = MIN_BACKOFF;
     let mut failures = 0u32;
@@ -294,7 +294,11 @@ fn connection_event(stats: &FleetStats, event: Event) {
             }
         }
         Event::Connected => {
-            if !stats.connected.swap(true, Ordering::Relaxed) {
+            // The first connection has its own line (`run`); this one is
+            // for coming back after an outage.
+            if !stats.connected.swap(true, Ordering::Relaxed)
+                && stats.outages.load(Ordering::Relaxed) > 0
+            {
                 log::info!("fleet: engine reachable again");
             }
         }
