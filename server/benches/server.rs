@@ -716,7 +716,7 @@ fn restore(options: &Options, rows: &mut Vec<(String, String)>) {
     {
         let sled = sled::Config::new()
             .path(&db)
-            .cache_capacity(64 << 20)
+            .cache_capacity(StoreOptions::default().cache_bytes)
             .open()
             .unwrap();
         let tree = sled.open_tree("bans").unwrap();

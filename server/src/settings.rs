@@ -406,7 +406,7 @@ impl Default for StorageSettings {
     fn default() -> Self {
         StorageSettings {
             flush_interval: Dur(Duration::from_millis(100)),
-            cache_mb: 64,
+            cache_mb: storage::StoreOptions::default().cache_bytes >> 20,
         }
     }
 }
