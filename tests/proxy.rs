@@ -81,19 +81,6 @@ fn start_haproxy(backend: SocketAddr) -> Option<Haproxy> {
     Some(proxy)
 }
 
-/// A ping from `source`, through `via`, answered.
-fn ping_via(server: &Server, source: &str, via: SocketAddr) -> bool {
-    let mut config = server.client_config();
-    config.bind = Some(source.parse().unwrap());
-    let Ok(mut client) = block_on(protocol::Client::connect(&via.to_string(), &config)) else {
-        return false;
-    };
-    matches!(
-        block_on(client.call(&protocol::Request::Ping { nonce: 9 })),
-        Ok(protocol::Response::Pong { nonce: 9 })
-    )
-}
-
 #[test]
 fn clients_behind_haproxy_are_timed_out_and_served_by_their_own_address() {
     let dir = tempfile::tempdir().unwrap();
@@ -108,7 +95,7 @@ fn clients_behind_haproxy_are_timed_out_and_served_by_their_own_address() {
         ("v2", proxy.v2, "127.0.4.1", "127.0.4.2"),
         ("v1", proxy.v1, "127.0.4.3", "127.0.4.4"),
     ] {
-        assert!(ping_via(&server, client, via), "{version}: client before");
+        assert!(server.served_via(client, via), "{version}: client before");
         send_raw(scanner, via, GARBAGE, Duration::from_secs(3));
         assert!(
             eventually(Duration::from_secs(5), || server
@@ -117,14 +104,14 @@ fn clients_behind_haproxy_are_timed_out_and_served_by_their_own_address() {
             "{version}: scanner not timed out by its own address; log:\n{}",
             server.log_text()
         );
-        assert!(ping_via(&server, client, via), "{version}: client during");
+        assert!(server.served_via(client, via), "{version}: client during");
         let refused_before = server.stats().connections_refused;
         assert!(
             refused_at_accept(scanner, via),
             "{version}: scanner served again"
         );
         assert!(server.stats().connections_refused > refused_before);
-        assert!(ping_via(&server, client, via), "{version}: client after");
+        assert!(server.served_via(client, via), "{version}: client after");
     }
     let logged = server.log_text();
     assert!(
@@ -147,7 +134,7 @@ fn clients_behind_haproxy_are_timed_out_and_served_by_their_own_address() {
     );
     assert!(server.ban_of(&format!("{PROXY_SOURCE}/32")).is_none());
     assert!(
-        ping_via(&server, "127.0.4.2", proxy.v2),
+        server.served_via("127.0.4.2", proxy.v2),
         "proxy still passes clients"
     );
 

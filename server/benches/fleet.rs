@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
 #[path = "../src/fleet_wiring.rs"]
 mod fleet_wiring;
 #[path = "../../tests/common/nats.rs"]
@@ -259,7 +261,7 @@ fn main() {
     let fleet_boot = e.started_at.elapsed();
 
     let f_dir = dir.path().join("f");
-    write_live_bans(&f_dir.join("db"), catch_up);
+    common::write_live_bans(&f_dir.join("db"), catch_up);
     let f = start_node(&f_dir, None);
     assert_eq!(f.server.stats().bans_active, u64::from(catch_up));
     let sled_boot = f.started_in;
@@ -314,26 +316,4 @@ fn storm(server: &ServerHandle, next: &mut u32) -> Duration {
     }
     samples.sort();
     percentile(&samples, 0.99)
-}
-
-/// `n` live one-hour time-outs written straight into a database, the way a
-/// server writes them.
-fn write_live_bans(db: &Path, n: u32) {
-    let store = Store::open(db, &StoreOptions::default()).unwrap();
-    let now = actors::now_ms();
-    for i in 0..n {
-        store
-            .bans()
-            .put(&model::BanInfo {
-                prefix: model::Cidr::host(addr(i)),
-                cause: BanCause::PortScan.as_cause(),
-                first_bytes: Default::default(),
-                banned_at_ms: now,
-                expires_at_ms: now + 3_600_000,
-                repeat: 1,
-                origin: model::Origin::new("d").unwrap(),
-            })
-            .unwrap();
-    }
-    store.flush().unwrap();
 }

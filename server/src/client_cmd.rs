@@ -82,13 +82,13 @@ enum VolumeCommand {
 }
 
 pub fn parse_server_key(value: &str) -> Result<PublicKey, String> {
-    if let Ok(key) = value.parse() {
-        return Ok(key);
-    }
-    if value.starts_with(protocol::keys::PUBLIC_HEADER) {
-        // A server.pub's content, as `--server-key "$(cat server.pub)"` gives it.
-        return protocol::keys::parse_public_key_text(value, "--server-key")
-            .map_err(|e| e.to_string());
+    use protocol::keys::{KeyError, parse_public_key_text};
+    // The key itself: bare base64, or a server.pub's whole text
+    // (`--server-key "$(cat server.pub)"`).
+    match parse_public_key_text(value, "--server-key") {
+        Ok(key) => return Ok(key),
+        Err(error @ KeyError::PrivateWherePublic { .. }) => return Err(error.to_string()),
+        Err(_) => {} // a path, then
     }
     if !std::path::Path::new(value).exists() {
         return Err(format!(

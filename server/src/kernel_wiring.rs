@@ -102,9 +102,7 @@ fn use_bound_ports(
     mut detection: Detection,
     bound: &[std::net::SocketAddr],
 ) -> Detection {
-    let mut ports: Vec<u16> = bound.iter().map(std::net::SocketAddr::port).collect();
-    ports.sort_unstable();
-    ports.dedup();
+    let ports = crate::settings::service_ports(bound);
     if ports != detection.service_ports {
         detection.service_ports = ports;
         let written = KernelTable::open(table_path).and_then(|mut t| t.set_detection(&detection));

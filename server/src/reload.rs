@@ -175,10 +175,7 @@ impl Reload {
     fn kernel_detection(&self, settings: &Settings) -> Option<xdp::Detection> {
         self.kernel_pins.as_ref()?;
         let mut detection = settings.detection();
-        let mut ports: Vec<u16> = self.bound.iter().map(std::net::SocketAddr::port).collect();
-        ports.sort_unstable();
-        ports.dedup();
-        detection.service_ports = ports;
+        detection.service_ports = crate::settings::service_ports(&self.bound);
         Some(detection)
     }
 }

@@ -411,6 +411,15 @@ impl Default for StorageSettings {
     }
 }
 
+/// The distinct ports of `addrs`, sorted: the kernel detectors' service
+/// ports (the configured listen addresses, or the bound ones).
+pub fn service_ports(addrs: &[SocketAddr]) -> Vec<u16> {
+    let mut ports: Vec<u16> = addrs.iter().map(SocketAddr::port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 /// The host name, as a fleet node name (the kernel's, else "penaltybox").
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -800,9 +809,7 @@ impl Settings {
     /// listen ports.
     pub fn detection(&self) -> xdp::Detection {
         let k = &self.kernel;
-        let mut service_ports: Vec<u16> = self.listen.iter().map(SocketAddr::port).collect();
-        service_ports.sort_unstable();
-        service_ports.dedup();
+        let service_ports = service_ports(&self.listen);
         xdp::Detection {
             enabled: k.detect,
             scan_ports: k.scan_ports,

@@ -344,6 +344,26 @@ impl Server {
         block_on(Client::connect(&self.addr.to_string(), &config))
     }
 
+    /// A ping on a fresh anonymous session from `source` is answered;
+    /// `false` if it is refused, closed or not answered in time.
+    pub fn served_from(&self, source: &str) -> bool {
+        self.served_via(source, self.addr)
+    }
+
+    /// [`Server::served_from`], connecting to `via` (a proxy in front of
+    /// this server, say).
+    pub fn served_via(&self, source: &str, via: SocketAddr) -> bool {
+        let mut config = self.client_config();
+        config.bind = Some(source.parse().unwrap());
+        let Ok(mut client) = block_on(Client::connect(&via.to_string(), &config)) else {
+            return false;
+        };
+        matches!(
+            block_on(client.call(&Request::Ping { nonce: 9 })),
+            Ok(Response::Pong { nonce: 9 })
+        )
+    }
+
     /// Sends `request` on a fresh session from `source`.
     /// `penaltybox bans ARGS...` against this server with its admin key.
     pub fn bans_cli(&self, args: &[&str]) -> (i32, String, String) {

@@ -140,11 +140,23 @@ impl NatsCluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("nats node {} not healthy after 30 s", node.name);
+        let log = std::fs::read_to_string(node.log_path()).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "nats node {} not healthy after 30 s; its log ends:\n{}",
+            node.name,
+            tail.join("\n")
+        );
     }
 }
 
 impl NatsNode {
+    /// Its stderr, kept beside its store (every start appends).
+    fn log_path(&self) -> PathBuf {
+        self.store.with_extension("log")
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.client_port)
     }
@@ -170,10 +182,15 @@ impl NatsNode {
                 ])
                 .args(["--routes", &self.routes]);
         }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("nats log file");
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
