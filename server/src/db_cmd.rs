@@ -1,7 +1,9 @@
 //! `penaltybox db check | salvage`: for a stopped server's database that
-//! sled still opens but some of whose records no longer decode. `check`
-//! reads every record and says how many decode; `salvage --to DIR` copies
-//! every one that does into a fresh database under DIR.
+//! sled still opens but that is damaged: some records no longer decode, or
+//! flushes that had completed are gone (storage's `watermark.rs`). `check`
+//! reads every record and says how many decode, and whether flushes were
+//! lost; `salvage --to DIR` copies every record that decodes into a fresh
+//! database under DIR.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +28,8 @@ pub struct Args {
 
 #[derive(Subcommand)]
 enum DbCommand {
-    /// Read every record; exit 1 if any does not decode.
+    /// Read every record; exit 1 if any does not decode, or if the database
+    /// lost completed flushes to damage.
     Check,
     /// Copy every record that decodes into a fresh data directory.
     Salvage {
@@ -44,11 +47,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         DbCommand::Check => {
             let report = store.salvage(None)?;
             println!("{}", summary(&report));
-            Ok(if report.is_clean() {
+            let lost = store.lost_writes();
+            if let Some(lost) = lost {
+                println!("damaged: {lost}");
+            }
+            Ok(if report.is_clean() && lost.is_none() {
                 ExitCode::SUCCESS
             } else {
                 eprintln!(
-                    "penaltybox: some records do not decode: `penaltybox db salvage --to NEW_DIR` copies the others"
+                    "penaltybox: {}: `penaltybox db salvage --to NEW_DIR` copies every readable record into a fresh database",
+                    if report.is_clean() {
+                        "the database lost completed flushes"
+                    } else {
+                        "some records do not decode"
+                    }
                 );
                 ExitCode::FAILURE
             })

@@ -1,6 +1,6 @@
 //! # penaltybox-storage
 //!
-//! The server's sled database, one directory, four trees:
+//! The server's sled database, one directory, five trees:
 //!
 //! - `bans`: the live time-out table, prefix → [`model::BanInfo`]
 //!   (see [`bans`]);
@@ -8,7 +8,9 @@
 //!   a ban's expiry so that a repeat offender's time-out can escalate;
 //! - `volumes`: the tape-volume inventory (see [`volumes`]);
 //! - `fleet-outbox`: changes made here that the fleet has not yet
-//!   published (see [`outbox`]).
+//!   published (see [`outbox`]);
+//! - `meta`: the flush number, by which a start notices flushes that sled
+//!   lost to damage without saying so (`watermark.rs`).
 //!
 //! Writes go to sled at once (readers see them immediately) and are made
 //! durable by group commit ([`commit`]): one fsync at most every flush
@@ -34,6 +36,7 @@ pub mod outbox;
 pub mod salvage;
 mod trees;
 pub mod volumes;
+mod watermark;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,6 +47,7 @@ pub use bans::{BanStore, History, LoadedBans};
 pub use outbox::{FleetChange, OutboxStore, Pending};
 pub use salvage::{CheckReport, TreeReport};
 pub use volumes::VolumeStore;
+pub use watermark::LostWrites;
 
 use commit::GroupCommit;
 use trees::{Database, TreeId, Trees};
@@ -282,6 +286,12 @@ impl Store {
     /// system, if the system says.
     pub fn free_bytes(&self) -> Option<u64> {
         free_bytes(self.shared.db.dir())
+    }
+
+    /// Flushes that had completed and that the database no longer holds,
+    /// found at this or an earlier open (`watermark.rs`).
+    pub fn lost_writes(&self) -> Option<LostWrites> {
+        self.shared.db.lost()
     }
 
     /// Bytes sled uses on disk.

@@ -20,6 +20,7 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 
 use sled::IVec;
 
+use crate::watermark::{LostWrites, Watermark};
 use crate::{Result, StorageError, StoreOptions};
 
 /// Which tree a write is for.
@@ -37,6 +38,8 @@ pub(crate) struct Trees {
     pub history: sled::Tree,
     pub volumes: sled::Tree,
     pub outbox: sled::Tree,
+    /// Bookkeeping, not journalled: the flush number ([`crate::watermark`]).
+    pub meta: sled::Tree,
 }
 
 impl Trees {
@@ -55,6 +58,7 @@ impl Trees {
             history: tree("history")?,
             volumes: tree("volumes")?,
             outbox: tree("fleet-outbox")?,
+            meta: tree("meta")?,
             db,
         })
     }
@@ -132,16 +136,28 @@ pub(crate) struct Database {
     /// `None` only after a reopen that failed (retried later).
     trees: RwLock<Option<Trees>>,
     journal: Mutex<Journal>,
+    /// Held across a whole flush: flushes are numbered one at a time.
+    watermark: Mutex<Watermark>,
+    /// What the database lost to damage, as found at this or an earlier open.
+    lost: Option<LostWrites>,
 }
 
 impl Database {
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<Database> {
+        let trees = Trees::open(dir, options)?;
+        let (watermark, lost) = Watermark::open(dir, &trees)?;
         Ok(Database {
             dir: dir.to_owned(),
             options: options.clone(),
-            trees: RwLock::new(Some(Trees::open(dir, options)?)),
+            trees: RwLock::new(Some(trees)),
             journal: Mutex::new(Journal::default()),
+            watermark: Mutex::new(watermark),
+            lost,
         })
+    }
+
+    pub fn lost(&self) -> Option<LostWrites> {
+        self.lost
     }
 
     pub fn dir(&self) -> &Path {
@@ -242,7 +258,16 @@ impl Database {
 
     /// Flushes the open trees.
     pub fn flush(&self) -> Result<()> {
-        self.with(|trees| trees.db.flush().map(|_| ()).map_err(StorageError::Sled))
+        self.with(|trees| self.numbered_flush(trees))
+    }
+
+    /// A flush, numbered inside and, once durable, outside the database.
+    fn numbered_flush(&self, trees: &Trees) -> Result<()> {
+        let mut watermark = self.watermark.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = watermark.stamp(trees)?;
+        trees.db.flush()?;
+        watermark.completed(seq);
+        Ok(())
     }
 
     /// Closes the database, opens it again and replays the journal into
@@ -266,7 +291,7 @@ impl Database {
             }
             journal.last
         };
-        trees.db.flush()?;
+        self.numbered_flush(&trees)?;
         *guard = Some(trees);
         Ok(last)
     }
