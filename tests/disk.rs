@@ -167,12 +167,67 @@ fn once_space_returns_the_time_outs_made_meanwhile_are_written() {
     assert!(refused_at_accept("127.0.51.33", server.addr));
 }
 
+/// sled cannot open without room for a log segment; the emergency reserve
+/// made at the first start is that room.
 #[test]
-fn a_restart_on_a_full_disk_is_one_line_saying_what_to_do() {
+fn a_restart_on_a_full_disk_gives_back_the_reserve_and_serves_the_restored_table() {
+    let Some(disk) = Tmpfs::mount(16) else { return };
+    let data = disk.path().join("data");
+    let reserve = data.join("db").join("reserve");
+    let server = ServerSpec::new(&data).start();
+    ban_storm(&server, "127.0.52");
+    assert!(eventually(Duration::from_secs(5), || server
+        .stats()
+        .bans_active
+        >= 50));
+    server.wait_durable();
+    assert!(server.stop().success());
+    assert!(reserve.exists(), "no reserve made at the first start");
+
+    let filler = disk.fill();
+    let server = ServerSpec::new(&data).start();
+    assert!(
+        server
+            .wait_log(
+                "gave back the 4 MiB emergency reserve",
+                Duration::from_secs(1)
+            )
+            .is_some(),
+        "{}",
+        server.log_text()
+    );
+    assert!(server.log_text().contains("50 bans restored"));
+    assert!(refused_at_accept("127.0.52.7", server.addr));
+    assert!(!reserve.exists());
+    // A time-out made now persists, in the room given back.
+    send_raw("127.0.53.1", server.addr, b"GET /", Duration::from_secs(2));
+    assert!(eventually(Duration::from_secs(5), || server
+        .ban_of("127.0.53.1")
+        .is_some()));
+    server.wait_durable();
+    assert_eq!(server.stats().storage_errors, 0);
+    server.kill9();
+
+    // Space returns: the next start has all 51 and makes the reserve again.
+    std::fs::remove_file(&filler).unwrap();
+    let server = ServerSpec::new(&data).start();
+    assert!(
+        server.log_text().contains("51 bans restored"),
+        "{}",
+        server.log_text()
+    );
+    assert!(reserve.exists());
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_restart_on_a_full_disk_without_a_reserve_is_one_line_saying_what_to_do() {
     let Some(disk) = Tmpfs::mount(16) else { return };
     let data = disk.path().join("data");
     let server = ServerSpec::new(&data).start();
     assert!(server.stop().success());
+    // As a database from a release before the reserve.
+    std::fs::remove_file(data.join("db").join("reserve")).unwrap();
     let _filler = disk.fill();
     let (code, _, err) = cli(&[
         "serve",

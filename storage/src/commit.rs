@@ -19,6 +19,8 @@ use crate::trees::Database;
 const RECOVERY_EVERY: u64 = 10;
 /// … once the disk has at least this much room.
 const RECOVERY_ROOM: u64 = 1 << 20;
+/// How often a missing emergency reserve is made again, at most.
+const RESERVE_LOOK_EVERY: Duration = Duration::from_secs(60);
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -127,6 +129,11 @@ impl State {
         // A failing flush is retried every interval; it is logged when it
         // starts failing, once a second while it does, and when it works again.
         let mut failing: Option<(u64, Instant)> = None;
+        // The emergency reserve, given back by a start on a full disk, is
+        // made again once there is room: looked at after a flush that
+        // worked, at most once a minute (it needs a free-space call).
+        let mut reserve_looked_at = Instant::now();
+        let mut reserve_in_place = false;
         loop {
             {
                 let mut flags = self.flags.lock().unwrap_or_else(|p| p.into_inner());
@@ -148,6 +155,10 @@ impl State {
                 Ok(()) => {
                     if let Some((failures, _)) = failing.take() {
                         log::warn!("database flushes work again, after {failures} failed");
+                    }
+                    if !reserve_in_place && reserve_looked_at.elapsed() >= RESERVE_LOOK_EVERY {
+                        reserve_in_place = crate::reserve::ensure(self.db.dir());
+                        reserve_looked_at = Instant::now();
                     }
                 }
                 Err(error) => {

@@ -24,6 +24,9 @@
 //! failed flushes (a full disk) the database can be reopened and nothing
 //! made meanwhile is lost.
 //!
+//! A start on a full disk opens all the same: an emergency reserve file
+//! kept in the directory is given back first (`reserve.rs`).
+//!
 //! One process per database: [`Store::open`] takes an exclusive lock on a
 //! `lock` file in the directory first, and a lock held elsewhere is
 //! [`StorageError::Locked`] (told by the lock call's own `WouldBlock`, not
@@ -33,6 +36,7 @@ pub mod bans;
 pub mod codec;
 mod commit;
 pub mod outbox;
+mod reserve;
 pub mod salvage;
 mod trees;
 pub mod volumes;
@@ -232,7 +236,19 @@ pub(crate) fn page<T, K>(
 impl Store {
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store> {
         let lock = lock(dir)?;
-        let db = Arc::new(Database::open(dir, options)?);
+        let db = match Database::open(dir, options) {
+            Err(StorageError::DiskFull { .. }) if reserve::release(dir) => {
+                log::warn!(
+                    "the disk of {} is full: gave back the {} MiB emergency reserve so that the database opens; time-outs made now persist while that room lasts, inventory writes stay paused; free space there (the reserve is made again once there is room)",
+                    dir.display(),
+                    reserve::RESERVE_BYTES >> 20
+                );
+                Database::open(dir, options)?
+            }
+            opened => opened?,
+        };
+        reserve::ensure(dir);
+        let db = Arc::new(db);
         let shared = Arc::new(Shared {
             commit: GroupCommit::start(db.clone(), options.flush_interval),
             db,
