@@ -51,6 +51,7 @@ fn main() {
             "live-small-cache" => live_memory(&options, 16, &mut rows),
             "attacks" => attacks(&options, &mut rows),
             "flood" => flood_and_latency(&options, &mut rows),
+            "flush" => flush_cost(&options, &mut rows),
             other => panic!("no section {other}"),
         }
         for (name, value) in rows {
@@ -59,7 +60,7 @@ fn main() {
         return;
     }
     flood_and_latency(&options, &mut rows);
-    for section in ["attacks", "restore", "live", "live-small-cache"] {
+    for section in ["attacks", "restore", "live", "live-small-cache", "flush"] {
         rows.extend(run_section(section, quick));
     }
     println!("\n{:<58} value", "measure");
@@ -683,6 +684,111 @@ fn live_memory(options: &Options, cache_mb: u64, rows: &mut Vec<(String, String)
             grown as f64 / (1 << 20) as f64,
             grown as f64 / n as f64,
             n as f64 / elapsed.as_secs_f64() / 1e3
+        ),
+    ));
+}
+
+/// What numbering each flush costs (storage's `watermark.rs`: a sled insert
+/// before it and a 16-byte write of a file after it): a group
+/// commit of 100 time-outs, through the store, against bare sled doing the
+/// same inserts and flush, alternately, on the same disk.
+fn flush_cost(options: &Options, rows: &mut Vec<(String, String)>) {
+    let rounds = options.samples / 2;
+    let dir = tempfile::tempdir().unwrap();
+    // The store's own timer never fires: every flush here is ours.
+    let store_options = StoreOptions {
+        flush_interval: Duration::from_secs(3600),
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&dir.path().join("store"), &store_options).unwrap();
+    let bare = sled::Config::new()
+        .path(dir.path().join("bare"))
+        .cache_capacity(store_options.cache_bytes)
+        .flush_every_ms(None)
+        .open()
+        .unwrap();
+    let bare_bans = bare.open_tree("bans").unwrap();
+    // The same bare sled, numbering its flushes by hand as the store does:
+    // what the numbering itself costs.
+    let numbered = sled::Config::new()
+        .path(dir.path().join("numbered"))
+        .cache_capacity(store_options.cache_bytes)
+        .flush_every_ms(None)
+        .open()
+        .unwrap();
+    let numbered_bans = numbered.open_tree("bans").unwrap();
+    let numbered_meta = numbered.open_tree("meta").unwrap();
+    let numbered_file = std::fs::File::create(dir.path().join("flushed")).unwrap();
+    let now = actors::now_ms();
+    let ban = |i: u32| BanInfo {
+        prefix: Cidr::host(IpAddr::from((0x0b00_0000u32 + i).to_be_bytes())),
+        cause: Cause::new("bad-magic").unwrap(),
+        first_bytes: FirstBytes::truncated(b"\x16\x03\x01\x00\xf4\x01\x00\x00"),
+        banned_at_ms: now,
+        expires_at_ms: now + 3_600_000,
+        repeat: 1,
+        origin: Default::default(),
+    };
+    let insert = |tree: &sled::Tree, i: u32| {
+        let ban = ban(i);
+        tree.insert(
+            storage::codec::encode_prefix(&ban.prefix),
+            storage::codec::encode_ban(&ban),
+        )
+        .unwrap();
+    };
+    let (mut ours, mut theirs, mut by_hand) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds as u32 {
+        let batch = round * 100..round * 100 + 100;
+        let started = Instant::now();
+        for i in batch.clone() {
+            insert(&bare_bans, i);
+        }
+        bare.flush().unwrap();
+        theirs.push(started.elapsed());
+        let started = Instant::now();
+        for i in batch.clone() {
+            insert(&numbered_bans, i);
+        }
+        numbered_meta
+            .insert(b"flush", &u64::from(round).to_be_bytes())
+            .unwrap();
+        numbered.flush().unwrap();
+        {
+            use std::os::unix::fs::FileExt;
+            numbered_file.write_all_at(&[round as u8; 16], 0).unwrap();
+        }
+        by_hand.push(started.elapsed());
+        let started = Instant::now();
+        for i in batch {
+            store.bans().put(&ban(i)).unwrap();
+        }
+        store.flush().unwrap();
+        ours.push(started.elapsed());
+    }
+    ours.sort();
+    theirs.sort();
+    by_hand.sort();
+    let (ours, theirs, by_hand) = (
+        percentile(&ours, 0.5),
+        percentile(&theirs, 0.5),
+        percentile(&by_hand, 0.5),
+    );
+    rows.push(("bare sled: 100 inserts + flush (median)".into(), ms(theirs)));
+    rows.push((
+        "bare sled, flush numbered by hand (median)".into(),
+        format!(
+            "{} -> {:.2}x bare",
+            ms(by_hand),
+            by_hand.as_secs_f64() / theirs.as_secs_f64()
+        ),
+    ));
+    rows.push((
+        "penaltybox store: 100 time-outs + numbered flush (median)".into(),
+        format!(
+            "{} -> {:.2}x bare",
+            ms(ours),
+            ours.as_secs_f64() / theirs.as_secs_f64()
         ),
     ));
 }

@@ -146,8 +146,17 @@ impl State {
             }
             // Let writes accumulate until a whole interval has passed since
             // the previous flush: that is the "group" in group commit.
+            // A stop ends the wait (Drop makes the final flush): a long
+            // `storage.flush_interval` must not hold up a shutdown.
             if let Some(wait) = self.interval.checked_sub(last_flush.elapsed()) {
-                std::thread::sleep(wait);
+                let flags = self.flags.lock().unwrap_or_else(|p| p.into_inner());
+                let (flags, _) = self
+                    .wake
+                    .wait_timeout_while(flags, wait, |flags| !flags.stop)
+                    .unwrap_or_else(|p| p.into_inner());
+                if flags.stop {
+                    return;
+                }
             }
             self.flags.lock().unwrap_or_else(|p| p.into_inner()).dirty = false;
             last_flush = Instant::now();
@@ -228,5 +237,44 @@ impl State {
                 Err(error)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Store, StoreOptions};
+    use std::time::Duration;
+
+    #[test]
+    fn closing_does_not_wait_out_a_long_flush_interval_and_still_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            flush_interval: Duration::from_secs(3600),
+            ..StoreOptions::default()
+        };
+        let ban = model::BanInfo {
+            prefix: "192.0.2.9".parse().unwrap(),
+            cause: "bad-magic".parse().unwrap(),
+            first_bytes: Default::default(),
+            banned_at_ms: 1,
+            expires_at_ms: u64::MAX / 2,
+            repeat: 1,
+            origin: Default::default(),
+        };
+        let store = Store::open(dir.path(), &options).unwrap();
+        // A first flush, so that the next write waits out the interval.
+        store.flush().unwrap();
+        store.bans().put(&ban).unwrap();
+        let (done, closed) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(store);
+            let _ = done.send(());
+        });
+        // Bounded: an hour's wait would fail here, not hang the suite.
+        closed
+            .recv_timeout(Duration::from_secs(30))
+            .expect("closing the store waited out the flush interval");
+        let store = Store::open(dir.path(), &options).unwrap();
+        assert_eq!(store.bans().get(&ban.prefix).unwrap(), Some(ban));
     }
 }

@@ -164,9 +164,12 @@ impl Watermark {
         record[..8].copy_from_slice(&seq.to_le_bytes());
         record[8..].copy_from_slice(&(!seq).to_le_bytes());
         // 16 bytes in place: no new block is needed, so a full disk does
-        // not stop it, and the check below catches a torn one.
-        file.write_all_at(&record, 0)?;
-        file.sync_data()
+        // not stop it, and the check on reading catches a torn one. No
+        // fsync of its own (it cost 0.2 ms a flush, 1.4x a bare one): the
+        // kernel writes it back within seconds, so a power cut can leave it
+        // behind, never ahead, and only a loss in those seconds then goes
+        // unnoticed. A crash of the process loses nothing of it.
+        file.write_all_at(&record, 0)
     }
 }
 
