@@ -204,6 +204,76 @@ fn the_outbox_survives_a_restart_while_the_engine_is_down() {
     drop(a);
 }
 
+/// The bucket holds this node's own time-outs too: a node started on an
+/// empty database (a container without its volume, a damaged one) takes
+/// them back, but never one it has released and not yet published.
+#[test]
+fn a_node_that_lost_its_database_takes_its_own_time_outs_back_from_the_bucket() {
+    if !fleet_ready() {
+        return;
+    }
+    let mut cluster = NatsCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = |id: &str| {
+        format!(
+            "[fleet]\nservers = {}\nnode_id = \"{id}\"\n",
+            cluster.urls_toml()
+        )
+    };
+    let (a_config, b_config) = (config("node-a"), config("node-b"));
+    let a = start_node(&dir.path().join("a"), &a_config);
+    let b = start_node(&dir.path().join("b"), &b_config);
+    wait_fleet_up(&a);
+    wait_fleet_up(&b);
+    for source in ["127.0.5.21", "127.0.5.22"] {
+        time_out_on(&a, source);
+        // B enforcing it: the bucket has it.
+        wait_refused(&b, source, "A's time-out");
+    }
+    // Engine down: A releases one; the release waits in A's outbox, and
+    // the bucket still holds the time-out. (Which reaches the engine first
+    // after the restart, A's release or A's reading of the bucket, is a
+    // race; the fleet crate's unit test pins the outbox check itself.)
+    cluster.stop(0);
+    assert!(
+        a.wait_log("fleet: lost the engine", Duration::from_secs(20))
+            .is_some()
+    );
+    let (code, out, err) = a.bans_cli(&["remove", "127.0.5.22"]);
+    assert_eq!(code, 0, "{out}{err}");
+    a.wait_durable();
+    let a_dir = a.data_dir.clone();
+    assert!(a.stop().success());
+    cluster.restart(0);
+    cluster.wait_ready(0);
+    let a = start_node(&a_dir, &a_config);
+    assert!(
+        a.wait_log("fleet: merged the bucket", PROPAGATION)
+            .is_some(),
+        "{}",
+        a.log_text()
+    );
+    assert!(
+        a.ban_of("127.0.5.22/32").is_none(),
+        "released here, yet taken back"
+    );
+    wait_refused(&b, "127.0.5.21", "still in force on B");
+    let a_dir = a.data_dir.clone();
+    assert!(a.stop().success());
+
+    // A's database is gone; its server key is kept, its node id the same.
+    std::fs::remove_dir_all(a_dir.join("db")).unwrap();
+    let a = start_node(&a_dir, &a_config);
+    let merged = a
+        .wait_log("fleet: merged the bucket", PROPAGATION)
+        .unwrap_or_else(|| panic!("{}", a.log_text()));
+    assert!(merged.contains("1 of this node's own"), "{merged}");
+    wait_refused(&a, "127.0.5.21", "A's own time-out, from the bucket");
+    assert_eq!(a.ban_of("127.0.5.21/32").unwrap().origin.as_str(), "node-a");
+    assert!(a.ban_of("127.0.5.22/32").is_none());
+    drop(b);
+}
+
 #[test]
 fn the_readme_permissions_are_enough_and_the_fleet_works_with_them() {
     if !fleet_ready() {

@@ -11,6 +11,12 @@
 //!   then every update) and hands other nodes' records to the
 //!   [`FleetTarget`]; its own come back and are skipped. A watch that
 //!   breaks is resumed after the last revision seen.
+//! - **Own records at start:** while a fresh watch delivers the live values,
+//!   this node's own records are handed over too, unless its outbox holds a
+//!   newer change of the prefix (a release not yet published, say). So a
+//!   node whose database was lost or damaged (a container started without
+//!   its volume, flushes sled dropped) takes its own time-outs back; one it
+//!   still holds is superseded by its own copy and nothing changes.
 //!
 //! Every put and every delete carries the origin node, so a node can tell
 //! its own writes coming back. A delete is an admin's release; the markers
@@ -466,12 +472,18 @@ async fn publish(
 async fn watch(inner: Arc<Inner>, store: kv::Store) {
     let mut last_revision = 0u64;
     let mut backoff = MIN_BACKOFF;
-    let mut merged = 0u64;
+    let (mut merged, mut own) = (0u64, 0u64);
+    // The live values have been delivered once: later watches resume
+    // after a revision and bring only updates.
+    let mut history_done = false;
     // The first failure of a run of them is a warning (a permission
     // missing, say); the retries after it are debug.
     let mut failing = false;
     match store.status().await {
-        Ok(status) if status.values() == 0 => inner.stats.caught_up.store(true, Ordering::Relaxed),
+        Ok(status) if status.values() == 0 => {
+            inner.stats.caught_up.store(true, Ordering::Relaxed);
+            history_done = true;
+        }
         _ => {}
     }
     loop {
@@ -488,6 +500,9 @@ async fn watch(inner: Arc<Inner>, store: kv::Store) {
                 'watching: while let Some(chunk) = chunks.next().await {
                     let mut batch = Vec::with_capacity(chunk.len());
                     let mut caught_up = false;
+                    // The live values of a fresh watch: until the entry
+                    // with nothing after it (delta 0), included.
+                    let reclaim_own = !history_done;
                     for entry in chunk {
                         let entry = match entry {
                             Ok(entry) => entry,
@@ -500,9 +515,17 @@ async fn watch(inner: Arc<Inner>, store: kv::Store) {
                         backoff = MIN_BACKOFF;
                         failing = false;
                         last_revision = last_revision.max(entry.revision);
+                        let reclaim_own = reclaim_own && !caught_up;
                         caught_up |= entry.delta == 0;
-                        match receive(&inner, &entry) {
-                            Received::Apply(record) => batch.push(record),
+                        match receive(&inner, &entry, reclaim_own) {
+                            Received::Apply(record) => {
+                                if record.origin == inner.config.node_id {
+                                    own += 1;
+                                } else {
+                                    merged += 1;
+                                }
+                                batch.push(record);
+                            }
                             Received::Release(prefix) => {
                                 // In order: what came before it first.
                                 inner.target.apply(std::mem::take(&mut batch));
@@ -511,12 +534,14 @@ async fn watch(inner: Arc<Inner>, store: kv::Store) {
                             Received::Nothing => {}
                         }
                     }
-                    merged += batch.len() as u64;
                     if !batch.is_empty() {
                         inner.target.apply(batch);
                     }
+                    history_done |= caught_up;
                     if caught_up && !inner.stats.caught_up.swap(true, Ordering::Relaxed) {
-                        log::info!("fleet: merged the bucket: {merged} time-outs from other nodes");
+                        log::info!(
+                            "fleet: merged the bucket: {merged} time-outs from other nodes, and {own} of this node's own (applied where it no longer held them)"
+                        );
                     }
                 }
             }
@@ -548,8 +573,10 @@ enum Received {
 }
 
 /// Reads one bucket entry: another node's time-out or release, or nothing
-/// (ours coming back, an expiry marker, or not ours to read).
-fn receive(inner: &Inner, entry: &kv::Entry) -> Received {
+/// (ours coming back, an expiry marker, or not ours to read). With
+/// `reclaim_own` (the live values at start), our own time-outs too, unless
+/// the outbox holds a newer change of the prefix.
+fn receive(inner: &Inner, entry: &kv::Entry, reclaim_own: bool) -> Received {
     let skip = |why: &str| {
         inner.stats.skipped.fetch_add(1, Ordering::Relaxed);
         log::warn!("fleet: skipping bucket entry {:?}: {why}", entry.key);
@@ -561,7 +588,15 @@ fn receive(inner: &Inner, entry: &kv::Entry) -> Received {
     let own = inner.config.node_id.as_str().as_bytes();
     let received = match entry.operation {
         kv::Operation::Put => match record::decode(prefix, &entry.value) {
-            Ok(ban) if ban.origin == inner.config.node_id => Received::Nothing,
+            Ok(ban) if ban.origin == inner.config.node_id => {
+                // Unknown (a storage error) counts as held: the other
+                // nodes still enforce it, and nothing stale comes back.
+                if reclaim_own && !inner.outbox.holds(&prefix).unwrap_or(true) {
+                    Received::Apply(ban)
+                } else {
+                    Received::Nothing
+                }
+            }
             Ok(ban) => Received::Apply(ban),
             Err(error) => return skip(&error.to_string()),
         },
@@ -591,4 +626,80 @@ pub fn check_server_url(url: &str) -> Result<(), String> {
         .map_err(|e| {
             format!("{url:?} is not a NATS server URL ({e}); write e.g. nats://127.0.0.1:4222")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nowhere;
+
+    impl FleetTarget for Nowhere {
+        fn apply(&self, _: Vec<BanInfo>) {}
+        fn release(&self, _: Cidr) {}
+    }
+
+    fn inner(store: &storage::Store) -> Inner {
+        Inner {
+            config: FleetConfig {
+                servers: Vec::new(),
+                bucket: "penaltybox".into(),
+                node_id: Origin::new("node-a").unwrap(),
+                replicas: 1,
+                auth: Auth::None,
+                tls: None,
+            },
+            outbox: store.outbox().clone(),
+            target: Arc::new(Nowhere),
+            wake: Arc::new(Notify::new()),
+            stats: Arc::default(),
+        }
+    }
+
+    fn put_from(origin: &str, prefix: &str) -> kv::Entry {
+        let prefix: Cidr = prefix.parse().unwrap();
+        let ban = BanInfo {
+            prefix,
+            cause: "bad-magic".parse().unwrap(),
+            first_bytes: Default::default(),
+            banned_at_ms: 1,
+            expires_at_ms: u64::MAX / 2,
+            repeat: 1,
+            origin: Default::default(),
+        };
+        kv::Entry {
+            bucket: "penaltybox".into(),
+            key: key_of(&prefix),
+            value: record::encode(&ban, Origin::new(origin).unwrap()).into(),
+            revision: 1,
+            delta: 0,
+            created: async_nats::datetime::parse_rfc3339("2026-12-01T00:00:00Z").unwrap(),
+            operation: kv::Operation::Put,
+            seen_current: false,
+        }
+    }
+
+    #[test]
+    fn own_records_are_taken_back_only_at_start_and_never_over_a_pending_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = storage::Store::open(dir.path(), &Default::default()).unwrap();
+        let inner = inner(&store);
+        let own = put_from("node-a", "192.0.2.1/32");
+        // An echo of our own publish, while watching: skipped.
+        assert!(matches!(receive(&inner, &own, false), Received::Nothing));
+        // The live values at start: taken back.
+        assert!(
+            matches!(receive(&inner, &own, true), Received::Apply(ban) if ban.origin.as_str() == "node-a")
+        );
+        // A release made here and not yet published is newer: not taken back.
+        store
+            .outbox()
+            .push(&FleetChange::Delete("192.0.2.1/32".parse().unwrap()))
+            .unwrap();
+        assert!(matches!(receive(&inner, &own, true), Received::Nothing));
+        // Another node's record is applied either way.
+        let other = put_from("node-b", "192.0.2.1/32");
+        assert!(matches!(receive(&inner, &other, false), Received::Apply(_)));
+        assert!(matches!(receive(&inner, &other, true), Received::Apply(_)));
+    }
 }

@@ -114,6 +114,13 @@ impl OutboxStore {
         Ok(())
     }
 
+    /// Whether a change of exactly `prefix` waits to be published.
+    pub fn holds(&self, prefix: &Cidr) -> Result<bool> {
+        let key = encode_prefix(prefix);
+        self.shared
+            .with(|trees| Ok(trees.outbox.contains_key(key)?))
+    }
+
     pub fn len(&self) -> usize {
         self.shared
             .with(|trees| Ok(trees.outbox.len()))
@@ -196,5 +203,23 @@ mod tests {
             .collect();
         assert_eq!(left, vec![newer]);
         assert_eq!(store.outbox().len(), 1);
+        assert!(
+            store
+                .outbox()
+                .holds(&"192.0.2.7/32".parse().unwrap())
+                .unwrap()
+        );
+        assert!(
+            !store
+                .outbox()
+                .holds(&"192.0.2.0/24".parse().unwrap())
+                .unwrap()
+        );
+        assert!(
+            !store
+                .outbox()
+                .holds(&"2001:db8::/64".parse().unwrap())
+                .unwrap()
+        );
     }
 }

@@ -101,7 +101,7 @@ impl Watermark {
             };
             trees.meta.insert(LOST_KEY, &found.encode())?;
             log::error!(
-                "the database in {} is damaged: {found}; serving with what is left (in a fleet, the other nodes' time-outs come back from the bucket); keep a copy for inspection (cp -a {} {}.damaged); `penaltybox db check` reports this until `penaltybox db salvage --to NEW_DIR` makes a fresh database",
+                "the database in {} is damaged: {found}; serving with what is left (in a fleet, the bucket brings back what it holds); keep a copy for inspection (cp -a {} {}.damaged); `penaltybox db check` reports this until `penaltybox db salvage --to NEW_DIR` makes a fresh database",
                 dir.display(),
                 dir.display(),
                 dir.display()
