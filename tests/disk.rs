@@ -220,26 +220,108 @@ fn a_restart_on_a_full_disk_gives_back_the_reserve_and_serves_the_restored_table
     assert!(server.stop().success());
 }
 
+/// No reserve (a database from before it): the start opens a copy of the
+/// database in memory, serves its table, keeps new time-outs in memory, and
+/// writes them to the real database once there is room.
 #[test]
-fn a_restart_on_a_full_disk_without_a_reserve_is_one_line_saying_what_to_do() {
+fn a_restart_on_a_full_disk_without_a_reserve_serves_read_only_from_a_copy() {
     let Some(disk) = Tmpfs::mount(16) else { return };
     let data = disk.path().join("data");
     let server = ServerSpec::new(&data).start();
+    ban_storm(&server, "127.0.54");
+    assert!(eventually(Duration::from_secs(5), || server
+        .stats()
+        .bans_active
+        >= 50));
+    server.wait_durable();
     assert!(server.stop().success());
     // As a database from a release before the reserve.
     std::fs::remove_file(data.join("db").join("reserve")).unwrap();
-    let _filler = disk.fill();
+    // Room the harness's ready file (data.ready, written as data.partial
+    // and renamed) gets back by truncating this, after sled's failed open
+    // of the real database has taken whatever else was free.
+    std::fs::write(data.with_extension("partial"), [1u8; 8192]).unwrap();
+    let filler = disk.fill();
+    // A failure after the start (here the ready file, on the same full
+    // disk) stops it cleanly: one error, no panic.
+    let ready = disk.path().join("ready");
     let (code, _, err) = cli(&[
         "serve",
         "--listen",
         "127.0.0.1:0",
         "--data-dir",
         &data.display().to_string(),
+        "--ready-file",
+        &ready.display().to_string(),
     ]);
-    assert_eq!(code, 1);
-    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--ready-file: cannot write"), "{err}");
+    assert!(!err.contains("panic"), "{err}");
+    // Nor does it leave its copy in memory behind.
+    let copies = || {
+        std::fs::read_dir("/dev/shm")
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with("penaltybox-db-copy-")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(copies(), 0);
+    let _ = std::fs::remove_file(disk.path().join("ready.partial"));
+
+    let server = ServerSpec::new(&data).start();
+    let line = server
+        .wait_log(
+            "serving read-only from a copy of it in",
+            Duration::from_secs(1),
+        )
+        .unwrap_or_else(|| panic!("{}", server.log_text()));
+    let copy = line
+        .split("a copy of it in ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(copy.exists(), "{line}");
+    assert!(server.log_text().contains("50 bans restored"));
+    assert!(refused_at_accept("127.0.54.7", server.addr));
+    // A time-out made now is enforced, and waits in memory.
+    send_raw("127.0.55.1", server.addr, b"GET /", Duration::from_secs(2));
+    assert!(eventually(Duration::from_secs(5), || server
+        .ban_of("127.0.55.1")
+        .is_some()));
+    assert!(refused_at_accept("127.0.55.1", server.addr));
+    assert!(server.stats().storage_unflushed > 0);
+
+    // Room again: the real database is opened, the time-out written, the
+    // copy removed.
+    std::fs::remove_file(&filler).unwrap();
     assert!(
-        err.contains("its disk is full") && err.contains("free some space there"),
-        "{err}"
+        eventually(Duration::from_secs(10), || server.stats().storage_unflushed
+            == 0),
+        "{:?}\n{}",
+        server.stats(),
+        server.log_text()
     );
+    assert!(
+        server
+            .wait_log("its copy in memory is gone", Duration::from_secs(1))
+            .is_some()
+    );
+    assert!(!copy.exists());
+    assert_eq!(copies(), 0);
+    server.kill9();
+    let server = ServerSpec::new(&data).start();
+    assert!(
+        server.log_text().contains("51 bans restored"),
+        "{}",
+        server.log_text()
+    );
+    assert!(server.stop().success());
 }

@@ -166,7 +166,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     log_summary(&args, &settings, &config.access);
     let reload_settings = settings.clone();
     let proxy_for_reload = proxy_trusted_copy;
-    actix_rt::System::new().block_on(async move {
+    // The actors' clones of the store are never dropped (their threads are
+    // not joined), so what a drop would clean up is cleaned up here, on
+    // every way out.
+    let store_at_exit = store.clone();
+    let served = actix_rt::System::new().block_on(async move {
         let mut signals = Signals::new()?;
         let running = actors::start(config, store.clone())?;
         let reloader = std::sync::Arc::new(crate::reload::Reload::new(
@@ -178,10 +182,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             proxy_for_reload,
         ));
         running.handle().set_reloader(reloader.clone());
-        if let Some(fleet) = &fleet {
-            fleet
-                .start(&store, running.handle())
-                .context("cannot start the fleet link")?;
+        if let Some(fleet) = &fleet
+            && let Err(error) = fleet.start(&store, running.handle())
+        {
+            // Stopped inside the runtime: the actors cannot be dropped
+            // outside it.
+            let _ = running.stats_then_shutdown().await;
+            return Err(anyhow::Error::new(error).context("cannot start the fleet link"));
         }
         if let Some(table_path) = &kernel_pins {
             let server = running.handle();
@@ -246,13 +253,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             None => log::info!("metrics off (metrics.listen = \"\")"),
         }
-        if let Some(path) = &args.ready_file {
-            write_ready_file(
+        if let Some(path) = &args.ready_file
+            && let Err(error) = write_ready_file(
                 path,
                 &running.local_addrs,
                 &public,
                 metrics.as_ref().map(crate::metrics::MetricsServer::local_addr),
-            )?;
+            )
+        {
+            let _ = running.stats_then_shutdown().await;
+            return Err(error);
         }
 
         let signal = loop {
@@ -279,7 +289,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
-    })
+    });
+    store_at_exit.remove_copy();
+    served
 }
 
 /// What this server runs with, before it starts: where the settings came

@@ -25,7 +25,9 @@
 //! made meanwhile is lost.
 //!
 //! A start on a full disk opens all the same: an emergency reserve file
-//! kept in the directory is given back first (`reserve.rs`).
+//! kept in the directory is given back first (`reserve.rs`); without one,
+//! a copy of the database in memory is opened instead, read-only in effect
+//! until the disk has room (`scratch.rs`).
 //!
 //! One process per database: [`Store::open`] takes an exclusive lock on a
 //! `lock` file in the directory first, and a lock held elsewhere is
@@ -38,6 +40,7 @@ mod commit;
 pub mod outbox;
 mod reserve;
 pub mod salvage;
+mod scratch;
 mod trees;
 pub mod volumes;
 mod watermark;
@@ -68,6 +71,14 @@ pub enum StorageError {
         "cannot open the database in {dir}: its disk is full (sled needs a little room to open it): free some space there and start again"
     )]
     DiskFull { dir: PathBuf },
+    #[error(
+        "cannot open the database in {dir}: its disk is full (sled needs a little room to open it), there is no emergency reserve, and {why}: free some space there and start again"
+    )]
+    DiskFullNoCopy { dir: PathBuf, why: String },
+    #[error(
+        "the database in {dir} runs from a copy in memory (its disk was full at start): writes wait in memory until there is room"
+    )]
+    RunningFromCopy { dir: PathBuf },
     #[error(
         "the database in {dir} is damaged ({detail}): move it aside (mv {dir} {dir}.damaged) and start again with an empty time-out table, or put back a copy of it from a backup"
     )]
@@ -236,17 +247,19 @@ pub(crate) fn page<T, K>(
 impl Store {
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store> {
         let lock = lock(dir)?;
-        let db = match Database::open(dir, options) {
-            Err(StorageError::DiskFull { .. }) if reserve::release(dir) => {
-                log::warn!(
-                    "the disk of {} is full: gave back the {} MiB emergency reserve so that the database opens; time-outs made now persist while that room lasts, inventory writes stay paused; free space there (the reserve is made again once there is room)",
-                    dir.display(),
-                    reserve::RESERVE_BYTES >> 20
-                );
-                Database::open(dir, options)?
-            }
-            opened => opened?,
-        };
+        let mut opened = Database::open(dir, options);
+        if matches!(opened, Err(StorageError::DiskFull { .. })) && reserve::release(dir) {
+            log::warn!(
+                "the disk of {} is full: gave back the {} MiB emergency reserve so that the database opens; time-outs made now persist while that room lasts, inventory writes stay paused; free space there (the reserve is made again once there is room)",
+                dir.display(),
+                reserve::RESERVE_BYTES >> 20
+            );
+            opened = Database::open(dir, options);
+        }
+        if matches!(opened, Err(StorageError::DiskFull { .. })) {
+            opened = Database::open_copy(dir, options);
+        }
+        let db = opened?;
         reserve::ensure(dir);
         let db = Arc::new(db);
         let shared = Arc::new(Shared {
@@ -296,6 +309,13 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         // The commit thread counts flush failures itself.
         self.shared.commit.flush_now()
+    }
+
+    /// For a process about to exit whose clones of the store are never
+    /// dropped (they live in threads that are not joined): removes the copy
+    /// in memory a start on a full disk made, if any. Call it last.
+    pub fn remove_copy(&self) {
+        self.shared.db.remove_copy();
     }
 
     /// Bytes free for an unprivileged writer on the database's file

@@ -20,6 +20,7 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 
 use sled::IVec;
 
+use crate::scratch::ScratchCopy;
 use crate::watermark::{LostWrites, Watermark};
 use crate::{Result, StorageError, StoreOptions};
 
@@ -140,6 +141,10 @@ pub(crate) struct Database {
     watermark: Mutex<Watermark>,
     /// What the database lost to damage, as found at this or an earlier open.
     lost: Option<LostWrites>,
+    /// While the trees are a copy of the database (a start on a full disk,
+    /// `scratch.rs`): no flush of it counts, and the next reopen opens the
+    /// real one and drops the copy.
+    copy: Mutex<Option<ScratchCopy>>,
 }
 
 impl Database {
@@ -153,7 +158,49 @@ impl Database {
             journal: Mutex::new(Journal::default()),
             watermark: Mutex::new(watermark),
             lost,
+            copy: Mutex::new(None),
         })
+    }
+
+    /// Opens a copy of the database in memory in its place (a full disk
+    /// with no reserve): reads as the database, writes wait in the journal.
+    pub fn open_copy(dir: &Path, options: &StoreOptions) -> Result<Database> {
+        let copy = ScratchCopy::make(dir).map_err(|why| StorageError::DiskFullNoCopy {
+            dir: dir.to_owned(),
+            why,
+        })?;
+        let trees = Trees::open(copy.path(), options)?;
+        // The flush file of the real directory: the copy's is the same, and
+        // once the real database is open again it is the one to write.
+        let (watermark, lost) = Watermark::open(dir, &trees)?;
+        log::warn!(
+            "the disk of {} is full and the database has no emergency reserve: serving read-only from a copy of it in {}; time-outs made now are enforced and kept in memory, and written once there is room; free space there",
+            dir.display(),
+            copy.path().display()
+        );
+        Ok(Database {
+            dir: dir.to_owned(),
+            options: options.clone(),
+            trees: RwLock::new(Some(trees)),
+            journal: Mutex::new(Journal::default()),
+            watermark: Mutex::new(watermark),
+            lost,
+            copy: Mutex::new(Some(copy)),
+        })
+    }
+
+    /// The process is stopping: a copy in memory is removed now.
+    pub fn remove_copy(&self) {
+        if let Some(copy) = self.copy.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            copy.remove();
+        }
+    }
+
+    fn runs_from_copy(&self) -> bool {
+        self.copy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     pub fn lost(&self) -> Option<LostWrites> {
@@ -258,6 +305,14 @@ impl Database {
 
     /// Flushes the open trees.
     pub fn flush(&self) -> Result<()> {
+        if self.runs_from_copy() {
+            if self.journal().ops.is_empty() {
+                return Ok(()); // nothing made since the start: nothing to lose
+            }
+            return Err(StorageError::RunningFromCopy {
+                dir: self.dir.clone(),
+            });
+        }
         self.with(|trees| self.numbered_flush(trees))
     }
 
@@ -274,8 +329,12 @@ impl Database {
     /// it, then flushes. Returns the number of the last write replayed.
     pub fn reopen(&self) -> Result<u64> {
         let mut guard = self.trees.write().unwrap_or_else(|p| p.into_inner());
-        // Dropping the old handle closes sled (and frees its file lock).
-        *guard = None;
+        let from_copy = self.runs_from_copy();
+        if !from_copy {
+            // Dropping the old handle closes sled (and frees its file lock).
+            *guard = None;
+        }
+        // A copy stays in use until the real database is open and caught up.
         let trees = Trees::open(&self.dir, &self.options)?;
         let last = {
             let journal = self.journal();
@@ -293,6 +352,13 @@ impl Database {
         };
         self.numbered_flush(&trees)?;
         *guard = Some(trees);
+        if from_copy {
+            *self.copy.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            log::warn!(
+                "the database in {} is open again; its copy in memory is gone",
+                self.dir.display()
+            );
+        }
         Ok(last)
     }
 }
