@@ -278,7 +278,7 @@ fn a_restart_on_a_full_disk_without_a_reserve_serves_read_only_from_a_copy() {
     let server = ServerSpec::new(&data).start();
     let line = server
         .wait_log(
-            "serving read-only from a copy of it in",
+            "opened read-only from a copy of it in",
             Duration::from_secs(1),
         )
         .unwrap_or_else(|| panic!("{}", server.log_text()));

@@ -76,7 +76,7 @@ pub enum StorageError {
     )]
     DiskFullNoCopy { dir: PathBuf, why: String },
     #[error(
-        "the database in {dir} runs from a copy in memory (its disk was full at start): writes wait in memory until there is room"
+        "the database in {dir} is open from a copy in memory (its disk was full at start): nothing written now is durable until there is room"
     )]
     RunningFromCopy { dir: PathBuf },
     #[error(

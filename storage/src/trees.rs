@@ -174,7 +174,7 @@ impl Database {
         // once the real database is open again it is the one to write.
         let (watermark, lost) = Watermark::open(dir, &trees)?;
         log::warn!(
-            "the disk of {} is full and the database has no emergency reserve: serving read-only from a copy of it in {}; time-outs made now are enforced and kept in memory, and written once there is room; free space there",
+            "the disk of {} is full and the database has no emergency reserve: opened read-only from a copy of it in {}; what is written now is kept in memory and written once there is room; free space there",
             dir.display(),
             copy.path().display()
         );
