@@ -90,12 +90,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn summary(report: &CheckReport) -> String {
     format!(
-        "time-outs: {} readable, {} not; history: {} readable, {} not; volumes: {} readable, {} not",
+        "time-outs: {} readable, {} not; history: {} readable, {} not; volumes: {} readable, {} not; fleet outbox: {} readable, {} not",
         report.bans.good,
         report.bans.bad,
         report.history.good,
         report.history.bad,
         report.volumes.good,
-        report.volumes.bad
+        report.volumes.bad,
+        report.outbox.good,
+        report.outbox.bad
     )
 }

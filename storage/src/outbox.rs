@@ -132,7 +132,10 @@ impl OutboxStore {
     }
 }
 
-fn decode(key: &[u8], value: &[u8]) -> Result<([u8; crate::codec::PREFIX_LEN], FleetChange)> {
+pub(crate) fn decode(
+    key: &[u8],
+    value: &[u8],
+) -> Result<([u8; crate::codec::PREFIX_LEN], FleetChange)> {
     let prefix = decode_prefix("outbox", key)?;
     let key = encode_prefix(&prefix);
     let change = match value.split_first() {

@@ -1,6 +1,7 @@
 //! `db check` and `db salvage`: read every record of every tree, count what
 //! decodes and what does not, and (salvage) copy what decodes into a fresh
-//! database. For a database sled still opens but some of whose records no
+//! database: time-outs, history, volumes, and the fleet outbox (changes not
+//! yet published, so that none is lost on the way). For a database sled still opens but some of whose records no
 //! longer decode; what sled itself cannot open, neither can this.
 
 use crate::codec::{decode_ban, decode_prefix, decode_volume};
@@ -19,11 +20,12 @@ pub struct CheckReport {
     pub bans: TreeReport,
     pub history: TreeReport,
     pub volumes: TreeReport,
+    pub outbox: TreeReport,
 }
 
 impl CheckReport {
     pub fn is_clean(&self) -> bool {
-        self.bans.bad + self.history.bad + self.volumes.bad == 0
+        self.bans.bad + self.history.bad + self.volumes.bad + self.outbox.bad == 0
     }
 }
 
@@ -83,6 +85,21 @@ impl Store {
                 }
             }
         }
+        for entry in trees.outbox.iter() {
+            let (key, value) = entry?;
+            match crate::outbox::decode(&key, &value) {
+                Ok((_, change)) => {
+                    report.outbox.good += 1;
+                    if let Some(into) = into {
+                        into.outbox.push(&change)?;
+                    }
+                }
+                Err(error) => {
+                    report.outbox.bad += 1;
+                    log::warn!("fleet outbox: skipping a record: {error}");
+                }
+            }
+        }
         if let Some(into) = into {
             into.flush()?;
         }
@@ -128,8 +145,15 @@ mod tests {
                 Some(b"nor a ban".to_vec()),
             )
             .unwrap();
+        store
+            .outbox()
+            .push(&crate::FleetChange::Delete(
+                "198.51.100.0/24".parse().unwrap(),
+            ))
+            .unwrap();
         let report = store.salvage(None).unwrap();
         assert_eq!(report.bans, TreeReport { good: 1, bad: 1 });
+        assert_eq!(report.outbox, TreeReport { good: 1, bad: 0 });
         assert_eq!(report.history, TreeReport { good: 1, bad: 0 });
         assert!(!report.is_clean());
 
@@ -137,6 +161,12 @@ mod tests {
         let fresh = Store::open(fresh_dir.path(), &StoreOptions::default()).unwrap();
         store.salvage(Some(&fresh)).unwrap();
         assert_eq!(fresh.bans().get(&ban.prefix).unwrap(), Some(ban));
+        assert!(
+            fresh
+                .outbox()
+                .holds(&"198.51.100.0/24".parse().unwrap())
+                .unwrap()
+        );
         assert!(fresh.salvage(None).unwrap().is_clean());
         assert_eq!(
             fresh
