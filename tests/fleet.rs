@@ -8,6 +8,8 @@ mod common;
 #[path = "common/nats.rs"]
 mod nats;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -317,4 +319,152 @@ fn the_readme_permissions_are_enough_and_the_fleet_works_with_them() {
         let log = server.log_text();
         assert!(!log.contains("Permissions Violation"), "{log}");
     }
+}
+
+/// A test CA, and a server certificate for 127.0.0.1 and a client one
+/// signed by it, made with the openssl CLI in `dir`.
+struct Pki {
+    ca: PathBuf,
+    server: (PathBuf, PathBuf),
+    client: (PathBuf, PathBuf),
+}
+
+impl Pki {
+    fn make(dir: &Path) -> Pki {
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl (apt install openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=penaltybox test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(&ca);
+        for (name, usage, san) in [
+            ("server", "serverAuth", "subjectAltName=IP:127.0.0.1\n"),
+            ("client", "clientAuth", ""),
+        ] {
+            let key = format!("{name}.key");
+            let csr = format!("{name}.csr");
+            let pem = format!("{name}.pem");
+            let ext = format!("{name}.ext");
+            std::fs::write(
+                dir.join(&ext),
+                format!("basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n{san}"),
+            )
+            .unwrap();
+            let subject = format!("/CN=penaltybox test {name}");
+            let mut req = vec!["req"];
+            req.extend(ec);
+            req.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
+            openssl(&req);
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ]);
+        }
+        let pair = |name: &str| {
+            (
+                dir.join(format!("{name}.pem")),
+                dir.join(format!("{name}.key")),
+            )
+        };
+        Pki {
+            ca: dir.join("ca.pem"),
+            server: pair("server"),
+            client: pair("client"),
+        }
+    }
+}
+
+/// The engine requires TLS and a client certificate: nodes with one share
+/// time-outs; a node without one is refused by the engine, says so, and
+/// serves alone.
+#[test]
+fn the_fleet_works_over_tls_with_client_certificates_and_a_node_without_one_works_alone() {
+    if !fleet_ready() {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let pki = Pki::make(certs.path());
+    let cluster = NatsCluster::start_single_with(&format!(
+        "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n  timeout: 2\n}}\n",
+        pki.server.0, pki.server.1, pki.ca
+    ));
+    let url = cluster.urls()[0].replace("nats://", "tls://");
+    let config = |id: &str, client_cert: bool| {
+        let mut toml = format!(
+            "[fleet]\nservers = [{url:?}]\nnode_id = \"{id}\"\ntls_ca_file = {:?}\n",
+            pki.ca
+        );
+        if client_cert {
+            toml += &format!(
+                "tls_cert = {:?}\ntls_key = {:?}\n",
+                pki.client.0, pki.client.1
+            );
+        }
+        toml
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_node(&dir.path().join("a"), &config("node-a", true));
+    let b = start_node(&dir.path().join("b"), &config("node-b", true));
+    wait_fleet_up(&a);
+    wait_fleet_up(&b);
+    time_out_on(&a, "127.0.5.31");
+    wait_refused(&b, "127.0.5.31", "over TLS");
+
+    let c = start_node(&dir.path().join("c"), &config("node-c", false));
+    let line = c
+        .wait_log("working alone", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("{}", c.log_text()));
+    // The engine's refusal of a client without a certificate, as rustls
+    // reports it (today: "received fatal alert: CertificateRequired").
+    assert!(line.contains("fleet: cannot connect to tls://"), "{line}");
+    assert!(
+        !c.log_text().contains("fleet: connected to"),
+        "{}",
+        c.log_text()
+    );
+    assert!(c.served_from("127.0.5.40"), "C serves alone");
+    drop((a, b));
 }
