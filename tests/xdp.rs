@@ -703,6 +703,55 @@ fn nmap_scans_are_timed_out_with_their_cause_and_the_rest_dropped_in_the_kernel(
     assert_eq!(detectors["events_lost"], 0, "{detectors}");
 }
 
+/// `bans.mode = "monitor"` reaches the kernel: the detectors still see and
+/// report the flood (a "would time out" line), and drop none of it.
+#[test]
+fn in_monitor_mode_the_kernel_reports_a_syn_flood_and_drops_none_of_it() {
+    let Some(bed) = Testbed::new() else { return };
+    if !have("hping3") {
+        return;
+    }
+    bed.attach();
+    let dir = tempfile::tempdir().unwrap();
+    let server = bed.start_server(&dir.path().join("data"), "[bans]\nmode = \"monitor\"\n");
+    let flooder = "198.18.77.32";
+    bed.add_client_addresses(&[flooder]);
+    let report = bed.in_client(
+        60,
+        &[
+            "hping3", "-S", "-p", "5000", "-a", flooder, "-i", "u100", "-c", "5000", SERVER_V4,
+        ],
+    );
+    let line = server
+        .wait_log(
+            &format!("would time out {flooder}/32"),
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "the flood was not reported: {report}\n{}",
+                server.log_text()
+            )
+        });
+    assert!(line.contains("cause syn-flood"), "{line}");
+    let detectors = bed.detectors();
+    assert_eq!(detectors["monitor"], true, "{detectors}");
+    assert_eq!(detectors["floods"], 1, "{detectors}");
+    assert_eq!(detectors["syns_dropped"], 0, "{detectors}");
+    assert!(bed.entry(&format!("{flooder}/32")).is_none());
+    let received: u64 = report
+        .split(" packets received")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no statistics line: {report}"));
+    // Enforcing, at most 150 come back (see the test below); here the
+    // listening socket answers what reaches it.
+    assert!(received > 1000, "{received} SYN-ACKs came back: {report}");
+    eprintln!("hping3 in monitor mode: {received} SYN-ACKs");
+    server.stop();
+}
+
 #[test]
 fn an_hping3_syn_flood_is_limited_in_the_kernel_and_timed_out_but_its_ssh_still_answers() {
     let Some(bed) = Testbed::new() else { return };

@@ -819,6 +819,7 @@ impl Settings {
             syn_burst: k.syn_burst,
             drop_service_only: k.drop_scope == "service",
             service_ports,
+            monitor: self.bans.mode == "monitor",
         }
     }
 

@@ -89,7 +89,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let d = &status.detectors;
             match &status.detection {
                 Some(detection) if detection.enabled => println!(
-                    "detectors: {} SYNs seen, {} dropped by the SYN rate limit; {} port scans, {} SYN floods, {} bad-flag probes reported ({} events sent, {} lost to a full ring), {} later probes of theirs dropped; {} packets passed unparsed (IPv4 fragments, IPv6 extension headers); a time-out drops {}",
+                    "detectors{}: {} SYNs seen, {} dropped by the SYN rate limit; {} port scans, {} SYN floods, {} bad-flag probes reported ({} events sent, {} lost to a full ring), {} later probes of theirs dropped; {} packets passed unparsed (IPv4 fragments, IPv6 extension headers); a time-out drops {}",
+                    if detection.monitor {
+                        " (monitor mode: they report, and drop nothing)"
+                    } else {
+                        ""
+                    },
                     d.syns_seen,
                     d.syns_dropped,
                     d.scans,
@@ -160,6 +165,7 @@ fn status_json(status: &xdp::Status, now_ns: u64) -> serde_json::Value {
         "detectors": {
             "enabled": status.detection.as_ref().is_some_and(|d| d.enabled),
             "drop_scope": status.detection.as_ref().map(|d| if d.drop_service_only { "service" } else { "all" }),
+            "monitor": status.detection.as_ref().is_some_and(|d| d.monitor),
             "syns_seen": status.detectors.syns_seen,
             "syns_dropped": status.detectors.syns_dropped,
             "scans": status.detectors.scans,

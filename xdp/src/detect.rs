@@ -37,6 +37,10 @@ pub struct Detection {
     pub drop_service_only: bool,
     /// The server's listen ports (at most [`MAX_SERVICE_PORTS`]).
     pub service_ports: Vec<u16>,
+    /// Monitor mode: detect and report, drop nothing on the detectors' own
+    /// account (a ban in the table still drops; in monitor mode there are
+    /// none).
+    pub monitor: bool,
 }
 
 impl Default for Detection {
@@ -50,6 +54,7 @@ impl Default for Detection {
             syn_burst: 100,
             drop_service_only: true,
             service_ports: vec![5000],
+            monitor: false,
         }
     }
 }
@@ -102,6 +107,7 @@ impl Detection {
             // reconnects too fast ever loses (one SYN per retransmission
             // timeout, a second or more), at once for a flood.
             syn_flood_drops: self.syn_burst.max(1),
+            monitor: u32::from(self.monitor),
             ..DetectConfig::default()
         };
         for (slot, port) in config.service_ports.iter_mut().zip(&self.service_ports) {
@@ -128,6 +134,7 @@ impl Detection {
             service_ports: config.service_ports
                 [..count(config.service_port_count, MAX_SERVICE_PORTS)]
                 .to_vec(),
+            monitor: config.monitor != 0,
         }
     }
 }

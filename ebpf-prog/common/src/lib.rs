@@ -96,6 +96,10 @@ pub struct DetectConfig {
     /// a SYN now and then (it retransmits a second later); a flood keeps
     /// sending into the limit.
     pub syn_flood_drops: u32,
+    /// 1: monitor mode (`bans.mode = "monitor"`): the detectors decide and
+    /// report as ever, but drop nothing themselves (neither SYNs over the
+    /// rate nor a reported scanner's later probes).
+    pub monitor: u32,
     /// The server's listen ports (SYN rate limit, drop scope).
     pub service_ports: [u16; MAX_SERVICE_PORTS],
     /// A probe to one of these is a scan at once.

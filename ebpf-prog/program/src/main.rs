@@ -437,12 +437,17 @@ fn inspect(source: &AddrKey, tcp: Tcp, to_service: bool, config: &DetectConfig) 
             now
         };
         if tat - now > config.syn_tolerance_ns {
-            count(COUNTER_SYN_DROPPED);
+            // Over the limit: counted towards a flood either way, dropped
+            // unless in monitor mode.
             state.syn_drops = state.syn_drops.saturating_add(1);
             if state.syn_drops >= config.syn_flood_drops {
                 report(source, state, DETECT_SYN_FLOOD, state.syns, tcp.dest_port);
             }
-            return xdp_action::XDP_DROP;
+            if config.monitor == 0 {
+                count(COUNTER_SYN_DROPPED);
+                return xdp_action::XDP_DROP;
+            }
+            return xdp_action::XDP_PASS;
         }
         state.syn_tat_ns = tat.saturating_add(config.syn_interval_ns);
     }
@@ -455,7 +460,7 @@ fn inspect(source: &AddrKey, tcp: Tcp, to_service: bool, config: &DetectConfig) 
 #[inline(always)]
 fn drops_reported_probe(state: &SourceState, to_service: bool, config: &DetectConfig) -> bool {
     let reported = state.reported & ((1 << DETECT_PORT_SCAN) | (1 << DETECT_BAD_FLAGS)) != 0;
-    if reported && (to_service || config.drop_service_only == 0) {
+    if reported && config.monitor == 0 && (to_service || config.drop_service_only == 0) {
         count(COUNTER_PROBES_DROPPED);
         return true;
     }
