@@ -133,6 +133,48 @@ fn a_reload_under_load_changes_keys_and_allow_list_and_drops_nothing() {
 
 /// Garbage from an allow-listed source is not timed out, so the next
 /// connection is served.
+/// `timeouts.*` reload: connections from then on get the new deadlines; a
+/// wait already begun keeps its own.
+#[test]
+fn a_reload_gives_the_next_connections_the_new_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = ServerSpec::new(&data)
+        .config("[timeouts]\nidle = \"60s\"\n")
+        .start();
+    let ping = |client: &mut protocol::Client, nonce| {
+        matches!(
+            block_on(client.call(&Request::Ping { nonce })),
+            Ok(Response::Pong { nonce: n }) if n == nonce
+        )
+    };
+    let mut before = server.client_from("127.0.18.1", None).unwrap();
+    assert!(ping(&mut before, 1));
+    std::fs::write(data.with_extension("toml"), "[timeouts]\nidle = \"1s\"\n").unwrap();
+    server.signal("-HUP");
+    let line = server
+        .wait_log("SIGHUP: reloaded", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no reload line; log:\n{}", server.log_text()));
+    assert!(line.contains("applied timeouts.idle"), "{line}");
+    assert!(!line.contains("restart to change"), "{line}");
+
+    let mut after = server.client_from("127.0.18.2", None).unwrap();
+    assert!(ping(&mut after, 2));
+    // Closed by the server after a second of silence.
+    let closed = server
+        .wait_log("idle for 1s, closing", Duration::from_secs(10))
+        .unwrap_or_else(|| {
+            panic!(
+                "the new session was not closed; log:\n{}",
+                server.log_text()
+            )
+        });
+    assert!(closed.contains("127.0.18.2:"), "{closed}");
+    assert!(!ping(&mut after, 3));
+    // The session from before is still waiting out its 60 s.
+    assert!(ping(&mut before, 4));
+}
+
 fn refused_at_accept_after_garbage(server: &Server, source: &str) -> bool {
     send_raw(source, server.addr, GARBAGE, Duration::from_secs(3));
     !server.served_from(source)

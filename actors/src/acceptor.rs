@@ -198,7 +198,7 @@ impl Acceptor {
             match self
                 .shared
                 .admission
-                .admit(source, self.shared.handshake_timeout, sent_data)
+                .admit(source, self.shared.timeouts().handshake, sent_data)
             {
                 Ok(admitted) => {
                     if admitted.evicted_another {
@@ -237,7 +237,7 @@ impl Acceptor {
             return self.refuse(stream, proxy, "too many PROXY headers being read");
         }
         self.reading_headers.set(self.reading_headers.get() + 1);
-        let deadline = self.shared.handshake_timeout;
+        let deadline = self.shared.timeouts().handshake;
         let read = async move {
             let mut stream = stream;
             let result = crate::proxy_header::read(&mut stream, deadline).await;

@@ -42,7 +42,9 @@ pub use fleet_sync::FleetOutlet;
 pub use kernel_sync::{KernelError, KernelSync};
 pub use policy::{AdminBan, BanPolicy, Durations, expiry_after};
 pub use requests::ServiceConfig;
-pub use startup::{Reloader, RunningServer, ServerConfig, ServerHandle, StartError, start};
+pub use startup::{
+    Reloader, RunningServer, ServerConfig, ServerHandle, StartError, Timeouts, start,
+};
 pub use stats::{HistogramSnapshot, LATENCY_BUCKETS, MetricsSnapshot, Stats};
 pub use view::BanView;
 

@@ -328,9 +328,11 @@ mod tests {
                 proxy_trusted: Vec::new(),
                 reloader: Default::default(),
                 aggregation: (32, 64),
-                handshake_timeout: Duration::from_secs(5),
-                idle_timeout: Duration::from_secs(60),
-                write_timeout: Duration::from_secs(10),
+                timeouts: std::sync::RwLock::new(crate::Timeouts {
+                    handshake: Duration::from_secs(5),
+                    idle: Duration::from_secs(60),
+                    write: Duration::from_secs(10),
+                }),
                 service: ServiceConfig::default(),
             };
             let mut runner = proptest::test_runner::TestRunner::deterministic();

@@ -346,9 +346,9 @@ async fn serve(
     loop {
         let request = match next.take() {
             Some(request) => request,
-            None => match timeout(shared.idle_timeout, connection.receive::<Request>()).await {
+            None => match timeout(shared.timeouts().idle, connection.receive::<Request>()).await {
                 Err(_) => {
-                    log::debug!("{peer}: idle for {:?}, closing", shared.idle_timeout);
+                    log::debug!("{peer}: idle for {:?}, closing", shared.timeouts().idle);
                     return;
                 }
                 Ok(Ok(None))
@@ -374,7 +374,8 @@ async fn serve(
                 ),
             }
         };
-        match timeout(shared.write_timeout, connection.send(&response)).await {
+        let write_timeout = shared.timeouts().write;
+        match timeout(write_timeout, connection.send(&response)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 log::debug!("{peer}: cannot send a response: {error}");
@@ -383,8 +384,7 @@ async fn serve(
             Err(_) => {
                 bump(&shared.stats.sessions_not_reading);
                 log::info!(
-                    "{peer}: closed: not reading its responses (none taken within {:?})",
-                    shared.write_timeout
+                    "{peer}: closed: not reading its responses (none taken within {write_timeout:?})"
                 );
                 return;
             }

@@ -63,13 +63,28 @@ pub(crate) struct Shared {
     pub reloader: std::sync::OnceLock<Arc<dyn Reloader>>,
     /// The time-out prefix lengths, for per-source admission.
     pub aggregation: (u8, u8),
-    pub handshake_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub write_timeout: Duration,
+    /// Replaced by a reload; each connection reads them as it needs them.
+    pub timeouts: std::sync::RwLock<Timeouts>,
     pub service: ServiceConfig,
 }
 
+/// How long a connection may take: to finish its handshake, between
+/// requests, and to take a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub handshake: Duration,
+    pub idle: Duration,
+    pub write: Duration,
+}
+
 impl Shared {
+    pub fn timeouts(&self) -> Timeouts {
+        *self
+            .timeouts
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     pub fn is_allowed(&self, ip: std::net::IpAddr) -> bool {
         self.allow
             .read()
@@ -161,9 +176,11 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
         proxy_trusted: config.proxy_trusted,
         reloader: std::sync::OnceLock::new(),
         aggregation,
-        handshake_timeout: config.handshake_timeout,
-        idle_timeout: config.idle_timeout,
-        write_timeout: config.write_timeout,
+        timeouts: std::sync::RwLock::new(Timeouts {
+            handshake: config.handshake_timeout,
+            idle: config.idle_timeout,
+            write: config.write_timeout,
+        }),
         service: config.service,
     });
     let workers: Vec<Arbiter> = (0..config.workers.max(1)).map(|_| Arbiter::new()).collect();
@@ -262,9 +279,15 @@ impl ServerHandle {
         access: protocol::AccessPolicy,
         limits: crate::LimitConfig,
         policy: crate::BanPolicy,
+        timeouts: Timeouts,
     ) {
         self.shared.responder.set_access(access);
         self.shared.admission.set_limits(limits);
+        *self
+            .shared
+            .timeouts
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = timeouts;
         *self
             .shared
             .allow

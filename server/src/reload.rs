@@ -50,6 +50,7 @@ const LIVE: &[&str] = &[
     "keys.authorized_keys",
     "keys.admin_keys",
     "limits",
+    "timeouts",
     "kernel.scan_ports",
     "kernel.scan_window",
     "kernel.trap_ports",
@@ -113,20 +114,7 @@ impl Reload {
 
         // What applies: the new settings, with every key that cannot change
         // live kept as it runs.
-        let mut applied = current.clone();
-        applied.bans = new.bans.clone();
-        applied.bans.ipv4_prefix = current.bans.ipv4_prefix;
-        applied.bans.ipv6_prefix = current.bans.ipv6_prefix;
-        applied.keys.authorized_keys = new.keys.authorized_keys.clone();
-        applied.keys.admin_keys = new.keys.admin_keys.clone();
-        applied.limits = new.limits.clone();
-        let k = &new.kernel;
-        applied.kernel.scan_ports = k.scan_ports;
-        applied.kernel.scan_window = k.scan_window;
-        applied.kernel.trap_ports = k.trap_ports.clone();
-        applied.kernel.syn_rate = k.syn_rate;
-        applied.kernel.syn_burst = k.syn_burst;
-        applied.kernel.drop_scope = k.drop_scope.clone();
+        let applied = live_applied(&current, &new).map_err(kept)?;
         let mut policy = applied.policy().map_err(kept)?;
         policy.allow.extend(self.proxies.iter().copied());
         let detection = self.kernel_detection(&applied);
@@ -139,7 +127,12 @@ impl Reload {
                 "reload failed, the running settings are kept: kernel detectors: {error}"
             ));
         }
-        self.server.reload(access.clone(), applied.limits(), policy);
+        self.server.reload(
+            access.clone(),
+            applied.limits(),
+            policy,
+            applied.connection_timeouts(),
+        );
         *current = applied;
 
         let mut parts = Vec::new();
@@ -189,6 +182,43 @@ impl actors::Reloader for Reload {
         }
         outcome
     }
+}
+
+/// `current` with every [`LIVE`] key taken from `new`: one list says what
+/// a reload applies, both to the settings and to the log line.
+fn live_applied(current: &Settings, new: &Settings) -> anyhow::Result<Settings> {
+    let mut applied = toml::Value::try_from(current)?;
+    let new = toml::Value::try_from(new)?;
+    for key in LIVE {
+        let path: Vec<&str> = key.split('.').collect();
+        let Some((last, parents)) = path.split_last() else {
+            continue;
+        };
+        let mut into = &mut applied;
+        let mut from = Some(&new);
+        for part in parents {
+            from = from.and_then(|value| value.get(part));
+            into = match into {
+                toml::Value::Table(table) => table
+                    .entry(part.to_string())
+                    .or_insert_with(|| toml::Value::Table(Default::default())),
+                _ => anyhow::bail!("settings: {key}: not a table"),
+            };
+        }
+        let toml::Value::Table(table) = into else {
+            anyhow::bail!("settings: {key}: not a table");
+        };
+        // A key unset in the new settings (an optional one) is unset.
+        match from.and_then(|value| value.get(last)) {
+            Some(value) => {
+                table.insert(last.to_string(), value.clone());
+            }
+            None => {
+                table.remove(*last);
+            }
+        }
+    }
+    Ok(applied.try_into()?)
 }
 
 fn is_live(key: &str) -> bool {
@@ -259,5 +289,52 @@ mod tests {
         );
         let live: Vec<&String> = changed.iter().filter(|k| is_live(k)).collect();
         assert_eq!(live, vec!["bans.allow", "limits.max_connections"]);
+    }
+
+    #[test]
+    fn a_reload_applies_exactly_the_live_keys() {
+        let current = Settings::default();
+        let mut new = Settings::default();
+        new.bans.allow = vec!["192.0.2.0/24".into()];
+        new.bans.mode = "monitor".into();
+        new.timeouts.idle = crate::settings::Dur(std::time::Duration::from_secs(1));
+        new.kernel.syn_rate = 7;
+        new.keys.admin_keys = Some("/etc/penaltybox/admins".into());
+        // Not live:
+        new.bans.ipv4_prefix = 24;
+        new.data_dir = "/elsewhere".into();
+        new.kernel.detect = !current.kernel.detect;
+        let applied = live_applied(&current, &new).unwrap();
+        let changed = changed_keys(&current, &applied);
+        assert_eq!(
+            changed,
+            vec![
+                "bans.allow",
+                "bans.mode",
+                "kernel.syn_rate",
+                "keys.admin_keys",
+                "timeouts.idle"
+            ]
+        );
+        // And back: an optional key unset again is unset.
+        let back = live_applied(&applied, &current).unwrap();
+        assert!(changed_keys(&current, &back).is_empty());
+    }
+
+    #[test]
+    fn every_live_key_is_a_setting() {
+        let mut settings = Settings::default();
+        // The optional ones, so that they appear.
+        settings.keys.authorized_keys = Some("/a".into());
+        settings.keys.admin_keys = Some("/b".into());
+        let mut flat = BTreeMap::new();
+        flatten("", &toml::Value::try_from(&settings).unwrap(), &mut flat);
+        for live in LIVE {
+            assert!(
+                flat.keys()
+                    .any(|key| key == live || key.starts_with(&format!("{live}."))),
+                "{live} is no setting"
+            );
+        }
     }
 }

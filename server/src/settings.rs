@@ -823,6 +823,14 @@ impl Settings {
         }
     }
 
+    pub fn connection_timeouts(&self) -> actors::Timeouts {
+        actors::Timeouts {
+            handshake: self.timeouts.handshake.0,
+            idle: self.timeouts.idle.0,
+            write: self.timeouts.write.0,
+        }
+    }
+
     pub fn limits(&self) -> LimitConfig {
         LimitConfig {
             max_connections: self.limits.max_connections,
