@@ -175,6 +175,55 @@ fn a_reload_gives_the_next_connections_the_new_timeouts() {
     assert!(ping(&mut before, 4));
 }
 
+/// `log_level` reload: the filter changes at once, and unset again it is
+/// what the server started with (here the harness's RUST_LOG).
+#[test]
+fn a_reload_changes_the_log_filter_and_unsetting_it_restores_the_start_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = ServerSpec::new(&data).config("").start();
+    std::fs::write(data.with_extension("toml"), "log_level = \"warn\"\n").unwrap();
+    let (code, out, err) = server.admin_cli("reload", &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("applied log_level"), "{out}");
+    // An info line (a time-out) is not written now; the time-out happens.
+    send_raw("127.0.19.1", server.addr, GARBAGE, Duration::from_secs(3));
+    assert!(eventually(Duration::from_secs(5), || server
+        .ban_of("127.0.19.1/32")
+        .is_some()));
+
+    std::fs::write(data.with_extension("toml"), "").unwrap();
+    let (code, out, err) = server.admin_cli("reload", &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("applied log_level"), "{out}");
+    send_raw("127.0.19.2", server.addr, GARBAGE, Duration::from_secs(3));
+    assert!(
+        server
+            .wait_log("timed out 127.0.19.2/32", Duration::from_secs(5))
+            .is_some(),
+        "{}",
+        server.log_text()
+    );
+    // The log is in order: had the first been written, it would be there.
+    let log = server.log_text();
+    assert!(!log.contains("timed out 127.0.19.1/32"), "{log}");
+    // A bad filter is refused; the running one is kept.
+    std::fs::write(
+        data.with_extension("toml"),
+        "log_level = \"info,actors=bogus\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = server.admin_cli("reload", &[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("log_level"), "{err}");
+    send_raw("127.0.19.3", server.addr, GARBAGE, Duration::from_secs(3));
+    assert!(
+        server
+            .wait_log("timed out 127.0.19.3/32", Duration::from_secs(5))
+            .is_some()
+    );
+}
+
 fn refused_at_accept_after_garbage(server: &Server, source: &str) -> bool {
     send_raw(source, server.addr, GARBAGE, Duration::from_secs(3));
     !server.served_from(source)

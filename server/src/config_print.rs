@@ -18,6 +18,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "threads running sessions; 0 = one per CPU (at most 256)",
     ),
     (
+        "log_level",
+        "log filter, as RUST_LOG: \"info\", \"debug\", \"info,actors=debug\"; unset: RUST_LOG, else info (a reload applies it)",
+    ),
+    (
         "keys.server_key",
         "server private key [default: DATA_DIR/server.key, generated on first start]",
     ),
@@ -238,7 +242,11 @@ mod tests {
     /// line here, and nothing here is not a key.
     #[test]
     fn every_key_is_documented_once() {
-        let mut settings = Settings::default();
+        // The optional ones set, so that they appear.
+        let mut settings = Settings {
+            log_level: Some("info".into()),
+            ..Settings::default()
+        };
         settings.keys.server_key = Some("/k".into());
         settings.keys.authorized_keys = Some("/a".into());
         settings.keys.admin_keys = Some("/b".into());

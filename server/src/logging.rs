@@ -3,8 +3,16 @@
 //! key-values: a time-out's `event`, `prefix`, `source`, `cause`...).
 //! Without RUST_LOG, penaltybox's own crates log at the command's level and
 //! everything else (sled's internals) at `warn`.
+//!
+//! The filter can be replaced while running (the `log_level` setting, on
+//! start and on reload): env_logger fixes its own filter when it is built,
+//! so it is built to pass everything, and a filter of ours, behind a lock,
+//! decides first.
 
 use std::io::Write;
+use std::sync::{OnceLock, RwLock};
+
+use env_filter::Filter;
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Format {
@@ -28,8 +36,12 @@ pub fn init(level: &str, format: Format) {
         .chain(OWN_TARGETS.iter().map(|t| format!("{t}={level}")))
         .collect::<Vec<_>>()
         .join(",");
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter));
+    let start = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|spec| !spec.trim().is_empty())
+        .unwrap_or(default_filter);
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(log::LevelFilter::Trace);
     if let Format::Json = format {
         builder.format(|out, record| {
             let mut line = serde_json::Map::new();
@@ -46,7 +58,79 @@ pub fn init(level: &str, format: Format) {
             writeln!(out, "{}", serde_json::Value::Object(line))
         });
     }
-    builder.init();
+    let filter = env_filter::Builder::new().parse(&start).build();
+    let max = filter.filter();
+    let logger = LOGGER.get_or_init(|| Reloadable {
+        inner: builder.build(),
+        filter: RwLock::new(filter),
+        start,
+    });
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+static LOGGER: OnceLock<Reloadable> = OnceLock::new();
+
+struct Reloadable {
+    /// Formats and writes; passes everything.
+    inner: env_logger::Logger,
+    filter: RwLock<Filter>,
+    /// RUST_LOG or the default, for when `log_level` is unset again.
+    start: String,
+}
+
+impl log::Log for Reloadable {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.filter
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self
+            .filter
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .matches(record)
+        {
+            self.inner.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+/// Why `spec` is no log filter, if it is not (`log_level`).
+pub fn check_filter(spec: &str) -> Result<(), String> {
+    env_filter::Builder::new()
+        .try_parse(spec)
+        .map(drop)
+        .map_err(|error| {
+            format!(
+                "{spec:?} is no log filter ({error}); write e.g. \"info\" or \"info,actors=debug\""
+            )
+        })
+}
+
+/// Filters from now on with `spec` (checked), or, with `None`, with what
+/// the process started with. Says what it filters with.
+pub fn set_filter(spec: Option<&str>) -> Result<String, String> {
+    let Some(logger) = LOGGER.get() else {
+        return Err("logging is not set up".into());
+    };
+    let spec = spec.unwrap_or(&logger.start);
+    let mut builder = env_filter::Builder::new();
+    builder
+        .try_parse(spec)
+        .map_err(|error| format!("{spec:?}: {error}"))?;
+    let filter = builder.build();
+    log::set_max_level(filter.filter());
+    *logger.filter.write().unwrap_or_else(|p| p.into_inner()) = filter;
+    Ok(spec.to_owned())
 }
 
 /// Copies a record's key-values into the JSON line (numbers and booleans

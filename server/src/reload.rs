@@ -34,6 +34,7 @@ pub type Loader = Box<dyn Fn() -> anyhow::Result<Settings> + Send + Sync>;
 /// Keys that a reload applies; every other changed key is reported as
 /// needing a restart. A key here matches itself and everything under it.
 const LIVE: &[&str] = &[
+    "log_level",
     "bans.non_protocol",
     "bans.handshake_failure",
     "bans.handshake_timeout",
@@ -133,7 +134,14 @@ impl Reload {
             policy,
             applied.connection_timeouts(),
         );
+        let log_level_changed = current.log_level != applied.log_level;
         *current = applied;
+        if log_level_changed {
+            // Checked with the settings; a failure here keeps the old filter.
+            if let Err(error) = crate::logging::set_filter(current.log_level.as_deref()) {
+                log::warn!("reload: log_level: {error}");
+            }
+        }
 
         let mut parts = Vec::new();
         if live.is_empty() {
@@ -323,8 +331,11 @@ mod tests {
 
     #[test]
     fn every_live_key_is_a_setting() {
-        let mut settings = Settings::default();
-        // The optional ones, so that they appear.
+        // The optional ones set, so that they appear.
+        let mut settings = Settings {
+            log_level: Some("info".into()),
+            ..Settings::default()
+        };
         settings.keys.authorized_keys = Some("/a".into());
         settings.keys.admin_keys = Some("/b".into());
         let mut flat = BTreeMap::new();

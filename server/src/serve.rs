@@ -118,6 +118,9 @@ impl Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = args.settings()?;
+    if let Some(spec) = &settings.log_level {
+        crate::logging::set_filter(Some(spec)).map_err(|e| anyhow::anyhow!("log_level: {e}"))?;
+    }
     // Everything that can fail without touching the disk fails first: a
     // bad key list or a busy port must not leave a new key pair behind.
     let access = access_policy(&settings)?;

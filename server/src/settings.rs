@@ -25,6 +25,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Threads running sessions; 0 = one per CPU.
     pub workers: usize,
+    /// The log filter, as RUST_LOG's (`info`, `info,actors=debug`); unset:
+    /// RUST_LOG, else `info` for penaltybox. Applied by a reload.
+    pub log_level: Option<String>,
     pub keys: KeySettings,
     pub timeouts: TimeoutSettings,
     pub bans: BanSettings,
@@ -343,6 +346,7 @@ impl Default for Settings {
             ],
             data_dir: PathBuf::from("./penaltybox-data"),
             workers: 0,
+            log_level: None,
             keys: KeySettings::default(),
             timeouts: TimeoutSettings::default(),
             bans: BanSettings::default(),
@@ -643,6 +647,9 @@ impl Settings {
                 .map(drop)
                 .map_err(|e| anyhow!("kernel.xdp_mode: {e}")),
         );
+        if let Some(spec) = &self.log_level {
+            note(crate::logging::check_filter(spec).map_err(|e| anyhow!("log_level: {e}")));
+        }
         if !matches!(self.bans.mode.as_str(), "enforce" | "monitor") {
             note(Err(anyhow!(
                 "bans.mode: {:?} is neither \"enforce\" nor \"monitor\"",
