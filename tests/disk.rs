@@ -160,7 +160,9 @@ fn once_space_returns_the_time_outs_made_meanwhile_are_written() {
     server.kill9();
     let server = ServerSpec::new(&data).start();
     assert!(
-        server.log_text().contains("50 bans restored"),
+        server
+            .wait_log("50 bans restored", Duration::from_secs(5))
+            .is_some(),
         "{}",
         server.log_text()
     );
@@ -196,7 +198,11 @@ fn a_restart_on_a_full_disk_gives_back_the_reserve_and_serves_the_restored_table
         "{}",
         server.log_text()
     );
-    assert!(server.log_text().contains("50 bans restored"));
+    assert!(
+        server
+            .wait_log("50 bans restored", Duration::from_secs(5))
+            .is_some()
+    );
     assert!(refused_at_accept("127.0.52.7", server.addr));
     assert!(!reserve.exists());
     // A time-out made now persists, in the room given back.
@@ -212,7 +218,9 @@ fn a_restart_on_a_full_disk_gives_back_the_reserve_and_serves_the_restored_table
     std::fs::remove_file(&filler).unwrap();
     let server = ServerSpec::new(&data).start();
     assert!(
-        server.log_text().contains("51 bans restored"),
+        server
+            .wait_log("51 bans restored", Duration::from_secs(5))
+            .is_some(),
         "{}",
         server.log_text()
     );
@@ -289,7 +297,11 @@ fn a_restart_on_a_full_disk_without_a_reserve_serves_read_only_from_a_copy() {
         .map(PathBuf::from)
         .unwrap_or_else(|| panic!("{line}"));
     assert!(copy.exists(), "{line}");
-    assert!(server.log_text().contains("50 bans restored"));
+    assert!(
+        server
+            .wait_log("50 bans restored", Duration::from_secs(5))
+            .is_some()
+    );
     assert!(refused_at_accept("127.0.54.7", server.addr));
     // A time-out made now is enforced, and waits in memory.
     send_raw("127.0.55.1", server.addr, b"GET /", Duration::from_secs(2));
@@ -319,7 +331,9 @@ fn a_restart_on_a_full_disk_without_a_reserve_serves_read_only_from_a_copy() {
     server.kill9();
     let server = ServerSpec::new(&data).start();
     assert!(
-        server.log_text().contains("51 bans restored"),
+        server
+            .wait_log("51 bans restored", Duration::from_secs(5))
+            .is_some(),
         "{}",
         server.log_text()
     );

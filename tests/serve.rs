@@ -553,7 +553,9 @@ fn bans_survive_a_clean_restart_and_kill_9_and_expire_during_downtime() {
 
     let server = ServerSpec::new(&data).config(config).start();
     assert!(
-        server.log_text().contains("2 bans restored"),
+        server
+            .wait_log("2 bans restored", Duration::from_secs(5))
+            .is_some(),
         "{}",
         server.log_text()
     );
@@ -837,10 +839,17 @@ fn serve_with_no_arguments_generates_its_key_and_stops_cleanly() {
     assert_eq!(mode & 0o777, 0o600);
     assert!(
         server
-            .log_text()
-            .contains(&format!("--server-key {} ping", server.public_key))
+            .wait_log(
+                &format!("--server-key {} ping", server.public_key),
+                Duration::from_secs(5)
+            )
+            .is_some()
     );
-    assert!(server.log_text().contains(&server.public_key.fingerprint()));
+    assert!(
+        server
+            .wait_log(&server.public_key.fingerprint(), Duration::from_secs(5))
+            .is_some()
+    );
     assert_eq!(
         server.call_from("127.0.0.2", None, Request::Ping { nonce: 9 }),
         Response::Pong { nonce: 9 }
@@ -854,7 +863,11 @@ fn serve_with_no_arguments_generates_its_key_and_stops_cleanly() {
     assert!(server.stop_after_signal().success());
     // Same key on the next start.
     let again = Server::start(&data);
-    assert!(again.log_text().contains("0 bans restored"));
+    assert!(
+        again
+            .wait_log("0 bans restored", Duration::from_secs(5))
+            .is_some()
+    );
 }
 
 #[test]

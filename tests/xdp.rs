@@ -206,7 +206,9 @@ fn banned_sources_are_dropped_in_the_kernel_until_unban_or_expiry() {
     let server = bed.start_server(&dir.path().join("data"), "[bans]\nnon_protocol = \"3s\"\n");
     let admin_key = server.admin_key.clone();
     assert!(
-        server.log_text().contains("kernel tier on"),
+        server
+            .wait_log("kernel tier on", Duration::from_secs(5))
+            .is_some(),
         "{}",
         server.log_text()
     );
