@@ -114,12 +114,22 @@ fn fresh_sources_rotating_all_along_do_not_lock_clients_out() {
     assert!(eventually(Duration::from_secs(10), || server
         .try_stats()
         .is_some_and(|s| s.pending_evicted > 500)));
+    let evicted_before = server.stats().pending_evicted;
     let served = ping_loop(&server);
+    let evicted_during = server.stats().pending_evicted - evicted_before;
     stop.store(true, Ordering::Relaxed);
     let made = attacker.join().unwrap();
     assert_served(served, &server);
-    // (Evictions began only past twice the table, 2,048 pending.)
-    assert!(made > 2_500, "the attacker made only {made} connections");
+    eprintln!("rotating: {made} attacker connections, {evicted_during} evicted during the pings");
+    // The attack went on during the pings: the table was full, and the
+    // attacker's silent connections were evicted to make room. (Not a count
+    // of the attacker's connections: how many one thread makes on two busy
+    // cores varies two-fold from run to run; CI once saw 2,341 against a
+    // bound of 2,500 that runs here clear at 2,600 to 5,000.)
+    assert!(
+        evicted_during > 0,
+        "only {evicted_during} evictions during the pings ({made} attacker connections)"
+    );
 }
 
 #[test]
