@@ -252,15 +252,7 @@ mod tests {
             flush_interval: Duration::from_secs(3600),
             ..StoreOptions::default()
         };
-        let ban = model::BanInfo {
-            prefix: "192.0.2.9".parse().unwrap(),
-            cause: "bad-magic".parse().unwrap(),
-            first_bytes: Default::default(),
-            banned_at_ms: 1,
-            expires_at_ms: u64::MAX / 2,
-            repeat: 1,
-            origin: Default::default(),
-        };
+        let ban = crate::test_ban("192.0.2.9", u64::MAX / 2);
         let store = Store::open(dir.path(), &options).unwrap();
         // A first flush, so that the next write waits out the interval.
         store.flush().unwrap();

@@ -184,6 +184,20 @@ impl Shared {
     }
 }
 
+/// A time-out of `prefix` made here, for this crate's tests.
+#[cfg(test)]
+pub(crate) fn test_ban(prefix: &str, expires_at_ms: u64) -> model::BanInfo {
+    model::BanInfo {
+        prefix: prefix.parse().unwrap(),
+        cause: "bad-magic".parse().unwrap(),
+        first_bytes: Default::default(),
+        banned_at_ms: 1,
+        expires_at_ms,
+        repeat: 1,
+        origin: Default::default(),
+    }
+}
+
 /// Bytes free for an unprivileged writer on the file system of `dir`, if
 /// the system says.
 pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {

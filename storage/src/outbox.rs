@@ -155,24 +155,11 @@ pub(crate) fn decode(
 mod tests {
     use super::*;
     use crate::{Store, StoreOptions};
-    use model::ban::Origin;
-
-    fn ban(prefix: &str, expires_at_ms: u64) -> BanInfo {
-        BanInfo {
-            prefix: prefix.parse().unwrap(),
-            cause: "bad-magic".parse().unwrap(),
-            first_bytes: Default::default(),
-            banned_at_ms: 1,
-            expires_at_ms,
-            repeat: 1,
-            origin: Origin::default(),
-        }
-    }
 
     #[test]
     fn a_change_survives_a_reopen_until_done_and_a_newer_one_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let first = FleetChange::Put(ban("192.0.2.7/32", 10_000));
+        let first = FleetChange::Put(crate::test_ban("192.0.2.7/32", 10_000));
         {
             let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
             store.outbox().push(&first).unwrap();

@@ -117,13 +117,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         let ban = model::BanInfo {
-            prefix: "192.0.2.7".parse().unwrap(),
-            cause: "bad-magic".parse().unwrap(),
-            first_bytes: Default::default(),
-            banned_at_ms: 1,
-            expires_at_ms: u64::MAX / 2,
             repeat: 2,
-            origin: Default::default(),
+            ..crate::test_ban("192.0.2.7", u64::MAX / 2)
         };
         store.bans().put(&ban).unwrap();
         store

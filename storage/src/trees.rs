@@ -150,16 +150,7 @@ pub(crate) struct Database {
 impl Database {
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<Database> {
         let trees = Trees::open(dir, options)?;
-        let (watermark, lost) = Watermark::open(dir, &trees)?;
-        Ok(Database {
-            dir: dir.to_owned(),
-            options: options.clone(),
-            trees: RwLock::new(Some(trees)),
-            journal: Mutex::new(Journal::default()),
-            watermark: Mutex::new(watermark),
-            lost,
-            copy: Mutex::new(None),
-        })
+        Database::around(dir, options, trees, None)
     }
 
     /// Opens a copy of the database in memory in its place (a full disk
@@ -170,14 +161,25 @@ impl Database {
             why,
         })?;
         let trees = Trees::open(copy.path(), options)?;
-        // The flush file of the real directory: the copy's is the same, and
-        // once the real database is open again it is the one to write.
-        let (watermark, lost) = Watermark::open(dir, &trees)?;
         log::warn!(
             "the disk of {} is full and the database has no emergency reserve: opened read-only from a copy of it in {}; what is written now is kept in memory and written once there is room; free space there",
             dir.display(),
             copy.path().display()
         );
+        Database::around(dir, options, trees, Some(copy))
+    }
+
+    /// The database of `dir` around trees just opened (from `dir`, or from
+    /// `copy` of it). The flush file read is always the real directory's:
+    /// a copy's is the same, and once the real database is open again it
+    /// is the one to write.
+    fn around(
+        dir: &Path,
+        options: &StoreOptions,
+        trees: Trees,
+        copy: Option<ScratchCopy>,
+    ) -> Result<Database> {
+        let (watermark, lost) = Watermark::open(dir, &trees)?;
         Ok(Database {
             dir: dir.to_owned(),
             options: options.clone(),
@@ -185,7 +187,7 @@ impl Database {
             journal: Mutex::new(Journal::default()),
             watermark: Mutex::new(watermark),
             lost,
-            copy: Mutex::new(Some(copy)),
+            copy: Mutex::new(copy),
         })
     }
 

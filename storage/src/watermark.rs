@@ -216,15 +216,7 @@ mod tests {
     }
 
     fn ban(n: u8) -> model::BanInfo {
-        model::BanInfo {
-            prefix: format!("192.0.2.{n}").parse().unwrap(),
-            cause: "bad-magic".parse().unwrap(),
-            first_bytes: Default::default(),
-            banned_at_ms: 1,
-            expires_at_ms: u64::MAX / 2,
-            repeat: 1,
-            origin: Default::default(),
-        }
+        crate::test_ban(&format!("192.0.2.{n}"), u64::MAX / 2)
     }
 
     #[test]
