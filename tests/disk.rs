@@ -58,7 +58,8 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Foreign bytes from 50 sources of `net`.0/24: 50 time-outs.
+/// Foreign bytes from 50 sources of `net`.0/24: 50 time-outs, in force
+/// (in memory at least) when it returns.
 fn ban_storm(server: &Server, net: &str) {
     for i in 1..=50 {
         send_raw(
@@ -68,6 +69,33 @@ fn ban_storm(server: &Server, net: &str) {
             Duration::from_secs(2),
         );
     }
+    assert!(
+        eventually(Duration::from_secs(5), || server.stats().bans_active >= 50),
+        "{:?}",
+        server.stats()
+    );
+}
+
+/// A server on `data` made 50 time-outs of `net`.0/24, durable, and stopped.
+fn fifty_durable_then_stopped(data: &Path, net: &str) {
+    let server = ServerSpec::new(data).start();
+    ban_storm(&server, net);
+    server.wait_durable();
+    assert!(server.stop().success());
+}
+
+/// Frees the disk (`filler` goes) and waits until the server has written
+/// every time-out it held in memory, and logged `line` saying how.
+fn free_and_wait_written(server: &Server, filler: &Path, line: &str) {
+    std::fs::remove_file(filler).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || server.stats().storage_unflushed
+            == 0),
+        "{:?}\n{}",
+        server.stats(),
+        server.log_text()
+    );
+    assert!(server.wait_log(line, Duration::from_secs(1)).is_some());
 }
 
 #[test]
@@ -77,10 +105,6 @@ fn a_full_disk_keeps_time_outs_in_memory_logs_little_and_says_what_was_lost() {
     let filler = disk.fill();
     // A ban storm while nothing can be written.
     ban_storm(&server, "127.0.50");
-    assert!(eventually(Duration::from_secs(5), || server
-        .stats()
-        .bans_active
-        >= 50));
     assert!(
         refused_at_accept("127.0.50.7", server.addr),
         "in force in memory"
@@ -143,19 +167,7 @@ fn once_space_returns_the_time_outs_made_meanwhile_are_written() {
     }));
     // Space returns: the store reopens itself and replays what was not
     // durable; nothing is left unflushed.
-    std::fs::remove_file(&filler).unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || server.stats().storage_unflushed
-            == 0),
-        "{:?}\n{}",
-        server.stats(),
-        server.log_text()
-    );
-    assert!(
-        server
-            .wait_log("database reopened", Duration::from_secs(1))
-            .is_some()
-    );
+    free_and_wait_written(&server, &filler, "database reopened");
     // Written for real: a kill -9 now loses none of them.
     server.kill9();
     let server = ServerSpec::new(&data).start();
@@ -176,14 +188,7 @@ fn a_restart_on_a_full_disk_gives_back_the_reserve_and_serves_the_restored_table
     let Some(disk) = Tmpfs::mount(16) else { return };
     let data = disk.path().join("data");
     let reserve = data.join("db").join("reserve");
-    let server = ServerSpec::new(&data).start();
-    ban_storm(&server, "127.0.52");
-    assert!(eventually(Duration::from_secs(5), || server
-        .stats()
-        .bans_active
-        >= 50));
-    server.wait_durable();
-    assert!(server.stop().success());
+    fifty_durable_then_stopped(&data, "127.0.52");
     assert!(reserve.exists(), "no reserve made at the first start");
 
     let filler = disk.fill();
@@ -235,14 +240,7 @@ fn a_restart_on_a_full_disk_gives_back_the_reserve_and_serves_the_restored_table
 fn a_restart_on_a_full_disk_without_a_reserve_serves_read_only_from_a_copy() {
     let Some(disk) = Tmpfs::mount(16) else { return };
     let data = disk.path().join("data");
-    let server = ServerSpec::new(&data).start();
-    ban_storm(&server, "127.0.54");
-    assert!(eventually(Duration::from_secs(5), || server
-        .stats()
-        .bans_active
-        >= 50));
-    server.wait_durable();
-    assert!(server.stop().success());
+    fifty_durable_then_stopped(&data, "127.0.54");
     // As a database from a release before the reserve.
     std::fs::remove_file(data.join("db").join("reserve")).unwrap();
     // Room the harness's ready file (data.ready, written as data.partial
@@ -313,19 +311,7 @@ fn a_restart_on_a_full_disk_without_a_reserve_serves_read_only_from_a_copy() {
 
     // Room again: the real database is opened, the time-out written, the
     // copy removed.
-    std::fs::remove_file(&filler).unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || server.stats().storage_unflushed
-            == 0),
-        "{:?}\n{}",
-        server.stats(),
-        server.log_text()
-    );
-    assert!(
-        server
-            .wait_log("its copy in memory is gone", Duration::from_secs(1))
-            .is_some()
-    );
+    free_and_wait_written(&server, &filler, "its copy in memory is gone");
     assert!(!copy.exists());
     assert_eq!(copies(), 0);
     server.kill9();

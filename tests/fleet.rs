@@ -18,11 +18,19 @@ use nats::NatsCluster;
 const GARBAGE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 const PROPAGATION: Duration = Duration::from_secs(20);
 
+/// `[fleet]` with the cluster's servers and the node's name, nothing else.
+fn fleet_config(cluster: &NatsCluster, node_id: &str) -> String {
+    format!(
+        "[fleet]\nservers = {}\nnode_id = \"{node_id}\"\n",
+        cluster.urls_toml()
+    )
+}
+
 fn node_config(cluster: &NatsCluster, node_id: &str, allow: &[&str]) -> String {
     let allow: Vec<String> = allow.iter().map(|a| format!("{a:?}")).collect();
     format!(
-        "[fleet]\nservers = {}\nnode_id = \"{node_id}\"\nreplicas = 3\n\n[bans]\nallow = [{}]\n",
-        cluster.urls_toml(),
+        "{}replicas = 3\n\n[bans]\nallow = [{}]\n",
+        fleet_config(cluster, node_id),
         allow.join(", ")
     )
 }
@@ -168,13 +176,10 @@ fn the_outbox_survives_a_restart_while_the_engine_is_down() {
     }
     let mut cluster = NatsCluster::start(1);
     let dir = tempfile::tempdir().unwrap();
-    let config = |id: &str| {
-        format!(
-            "[fleet]\nservers = {}\nnode_id = \"{id}\"\n",
-            cluster.urls_toml()
-        )
-    };
-    let (a_config, b_config) = (config("node-a"), config("node-b"));
+    let (a_config, b_config) = (
+        fleet_config(&cluster, "node-a"),
+        fleet_config(&cluster, "node-b"),
+    );
     let a = start_node(&dir.path().join("a"), &a_config);
     wait_fleet_up(&a);
     cluster.stop(0);
@@ -216,13 +221,10 @@ fn a_node_that_lost_its_database_takes_its_own_time_outs_back_from_the_bucket() 
     }
     let mut cluster = NatsCluster::start(1);
     let dir = tempfile::tempdir().unwrap();
-    let config = |id: &str| {
-        format!(
-            "[fleet]\nservers = {}\nnode_id = \"{id}\"\n",
-            cluster.urls_toml()
-        )
-    };
-    let (a_config, b_config) = (config("node-a"), config("node-b"));
+    let (a_config, b_config) = (
+        fleet_config(&cluster, "node-a"),
+        fleet_config(&cluster, "node-b"),
+    );
     let a = start_node(&dir.path().join("a"), &a_config);
     let b = start_node(&dir.path().join("b"), &b_config);
     wait_fleet_up(&a);
@@ -297,10 +299,7 @@ fn the_readme_permissions_are_enough_and_the_fleet_works_with_them() {
     let cluster = NatsCluster::start_single_with(&block);
     let dir = tempfile::tempdir().unwrap();
     let config = |id: &str| {
-        format!(
-            "[fleet]\nservers = {}\nnode_id = \"{id}\"\nuser = \"penaltybox\"\npassword = \"s3cret-for-test\"\n",
-            cluster.urls_toml()
-        )
+        fleet_config(&cluster, id) + "user = \"penaltybox\"\npassword = \"s3cret-for-test\"\n"
     };
     let a = start_node(&dir.path().join("a"), &config("node-a"));
     let b = start_node(&dir.path().join("b"), &config("node-b"));

@@ -1047,6 +1047,11 @@ fn a_stored_record_with_an_absurd_expiry_loads_and_lists() {
     assert_eq!(ban.expires_at_ms, u64::MAX);
 }
 
+/// `penaltybox db salvage --data-dir FROM --to TO`.
+fn db_salvage(from: &str, to: &str) -> (i32, String, String) {
+    cli(&["db", "salvage", "--data-dir", from, "--to", to])
+}
+
 #[test]
 fn db_check_and_salvage_copy_every_readable_record() {
     let dir = tempfile::tempdir().unwrap();
@@ -1076,28 +1081,14 @@ fn db_check_and_salvage_copy_every_readable_record() {
 
     let salvaged = dir.path().join("salvaged");
     let salvaged_arg = salvaged.display().to_string();
-    let (code, out, err) = cli(&[
-        "db",
-        "salvage",
-        "--data-dir",
-        &data_arg,
-        "--to",
-        &salvaged_arg,
-    ]);
+    let (code, out, err) = db_salvage(&data_arg, &salvaged_arg);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("salvaged into"), "{out}");
     let (code, out, _) = cli(&["db", "check", "--data-dir", &salvaged_arg]);
     assert_eq!(code, 0);
     assert!(out.starts_with("time-outs: 1 readable, 0 not"), "{out}");
     // A second salvage into the same place is refused.
-    let (code, _, err) = cli(&[
-        "db",
-        "salvage",
-        "--data-dir",
-        &data_arg,
-        "--to",
-        &salvaged_arg,
-    ]);
+    let (code, _, err) = db_salvage(&data_arg, &salvaged_arg);
     assert_eq!(code, 1);
     assert!(err.contains("a database is there already"), "{err}");
     // The salvaged database serves: the time-out is restored.
@@ -1168,14 +1159,7 @@ fn a_database_that_lost_completed_flushes_to_damage_says_so_at_start_and_in_db_c
     // A salvage is a fresh database: what was left, and clean.
     let salvaged = dir.path().join("salvaged");
     let salvaged_arg = salvaged.display().to_string();
-    let (code, _, err) = cli(&[
-        "db",
-        "salvage",
-        "--data-dir",
-        &data_arg,
-        "--to",
-        &salvaged_arg,
-    ]);
+    let (code, _, err) = db_salvage(&data_arg, &salvaged_arg);
     assert_eq!(code, 0, "{err}");
     let (code, out, _) = cli(&["db", "check", "--data-dir", &salvaged_arg]);
     assert_eq!(code, 0, "{out}");

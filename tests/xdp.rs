@@ -642,6 +642,25 @@ impl Testbed {
         )
     }
 
+    /// 5,000 SYNs to the server's port at about 10,000/s from `flooder`
+    /// (hping3): its report, and how many answers came back (its line
+    /// "5000 packets transmitted, N packets received").
+    fn syn_flood(&self, flooder: &str) -> (String, u64) {
+        let report = self.in_client(
+            60,
+            &[
+                "hping3", "-S", "-p", "5000", "-a", flooder, "-i", "u100", "-c", "5000", SERVER_V4,
+            ],
+        );
+        let received = report
+            .split(" packets received")
+            .next()
+            .and_then(|head| head.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no statistics line: {report}"));
+        (report, received)
+    }
+
     fn detectors(&self) -> serde_json::Value {
         self.status()["detectors"].clone()
     }
@@ -718,12 +737,7 @@ fn in_monitor_mode_the_kernel_reports_a_syn_flood_and_drops_none_of_it() {
     let server = bed.start_server(&dir.path().join("data"), "[bans]\nmode = \"monitor\"\n");
     let flooder = "198.18.77.32";
     bed.add_client_addresses(&[flooder]);
-    let report = bed.in_client(
-        60,
-        &[
-            "hping3", "-S", "-p", "5000", "-a", flooder, "-i", "u100", "-c", "5000", SERVER_V4,
-        ],
-    );
+    let (report, received) = bed.syn_flood(flooder);
     let line = server
         .wait_log(
             &format!("would time out {flooder}/32"),
@@ -741,12 +755,6 @@ fn in_monitor_mode_the_kernel_reports_a_syn_flood_and_drops_none_of_it() {
     assert_eq!(detectors["floods"], 1, "{detectors}");
     assert_eq!(detectors["syns_dropped"], 0, "{detectors}");
     assert!(bed.entry(&format!("{flooder}/32")).is_none());
-    let received: u64 = report
-        .split(" packets received")
-        .next()
-        .and_then(|head| head.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no statistics line: {report}"));
     // Enforcing, at most 150 come back (see the test below); here the
     // listening socket answers what reaches it.
     assert!(received > 1000, "{received} SYN-ACKs came back: {report}");
@@ -774,24 +782,11 @@ fn an_hping3_syn_flood_is_limited_in_the_kernel_and_timed_out_but_its_ssh_still_
             let _ = listener.accept();
         })
     };
-    // 5,000 SYNs at about 10,000/s from one source.
-    let report = bed.in_client(
-        60,
-        &[
-            "hping3", "-S", "-p", "5000", "-a", flooder, "-i", "u100", "-c", "5000", SERVER_V4,
-        ],
-    );
+    let (report, received) = bed.syn_flood(flooder);
     let line = server
         .wait_log(&format!("timed out {flooder}/32"), Duration::from_secs(5))
         .unwrap_or_else(|| panic!("the flood was not timed out: {report}"));
     assert!(line.contains("cause syn-flood"), "{line}");
-    // hping3: "5000 packets transmitted, N packets received".
-    let received: u64 = report
-        .split(" packets received")
-        .next()
-        .and_then(|head| head.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no statistics line: {report}"));
     // The burst (100) and what the rate (50/s) refills in the ~0.5 s the
     // flood lasts; every other SYN was dropped in XDP.
     assert!(

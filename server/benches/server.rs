@@ -701,21 +701,20 @@ fn flush_cost(options: &Options, rows: &mut Vec<(String, String)>) {
         ..StoreOptions::default()
     };
     let store = Store::open(&dir.path().join("store"), &store_options).unwrap();
-    let bare = sled::Config::new()
-        .path(dir.path().join("bare"))
-        .cache_capacity(store_options.cache_bytes)
-        .flush_every_ms(None)
-        .open()
-        .unwrap();
+    // Bare sled as the store configures it, flushed only by us.
+    let bare_sled = |name: &str| {
+        sled::Config::new()
+            .path(dir.path().join(name))
+            .cache_capacity(store_options.cache_bytes)
+            .flush_every_ms(None)
+            .open()
+            .unwrap()
+    };
+    let bare = bare_sled("bare");
     let bare_bans = bare.open_tree("bans").unwrap();
     // The same bare sled, numbering its flushes by hand as the store does:
     // what the numbering itself costs.
-    let numbered = sled::Config::new()
-        .path(dir.path().join("numbered"))
-        .cache_capacity(store_options.cache_bytes)
-        .flush_every_ms(None)
-        .open()
-        .unwrap();
+    let numbered = bare_sled("numbered");
     let numbered_bans = numbered.open_tree("bans").unwrap();
     let numbered_meta = numbered.open_tree("meta").unwrap();
     let numbered_file = std::fs::File::create(dir.path().join("flushed")).unwrap();

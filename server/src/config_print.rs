@@ -242,25 +242,7 @@ mod tests {
     /// line here, and nothing here is not a key.
     #[test]
     fn every_key_is_documented_once() {
-        // The optional ones set, so that they appear.
-        let mut settings = Settings {
-            log_level: Some("info".into()),
-            ..Settings::default()
-        };
-        settings.keys.server_key = Some("/k".into());
-        settings.keys.authorized_keys = Some("/a".into());
-        settings.keys.admin_keys = Some("/b".into());
-        settings.kernel.bpf_table = Some("/t".into());
-        settings.kernel.xdp_iface = Some("eth0".into());
-        let f = &mut settings.fleet;
-        f.node_id = Some("n".into());
-        f.creds_file = Some("/c".into());
-        f.user = Some("u".into());
-        f.password = Some("p".into());
-        f.token = Some("t".into());
-        f.tls_ca_file = Some("/ca".into());
-        f.tls_cert = Some("/cert".into());
-        f.tls_key = Some("/key".into());
+        let settings = Settings::with_every_optional_key();
         let value = toml::Value::try_from(&settings).unwrap();
         let mut serialized = Vec::new();
         for (key, item) in value.as_table().unwrap() {

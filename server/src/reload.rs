@@ -331,13 +331,7 @@ mod tests {
 
     #[test]
     fn every_live_key_is_a_setting() {
-        // The optional ones set, so that they appear.
-        let mut settings = Settings {
-            log_level: Some("info".into()),
-            ..Settings::default()
-        };
-        settings.keys.authorized_keys = Some("/a".into());
-        settings.keys.admin_keys = Some("/b".into());
+        let settings = Settings::with_every_optional_key();
         let mut flat = BTreeMap::new();
         flatten("", &toml::Value::try_from(&settings).unwrap(), &mut flat);
         for live in LIVE {

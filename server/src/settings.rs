@@ -878,6 +878,32 @@ impl Settings {
         Ok(storage::Store::open(&dir, &self.store_options())?)
     }
 
+    /// The defaults with every optional key set (to made-up values), so that
+    /// each appears when serialized: for tests that hold a list of keys to
+    /// the settings.
+    #[cfg(test)]
+    pub fn with_every_optional_key() -> Settings {
+        let mut settings = Settings {
+            log_level: Some("info".into()),
+            ..Settings::default()
+        };
+        settings.keys.server_key = Some("/k".into());
+        settings.keys.authorized_keys = Some("/a".into());
+        settings.keys.admin_keys = Some("/b".into());
+        settings.kernel.bpf_table = Some("/t".into());
+        settings.kernel.xdp_iface = Some("eth0".into());
+        let f = &mut settings.fleet;
+        f.node_id = Some("n".into());
+        f.creds_file = Some("/c".into());
+        f.user = Some("u".into());
+        f.password = Some("p".into());
+        f.token = Some("t".into());
+        f.tls_ca_file = Some("/ca".into());
+        f.tls_cert = Some("/cert".into());
+        f.tls_key = Some("/key".into());
+        settings
+    }
+
     /// Where sled keeps its files, inside the data directory.
     pub fn database_dir(&self) -> PathBuf {
         self.data_dir.join("db")
