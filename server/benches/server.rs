@@ -688,6 +688,20 @@ fn live_memory(options: &Options, cache_mb: u64, rows: &mut Vec<(String, String)
     ));
 }
 
+/// The `i`-th host of 11.0.0.0/8 timed out at `now` for an hour (bad magic,
+/// a TLS hello's first bytes): the restore and flush sections' time-outs.
+fn hour_ban(i: u32, now: u64) -> BanInfo {
+    BanInfo {
+        prefix: Cidr::host(IpAddr::from((0x0b00_0000u32 + i).to_be_bytes())),
+        cause: Cause::new("bad-magic").unwrap(),
+        first_bytes: FirstBytes::truncated(b"\x16\x03\x01\x00\xf4\x01\x00\x00"),
+        banned_at_ms: now,
+        expires_at_ms: now + 3_600_000,
+        repeat: 1,
+        origin: Default::default(),
+    }
+}
+
 /// What numbering each flush costs (storage's `watermark.rs`: a sled insert
 /// before it and a 16-byte write of a file after it): a group
 /// commit of 100 time-outs, through the store, against bare sled doing the
@@ -719,15 +733,7 @@ fn flush_cost(options: &Options, rows: &mut Vec<(String, String)>) {
     let numbered_meta = numbered.open_tree("meta").unwrap();
     let numbered_file = std::fs::File::create(dir.path().join("flushed")).unwrap();
     let now = actors::now_ms();
-    let ban = |i: u32| BanInfo {
-        prefix: Cidr::host(IpAddr::from((0x0b00_0000u32 + i).to_be_bytes())),
-        cause: Cause::new("bad-magic").unwrap(),
-        first_bytes: FirstBytes::truncated(b"\x16\x03\x01\x00\xf4\x01\x00\x00"),
-        banned_at_ms: now,
-        expires_at_ms: now + 3_600_000,
-        repeat: 1,
-        origin: Default::default(),
-    };
+    let ban = |i: u32| hour_ban(i, now);
     let insert = |tree: &sled::Tree, i: u32| {
         let ban = ban(i);
         tree.insert(
@@ -800,19 +806,7 @@ fn restore(options: &Options, rows: &mut Vec<(String, String)>) {
         let store = Store::open(&db, &StoreOptions::default()).unwrap();
         let now = actors::now_ms();
         for i in 0..n as u32 {
-            let addr = IpAddr::from((0x0b00_0000u32 + i).to_be_bytes());
-            store
-                .bans()
-                .put(&BanInfo {
-                    prefix: Cidr::host(addr),
-                    cause: Cause::new("bad-magic").unwrap(),
-                    first_bytes: FirstBytes::truncated(b"\x16\x03\x01\x00\xf4\x01\x00\x00"),
-                    banned_at_ms: now,
-                    expires_at_ms: now + 3_600_000,
-                    repeat: 1,
-                    origin: Default::default(),
-                })
-                .unwrap();
+            store.bans().put(&hour_ban(i, now)).unwrap();
         }
         store.flush().unwrap();
     }
