@@ -45,14 +45,29 @@ pub(crate) struct Trees {
 
 impl Trees {
     fn open(dir: &Path, options: &StoreOptions) -> Result<Trees> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(options.cache_bytes)
             // We flush ourselves (group commit); sled's own timer would add
             // fsyncs we did not ask for.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| open_error(dir, source))?;
+            .flush_every_ms(None);
+        // sled locks its `db` file too, and a handle just dropped lets go of
+        // it only once sled's I/O threads are done with it, a little later
+        // (sled's own tests block on that lock for this reason; CI saw a
+        // reopen fail on it). Our `lock` file, taken first, already keeps
+        // every other process out, so sled's lock held now is a handle of
+        // this process still closing: wait for it, bounded.
+        let waited_from = std::time::Instant::now();
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(error))
+                    if is_sled_lock(&error) && waited_from.elapsed() < SLED_LOCK_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                opened => break opened.map_err(|source| open_error(dir, source))?,
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(|source| open_error(dir, source));
         Ok(Trees {
             bans: tree("bans")?,
@@ -72,6 +87,16 @@ impl Trees {
             TreeId::Outbox => &self.outbox,
         }
     }
+}
+
+/// How long an open waits for sled's lock to be let go of (see `Trees::open`).
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// sled's "could not acquire lock" (it has no error kind of its own: an
+/// `Other` I/O error with this text, sled 0.34 `Config::try_lock`).
+fn is_sled_lock(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::Other
+        && error.to_string().starts_with("could not acquire lock on")
 }
 
 fn open_error(dir: &Path, source: sled::Error) -> StorageError {
@@ -368,6 +393,21 @@ impl Database {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_open_waits_for_a_closing_handle_of_this_process_to_let_go_of_sleds_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = sled::open(dir.path()).unwrap();
+        // A handle that lets go late: the scenario itself, not a wait for
+        // readiness (the open below starts while it is held).
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(held);
+        });
+        let opened = Trees::open(dir.path(), &StoreOptions::default());
+        closer.join().unwrap();
+        assert!(opened.is_ok(), "{:?}", opened.err());
+    }
 
     #[test]
     fn the_journal_numbers_writes_and_lets_the_oldest_go_past_its_bound() {
