@@ -23,9 +23,9 @@ const PINGS: usize = 100;
 fn ping_ok(server: &Server, source: &str, nonce: u64) -> bool {
     let mut config = server.client_config();
     config.bind = Some(source.parse().unwrap());
-    config.connect_timeout = Duration::from_secs(3);
-    config.handshake_timeout = Duration::from_secs(3);
-    config.request_timeout = Duration::from_secs(3);
+    config.connect_deadline = Duration::from_secs(3);
+    config.handshake_deadline = Duration::from_secs(3);
+    config.request_deadline = Duration::from_secs(3);
     block_on(async {
         let mut client = protocol::Client::connect(&server.addr.to_string(), &config).await?;
         client.call(&Request::Ping { nonce }).await

@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use protocol::{AdminRequest, Cidr, Request, Response};
+use model::Cidr;
+use protocol::{AdminRequest, Request, Response};
 
 /// `GET path` over HTTP/1.0: (status, body).
 fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {

@@ -246,7 +246,7 @@ fn monitor_mode_logs_and_counts_every_would_be_cause_and_refuses_nobody() {
             "{capture}: {source} not served in monitor mode"
         );
         // `bans show` says what would have happened.
-        let target: protocol::Cidr = source.parse().unwrap();
+        let target: model::Cidr = source.parse().unwrap();
         match server.admin_call(protocol::AdminRequest::ShowBan { target }) {
             Response::BanShown(report) => {
                 assert!(report.covering.is_none(), "{capture}: enforced");

@@ -1,5 +1,5 @@
 //! The XDP program on packets made byte by byte, through BPF_PROG_TEST_RUN:
-//! loaded by the real verifier, its maps written by the real `KernelTable`
+//! loaded by the real verifier, its maps written by the real `PinnedMaps`
 //! and its events read by the real `EventReader`, attached to nothing. Each
 //! case checks the verdict and the event (or that there is none). Needs
 //! root; skips loudly without it, and fails under CI=true.
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use common::{is_root, skip_or_fail};
 use model::Cidr;
 use packets::*;
-use xdp::{Detected, Detection, Detector, EventReader, KernelTable, TestProgram};
+use xdp::{Detected, Detection, Detector, EventReader, PinnedMaps, TestProgram};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -24,7 +24,7 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 struct Loaded {
     program: TestProgram,
-    table: KernelTable,
+    table: PinnedMaps,
     events: EventReader,
 }
 
@@ -40,7 +40,7 @@ impl Loaded {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let program = TestProgram::load(&pin_dir).expect("load the program");
-        let mut table = KernelTable::open(&pin_dir).expect("open its maps");
+        let mut table = PinnedMaps::open(&pin_dir).expect("open its maps");
         table.set_detection(detection).unwrap();
         let events = EventReader::open(&pin_dir).unwrap();
         Some(Loaded {
@@ -345,7 +345,7 @@ fn an_unconfigured_program_only_drops_bans() {
         std::process::id()
     ));
     let program = TestProgram::load(&pin_dir).unwrap();
-    let mut table = KernelTable::open(&pin_dir).unwrap();
+    let mut table = PinnedMaps::open(&pin_dir).unwrap();
     let mut events = EventReader::open(&pin_dir).unwrap();
     assert_eq!(table.detection().unwrap(), None);
     let now = actors::now_ms();

@@ -32,7 +32,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::now_ms;
 use crate::session::Session;
-use crate::startup::Shared;
+use crate::shared::Shared;
 use crate::stats::bump;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
@@ -187,36 +187,36 @@ impl Acceptor {
     /// is timed out, else given an admission slot and a session.
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
         if let Some((prefix, _)) = self.shared.view.lookup(peer.ip(), now_ms())
-            && !self.shared.is_allowed(peer.ip())
+            && !self.shared.allow.contains(peer.ip())
         {
             bump(&self.shared.stats.connections_refused);
             return self.refuse(stream, peer, &format!("timed out ({prefix})"));
         }
         let source = self.shared.source_of(peer.ip());
         let sent_data = has_data_waiting(&stream);
-        let slot =
-            match self
-                .shared
-                .admission
-                .admit(source, self.shared.timeouts().handshake, sent_data)
-            {
-                Ok(admitted) => {
-                    if admitted.evicted_another {
-                        self.load.evicted += 1;
-                    }
-                    admitted.slot
+        let deadline = self.shared.deadlines().handshake;
+        let slot = match self
+            .shared
+            .admission
+            .admit(source, deadline, sent_data, Instant::now())
+        {
+            Ok(admitted) => {
+                if admitted.evicted_another {
+                    self.load.evicted += 1;
                 }
-                Err(limit) => {
-                    bump(&self.shared.stats.connections_over_limit);
-                    if limit.is_per_source() {
-                        self.load.over_source_limit += 1;
-                    } else {
-                        self.load.at_connection_limit += 1;
-                    }
-                    let notice = Notice::over_limit(limit.is_per_source());
-                    return self.refuse_with_notice(stream, peer, notice);
+                admitted.slot
+            }
+            Err(limit) => {
+                bump(&self.shared.stats.connections_over_limit);
+                if limit.is_per_source() {
+                    self.load.over_source_limit += 1;
+                } else {
+                    self.load.at_connection_limit += 1;
                 }
-            };
+                let notice = Notice::over_limit(limit.is_per_source());
+                return self.refuse_with_notice(stream, peer, notice);
+            }
+        };
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(error) => return log::warn!("{peer}: cannot hand the connection over: {error}"),
@@ -237,7 +237,7 @@ impl Acceptor {
             return self.refuse(stream, proxy, "too many PROXY headers being read");
         }
         self.reading_headers.set(self.reading_headers.get() + 1);
-        let deadline = self.shared.timeouts().handshake;
+        let deadline = self.shared.deadlines().handshake;
         let read = async move {
             let mut stream = stream;
             let result = crate::proxy_header::read(&mut stream, deadline).await;

@@ -190,6 +190,7 @@ impl Admission {
         source: Cidr,
         base_deadline: Duration,
         sent_data: bool,
+        now: Instant,
     ) -> Result<Admitted, OverLimit> {
         let limits = self.limits();
         if !take(&self.connections, limits.max_connections) {
@@ -212,7 +213,7 @@ impl Admission {
             return Err(limit);
         }
         let max = limits.max_pending_handshakes;
-        let now_ms = self.elapsed_ms();
+        let now_ms = self.elapsed_ms(now);
         let evicted_another = if state.pending.len() >= max.saturating_mul(2) {
             let evicted = state.evict_one(now_ms, false);
             if !evicted {
@@ -246,8 +247,10 @@ impl Admission {
         })
     }
 
-    fn elapsed_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    /// `now` as milliseconds after the epoch (what the pending table
+    /// stores: 8 bytes where an `Instant` takes 16).
+    fn elapsed_ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
     fn release(&self, source: Cidr, pending: Option<u64>) {
@@ -319,14 +322,14 @@ fn take(counter: &AtomicUsize, max: usize) -> bool {
 }
 
 impl Slot {
-    fn progress(&self, from: Option<u8>, to: u8) {
+    fn progress(&self, from: Option<u8>, to: u8, now: Instant) {
         if let Some((_, signal)) = &self.pending {
             if from.is_some_and(|from| signal.progress.load(Ordering::Acquire) != from) {
                 return;
             }
             signal
                 .since_ms
-                .store(self.admission.elapsed_ms(), Ordering::Release);
+                .store(self.admission.elapsed_ms(now), Ordering::Release);
             signal.progress.store(to, Ordering::Release);
         }
     }
@@ -334,14 +337,14 @@ impl Slot {
     /// The session has started reading the first message: bytes waiting
     /// since accept no longer shield it (it is quiet from now on, until
     /// `heard`).
-    pub fn reading(&self) {
-        self.progress(Some(UNREAD), QUIET);
+    pub fn reading(&self, now: Instant) {
+        self.progress(Some(UNREAD), QUIET, now);
     }
 
     /// The whole first message has arrived: this connection is no longer
     /// among the first to be evicted.
-    pub fn heard(&self) {
-        self.progress(None, HEARD);
+    pub fn heard(&self, now: Instant) {
+        self.progress(None, HEARD, now);
     }
 
     /// Resolves when admission evicts this pending connection; never, once
@@ -398,29 +401,41 @@ mod tests {
         text.parse().unwrap()
     }
 
+    /// Admission with a clock of its own: `at(ms)` is that long after its
+    /// epoch, so graces pass without sleeping.
+    fn admission_at(config: LimitConfig) -> (Arc<Admission>, impl Fn(u64) -> Instant) {
+        let admission = Admission::new(config);
+        let epoch = admission.epoch;
+        (admission, move |ms| epoch + Duration::from_millis(ms))
+    }
+
+    fn ms(grace: Duration) -> u64 {
+        u64::try_from(grace.as_millis()).unwrap()
+    }
+
     #[test]
     fn per_source_limits_count_pending_and_sessions() {
-        let admission = Admission::new(LimitConfig {
+        let (admission, at) = admission_at(LimitConfig {
             max_sessions_per_source: 3,
             ..config()
         });
         let a = prefix("2001:db8:1::/64");
-        let mut first = admission.admit(a, BASE, true).unwrap().slot;
-        let second = admission.admit(a, BASE, true).unwrap().slot;
+        let mut first = admission.admit(a, BASE, true, at(0)).unwrap().slot;
+        let second = admission.admit(a, BASE, true, at(0)).unwrap().slot;
         assert_eq!(
-            admission.admit(a, BASE, true).err(),
+            admission.admit(a, BASE, true, at(0)).err(),
             Some(OverLimit::PendingFromSource)
         );
         first.established();
-        let _third = admission.admit(a, BASE, true).unwrap().slot;
+        let _third = admission.admit(a, BASE, true, at(0)).unwrap().slot;
         // One session and two pending: if both become sessions, that is the
         // cap of three, so no fourth handshake from this source.
         assert_eq!(
-            admission.admit(a, BASE, true).err(),
+            admission.admit(a, BASE, true, at(0)).err(),
             Some(OverLimit::SessionsFromSource)
         );
         drop((first, second));
-        assert!(admission.admit(a, BASE, true).is_ok());
+        assert!(admission.admit(a, BASE, true, at(0)).is_ok());
     }
 
     fn is_evicted(slot: &Slot) -> bool {
@@ -432,41 +447,22 @@ mod tests {
             .load(Ordering::Acquire)
     }
 
-    /// Moves a slot's progress time back by `by` (instead of sleeping).
-    fn age(slot: &Slot, by: Duration) {
-        let signal = &slot.pending.as_ref().unwrap().1;
-        let since = signal.since_ms.load(Ordering::Acquire);
-        let by = u64::try_from(by.as_millis()).unwrap();
-        signal
-            .since_ms
-            .store(since.saturating_sub(by), Ordering::Release);
-    }
-
     #[test]
     fn a_full_pending_table_evicts_the_oldest_quiet_connection() {
-        let admission = Admission::new(config());
-        // The epoch must be older than the graces for ageing to work.
-        std::thread::sleep(HEARD_GRACE);
-        let old_quiet = admission
-            .admit(prefix("192.0.2.1/32"), BASE, false)
-            .unwrap()
-            .slot;
-        let old_heard = admission
-            .admit(prefix("192.0.2.2/32"), BASE, true)
-            .unwrap()
-            .slot;
-        old_heard.heard();
-        let newer_quiet = admission
-            .admit(prefix("192.0.2.3/32"), BASE, false)
-            .unwrap()
-            .slot;
+        let (admission, at) = admission_at(config());
+        let admit = |source: &str, sent_data: bool, now: u64| {
+            admission
+                .admit(prefix(source), BASE, sent_data, at(now))
+                .unwrap()
+        };
+        let old_quiet = admit("192.0.2.1/32", false, 0).slot;
+        let old_heard = admit("192.0.2.2/32", true, 0).slot;
+        old_heard.heard(at(0));
+        let newer_quiet = admit("192.0.2.3/32", false, 0).slot;
         // Nobody has been quiet long enough yet: the table grows instead.
-        let young = admission.admit(prefix("192.0.2.4/32"), BASE, true).unwrap();
+        let young = admit("192.0.2.4/32", true, ms(QUIET_GRACE) - 1);
         assert!(!young.evicted_another);
-        for slot in [&old_quiet, &newer_quiet] {
-            age(slot, QUIET_GRACE);
-        }
-        let newcomer = admission.admit(prefix("192.0.2.5/32"), BASE, true).unwrap();
+        let newcomer = admit("192.0.2.5/32", true, ms(QUIET_GRACE));
         assert!(newcomer.evicted_another);
         assert!(is_evicted(&old_quiet) && !is_evicted(&newer_quiet));
         // The eviction wakes the evicted session, even if it waits later.
@@ -477,13 +473,13 @@ mod tests {
         runtime.block_on(old_quiet.evicted());
         // No quiet one left: one that sent its first message goes, once it
         // has had HEARD_GRACE for its first frame.
-        newer_quiet.heard();
-        let crowded = admission.admit(prefix("192.0.2.6/32"), BASE, true).unwrap();
+        let now = ms(QUIET_GRACE);
+        newer_quiet.heard(at(now));
+        let crowded = admit("192.0.2.6/32", true, ms(HEARD_GRACE) - 1);
         assert!(!crowded.evicted_another, "everyone is within a grace");
-        age(&old_heard, HEARD_GRACE);
-        let last = admission.admit(prefix("192.0.2.7/32"), BASE, true).unwrap();
+        let last = admit("192.0.2.7/32", true, ms(HEARD_GRACE));
         assert!(last.evicted_another);
-        assert!(is_evicted(&old_heard));
+        assert!(is_evicted(&old_heard) && !is_evicted(&newer_quiet));
         drop((
             old_quiet,
             old_heard,
@@ -500,51 +496,41 @@ mod tests {
 
     #[test]
     fn bytes_waiting_at_accept_shield_a_connection_until_its_session_reads() {
-        let admission = Admission::new(config());
-        std::thread::sleep(QUIET_GRACE);
-        let waiting = admission
-            .admit(prefix("192.0.2.1/32"), BASE, true)
-            .unwrap()
-            .slot;
-        let idle = admission
-            .admit(prefix("192.0.2.2/32"), BASE, false)
-            .unwrap()
-            .slot;
-        let _third = admission.admit(prefix("192.0.2.3/32"), BASE, true).unwrap();
-        age(&waiting, QUIET_GRACE);
-        age(&idle, QUIET_GRACE);
-        assert!(
+        let (admission, at) = admission_at(config());
+        let admit = |source: &str, now: u64| {
             admission
-                .admit(prefix("192.0.2.4/32"), BASE, true)
+                .admit(prefix(source), BASE, true, at(now))
                 .unwrap()
-                .evicted_another
-        );
+        };
+        let waiting = admit("192.0.2.1/32", 0).slot;
+        let idle = admission
+            .admit(prefix("192.0.2.2/32"), BASE, false, at(0))
+            .unwrap()
+            .slot;
+        let _third = admit("192.0.2.3/32", 0);
+        let later = ms(QUIET_GRACE);
+        assert!(admit("192.0.2.4/32", later).evicted_another);
         assert!(is_evicted(&idle) && !is_evicted(&waiting));
         // Once its session reads and finds no whole message, it is quiet,
         // from then on.
-        waiting.reading();
-        assert!(
-            !admission
-                .admit(prefix("192.0.2.5/32"), BASE, true)
-                .unwrap()
-                .evicted_another
-        );
+        waiting.reading(at(later));
+        assert!(!admit("192.0.2.5/32", later).evicted_another);
     }
 
     #[test]
     fn at_twice_the_table_the_graces_give_way() {
-        let admission = Admission::new(config());
+        let (admission, at) = admission_at(config());
         let quiet: Vec<_> = (1..=6)
             .map(|i| {
                 let admitted = admission
-                    .admit(prefix(&format!("192.0.2.{i}/32")), BASE, false)
+                    .admit(prefix(&format!("192.0.2.{i}/32")), BASE, false, at(0))
                     .unwrap();
                 assert!(!admitted.evicted_another, "{i}: all within the grace");
                 admitted.slot
             })
             .collect();
         let seventh = admission
-            .admit(prefix("192.0.2.7/32"), BASE, false)
+            .admit(prefix("192.0.2.7/32"), BASE, false, at(0))
             .unwrap();
         assert!(seventh.evicted_another);
         assert!(is_evicted(&quiet[0]) && !is_evicted(&quiet[1]));
@@ -552,18 +538,20 @@ mod tests {
 
     #[test]
     fn unread_connections_are_never_evicted_the_table_grows_then_refuses() {
-        let admission = Admission::new(config());
+        let (admission, at) = admission_at(config());
         let slots: Vec<_> = (1..=6)
             .map(|i| {
                 let admitted = admission
-                    .admit(prefix(&format!("192.0.2.{i}/32")), BASE, true)
+                    .admit(prefix(&format!("192.0.2.{i}/32")), BASE, true, at(0))
                     .unwrap();
                 assert!(!admitted.evicted_another, "{i}");
                 admitted.slot
             })
             .collect();
         assert_eq!(
-            admission.admit(prefix("192.0.2.7/32"), BASE, true).err(),
+            admission
+                .admit(prefix("192.0.2.7/32"), BASE, true, at(ms(QUIET_GRACE)))
+                .err(),
             Some(OverLimit::PendingHandshakes)
         );
         assert!(!OverLimit::PendingHandshakes.is_per_source());
@@ -585,13 +573,17 @@ mod tests {
 
     #[test]
     fn the_connection_cap_holds() {
-        let admission = Admission::new(LimitConfig {
+        let (admission, at) = admission_at(LimitConfig {
             max_connections: 1,
             ..config()
         });
-        let _one = admission.admit(prefix("192.0.2.1/32"), BASE, true).unwrap();
+        let _one = admission
+            .admit(prefix("192.0.2.1/32"), BASE, true, at(0))
+            .unwrap();
         assert_eq!(
-            admission.admit(prefix("192.0.2.2/32"), BASE, true).err(),
+            admission
+                .admit(prefix("192.0.2.2/32"), BASE, true, at(0))
+                .err(),
             Some(OverLimit::Connections)
         );
     }

@@ -1,18 +1,21 @@
 //! # penaltybox-actors
 //!
 //! The running server, as actix actors that exchange typed messages. The
-//! path of one connection reads in one direction:
+//! path of one connection reads in one direction (docs/ARCHITECTURE.md):
 //!
 //! 1. `acceptor` (one actor per listen address) accepts every connection;
 //!    a timed-out source is closed at once (RST, nothing read) after one
 //!    lookup in the [`BanView`]; otherwise `admission` gives it a slot and
-//!    a `session` actor starts on a worker arbiter.
+//!    a `session` actor starts on a worker arbiter. What both read is in
+//!    `shared`.
 //! 2. `session` runs the handshake under a deadline, then answers requests
 //!    (`requests`). A protocol violation is a `Ban` message to the registry.
 //! 3. `registry`, the `BanRegistry` actor, is a thin mailbox over the
-//!    [`BanCore`], the one place where a time-out is decided, recorded in
-//!    storage, mirrored into the kernel table ([`KernelSync`]) and released.
-//!    It tells live sessions of a newly timed-out prefix to close (`Kick`).
+//!    [`BanCore`], the one place where a time-out is decided. The core hands
+//!    each decision to the [`BanTable`], which keeps the view, storage, the
+//!    kernel table ([`KernelTable`]) and the fleet outbox in step and ends
+//!    every time-out with its reason ([`Ending`]). The registry tells live
+//!    sessions of a newly timed-out prefix to close (`Kick`).
 //!
 //! No CLI parsing and no aya here: the `penaltybox` binary builds a
 //! [`ServerConfig`] (with its kernel-table adapter) and calls [`start`];
@@ -20,31 +23,36 @@
 
 mod acceptor;
 mod admission;
+mod allow_list;
 mod ban_core;
+mod ban_table;
 mod error_summary;
-mod fleet_sync;
-mod kernel_sync;
+mod fleet_outlet;
+mod kernel_table;
+mod listener;
 mod policy;
 mod proxy_header;
 mod rate_limit;
 mod registry;
 mod requests;
 mod session;
+mod shared;
 mod startup;
 mod stats;
+#[cfg(test)]
+mod testing;
 mod view;
 
 pub use admission::LimitConfig;
-pub use ban_core::{
-    BanCore, BanOutcome, BootReport, KernelReplay, PolicyChange, RemoteOutcome, hex_preview,
-};
-pub use fleet_sync::FleetOutlet;
-pub use kernel_sync::{KernelError, KernelSync};
+pub use allow_list::AllowList;
+pub use ban_core::{BanCore, BanOutcome, CoreParts, PolicyChange, RemoteOutcome, hex_preview};
+pub use ban_table::{BanTable, BootReport, Ending, KernelReplay};
+pub use fleet_outlet::FleetOutlet;
+pub use kernel_table::{KernelError, KernelTable};
+pub use listener::bind;
 pub use policy::{AdminBan, BanPolicy, Durations, expiry_after};
-pub use requests::ServiceConfig;
-pub use startup::{
-    Reloader, RunningServer, ServerConfig, ServerHandle, StartError, Timeouts, start,
-};
+pub use shared::{Deadlines, ReloadError, Reloader, ServiceConfig};
+pub use startup::{RunningServer, ServerConfig, ServerHandle, StartError, start};
 pub use stats::{HistogramSnapshot, LATENCY_BUCKETS, MetricsSnapshot, Stats};
 pub use view::BanView;
 

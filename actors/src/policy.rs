@@ -1,16 +1,18 @@
 //! Ban policy: how long a cause times a source out, how repeat offenders
-//! escalate, which prefix a source is aggregated into, who is never timed
-//! out, and how large the table may grow. Pure functions, no I/O.
+//! escalate, which prefix a source is aggregated into, what an admin may
+//! time out, and how large the table may grow. Pure functions, no I/O (who
+//! is never timed out is the [`AllowList`], shared with the acceptors).
 
 use std::net::IpAddr;
 use std::time::Duration;
 
+use model::Cidr;
 use model::ban::{BanCause, BanInfo, Cause, CauseClass, FirstBytes};
-use model::cidr::Cidr;
 use protocol::Rejection;
 use storage::History;
 
 use crate::BanError;
+use crate::allow_list::AllowList;
 
 /// The ban cause of a rejected first message: the protocol says what was
 /// wrong, the ban side names it.
@@ -26,15 +28,6 @@ pub fn cause_of(rejection: &Rejection) -> BanCause {
         Rejection::Replayed => BanCause::Replayed,
         Rejection::FutureTimestamp => BanCause::FutureTimestamp,
     }
-}
-
-/// The prefix of `ip` with the aggregation lengths (`ipv4` bits for IPv4,
-/// `ipv6` for IPv6; IPv4-mapped IPv6 is IPv4). Lengths too long for the
-/// family (the settings refuse them) fall back to the whole address.
-pub fn aggregate(ip: IpAddr, ipv4: u8, ipv6: u8) -> Cidr {
-    let ip = ip.to_canonical();
-    let len = if ip.is_ipv4() { ipv4 } else { ipv6 };
-    Cidr::new(ip, len).unwrap_or_else(|_| Cidr::host(ip))
 }
 
 /// `now_ms + duration`, saturating: no duration, however absurd, wraps an
@@ -92,8 +85,6 @@ pub struct BanPolicy {
     /// Aggregation: one entry per IPv4 /n and per IPv6 /m.
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
-    /// Sources in these prefixes are never timed out.
-    pub allow: Vec<Cidr>,
     /// Most live entries; when full the entry closest to expiry is evicted.
     pub max_entries: usize,
     /// Monitor mode (`bans.mode = "monitor"`): every would-be time-out is
@@ -109,7 +100,6 @@ impl Default for BanPolicy {
             max_duration: Duration::from_secs(24 * 3600),
             ipv4_prefix: 32,
             ipv6_prefix: 64,
-            allow: Vec::new(),
             max_entries: 1_000_000,
             monitor: false,
         }
@@ -127,11 +117,7 @@ pub struct Decision {
 impl BanPolicy {
     /// The table entry a source falls into. IPv4-mapped IPv6 is IPv4.
     pub fn prefix_for(&self, ip: IpAddr) -> Cidr {
-        aggregate(ip, self.ipv4_prefix, self.ipv6_prefix)
-    }
-
-    pub fn is_allowed(&self, ip: IpAddr) -> bool {
-        self.allow.iter().any(|cidr| cidr.contains(ip))
+        Cidr::aggregate(ip, self.ipv4_prefix, self.ipv6_prefix)
     }
 
     /// The history-window start: bans before it no longer escalate.
@@ -191,7 +177,12 @@ impl BanPolicy {
     /// a prefix inside an allow-list entry is refused; one that covers an
     /// entry, or the admin's own address, only with `force` (and even then
     /// the allow-listed addresses are never refused nor dropped).
-    pub fn admin_ban(&self, ban: AdminBan, now_ms: u64) -> Result<BanInfo, BanError> {
+    pub fn admin_ban(
+        &self,
+        ban: AdminBan,
+        allow: &AllowList,
+        now_ms: u64,
+    ) -> Result<BanInfo, BanError> {
         let AdminBan {
             prefix,
             duration,
@@ -199,19 +190,13 @@ impl BanPolicy {
             force,
             requester,
         } = ban;
-        for entry in &self.allow {
-            if entry.len() <= prefix.len() && entry.contains(prefix.addr()) {
-                return Err(BanError::AllowListed {
-                    prefix,
-                    entry: *entry,
-                });
-            }
-            if !force && prefix.contains(entry.addr()) {
-                return Err(BanError::CoversAllowListed {
-                    prefix,
-                    entry: *entry,
-                });
-            }
+        if let Some(entry) = allow.covering(&prefix) {
+            return Err(BanError::AllowListed { prefix, entry });
+        }
+        if let Some(entry) = allow.inside(&prefix)
+            && !force
+        {
+            return Err(BanError::CoversAllowListed { prefix, entry });
         }
         if let Some(requester) = requester
             && !force
@@ -245,9 +230,8 @@ impl BanPolicy {
     /// first: the prefix itself, and for a single address also the
     /// aggregated entry it falls in (`2001:db8::5` → `2001:db8::/64`).
     pub fn release_candidates(&self, prefix: Cidr) -> Vec<Cidr> {
-        let single = prefix.len() == if prefix.addr().is_ipv4() { 32 } else { 128 };
         let aggregated = self.prefix_for(prefix.addr());
-        if single && aggregated != prefix {
+        if prefix.is_host() && aggregated != prefix {
             vec![prefix, aggregated]
         } else {
             vec![prefix]
@@ -271,14 +255,15 @@ mod tests {
 
     #[test]
     fn admin_bans_that_cover_the_allow_list_or_the_admin_need_force() {
-        let policy = BanPolicy {
-            allow: vec![
+        let policy = BanPolicy::default();
+        let allow = AllowList::new(
+            vec![
                 "127.0.6.250/32".parse().unwrap(),
                 "10.0.0.0/8".parse().unwrap(),
             ],
-            ..BanPolicy::default()
-        };
-        let refused = |ban| policy.admin_ban(ban, 0).unwrap_err();
+            &[],
+        );
+        let refused = |ban| policy.admin_ban(ban, &allow, 0).unwrap_err();
         assert!(matches!(
             refused(admin("127.0.6.0/24", false, None)),
             BanError::CoversAllowListed { .. }
@@ -300,17 +285,21 @@ mod tests {
         ));
         assert!(
             policy
-                .admin_ban(admin("127.0.6.0/24", true, None), 0)
+                .admin_ban(admin("127.0.6.0/24", true, None), &allow, 0)
                 .is_ok()
         );
         assert!(
             policy
-                .admin_ban(admin("192.0.2.0/24", true, Some("192.0.2.9")), 0)
+                .admin_ban(admin("192.0.2.0/24", true, Some("192.0.2.9")), &allow, 0)
                 .is_ok()
         );
         assert!(
             policy
-                .admin_ban(admin("192.0.2.0/24", false, Some("198.51.100.1")), 0)
+                .admin_ban(
+                    admin("192.0.2.0/24", false, Some("198.51.100.1")),
+                    &allow,
+                    0
+                )
                 .is_ok()
         );
     }
@@ -415,7 +404,7 @@ mod tests {
     }
 
     #[test]
-    fn aggregation_and_allow_list() {
+    fn aggregation() {
         let mut policy = BanPolicy::default();
         assert_eq!(
             policy
@@ -434,9 +423,5 @@ mod tests {
             policy.prefix_for("192.0.2.1".parse().unwrap()).to_string(),
             "192.0.2.0/24"
         );
-        policy.allow = vec!["10.0.0.0/8".parse().unwrap()];
-        assert!(policy.is_allowed("10.9.9.9".parse().unwrap()));
-        assert!(policy.is_allowed("::ffff:10.9.9.9".parse().unwrap()));
-        assert!(!policy.is_allowed("11.0.0.1".parse().unwrap()));
     }
 }

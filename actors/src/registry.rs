@@ -3,16 +3,16 @@
 //!
 //! Beyond the core it keeps one thing of its own: the roster of established
 //! sessions by table prefix, so that when a prefix is timed out by any path
-//! (a session, an admin, later the kernel detectors or the fleet) its live
-//! sessions are told to close at once ([`Kick`]).
+//! (a session, an admin, the kernel detectors, the fleet) its live sessions
+//! are told to close at once ([`Kick`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use model::Cidr;
 use model::ban::{BanCause, BanInfo, FirstBytes};
-use model::cidr::Cidr;
 
 use crate::ban_core::{BanCore, BanOutcome, RemoteOutcome};
 use crate::policy::AdminBan;
@@ -44,10 +44,10 @@ pub struct Ban {
 }
 
 /// The kernel detectors found `source` (a port scan, a SYN flood, bad TCP
-/// flags); `evidence` is what they saw, for the log.
+/// flags, stray segments); `evidence` is what they saw, for the log.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Detected {
+pub struct KernelDetection {
     pub source: IpAddr,
     pub cause: BanCause,
     pub evidence: String,
@@ -64,10 +64,10 @@ pub struct AdminBanFrom {
     pub session: Option<u64>,
 }
 
-/// An admin's pardon. Answers which entry was removed, if any.
+/// An admin's pardon. Answers which entry was released, if any.
 #[derive(Message, Debug)]
 #[rtype(result = "Result<Option<Cidr>, BanError>")]
-pub struct Unban {
+pub struct AdminRelease {
     pub prefix: Cidr,
 }
 
@@ -88,9 +88,9 @@ pub struct ShowBan {
 /// The kernel watchdog has a new kernel table (the program was attached
 /// again): replay the live time-outs into it.
 #[derive(Message)]
-#[rtype(result = "crate::ban_core::KernelReplay")]
+#[rtype(result = "crate::KernelReplay")]
 pub struct ReplaceKernel {
-    pub table: Box<dyn crate::KernelSync>,
+    pub table: Box<dyn crate::KernelTable>,
 }
 
 /// Other fleet nodes' time-outs, from the bucket, in its order.
@@ -107,11 +107,13 @@ pub struct ReleaseRemote {
     pub prefix: Cidr,
 }
 
-/// A reload's new policy.
+/// A reload's new policy, and the entries it added to the allow-list
+/// (already in force at accept).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct SetPolicy {
     pub policy: crate::BanPolicy,
+    pub newly_allowed: Vec<Cidr>,
 }
 
 /// Makes every ban so far durable (shutdown).
@@ -153,11 +155,11 @@ impl BanRegistry {
     /// Tells every live session inside `prefix` to close, except those of
     /// allow-listed sources (a forced time-out may cover them) and `spare`.
     fn kick_covered(&mut self, prefix: Cidr, spare: Option<u64>) {
-        let policy = self.core.policy();
+        let allow = self.core.allow();
         let covered = |id: u64, peer: IpAddr| {
-            Some(id) != spare && prefix.contains(peer) && !policy.is_allowed(peer)
+            Some(id) != spare && prefix.contains(peer) && !allow.contains(peer)
         };
-        let aggregate = policy.prefix_for(prefix.addr());
+        let aggregate = self.core.prefix_for(prefix.addr());
         let kicked = if prefix.len() >= aggregate.len() {
             // Inside one roster entry: only its sessions can be covered.
             self.roster.kick(&aggregate, covered, prefix)
@@ -167,7 +169,7 @@ impl BanRegistry {
                 .roster
                 .sessions
                 .keys()
-                .filter(|key| prefix.contains(key.addr()) && key.len() >= prefix.len())
+                .filter(|key| prefix.covers(key))
                 .copied()
                 .collect();
             keys.iter()
@@ -215,7 +217,7 @@ impl Actor for BanRegistry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(SWEEP_INTERVAL, |registry, _| {
-            registry.core.expire(now_ms());
+            registry.core.release_expired(now_ms());
         });
         ctx.run_interval(HISTORY_PURGE_INTERVAL, |registry, _| {
             registry.core.purge_history_in_background(now_ms());
@@ -240,17 +242,17 @@ impl Handler<Ban> for BanRegistry {
                 self.kick_covered(record.prefix, None);
                 record.expires_at_ms
             }
-            BanOutcome::AlreadyBanned(prefix) => self.core.view().expiry(&prefix)?,
+            BanOutcome::AlreadyBanned(prefix) => self.core.expiry(&prefix)?,
             BanOutcome::AllowListed | BanOutcome::Monitored(_) => return None,
         };
         Some(expires.saturating_sub(now).div_ceil(1000))
     }
 }
 
-impl Handler<Detected> for BanRegistry {
+impl Handler<KernelDetection> for BanRegistry {
     type Result = ();
 
-    fn handle(&mut self, detected: Detected, _: &mut Self::Context) {
+    fn handle(&mut self, detected: KernelDetection, _: &mut Self::Context) {
         let outcome = self.core.ban_detected(
             detected.source,
             detected.cause,
@@ -269,7 +271,9 @@ impl Handler<SetPolicy> for BanRegistry {
     type Result = ();
 
     fn handle(&mut self, set: SetPolicy, _: &mut Self::Context) {
-        let change = self.core.set_policy(set.policy, now_ms());
+        let change = self
+            .core
+            .set_policy(set.policy, &set.newly_allowed, now_ms());
         if change.released > 0 {
             log::info!(
                 "reload: released {} time-outs inside newly allow-listed prefixes",
@@ -332,11 +336,11 @@ impl Handler<ReplaceKernel> for BanRegistry {
     }
 }
 
-impl Handler<Unban> for BanRegistry {
+impl Handler<AdminRelease> for BanRegistry {
     type Result = Result<Option<Cidr>, BanError>;
 
-    fn handle(&mut self, unban: Unban, _: &mut Self::Context) -> Self::Result {
-        self.core.release(unban.prefix)
+    fn handle(&mut self, release: AdminRelease, _: &mut Self::Context) -> Self::Result {
+        self.core.release(release.prefix)
     }
 }
 
@@ -365,7 +369,7 @@ impl Handler<SessionOpened> for BanRegistry {
         // Timed out while it was still in its handshake: close it now
         // rather than let it serve.
         if let Some((prefix, _)) = self.core.view().lookup(opened.peer, now_ms())
-            && !self.core.policy().is_allowed(opened.peer)
+            && !self.core.allow().contains(opened.peer)
         {
             opened.session.do_send(Kick { prefix });
             return;

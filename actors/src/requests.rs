@@ -17,8 +17,8 @@ use protocol::message::{AdminRequest, ErrorCode, MAX_PAGE, Volume, VolumeId};
 use protocol::{Request, Response, Role};
 
 use crate::policy::AdminBan;
-use crate::registry::{AdminBanFrom, ListBans, Unban};
-use crate::startup::Shared;
+use crate::registry::{AdminBanFrom, AdminRelease, ListBans};
+use crate::shared::Shared;
 use crate::{BanError, now_ms};
 
 /// Who is asking: the session's source and its id (an admin time-out of
@@ -43,31 +43,6 @@ impl Requester {
         match &self.key {
             Some(key) => format!("key {} from {}", key.fingerprint(), self.ip),
             None => format!("an anonymous session from {}", self.ip),
-        }
-    }
-}
-
-/// Limits on what clients may do with the inventory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceConfig {
-    /// Anonymous (Noise NK) sessions may write the inventory.
-    pub anonymous_writes: bool,
-    pub max_volumes: usize,
-    /// Inventory writes stop below this many free bytes on the data disk.
-    pub min_free_bytes: u64,
-    /// Requests per second one session may send, sustained, and in a burst.
-    pub requests_per_second: u32,
-    pub request_burst: u32,
-}
-
-impl Default for ServiceConfig {
-    fn default() -> Self {
-        ServiceConfig {
-            anonymous_writes: false,
-            max_volumes: 100_000,
-            min_free_bytes: 64 << 20,
-            requests_per_second: 1_000,
-            request_burst: 2_000,
         }
     }
 }
@@ -120,7 +95,7 @@ pub(crate) async fn handle(
     request: Request,
 ) -> Response {
     if let Err(message) = request.validate() {
-        return error(ErrorCode::InvalidRequest, message);
+        return error(ErrorCode::InvalidRequest, message.to_string());
     }
     match request {
         Request::Ping { nonce } => Response::Pong { nonce },
@@ -182,7 +157,7 @@ async fn handle_admin(shared: &Shared, requester: Requester, request: AdminReque
             return match shared.reloader.get() {
                 Some(reloader) => match reloader.reload() {
                     Ok(summary) => Response::Reloaded { summary },
-                    Err(why) => error(ErrorCode::InvalidRequest, why),
+                    Err(why) => error(ErrorCode::InvalidRequest, why.to_string()),
                 },
                 None => error(
                     ErrorCode::Internal,
@@ -229,17 +204,19 @@ async fn handle_admin(shared: &Shared, requester: Requester, request: AdminReque
             .send(crate::registry::ShowBan { target })
             .await
             .map(|r| r.map(|report| Response::BanShown(Box::new(report)))),
-        AdminRequest::RemoveBan { prefix } => registry.send(Unban { prefix }).await.map(|r| {
-            r.map(|removed| {
-                if let Some(released) = removed {
-                    log::info!("admin release of {released} by {}", requester.who());
-                }
-                Response::BanRemoved {
-                    prefix: removed.unwrap_or(prefix),
-                    existed: removed.is_some(),
-                }
+        AdminRequest::RemoveBan { prefix } => {
+            registry.send(AdminRelease { prefix }).await.map(|r| {
+                r.map(|removed| {
+                    if let Some(released) = removed {
+                        log::info!("admin release of {released} by {}", requester.who());
+                    }
+                    Response::BanRemoved {
+                        prefix: removed.unwrap_or(prefix),
+                        existed: removed.is_some(),
+                    }
+                })
             })
-        }),
+        }
     };
     match answer {
         Ok(Ok(response)) => response,
@@ -308,15 +285,14 @@ mod tests {
         actix::System::new().block_on(async move {
             let view = Arc::new(BanView::default());
             let stats = Arc::new(Stats::default());
-            let (core, _) = BanCore::restore(
-                BanPolicy::default(),
-                store.clone(),
-                view.clone(),
-                stats.clone(),
-                None,
-                crate::now_ms(),
-            )
-            .unwrap();
+            let parts = crate::ban_core::CoreParts {
+                allow: Default::default(),
+                store: store.clone(),
+                view: view.clone(),
+                stats: stats.clone(),
+                kernel: None,
+            };
+            let (core, _) = BanCore::restore(BanPolicy::default(), parts, crate::now_ms()).unwrap();
             let shared = Shared {
                 responder: Responder::new(&PrivateKey::generate(), AccessPolicy::default()),
                 registry: BanRegistry::new(core).start(),
@@ -328,12 +304,12 @@ mod tests {
                 proxy_trusted: Vec::new(),
                 reloader: Default::default(),
                 aggregation: (32, 64),
-                timeouts: std::sync::RwLock::new(crate::Timeouts {
+                deadlines: std::sync::RwLock::new(crate::Deadlines {
                     handshake: Duration::from_secs(5),
                     idle: Duration::from_secs(60),
                     write: Duration::from_secs(10),
                 }),
-                service: ServiceConfig::default(),
+                service: crate::ServiceConfig::default(),
             };
             let mut runner = proptest::test_runner::TestRunner::deterministic();
             // Seeds of every kind of request, encoded as on the wire, then

@@ -40,7 +40,7 @@ use crate::policy::cause_of;
 use crate::rate_limit::TokenBucket;
 use crate::registry::{Ban, Kick, SessionClosed, SessionOpened};
 use crate::requests;
-use crate::startup::Shared;
+use crate::shared::Shared;
 use crate::stats::bump;
 
 /// Session ids, for the registry's roster.
@@ -182,22 +182,76 @@ impl Handler<Kick> for Session {
     }
 }
 
-/// Why opening a session failed.
-enum OpenFailure {
-    Read(ReadInitiationError),
-    /// The first frame did not authenticate or broke a limit.
-    Violation(protocol::frame::FrameError),
-    Closed,
-    /// Rejected, timed out, and told so in a notice.
+/// How an attempt to open a session ended when it did not open: one flat
+/// list, each with the time-out it implies (if any).
+#[derive(Debug, thiserror::Error)]
+enum Unopened {
+    #[error("closed to make room: the pending-handshake table is full")]
+    Evicted,
+    #[error("no complete handshake and first frame within {0:?}")]
+    DeadlineMissed(std::time::Duration),
+    #[error("rejected: {0}")]
+    Rejected(protocol::Rejection),
+    /// A penaltybox client: timed out already, and told so in a notice.
+    #[error("rejected, and told so: {0}")]
     Noticed(protocol::Rejection),
+    #[error("closed without sending anything")]
+    ClosedSilent,
+    #[error("closed after {0} bytes of a first message")]
+    ClosedEarly(usize),
+    #[error("read error during the handshake: {0}")]
+    Io(std::io::Error),
+    #[error("first frame: session violation: {0}")]
+    Violation(protocol::frame::FrameError),
+    #[error("closed after the handshake, before any request")]
+    ClosedBeforeRequest,
 }
+
+impl Unopened {
+    /// The time-out this ending earns, if any.
+    fn ban_cause(&self) -> Option<BanCause> {
+        match self {
+            Unopened::DeadlineMissed(_) => Some(BanCause::HandshakeTimeout),
+            Unopened::Rejected(rejection) => Some(cause_of(rejection)),
+            Unopened::Violation(_) => Some(BanCause::SessionViolation),
+            // Noticed: timed out before the notice was sent.
+            Unopened::Noticed(_)
+            | Unopened::Evicted
+            | Unopened::ClosedSilent
+            | Unopened::ClosedEarly(_)
+            | Unopened::Io(_)
+            | Unopened::ClosedBeforeRequest => None,
+        }
+    }
+
+    /// The bytes worth keeping with its time-out: the first message's, for
+    /// a rejected or stalled one; none for a bad frame.
+    fn keeps_first_bytes(&self) -> bool {
+        !matches!(self, Unopened::Violation(_))
+    }
+}
+
+impl From<ReadInitiationError> for Unopened {
+    fn from(error: ReadInitiationError) -> Self {
+        match error {
+            ReadInitiationError::Rejected(rejection) => Unopened::Rejected(rejection),
+            ReadInitiationError::Closed(0) => Unopened::ClosedSilent,
+            ReadInitiationError::Closed(n) => Unopened::ClosedEarly(n),
+            ReadInitiationError::Io(error) => Unopened::Io(error),
+        }
+    }
+}
+
+/// What opening a session yields: the connection, its role, who the client
+/// is, and its first request.
+type Opened = (Connection<TcpStream>, Role, protocol::Peer, Request);
 
 /// Steps 1 and 2: the handshake and the first transport frame, both within
 /// the slot's deadline. Until the first frame has authenticated the
 /// connection stays pending, so a replayed first message (answered, but
 /// useless without the initiator's keys) never holds a session.
 async fn handshake(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
     mut slot: Slot,
@@ -209,102 +263,31 @@ async fn handshake(
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
     let mut seen = Vec::new();
     let deadline = slot.deadline;
-    let open = async {
-        slot.reading();
-        read_initiation(&mut stream, &mut seen)
-            .await
-            .map_err(OpenFailure::Read)?;
-        slot.heard();
-        let accepted = match shared.responder.accept(&seen) {
-            Ok(accepted) => accepted,
-            Err(rejection) => {
-                let Some(notice) = rejection.notice() else {
-                    return Err(OpenFailure::Read(ReadInitiationError::Rejected(rejection)));
-                };
-                // A penaltybox client: time it out first, so that the
-                // notice can say for how long (its user would otherwise
-                // only see every next connection closed).
-                let timed_out = shared
-                    .registry
-                    .send(Ban {
-                        peer: peer.ip(),
-                        cause: cause_of(&rejection),
-                        first_bytes: FirstBytes::truncated(&seen),
-                        detected_at: Instant::now(),
-                    })
-                    .await
-                    .ok()
-                    .flatten();
-                // Best effort: the peer may already be gone.
-                let _ = match timed_out {
-                    Some(secs) => stream.write_all(&notice_with_time_out(notice, secs)).await,
-                    None => stream.write_all(&notice).await,
-                };
-                return Err(OpenFailure::Noticed(rejection));
-            }
-        };
-        stream
-            .write_all(&accepted.response)
-            .await
-            .map_err(|e| OpenFailure::Read(ReadInitiationError::Io(e)))?;
-        let mut connection = Connection::new(stream, accepted.transport);
-        match connection.receive::<Request>().await {
-            Ok(Some(first)) => Ok((connection, accepted.role, accepted.peer, first)),
-            Ok(None) | Err(ConnectionError::Truncated) | Err(ConnectionError::Io(_)) => {
-                Err(OpenFailure::Closed)
-            }
-            Err(ConnectionError::Frame(error)) => Err(OpenFailure::Violation(error)),
-        }
-    };
-    let outcome = tokio::select! {
+    let opened = tokio::select! {
         biased;
-        () = slot.evicted() => None,
-        result = timeout(deadline, open) => Some(result),
+        () = slot.evicted() => Err(Unopened::Evicted),
+        result = timeout(deadline, open(stream, peer, shared, &slot, &mut seen)) => {
+            result.unwrap_or(Err(Unopened::DeadlineMissed(deadline)))
+        }
     };
-    let opened = match outcome {
-        None => {
-            bump(&shared.stats.pending_evicted);
-            log::debug!("{peer}: closed to make room: the pending-handshake table is full");
-            return None;
-        }
-        Some(Err(_)) => {
-            log::debug!("{peer}: no complete handshake and first frame within {deadline:?}");
-            ban(shared, peer, BanCause::HandshakeTimeout, &seen);
-            return None;
-        }
-        Some(Ok(Ok(opened))) => opened,
-        Some(Ok(Err(OpenFailure::Read(ReadInitiationError::Rejected(rejection))))) => {
-            log::debug!("{peer}: rejected: {rejection}");
-            ban(shared, peer, cause_of(&rejection), &seen);
-            return None;
-        }
-        Some(Ok(Err(OpenFailure::Noticed(rejection)))) => {
-            log::debug!("{peer}: rejected, and told so: {rejection}");
-            return None;
-        }
-        Some(Ok(Err(OpenFailure::Read(ReadInitiationError::Closed(0))))) => {
-            log::debug!("{peer}: closed without sending anything");
-            return None;
-        }
-        Some(Ok(Err(OpenFailure::Read(ReadInitiationError::Closed(n))))) => {
-            log::debug!("{peer}: closed after {n} bytes of a first message");
-            return None;
-        }
-        Some(Ok(Err(OpenFailure::Read(ReadInitiationError::Io(error))))) => {
-            log::debug!("{peer}: read error during the handshake: {error}");
-            return None;
-        }
-        Some(Ok(Err(OpenFailure::Violation(error)))) => {
-            log::debug!("{peer}: first frame: session violation: {error}");
-            ban(shared, peer, BanCause::SessionViolation, &[]);
-            return None;
-        }
-        Some(Ok(Err(OpenFailure::Closed))) => {
-            log::debug!("{peer}: closed after the handshake, before any request");
+    let (connection, role, who, first) = match opened {
+        Ok(opened) => opened,
+        Err(unopened) => {
+            if matches!(unopened, Unopened::Evicted) {
+                bump(&shared.stats.pending_evicted);
+            }
+            log::debug!("{peer}: {unopened}");
+            if let Some(cause) = unopened.ban_cause() {
+                let bytes = if unopened.keeps_first_bytes() {
+                    &seen[..]
+                } else {
+                    &[]
+                };
+                ban(shared, peer, cause, bytes);
+            }
             return None;
         }
     };
-    let (connection, role, who, first) = opened;
     slot.established();
     bump(&shared.stats.handshakes_completed);
     shared.stats.handshake_seconds.observe(started.elapsed());
@@ -324,6 +307,68 @@ async fn handshake(
         slot,
         first,
     })
+}
+
+/// Reads and answers the first message, then reads the first frame. A
+/// rejected penaltybox client is timed out first and told for how long.
+async fn open(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    slot: &Slot,
+    seen: &mut Vec<u8>,
+) -> Result<Opened, Unopened> {
+    slot.reading(Instant::now());
+    read_initiation(&mut stream, seen).await?;
+    slot.heard(Instant::now());
+    let accepted = match shared.responder.accept(seen) {
+        Ok(accepted) => accepted,
+        Err(rejection) => return Err(refuse(&mut stream, peer, shared, rejection, seen).await),
+    };
+    stream
+        .write_all(&accepted.response)
+        .await
+        .map_err(Unopened::Io)?;
+    let mut connection = Connection::new(stream, accepted.transport);
+    match connection.receive::<Request>().await {
+        Ok(Some(first)) => Ok((connection, accepted.role, accepted.peer, first)),
+        Ok(None) | Err(ConnectionError::Truncated) | Err(ConnectionError::Io(_)) => {
+            Err(Unopened::ClosedBeforeRequest)
+        }
+        Err(ConnectionError::Frame(error)) => Err(Unopened::Violation(error)),
+    }
+}
+
+/// A rejected first message. A penaltybox client (one whose rejection has
+/// a notice) is timed out first, so that the notice can say for how long
+/// (its user would otherwise only see every next connection closed).
+async fn refuse(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    rejection: protocol::Rejection,
+    seen: &[u8],
+) -> Unopened {
+    let Some(notice) = rejection.notice() else {
+        return Unopened::Rejected(rejection);
+    };
+    let timed_out = shared
+        .registry
+        .send(Ban {
+            peer: peer.ip(),
+            cause: cause_of(&rejection),
+            first_bytes: FirstBytes::truncated(seen),
+            detected_at: Instant::now(),
+        })
+        .await
+        .ok()
+        .flatten();
+    // Best effort: the peer may already be gone.
+    let _ = match timed_out {
+        Some(secs) => stream.write_all(&notice_with_time_out(notice, secs)).await,
+        None => stream.write_all(&notice).await,
+    };
+    Unopened::Noticed(rejection)
 }
 
 /// Step 3: answers `first`, then every request until the peer closes, goes
@@ -346,9 +391,9 @@ async fn serve(
     loop {
         let request = match next.take() {
             Some(request) => request,
-            None => match timeout(shared.timeouts().idle, connection.receive::<Request>()).await {
+            None => match timeout(shared.deadlines().idle, connection.receive::<Request>()).await {
                 Err(_) => {
-                    log::debug!("{peer}: idle for {:?}, closing", shared.timeouts().idle);
+                    log::debug!("{peer}: idle for {:?}, closing", shared.deadlines().idle);
                     return;
                 }
                 Ok(Ok(None))
@@ -374,8 +419,8 @@ async fn serve(
                 ),
             }
         };
-        let write_timeout = shared.timeouts().write;
-        match timeout(write_timeout, connection.send(&response)).await {
+        let write_deadline = shared.deadlines().write;
+        match timeout(write_deadline, connection.send(&response)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 log::debug!("{peer}: cannot send a response: {error}");
@@ -384,7 +429,7 @@ async fn serve(
             Err(_) => {
                 bump(&shared.stats.sessions_not_reading);
                 log::info!(
-                    "{peer}: closed: not reading its responses (none taken within {write_timeout:?})"
+                    "{peer}: closed: not reading its responses (none taken within {write_deadline:?})"
                 );
                 return;
             }

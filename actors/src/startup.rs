@@ -1,28 +1,31 @@
 //! Starting and stopping the whole server inside an actix `System`: bind,
 //! restore the ban core, start the registry, the worker arbiters for
-//! sessions, and one acceptor per listen address.
+//! sessions, and one acceptor per listen address; and [`ServerHandle`], the
+//! cheap handle the binary's wiring holds on what runs.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
 use actix_rt::Arbiter;
+use model::Cidr;
+use protocol::message::ServerStats;
 use protocol::{AccessPolicy, PrivateKey, Responder};
 use storage::Store;
 
 use crate::BanError;
 use crate::acceptor::{Acceptor, StopAccepting};
 use crate::admission::{Admission, LimitConfig};
-use crate::ban_core::{BanCore, BootReport};
-use crate::kernel_sync::KernelSync;
+use crate::allow_list::AllowList;
+use crate::ban_core::{BanCore, CoreParts};
+use crate::ban_table::BootReport;
+use crate::kernel_table::KernelTable;
 use crate::policy::BanPolicy;
 use crate::registry::{BanRegistry, Flush};
-use crate::requests::ServiceConfig;
+use crate::shared::{Deadlines, Reloader, ServiceConfig, Shared};
 use crate::stats::Stats;
 use crate::view::BanView;
-use protocol::message::ServerStats;
 
 /// Everything the server needs, already parsed and validated.
 pub struct ServerConfig {
@@ -30,91 +33,20 @@ pub struct ServerConfig {
     pub server_key: PrivateKey,
     pub access: AccessPolicy,
     pub policy: BanPolicy,
+    /// `bans.allow`: never timed out.
+    pub allow: Vec<Cidr>,
+    /// Load balancers whose connections begin with a PROXY header. They
+    /// join the allow-list (a proxy carries every client).
+    pub proxy_trusted: Vec<Cidr>,
     pub limits: LimitConfig,
-    pub handshake_timeout: Duration,
-    pub idle_timeout: Duration,
-    /// How long a response may wait for the peer to take it.
-    pub write_timeout: Duration,
+    pub deadlines: Deadlines,
     pub service: ServiceConfig,
     /// Worker threads (arbiters) running sessions.
     pub workers: usize,
     /// The kernel tier's table, when there is one.
-    pub kernel: Option<Box<dyn KernelSync>>,
+    pub kernel: Option<Box<dyn KernelTable>>,
     /// Where time-outs made here go for the other nodes (fleet on).
     pub fleet: Option<crate::FleetOutlet>,
-    /// Load balancers whose connections begin with a PROXY header.
-    pub proxy_trusted: Vec<model::Cidr>,
-}
-
-/// What the acceptors and every session share.
-pub(crate) struct Shared {
-    pub responder: Responder,
-    pub registry: Addr<BanRegistry>,
-    pub store: Store,
-    pub view: Arc<BanView>,
-    pub stats: Arc<Stats>,
-    pub admission: Arc<Admission>,
-    /// Never refused at accept, whatever time-out covers them (replaced by
-    /// a reload; read only when a time-out matched).
-    pub allow: std::sync::RwLock<Vec<model::Cidr>>,
-    /// Their connections begin with a PROXY header naming the client.
-    pub proxy_trusted: Vec<model::Cidr>,
-    /// The admin `Reload` request's handler (the binary's).
-    pub reloader: std::sync::OnceLock<Arc<dyn Reloader>>,
-    /// The time-out prefix lengths, for per-source admission.
-    pub aggregation: (u8, u8),
-    /// Replaced by a reload; each connection reads them as it needs them.
-    pub timeouts: std::sync::RwLock<Timeouts>,
-    pub service: ServiceConfig,
-}
-
-/// How long a connection may take: to finish its handshake, between
-/// requests, and to take a response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    pub handshake: Duration,
-    pub idle: Duration,
-    pub write: Duration,
-}
-
-impl Shared {
-    pub fn timeouts(&self) -> Timeouts {
-        *self
-            .timeouts
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub fn is_allowed(&self, ip: std::net::IpAddr) -> bool {
-        self.allow
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .iter()
-            .any(|entry| entry.contains(ip))
-    }
-
-    pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
-        self.proxy_trusted.iter().any(|entry| entry.contains(ip))
-    }
-
-    /// The time-out prefix `ip` falls in: admission counts per source by it.
-    pub fn source_of(&self, ip: std::net::IpAddr) -> model::Cidr {
-        crate::policy::aggregate(ip, self.aggregation.0, self.aggregation.1)
-    }
-
-    pub fn stats(&self) -> ServerStats {
-        self.stats.snapshot(self.view.len(), &self.store)
-    }
-
-    pub fn metrics(&self) -> crate::MetricsSnapshot {
-        self.stats.metrics(self.stats(), self.view.len_by_family())
-    }
-}
-
-/// Re-reads the settings and applies them (the binary knows where they
-/// come from); answers the one-line summary, or why nothing changed.
-pub trait Reloader: Send + Sync {
-    fn reload(&self) -> Result<String, String>;
 }
 
 pub struct RunningServer {
@@ -141,25 +73,27 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
         .listen
         .iter()
         .map(|addr| {
-            bind(*addr).map_err(|source| StartError::Listen {
-                addr: *addr,
-                source,
-            })
+            crate::listener::bind(*addr)
+                .and_then(tokio::net::TcpListener::from_std)
+                .map_err(|source| StartError::Listen {
+                    addr: *addr,
+                    source,
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
 
     let view = Arc::new(BanView::default());
     let stats = Arc::new(Stats::default());
-    let allow = config.policy.allow.clone();
+    let allow = AllowList::new(config.allow, &config.proxy_trusted);
     let aggregation = (config.policy.ipv4_prefix, config.policy.ipv6_prefix);
-    let (mut core, boot) = BanCore::restore(
-        config.policy,
-        store.clone(),
-        view.clone(),
-        stats.clone(),
-        config.kernel,
-        crate::now_ms(),
-    )?;
+    let parts = CoreParts {
+        allow: allow.clone(),
+        store: store.clone(),
+        view: view.clone(),
+        stats: stats.clone(),
+        kernel: config.kernel,
+    };
+    let (mut core, boot) = BanCore::restore(config.policy, parts, crate::now_ms())?;
     if let Some(fleet) = config.fleet {
         core.set_fleet(fleet);
     }
@@ -172,15 +106,11 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
         view,
         stats,
         admission: Admission::new(config.limits),
-        allow: std::sync::RwLock::new(allow),
+        allow,
         proxy_trusted: config.proxy_trusted,
         reloader: std::sync::OnceLock::new(),
         aggregation,
-        timeouts: std::sync::RwLock::new(Timeouts {
-            handshake: config.handshake_timeout,
-            idle: config.idle_timeout,
-            write: config.write_timeout,
-        }),
+        deadlines: std::sync::RwLock::new(config.deadlines),
         service: config.service,
     });
     let workers: Vec<Arbiter> = (0..config.workers.max(1)).map(|_| Arbiter::new()).collect();
@@ -241,19 +171,21 @@ impl ServerHandle {
         evidence: String,
     ) {
         crate::stats::bump(&self.shared.stats.kernel_detections);
-        self.shared.registry.do_send(crate::registry::Detected {
-            source,
-            cause,
-            evidence,
-            detected_at: std::time::Instant::now(),
-        });
+        self.shared
+            .registry
+            .do_send(crate::registry::KernelDetection {
+                source,
+                cause,
+                evidence,
+                detected_at: std::time::Instant::now(),
+            });
     }
 
     /// Hands the ban core a new kernel table and replays every live
     /// time-out into it; `None` if the registry is gone.
     pub async fn replace_kernel(
         &self,
-        table: Box<dyn crate::KernelSync>,
+        table: Box<dyn crate::KernelTable>,
     ) -> Option<crate::KernelReplay> {
         self.shared
             .registry
@@ -271,32 +203,31 @@ impl ServerHandle {
             .do_send(crate::registry::ApplyRemote { records });
     }
 
-    /// A reload: who may connect, the limits for new connections, and the
-    /// ban policy (durations, allow-list, mode) from now on; nothing
-    /// established is dropped. Answers what the policy change released.
+    /// A reload: who may connect, the limits and deadlines for new
+    /// connections, the allow-list (in force at accept at once), and the
+    /// ban policy from the next decision on; nothing established is
+    /// dropped. The registry releases what the allow-list now covers.
     pub fn reload(
         &self,
         access: protocol::AccessPolicy,
         limits: crate::LimitConfig,
         policy: crate::BanPolicy,
-        timeouts: Timeouts,
+        allow: Vec<Cidr>,
+        deadlines: Deadlines,
     ) {
         self.shared.responder.set_access(access);
         self.shared.admission.set_limits(limits);
         *self
             .shared
-            .timeouts
+            .deadlines
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = timeouts;
-        *self
-            .shared
-            .allow
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = policy.allow.clone();
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = deadlines;
+        let newly_allowed = self.shared.allow.replace(allow);
         // The registry logs what the new policy released.
-        self.shared
-            .registry
-            .do_send(crate::registry::SetPolicy { policy });
+        self.shared.registry.do_send(crate::registry::SetPolicy {
+            policy,
+            newly_allowed,
+        });
     }
 
     /// What `penaltybox reload` over the admin connection runs (the
@@ -359,19 +290,4 @@ impl RunningServer {
         }
         flushed
     }
-}
-
-/// A listening socket; IPv6 sockets are v6-only so that `0.0.0.0:5000` and
-/// `[::]:5000` can both be bound, as the defaults do.
-fn bind(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    tokio::net::TcpListener::from_std(socket.into())
 }

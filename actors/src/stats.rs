@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use model::BanCause;
 use protocol::message::ServerStats;
 
-/// The counters themselves; opaque outside this crate (read them through a
-/// [`StatsSnapshot`]).
+/// The counters themselves; opaque outside this crate (read them through
+/// a [`ServerStats`] or a [`MetricsSnapshot`]).
 pub struct Stats {
     started: Instant,
     pub(crate) connections_accepted: AtomicU64,

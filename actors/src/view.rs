@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use dashmap::DashMap;
-use protocol::Cidr;
+use model::Cidr;
 
 /// 33 IPv4 lengths (0..=32) then 129 IPv6 lengths (0..=128).
 const LENGTH_SLOTS: usize = 33 + 129;

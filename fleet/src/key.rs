@@ -2,7 +2,7 @@
 //! is its own key (`198.18.0.0/15`) and an IPv6 one writes `:` as `_`
 //! (`2001_db8__/64`): readable in `nats kv ls`, and reversible.
 
-use model::cidr::Cidr;
+use model::Cidr;
 
 /// Longest key we produce or accept (a full IPv6 CIDR is 43 bytes).
 pub const MAX_KEY_LEN: usize = 64;

@@ -31,8 +31,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use async_nats::{ConnectOptions, Event, HeaderMap, HeaderValue};
 use futures_util::StreamExt;
+use model::Cidr;
 use model::ban::{BanInfo, Origin};
-use model::cidr::Cidr;
 use storage::{FleetChange, OutboxStore, Pending};
 use tokio::sync::Notify;
 
@@ -620,12 +620,21 @@ fn crate_now_ms() -> u64 {
 
 /// A `fleet.servers` entry as the client will read it (`nats://host:port`,
 /// `tls://host:port`, or `host:port`).
-pub fn check_server_url(url: &str) -> Result<(), String> {
+pub fn check_server_url(url: &str) -> Result<(), BadServerUrl> {
     url.parse::<async_nats::ServerAddr>()
         .map(drop)
-        .map_err(|e| {
-            format!("{url:?} is not a NATS server URL ({e}); write e.g. nats://127.0.0.1:4222")
+        .map_err(|e| BadServerUrl {
+            url: url.to_owned(),
+            detail: e.to_string(),
         })
+}
+
+/// A `fleet.servers` entry the client cannot read.
+#[derive(Debug, thiserror::Error)]
+#[error("{url:?} is not a NATS server URL ({detail}); write e.g. nats://127.0.0.1:4222")]
+pub struct BadServerUrl {
+    pub url: String,
+    pub detail: String,
 }
 
 #[cfg(test)]

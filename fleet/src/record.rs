@@ -11,8 +11,8 @@
 //! upgraded one by one.
 
 use bincode::{Decode, Encode};
+use model::Cidr;
 use model::ban::{BanInfo, Cause, FirstBytes, Origin};
-use model::cidr::Cidr;
 
 pub const VERSION: u8 = 1;
 /// Far above a real record (about 120 bytes at most).

@@ -192,14 +192,19 @@ impl fmt::Display for BanCause {
     }
 }
 
-impl FromStr for BanCause {
-    type Err = String;
+/// A name that is no [`BanCause`] (an admin's cause, or a newer node's).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown ban cause {0:?}")]
+pub struct UnknownCause(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for BanCause {
+    type Err = UnknownCause;
+
+    fn from_str(s: &str) -> Result<Self, UnknownCause> {
         BanCause::ALL
             .into_iter()
             .find(|cause| cause.name() == s)
-            .ok_or_else(|| format!("unknown ban cause {s:?}"))
+            .ok_or_else(|| UnknownCause(s.to_owned()))
     }
 }
 

@@ -80,6 +80,37 @@ impl Cidr {
     pub fn contains(&self, addr: IpAddr) -> bool {
         Cidr::new(addr, self.len).is_ok_and(|c| c.addr == self.addr)
     }
+
+    /// The longest prefix of this family: 32 or 128.
+    pub fn max_len(&self) -> u8 {
+        if self.addr.is_ipv4() { 32 } else { 128 }
+    }
+
+    /// A single address (/32, /128).
+    pub fn is_host(&self) -> bool {
+        self.len == self.max_len()
+    }
+
+    /// Every address of `other` is inside this prefix (a prefix covers
+    /// itself).
+    pub fn covers(&self, other: &Cidr) -> bool {
+        self.len <= other.len && self.contains(other.addr)
+    }
+
+    /// The two share addresses: one of them covers the other.
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.covers(other) || other.covers(self)
+    }
+
+    /// The time-out table's entry for `addr`: its prefix of `ipv4` bits for
+    /// IPv4 (IPv4-mapped IPv6 included), of `ipv6` bits for IPv6. A length
+    /// too long for the family (the settings refuse them) gives the whole
+    /// address.
+    pub fn aggregate(addr: IpAddr, ipv4: u8, ipv6: u8) -> Cidr {
+        let addr = addr.to_canonical();
+        let len = if addr.is_ipv4() { ipv4 } else { ipv6 };
+        Cidr::new(addr, len).unwrap_or_else(|_| Cidr::host(addr))
+    }
 }
 
 /// Decoding goes through [`Cidr::new`], so a peer cannot smuggle in a
@@ -154,5 +185,33 @@ mod tests {
             "10.0.0.1/x".parse::<Cidr>(),
             Err(CidrError::BadAddress(_))
         ));
+    }
+
+    #[test]
+    fn containment_between_prefixes() {
+        let p = |s: &str| s.parse::<Cidr>().unwrap();
+        assert!(p("10.0.0.0/8").covers(&p("10.1.0.0/16")));
+        assert!(p("10.0.0.0/8").covers(&p("10.0.0.0/8")));
+        assert!(!p("10.1.0.0/16").covers(&p("10.0.0.0/8")));
+        assert!(!p("10.0.0.0/8").covers(&p("11.0.0.0/16")));
+        assert!(p("10.1.0.0/16").overlaps(&p("10.0.0.0/8")));
+        assert!(p("10.0.0.0/8").overlaps(&p("10.1.0.0/16")));
+        assert!(!p("10.1.0.0/16").overlaps(&p("10.2.0.0/16")));
+        assert!(!p("::/0").covers(&p("10.0.0.0/8")), "families never mix");
+        assert!(p("192.0.2.7").is_host() && p("2001:db8::1").is_host());
+        assert!(!p("2001:db8::/64").is_host());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            Cidr::aggregate(ip("2001:db8:1:2:3:4:5:6"), 32, 64).to_string(),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            Cidr::aggregate(ip("::ffff:192.0.2.1"), 24, 64).to_string(),
+            "192.0.2.0/24"
+        );
+        assert_eq!(
+            Cidr::aggregate(ip("192.0.2.1"), 40, 64).to_string(),
+            "192.0.2.1/32"
+        );
     }
 }

@@ -28,9 +28,9 @@ pub struct ClientConfig {
     pub client_key: Option<PrivateKey>,
     /// Local address to connect from.
     pub bind: Option<IpAddr>,
-    pub connect_timeout: Duration,
-    pub handshake_timeout: Duration,
-    pub request_timeout: Duration,
+    pub connect_deadline: Duration,
+    pub handshake_deadline: Duration,
+    pub request_deadline: Duration,
 }
 
 impl ClientConfig {
@@ -39,9 +39,9 @@ impl ClientConfig {
             server_key,
             client_key: None,
             bind: None,
-            connect_timeout: Duration::from_secs(5),
-            handshake_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(10),
+            connect_deadline: Duration::from_secs(5),
+            handshake_deadline: Duration::from_secs(5),
+            request_deadline: Duration::from_secs(10),
         }
     }
 }
@@ -97,7 +97,7 @@ pub enum ClientError {
 pub struct Client {
     connection: Connection<TcpStream>,
     role: Role,
-    request_timeout: Duration,
+    request_deadline: Duration,
 }
 
 impl Client {
@@ -153,11 +153,11 @@ impl Client {
                 .bind(SocketAddr::new(bind, 0))
                 .map_err(|source| ClientError::Bind { addr: bind, source })?;
         }
-        let mut stream = timeout(config.connect_timeout, socket.connect(addr))
+        let mut stream = timeout(config.connect_deadline, socket.connect(addr))
             .await
             .map_err(|_| ClientError::ConnectTimeout {
                 addr,
-                after: config.connect_timeout,
+                after: config.connect_deadline,
             })?
             .map_err(|source| match source.kind() {
                 // Accepted, then reset at once: what a timed-out source sees.
@@ -167,18 +167,18 @@ impl Client {
         stream.set_nodelay(true).ok();
 
         let (transport, role) = timeout(
-            config.handshake_timeout,
+            config.handshake_deadline,
             handshake(&mut stream, addr, config),
         )
         .await
         .map_err(|_| ClientError::HandshakeTimeout {
             addr,
-            after: config.handshake_timeout,
+            after: config.handshake_deadline,
         })??;
         Ok(Client {
             connection: Connection::new(stream, transport),
             role,
-            request_timeout: config.request_timeout,
+            request_deadline: config.request_deadline,
         })
     }
 
@@ -197,8 +197,8 @@ impl Client {
             self.connection.send(request).await?;
             self.connection.receive::<Response>().await
         };
-        match timeout(self.request_timeout, exchange).await {
-            Err(_) => Err(ClientError::RequestTimeout(self.request_timeout)),
+        match timeout(self.request_deadline, exchange).await {
+            Err(_) => Err(ClientError::RequestTimeout(self.request_deadline)),
             Ok(Ok(Some(response))) => Ok(response),
             Ok(Ok(None)) | Ok(Err(ConnectionError::Truncated)) => Err(ClientError::Closed),
             Ok(Err(ConnectionError::Io(e))) if is_closed(&e) => Err(ClientError::Closed),

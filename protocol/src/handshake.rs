@@ -19,10 +19,11 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::frame::Transport;
-use crate::initiation::{self, Classification, HEADER_LEN, MAC1_LEN, Mac1Key, Pattern, Rejection};
+use crate::initiation::{
+    self, Classification, HEADER_LEN, MAC1_LEN, Mac1Key, Pattern, Rejection, TIMESTAMP_LEN,
+};
 use crate::keys::{PrivateKey, PublicKey};
 
-pub const TIMESTAMP_LEN: usize = 12;
 /// Server response: ephemeral key (32) + encrypted 2-byte payload (2 + 16).
 pub const RESPONSE_LEN: usize = 32 + 2 + 16;
 /// How many client keys the replay guard remembers when no authorized-keys

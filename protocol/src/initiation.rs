@@ -44,6 +44,9 @@ pub enum Pattern {
     IK,
 }
 
+/// The TAI64N timestamp a first message carries (encrypted): 12 bytes.
+pub const TIMESTAMP_LEN: usize = 12;
+
 impl Pattern {
     pub const fn wire_id(self) -> u8 {
         match self {
@@ -71,8 +74,8 @@ impl Pattern {
     /// and the encrypted 12-byte TAI64N timestamp payload.
     pub const fn noise_len(self) -> usize {
         match self {
-            Pattern::NK => 32 + (crate::handshake::TIMESTAMP_LEN + 16),
-            Pattern::IK => 32 + (32 + 16) + (crate::handshake::TIMESTAMP_LEN + 16),
+            Pattern::NK => 32 + (TIMESTAMP_LEN + 16),
+            Pattern::IK => 32 + (32 + 16) + (TIMESTAMP_LEN + 16),
         }
     }
 

@@ -30,5 +30,5 @@ pub use client::{Client, ClientConfig, ClientError};
 pub use handshake::{Accepted, AccessPolicy, Peer, Responder, Role};
 pub use initiation::Rejection;
 pub use keys::{PrivateKey, PublicKey};
-pub use message::{AdminRequest, Cidr, Request, Response};
+pub use message::{AdminRequest, Request, Response};
 pub use model::inline;

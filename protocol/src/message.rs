@@ -6,10 +6,10 @@
 //! no request ids.
 
 use bincode::{Decode, Encode};
+use model::Cidr;
 pub use model::ban::{
     BanHistory, BanInfo, BanReport, Cause, FirstBytes, KernelEntry, MAX_CAUSE_LEN, MAX_FIRST_BYTES,
 };
-pub use model::cidr::{Cidr, CidrError};
 pub use model::volume::{
     Location, MAX_LOCATION_LEN, MAX_MEDIA_TYPE_LEN, MAX_VOLUME_ID_LEN, MediaType, Volume, VolumeId,
     VolumeSpec, VolumeStatus,
@@ -152,14 +152,14 @@ impl Request {
     /// Semantic checks a server applies after decoding. A failure is answered
     /// with `ErrorCode::InvalidRequest`, not a ban: the frame authenticated,
     /// so it came from a real client with a bug, not a scanner.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidRequest> {
         match self {
             Request::Ping { .. } => Ok(()),
-            Request::PutVolume(spec) => spec.validate(),
-            Request::GetVolume { id } => check_token("volume id", id.as_str()),
+            Request::PutVolume(spec) => Ok(spec.validate()?),
+            Request::GetVolume { id } => Ok(check_token("volume id", id.as_str())?),
             Request::MoveVolume { id, location } => {
                 check_token("volume id", id.as_str())?;
-                check_text("location", location.as_str())
+                Ok(check_text("location", location.as_str())?)
             }
             Request::ListVolumes { after, limit } => {
                 if let Some(after) = after {
@@ -169,7 +169,7 @@ impl Request {
             }
             Request::Admin(AdminRequest::ListBans { limit, .. }) => check_page(*limit),
             Request::Admin(AdminRequest::AddBan { cause, .. }) => {
-                check_text("cause", cause.as_str())
+                Ok(check_text("cause", cause.as_str())?)
             }
             Request::Admin(
                 AdminRequest::RemoveBan { .. }
@@ -181,9 +181,18 @@ impl Request {
     }
 }
 
-fn check_page(limit: u16) -> Result<(), String> {
+/// Why a decoded request is not served (answered `InvalidRequest`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRequest {
+    #[error(transparent)]
+    Field(#[from] model::volume::FieldError),
+    #[error("page limit must be 1..={MAX_PAGE}, got {0}")]
+    PageLimit(u16),
+}
+
+fn check_page(limit: u16) -> Result<(), InvalidRequest> {
     if limit == 0 || limit > MAX_PAGE {
-        return Err(format!("page limit must be 1..={MAX_PAGE}, got {limit}"));
+        return Err(InvalidRequest::PageLimit(limit));
     }
     Ok(())
 }
@@ -202,16 +211,23 @@ mod tests {
         };
         assert_eq!(spec.validate(), Ok(()));
         spec.id = "A 1".parse().unwrap();
-        assert!(spec.validate().unwrap_err().contains("volume id"));
+        let error = |spec: &VolumeSpec| spec.validate().unwrap_err().to_string();
+        assert!(error(&spec).contains("volume id"));
         spec.id = "A1".parse().unwrap();
         spec.location = "shelf\n12".parse().unwrap();
-        assert!(spec.validate().unwrap_err().contains("location"));
+        assert!(error(&spec).contains("location"));
         spec.location = "".parse().unwrap();
-        assert!(spec.validate().unwrap_err().contains("location"));
+        assert!(error(&spec).contains("location"));
         let list = Request::ListVolumes {
             after: None,
             limit: 0,
         };
-        assert!(list.validate().unwrap_err().contains("page limit"));
+        assert_eq!(list.validate(), Err(InvalidRequest::PageLimit(0)));
+        assert!(
+            list.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("page limit")
+        );
     }
 }

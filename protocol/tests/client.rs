@@ -63,9 +63,9 @@ async fn echo_server(
 
 fn config(server: &PrivateKey) -> ClientConfig {
     let mut config = ClientConfig::new(server.public_key());
-    config.connect_timeout = Duration::from_secs(2);
-    config.handshake_timeout = Duration::from_millis(500);
-    config.request_timeout = Duration::from_secs(2);
+    config.connect_deadline = Duration::from_secs(2);
+    config.handshake_deadline = Duration::from_millis(500);
+    config.request_deadline = Duration::from_secs(2);
     config
 }
 

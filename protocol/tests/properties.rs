@@ -1,6 +1,7 @@
 //! Property tests for the codec: every message survives seal/open, no input
 //! makes a decoder panic, and classification is consistent with prefixes.
 
+use model::Cidr;
 use proptest::prelude::*;
 
 use protocol::frame::{self, Transport};
@@ -8,9 +9,7 @@ use protocol::handshake::Initiator;
 use protocol::initiation::{self, Classification, MAGIC};
 use protocol::inline::{InlineBytes, InlineStr};
 use protocol::message::{BanInfo, ErrorCode, ServerStats, Volume, VolumeSpec, VolumeStatus};
-use protocol::{
-    AccessPolicy, AdminRequest, Cidr, PrivateKey, Rejection, Request, Responder, Response,
-};
+use protocol::{AccessPolicy, AdminRequest, PrivateKey, Rejection, Request, Responder, Response};
 
 fn session() -> (Transport, Transport) {
     let server_key = PrivateKey::generate();

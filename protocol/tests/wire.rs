@@ -6,7 +6,8 @@ use std::collections::HashSet;
 
 use protocol::connection::{Connection, ConnectionError};
 use protocol::frame::{FrameError, MAX_MESSAGE_LEN, Transport};
-use protocol::handshake::{HandshakeError, Initiator, RESPONSE_LEN, TIMESTAMP_LEN, tai64n_now};
+use protocol::handshake::{HandshakeError, Initiator, RESPONSE_LEN, tai64n_now};
+use protocol::initiation::TIMESTAMP_LEN;
 use protocol::initiation::{self, Mac1Key, Pattern, ReadInitiationError, read_initiation};
 use protocol::message::{Volume, VolumeSpec, VolumeStatus};
 use protocol::{AccessPolicy, Peer, PrivateKey, Rejection, Request, Responder, Response, Role};
@@ -532,7 +533,7 @@ fn bincode_encoding_known_answers() {
         .unwrap(),
         [0x02, 0x02, b'A', b'1']
     );
-    let cidr: protocol::Cidr = "10.0.0.0/8".parse().unwrap();
+    let cidr: model::Cidr = "10.0.0.0/8".parse().unwrap();
     assert_eq!(
         bincode::encode_to_vec(
             Request::Admin(protocol::AdminRequest::RemoveBan { prefix: cidr }),

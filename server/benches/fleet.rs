@@ -21,13 +21,12 @@ use std::time::{Duration, Instant};
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
-#[path = "../src/fleet_wiring.rs"]
-mod fleet_wiring;
 #[path = "../../tests/common/nats.rs"]
 mod nats;
 
 use actors::{BanPolicy, ServerConfig, ServerHandle};
 use model::BanCause;
+use penaltybox::fleet_wiring;
 use protocol::{AccessPolicy, PrivateKey};
 use storage::{Store, StoreOptions};
 
@@ -57,13 +56,16 @@ fn start_node_linked(dir: &Path, fleet: Option<fleet::FleetConfig>, link: bool) 
             ..BanPolicy::default()
         },
         limits: Default::default(),
-        handshake_timeout: Duration::from_secs(5),
-        idle_timeout: Duration::from_secs(60),
-        write_timeout: Duration::from_secs(10),
+        deadlines: actors::Deadlines {
+            handshake: Duration::from_secs(5),
+            idle: Duration::from_secs(60),
+            write: Duration::from_secs(10),
+        },
         service: Default::default(),
         workers: 1,
         kernel: None,
         fleet: fleet.as_ref().map(|f| f.outlet(&store)),
+        allow: Vec::new(),
         proxy_trusted: Vec::new(),
     };
     let (tx, rx) = std::sync::mpsc::channel();

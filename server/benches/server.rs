@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-#[path = "../src/metrics.rs"]
-mod metrics;
-
 use actors::{BanCore, BanPolicy, BanView, RunningServer, ServerConfig, ServerHandle};
+use model::Cidr;
+use penaltybox::metrics;
 use protocol::message::{BanInfo, Cause, FirstBytes};
-use protocol::{AccessPolicy, Cidr, Client, ClientConfig, PrivateKey, PublicKey, Request};
+use protocol::{AccessPolicy, Client, ClientConfig, PrivateKey, PublicKey, Request};
 use storage::{Store, StoreOptions};
 
 struct Options {
@@ -117,13 +116,16 @@ fn start_server_on(
         access: AccessPolicy::default(),
         policy: BanPolicy::default(),
         limits: Default::default(),
-        handshake_timeout: Duration::from_secs(5),
-        idle_timeout: Duration::from_secs(60),
-        write_timeout: Duration::from_secs(10),
+        deadlines: actors::Deadlines {
+            handshake: Duration::from_secs(5),
+            idle: Duration::from_secs(60),
+            write: Duration::from_secs(10),
+        },
         service: Default::default(),
         workers: 1,
         kernel: None,
         fleet: None,
+        allow: Vec::new(),
         proxy_trusted: Vec::new(),
     };
     let (tx, rx) = std::sync::mpsc::channel();
@@ -152,8 +154,8 @@ fn legit_latencies(addr: SocketAddr, key: PublicKey, n: usize) -> (Vec<Duration>
     } else {
         "::1".parse().unwrap()
     });
-    config.connect_timeout = Duration::from_secs(3);
-    config.handshake_timeout = Duration::from_secs(3);
+    config.connect_deadline = Duration::from_secs(3);
+    config.handshake_deadline = Duration::from_secs(3);
     let mut failed = 0;
     let mut samples = Vec::new();
     for i in 0..n {
@@ -650,10 +652,13 @@ fn live_memory(options: &Options, cache_mb: u64, rows: &mut Vec<(String, String)
     let store = Store::open(&dir.path().join("db"), &store_options).unwrap();
     let (mut core, _) = BanCore::restore(
         BanPolicy::default(),
-        store.clone(),
-        Arc::new(BanView::default()),
-        Default::default(),
-        None,
+        actors::CoreParts {
+            allow: Default::default(),
+            store: store.clone(),
+            view: Arc::new(BanView::default()),
+            stats: Default::default(),
+            kernel: None,
+        },
         actors::now_ms(),
     )
     .unwrap();
@@ -834,10 +839,13 @@ fn restore(options: &Options, rows: &mut Vec<(String, String)>) {
     let view = Arc::new(BanView::default());
     let (_core, report) = BanCore::restore(
         BanPolicy::default(),
-        store.clone(),
-        view.clone(),
-        Default::default(),
-        None,
+        actors::CoreParts {
+            allow: Default::default(),
+            store: store.clone(),
+            view: view.clone(),
+            stats: Default::default(),
+            kernel: None,
+        },
         actors::now_ms(),
     )
     .unwrap();

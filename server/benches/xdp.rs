@@ -26,8 +26,6 @@ mod common;
 mod netns;
 #[path = "../../tests/common/packets.rs"]
 mod packets;
-#[path = "../src/pinned_table.rs"]
-mod pinned_table;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -35,12 +33,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use actors::{BanCore, BanPolicy, BanView, KernelSync};
+use actors::{BanCore, BanPolicy, BanView, KernelTable};
+use model::Cidr;
 use netns::{CLIENT_V4, NetnsPair, SERVER_V4};
-use pinned_table::PinnedTable;
-use protocol::Cidr;
+use penaltybox::kernel_table::Pinned;
 use storage::{Store, StoreOptions};
-use xdp::{AttachMode, KernelTable};
+use xdp::{AttachMode, PinnedMaps};
 
 /// The bench object: the production program plus `drop_all` (build.sh).
 static BASELINE: &[u8] = aya::include_bytes_aligned!("../../ebpf-prog/penaltybox-xdp-bench.bpf.o");
@@ -89,7 +87,7 @@ fn main() {
     replay(entries, &pin_dir, &mut rows);
 
     // Flood from a banned source, with a listener behind the program.
-    let mut table = KernelTable::open(&pin_dir).unwrap();
+    let mut table = PinnedMaps::open(&pin_dir).unwrap();
     let now = actors::now_ms();
     table
         .insert(
@@ -154,14 +152,17 @@ fn replay(n: usize, pin_dir: &Path, rows: &mut Vec<(String, String)>) {
     let db = dir.path().join("db");
     common::write_live_bans(&db, n as u32);
     let store = Store::open(&db, &StoreOptions::default()).unwrap();
-    let kernel: Box<dyn KernelSync> = Box::new(PinnedTable(KernelTable::open(pin_dir).unwrap()));
+    let kernel: Box<dyn KernelTable> = Box::new(Pinned(PinnedMaps::open(pin_dir).unwrap()));
     let started = Instant::now();
     let (_core, report) = BanCore::restore(
         BanPolicy::default(),
-        store,
-        Arc::new(BanView::default()),
-        Default::default(),
-        Some(kernel),
+        actors::CoreParts {
+            allow: Default::default(),
+            store,
+            view: Arc::new(BanView::default()),
+            stats: Default::default(),
+            kernel: Some(kernel),
+        },
         actors::now_ms(),
     )
     .unwrap();
@@ -181,7 +182,7 @@ fn replay(n: usize, pin_dir: &Path, rows: &mut Vec<(String, String)>) {
         ),
     ));
     // Every ban is really in the map; then leave it empty for the flood.
-    let mut table = KernelTable::open(pin_dir).unwrap();
+    let mut table = PinnedMaps::open(pin_dir).unwrap();
     let entries = table.entries().unwrap();
     assert_eq!(
         entries.len(),
@@ -379,7 +380,7 @@ fn per_packet(rows: &mut Vec<(String, String)>, quick: bool) {
     // Ours: the embedded program, its maps written by the real table.
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/penaltybox-pkt-{}", std::process::id()));
     let program = xdp::TestProgram::load(&pin_dir).unwrap();
-    let mut table = KernelTable::open(&pin_dir).unwrap();
+    let mut table = PinnedMaps::open(&pin_dir).unwrap();
     let now = actors::now_ms();
     let entries: Vec<(Cidr, u64)> = banned
         .iter()

@@ -10,9 +10,10 @@ use std::time::Duration;
 use actors::{AdminBan, BanCore};
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use model::Cidr;
 use protocol::message::{BanInfo, Cause, ErrorCode, MAX_PAGE};
 use protocol::{
-    AdminRequest, Cidr, Client, ClientConfig, PrivateKey, PublicKey, Request, Response, Role,
+    AdminRequest, Client, ClientConfig, PrivateKey, PublicKey, Request, Response, Role,
 };
 
 use crate::client_cmd::parse_server_key;
@@ -25,7 +26,7 @@ use crate::settings;
 Offline (server stopped): --data-dir DIR [--config FILE] (or data_dir in the --config file); \
 never chosen silently"
 )]
-pub struct Args {
+pub struct BansArgs {
     /// Online: the running server, HOST:PORT.
     #[arg(long, short, global = true, requires_all = ["server_key", "key"], env = "PENALTYBOX_SERVER")]
     server: Option<String>,
@@ -95,7 +96,7 @@ pub(crate) struct Offline {
     core: BanCore,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: BansArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -215,7 +216,7 @@ pub(crate) async fn connect_admin(
     Ok(Backend::Online(Box::new(client)))
 }
 
-async fn connect(args: &Args) -> anyhow::Result<Backend> {
+async fn connect(args: &BansArgs) -> anyhow::Result<Backend> {
     if let (Some(server), Some(server_key), Some(key)) = (&args.server, args.server_key, &args.key)
     {
         return connect_admin(server, server_key, key, args.bind).await;
@@ -228,7 +229,7 @@ async fn connect(args: &Args) -> anyhow::Result<Backend> {
     let settings = settings::load_offline(args.config.as_deref(), args.data_dir.clone())?;
     let store =
         settings.open_stopped_database("pass --data-dir, or --server for a running server")?;
-    let mut core = BanCore::offline(settings.policy()?, store.clone());
+    let mut core = BanCore::offline(settings.policy(), settings.allow()?, store.clone());
     if settings.fleet()?.is_some() {
         // Shared by the server's fleet link at its next start.
         core.set_fleet(actors::FleetOutlet::new(

@@ -15,7 +15,7 @@ use protocol::message::{
 use protocol::{Client, ClientConfig, PrivateKey, PublicKey, Request, Response};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub struct ClientArgs {
     /// Server address, HOST:PORT.
     #[arg(long, short, env = "PENALTYBOX_SERVER")]
     server: String,
@@ -98,16 +98,16 @@ pub fn parse_server_key(value: &str) -> Result<PublicKey, String> {
     protocol::keys::read_public_key_file(std::path::Path::new(value)).map_err(|e| e.to_string())
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let mut config = ClientConfig::new(args.server_key);
     if let Some(path) = &args.key {
         config.client_key = Some(PrivateKey::read(path)?);
     }
     config.bind = args.bind;
     let timeout = Duration::from_secs(args.timeout);
-    config.connect_timeout = timeout;
-    config.handshake_timeout = timeout;
-    config.request_timeout = timeout;
+    config.connect_deadline = timeout;
+    config.handshake_deadline = timeout;
+    config.request_deadline = timeout;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

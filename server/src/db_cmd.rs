@@ -15,7 +15,7 @@ use storage::{CheckReport, Store};
 use crate::settings;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub struct DbArgs {
     /// The stopped server's data directory [default: ./penaltybox-data].
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
@@ -39,7 +39,7 @@ enum DbCommand {
     },
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: DbArgs) -> anyhow::Result<ExitCode> {
     let settings = settings::load_offline(args.config.as_deref(), args.data_dir.clone())?;
     let dir = settings.database_dir();
     let store = settings.open_stopped_database("pass --data-dir")?;

@@ -31,7 +31,7 @@ pub fn origin(ban: &BanInfo) -> &str {
 
 /// `bans show`: what covers the target, its history, its kernel entry.
 pub fn report_json(
-    target: &protocol::Cidr,
+    target: &model::Cidr,
     report: &protocol::message::BanReport,
     now_ms: u64,
 ) -> serde_json::Value {
@@ -56,7 +56,7 @@ pub fn report_json(
 
 /// `bans show` for a person.
 pub fn report_text(
-    target: &protocol::Cidr,
+    target: &model::Cidr,
     report: &protocol::message::BanReport,
     now_ms: u64,
 ) -> String {

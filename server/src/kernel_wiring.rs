@@ -1,24 +1,25 @@
-//! Wiring of the kernel tier for `serve`: open the pinned table named by
+//! Wiring of the kernel tier for `serve`: open the pinned maps named by
 //! `-B` (attaching first with `--xdp-iface`), write the detector settings
-//! into it, and hand it to the ban core as its [`KernelSync`] (the adapter
-//! is `pinned_table.rs`); then watch the detectors' ring buffer and report
+//! into them, and hand them to the ban core as its kernel table
+//! (`kernel_table.rs`); then watch the detectors' ring buffer and report
 //! each detection to the registry. Any failure is one warning line and the
 //! server goes on with what still works (the userspace tier at least).
 
 use std::path::PathBuf;
 
-use actors::{KernelSync, ServerHandle};
+use actors::{KernelTable, ServerHandle};
 use model::BanCause;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use xdp::{AttachMode, Detected, Detection, Detector, EventReader, KernelTable};
+use xdp::{Detected, Detection, Detector, EventReader, PinnedMaps};
 
-use crate::pinned_table::PinnedTable;
+use crate::kernel_table::Pinned;
 use crate::settings::Settings;
 
-/// The kernel tier the server runs with.
-pub struct KernelTier {
-    pub table: Box<dyn KernelSync>,
+/// What the server runs the kernel tier with: the kernel table, the
+/// detectors' events, and where it is all pinned.
+pub struct Attachment {
+    pub table: Box<dyn KernelTable>,
     /// The detectors' events; `None` when they are off.
     pub events: Option<EventReader>,
     pub table_path: PathBuf,
@@ -26,7 +27,7 @@ pub struct KernelTier {
 
 /// The kernel table to keep in step, if the settings ask for one and the
 /// kernel lets us have it.
-pub fn open(all: &Settings) -> Option<KernelTier> {
+pub fn open(all: &Settings) -> Option<Attachment> {
     let settings = &all.kernel;
     let table_path = settings.bpf_table.clone().or_else(|| {
         settings
@@ -47,7 +48,7 @@ pub fn open(all: &Settings) -> Option<KernelTier> {
             Ok(false) => {}
             Err(error) => log::warn!("cannot detach the old XDP program: {error}"),
         }
-        match xdp::attach(iface, settings.mode(), &table_path) {
+        match xdp::attach(iface, settings.xdp_mode.get().into(), &table_path) {
             Ok(()) => log::info!(
                 "attached the XDP program to {iface}, pinned under {}",
                 table_path.display()
@@ -58,7 +59,7 @@ pub fn open(all: &Settings) -> Option<KernelTier> {
             }
         }
     }
-    let mut table = match KernelTable::open(&table_path) {
+    let mut table = match PinnedMaps::open(&table_path) {
         Ok(table) => table,
         Err(error) => {
             log::warn!("kernel tier off, userspace tier only: {error}");
@@ -87,8 +88,8 @@ pub fn open(all: &Settings) -> Option<KernelTier> {
             None
         }
     };
-    Some(KernelTier {
-        table: Box::new(PinnedTable(table)),
+    Some(Attachment {
+        table: Box::new(Pinned(table)),
         events,
         table_path,
     })
@@ -105,7 +106,7 @@ fn use_bound_ports(
     let ports = crate::settings::service_ports(bound);
     if ports != detection.service_ports {
         detection.service_ports = ports;
-        let written = KernelTable::open(table_path).and_then(|mut t| t.set_detection(&detection));
+        let written = PinnedMaps::open(table_path).and_then(|mut t| t.set_detection(&detection));
         match written {
             Ok(()) => log::info!(
                 "kernel detectors: service ports {:?} (as bound)",
@@ -306,18 +307,6 @@ fn flag_names(figure: u32) -> String {
         "TCP flags none (NULL probe)".into()
     } else {
         format!("TCP flags {}", names.join(" "))
-    }
-}
-
-/// `--mode` values.
-pub fn parse_mode(text: &str) -> Result<AttachMode, String> {
-    match text {
-        "auto" => Ok(AttachMode::Auto),
-        "driver" => Ok(AttachMode::Driver),
-        "skb" => Ok(AttachMode::Skb),
-        other => Err(format!(
-            "unknown XDP mode {other:?}; expected auto, driver or skb"
-        )),
     }
 }
 

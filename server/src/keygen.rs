@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use protocol::PrivateKey;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub struct KeygenArgs {
     /// Where to write the private key; the public key goes beside it, with
     /// the extension `.pub`. Neither is ever overwritten.
     #[arg(long, short, default_value = "penaltybox.key")]
@@ -35,7 +35,7 @@ pub fn run_key(command: KeyCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: KeygenArgs) -> anyhow::Result<ExitCode> {
     if args.out.extension().is_some_and(|e| e == "pub") {
         anyhow::bail!(
             "--out {}: a private key named .pub would pass for a public key; name it .key",

@@ -4,27 +4,13 @@
 //! Every failure ends in one line on stderr (`penaltybox: error: ...`) and a
 //! non-zero exit: 1 for a failed operation, 2 for bad usage (clap's).
 
-mod bans_cmd;
-mod capabilities;
-mod client_cmd;
-mod config_print;
-mod db_cmd;
-mod display;
-mod fleet_wiring;
-mod kernel_wiring;
-mod keygen;
-mod logging;
-mod metrics;
-mod pinned_table;
-mod reload;
-mod replay_cmd;
-mod serve;
-mod settings;
-mod xdp_cmd;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use penaltybox::{
+    bans_cmd, capabilities, client_cmd, config_print, db_cmd, keygen, logging, replay_cmd, serve,
+    xdp_cmd,
+};
 
 #[derive(Parser)]
 #[command(
@@ -57,27 +43,27 @@ struct Cli {
 enum Command {
     /// Run the server (defaults: 0.0.0.0:5000 and [::]:5000, data in ./penaltybox-data,
     /// server key generated on first start).
-    Serve(serve::Args),
+    Serve(serve::ServeArgs),
     /// List, add or remove time-outs, online (admin key) or offline (stopped server).
-    Bans(bans_cmd::Args),
+    Bans(bans_cmd::BansArgs),
     /// Make a running server re-read its settings, as SIGHUP does (admin key).
     Reload(bans_cmd::ReloadArgs),
     /// The kernel tier: attach, inspect or detach the XDP program (Linux, CAP_BPF + CAP_NET_ADMIN).
-    Xdp(xdp_cmd::Args),
+    Xdp(xdp_cmd::XdpArgs),
     /// Replay the client side of a capture's TCP streams against a live server.
-    Replay(replay_cmd::Args),
+    Replay(replay_cmd::ReplayArgs),
     /// Check a stopped server's database record by record, or salvage what is readable.
-    Db(db_cmd::Args),
+    Db(db_cmd::DbArgs),
     /// Show the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Generate a static key pair: writes the private key (mode 0600) and prints the public key.
-    Keygen(keygen::Args),
+    Keygen(keygen::KeygenArgs),
     /// Inspect a key file.
     #[command(subcommand)]
     Key(keygen::KeyCommand),
     /// Talk to a penaltybox server: ping it, or use its tape-volume inventory.
-    Client(client_cmd::Args),
+    Client(client_cmd::ClientArgs),
     /// Print a shell completion script: `source <(penaltybox completions bash)`.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff): `penaltybox man > penaltybox.1`.
@@ -89,11 +75,11 @@ enum ConfigCommand {
     /// Print every setting `serve` would use (defaults < file < environment < flags),
     /// as commented TOML: one line of help and the environment variable each,
     /// unset optional ones commented out.
-    Print(serve::Args),
+    Print(serve::ServeArgs),
     /// Check everything `serve` would check (settings, key files, the kernel
     /// table path) without starting or creating anything; one line per
     /// problem, exit 1 if there is any.
-    Check(serve::Args),
+    Check(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {

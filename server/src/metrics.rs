@@ -219,60 +219,92 @@ fn as_gauge(n: u64) -> i64 {
 
 fn encode_server(e: &mut DescriptorEncoder, m: &MetricsSnapshot) -> std::fmt::Result {
     let s = &m.stats;
-    counter(
-        e,
-        "connections_accepted",
-        "Connections accepted",
-        s.connections_accepted,
-    )?;
-    counter(
-        e,
-        "connections_refused",
-        "Connections closed at accept because their source is timed out",
-        s.connections_refused,
-    )?;
-    counter(
-        e,
-        "connections_over_limit",
-        "Connections refused at accept by a connection or pending-handshake limit",
-        s.connections_over_limit,
-    )?;
-    counter(
-        e,
-        "pending_evicted",
-        "Pending handshakes closed to make room for new connections",
-        s.pending_evicted,
-    )?;
+    for (name, help, value) in [
+        (
+            "connections_accepted",
+            "Connections accepted",
+            s.connections_accepted,
+        ),
+        (
+            "connections_refused",
+            "Connections closed at accept because their source is timed out",
+            s.connections_refused,
+        ),
+        (
+            "connections_over_limit",
+            "Connections refused at accept by a connection or pending-handshake limit",
+            s.connections_over_limit,
+        ),
+        (
+            "pending_evicted",
+            "Pending handshakes closed to make room for new connections",
+            s.pending_evicted,
+        ),
+        (
+            "handshakes_completed",
+            "Handshakes completed",
+            s.handshakes_completed,
+        ),
+        (
+            "sessions_kicked",
+            "Established sessions closed because their source was timed out",
+            s.sessions_kicked,
+        ),
+        (
+            "sessions_not_reading",
+            "Sessions closed because the peer did not take its responses",
+            s.sessions_not_reading,
+        ),
+        (
+            "requests_rate_limited",
+            "Requests refused by the per-session rate limit",
+            s.requests_rate_limited,
+        ),
+    ] {
+        counter(e, name, help, value)?;
+    }
     gauge(
         e,
         "sessions_active",
         "Sessions open now",
         as_gauge(s.sessions_active),
     )?;
-    counter(
+    encode_timeouts(e, m)?;
+    for (name, help, value) in [
+        (
+            "storage_flushes",
+            "Group-commit flushes of the database",
+            s.storage_flushes,
+        ),
+        (
+            "storage_errors",
+            "Database writes or flushes that failed",
+            s.storage_errors,
+        ),
+        (
+            "kernel_errors",
+            "Kernel-table updates that failed (the userspace time-out stands)",
+            s.kernel_errors,
+        ),
+        (
+            "kernel_detections_received",
+            "Detections the kernel tier reported to the registry",
+            s.kernel_detections,
+        ),
+    ] {
+        counter(e, name, help, value)?;
+    }
+    gauge(
         e,
-        "handshakes_completed",
-        "Handshakes completed",
-        s.handshakes_completed,
-    )?;
-    counter(
-        e,
-        "sessions_kicked",
-        "Established sessions closed because their source was timed out",
-        s.sessions_kicked,
-    )?;
-    counter(
-        e,
-        "sessions_not_reading",
-        "Sessions closed because the peer did not take its responses",
-        s.sessions_not_reading,
-    )?;
-    counter(
-        e,
-        "requests_rate_limited",
-        "Requests refused by the per-session rate limit",
-        s.requests_rate_limited,
-    )?;
+        "storage_unflushed_writes",
+        "Writes a crash now would lose",
+        as_gauge(s.storage_unflushed),
+    )
+}
+
+/// The time-out table: made by cause, in force by family, evicted, and
+/// the two latencies.
+fn encode_timeouts(e: &mut DescriptorEncoder, m: &MetricsSnapshot) -> std::fmt::Result {
     counters_by(
         e,
         "timeouts",
@@ -297,7 +329,7 @@ fn encode_server(e: &mut DescriptorEncoder, m: &MetricsSnapshot) -> std::fmt::Re
         e,
         "timeouts_evicted",
         "Time-outs evicted before their expiry because the table was full",
-        s.bans_evicted,
+        m.stats.bans_evicted,
     )?;
     histogram(
         e,
@@ -310,36 +342,6 @@ fn encode_server(e: &mut DescriptorEncoder, m: &MetricsSnapshot) -> std::fmt::Re
         "time_to_timeout",
         "From the offending input (or missed deadline, or kernel event) to the time-out in the table",
         &m.time_to_ban_seconds,
-    )?;
-    counter(
-        e,
-        "storage_flushes",
-        "Group-commit flushes of the database",
-        s.storage_flushes,
-    )?;
-    counter(
-        e,
-        "storage_errors",
-        "Database writes or flushes that failed",
-        s.storage_errors,
-    )?;
-    gauge(
-        e,
-        "storage_unflushed_writes",
-        "Writes a crash now would lose",
-        as_gauge(s.storage_unflushed),
-    )?;
-    counter(
-        e,
-        "kernel_errors",
-        "Kernel-table updates that failed (the userspace time-out stands)",
-        s.kernel_errors,
-    )?;
-    counter(
-        e,
-        "kernel_detections_received",
-        "Detections the kernel tier reported to the registry",
-        s.kernel_detections,
     )
 }
 

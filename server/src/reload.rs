@@ -4,29 +4,30 @@
 //! The settings are read again exactly as at start (file, environment,
 //! flags) and the key files with them. If anything is invalid, the running
 //! settings stay whole and the reason is logged (and answered). Otherwise
-//! what can change live is applied without dropping a connection or a
-//! time-out:
+//! what can change live ([`LIVE`]) is applied without dropping a
+//! connection or a time-out:
 //! - `bans.*` but the aggregation lengths: durations, escalation, the cap,
 //!   the table bound, the mode, the allow-list (newly allow-listed
 //!   time-outs are released at once, from the view and the kernel);
 //! - `keys.authorized_keys`, `keys.admin_keys` (re-read even if the path
 //!   is the same): for new handshakes;
-//! - `limits.*`: for new connections;
+//! - `limits.*` and `timeouts.*`: for new connections (and, for the idle
+//!   and write deadlines, the next wait of every session);
 //! - the kernel detectors' thresholds (`kernel.scan_*`, `trap_ports`,
-//!   `syn_*`, `drop_scope`).
+//!   `syn_*`, `drop_scope`);
+//! - `log_level`.
 //!
 //! Everything else (listen addresses, data dir, workers, storage, metrics,
-//! timeouts, the kernel table, the fleet, the proxies, aggregation) is
-//! named in the log and left as it was. One line says what changed.
+//! the kernel table, the fleet, the proxies, aggregation) is named in the
+//! log and left as it was. One line says what changed.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use actors::ServerHandle;
-use model::Cidr;
+use actors::{ReloadError, ServerHandle};
 
-use crate::settings::Settings;
+use crate::settings::{BanMode, Settings};
 
 /// Reads the settings the way the command line did.
 pub type Loader = Box<dyn Fn() -> anyhow::Result<Settings> + Send + Sync>;
@@ -67,8 +68,6 @@ pub struct Reload {
     server: ServerHandle,
     kernel_pins: Option<PathBuf>,
     bound: Vec<std::net::SocketAddr>,
-    /// Trusted proxies (allow-listed, never timed out): fixed at start.
-    proxies: Vec<Cidr>,
 }
 
 impl Reload {
@@ -78,7 +77,6 @@ impl Reload {
         server: ServerHandle,
         kernel_pins: Option<PathBuf>,
         bound: Vec<std::net::SocketAddr>,
-        proxies: Vec<Cidr>,
     ) -> Self {
         Reload {
             load,
@@ -86,7 +84,6 @@ impl Reload {
             server,
             kernel_pins,
             bound,
-            proxies,
         }
     }
 
@@ -100,11 +97,12 @@ impl Reload {
 
     /// Re-reads and applies; the one-line summary, or why the running
     /// settings were kept.
-    pub fn apply(&self) -> Result<String, String> {
-        let kept =
-            |e: anyhow::Error| format!("reload failed, the running settings are kept: {e:#}");
+    pub fn apply(&self) -> Result<String, ReloadError> {
+        let kept = |e: anyhow::Error| ReloadError {
+            reason: format!("reload failed, the running settings are kept: {e:#}"),
+        };
         let new = (self.load)().map_err(kept)?;
-        let access = crate::serve::access_policy(&new).map_err(kept)?;
+        let access = new.access_policy().map_err(kept)?;
         let mut current = self
             .current
             .lock()
@@ -116,23 +114,21 @@ impl Reload {
         // What applies: the new settings, with every key that cannot change
         // live kept as it runs.
         let applied = live_applied(&current, &new).map_err(kept)?;
-        let mut policy = applied.policy().map_err(kept)?;
-        policy.allow.extend(self.proxies.iter().copied());
+        let allow = applied.allow_list().map_err(kept)?;
         let detection = self.kernel_detection(&applied);
         if let (Some(pins), Some(detection)) = (&self.kernel_pins, &detection)
             && *detection != self.kernel_detection(&current).expect("same kernel tier")
             && let Err(error) =
-                xdp::KernelTable::open(pins).and_then(|mut table| table.set_detection(detection))
+                xdp::PinnedMaps::open(pins).and_then(|mut table| table.set_detection(detection))
         {
-            return Err(format!(
-                "reload failed, the running settings are kept: kernel detectors: {error}"
-            ));
+            return Err(kept(anyhow::anyhow!("kernel detectors: {error}")));
         }
         self.server.reload(
             access.clone(),
             applied.limits(),
-            policy,
-            applied.connection_timeouts(),
+            applied.policy(),
+            allow,
+            applied.deadlines(),
         );
         let log_level_changed = current.log_level != applied.log_level;
         *current = applied;
@@ -158,7 +154,7 @@ impl Reload {
                 None => "any client".to_owned(),
             }
         ));
-        if current.bans.mode == "monitor" {
+        if current.bans.mode.get() == BanMode::Monitor {
             parts.push("monitor mode (nothing is timed out)".into());
         }
         if !frozen.is_empty() {
@@ -182,7 +178,7 @@ impl Reload {
 }
 
 impl actors::Reloader for Reload {
-    fn reload(&self) -> Result<String, String> {
+    fn reload(&self) -> Result<String, ReloadError> {
         let outcome = self.apply();
         match &outcome {
             Ok(summary) => log::info!("admin reload: {summary}"),
@@ -304,7 +300,7 @@ mod tests {
         let current = Settings::default();
         let mut new = Settings::default();
         new.bans.allow = vec!["192.0.2.0/24".into()];
-        new.bans.mode = "monitor".into();
+        new.bans.mode = BanMode::Monitor.into();
         new.timeouts.idle = crate::settings::Dur(std::time::Duration::from_secs(1));
         new.kernel.syn_rate = 7;
         new.keys.admin_keys = Some("/etc/penaltybox/admins".into());

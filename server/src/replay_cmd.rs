@@ -8,14 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use protocol::{Cidr, PublicKey};
+use model::Cidr;
+use protocol::PublicKey;
 use replay::{ReplayOptions, read_streams, replay_stream};
 
 use crate::bans_cmd::connect_admin;
 use crate::client_cmd::parse_server_key;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub struct ReplayArgs {
     /// A pcap or pcapng capture.
     capture: PathBuf,
     /// The live server, HOST:PORT.
@@ -32,7 +33,7 @@ pub struct Args {
     key: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let server: SocketAddr = args
         .server
         .to_socket_addrs()

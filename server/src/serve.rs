@@ -8,14 +8,13 @@ use std::process::ExitCode;
 
 use actors::ServerConfig;
 use anyhow::{Context, bail};
-use protocol::keys::read_public_keys;
 use protocol::{AccessPolicy, PrivateKey};
 use storage::Store;
 
-use crate::settings::{self, FlagOverrides, Settings};
+use crate::settings::{self, FlagOverrides, Settings, read_key_list};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub struct ServeArgs {
     /// TOML config file (see `penaltybox config print` for every key).
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -45,7 +44,7 @@ pub struct Args {
     ready_file: Option<PathBuf>,
 }
 
-impl Args {
+impl ServeArgs {
     pub fn settings(&self) -> anyhow::Result<Settings> {
         (self.settings_loader())()
     }
@@ -116,190 +115,265 @@ impl Args {
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let settings = args.settings()?;
-    if let Some(spec) = &settings.log_level {
-        crate::logging::set_filter(Some(spec)).map_err(|e| anyhow::anyhow!("log_level: {e}"))?;
-    }
-    // Everything that can fail without touching the disk fails first: a
-    // bad key list or a busy port must not leave a new key pair behind.
-    let access = access_policy(&settings)?;
-    probe_listen(&settings.listen)?;
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("data_dir: cannot create {}", settings.data_dir.display()))?;
-    let server_key = server_key(&settings)?;
-    let store = Store::open(&settings.database_dir(), &settings.store_options())?;
-    let workers = match settings.workers {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
-        n => n,
-    };
-    let public = server_key.public_key();
-    let (kernel, kernel_events, kernel_pins) = match crate::kernel_wiring::open(&settings) {
-        Some(tier) => (Some(tier.table), tier.events, Some(tier.table_path)),
-        None => (None, None, None),
-    };
-    let fleet = settings.fleet()?.map(crate::fleet_wiring::Fleet::new);
-    let proxy_trusted = settings.proxy_trusted()?;
-    let proxy_trusted_copy = proxy_trusted.clone();
-    // A trusted proxy carries every client: it is never timed out itself.
-    let mut policy = settings.policy()?;
-    policy.allow.extend(proxy_trusted.iter().copied());
-    let config = ServerConfig {
-        listen: settings.listen.clone(),
-        server_key,
-        access,
-        policy,
-        limits: settings.limits(),
-        handshake_timeout: settings.timeouts.handshake.0,
-        idle_timeout: settings.timeouts.idle.0,
-        write_timeout: settings.timeouts.write.0,
-        service: settings.service(),
-        workers,
-        kernel,
-        fleet: fleet.as_ref().map(|fleet| fleet.outlet(&store)),
-        proxy_trusted,
-    };
-
-    // Before the restore, so that /readyz can say "not yet" meanwhile.
-    let metrics = settings
-        .metrics_listen()?
-        .map(crate::metrics::MetricsServer::start)
-        .transpose()?;
+/// `serve`, step by step: resolve the settings into a plan (nothing on
+/// disk yet), open the store, open the kernel tier, the fleet and the
+/// metrics endpoint, then serve until a signal stops it.
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let plan = Plan::resolve(&args)?;
+    let store = Store::open(
+        &plan.settings.database_dir(),
+        &plan.settings.store_options(),
+    )?;
+    let tiers = Tiers::open(&plan.settings)?;
     // Once nothing before the start can fail any more.
-    log_summary(&args, &settings, &config.access);
-    let reload_settings = settings.clone();
-    let proxy_for_reload = proxy_trusted_copy;
+    log_summary(&args, &plan.settings, &plan.access);
     // The actors' clones of the store are never dropped (their threads are
     // not joined), so what a drop would clean up is cleaned up here, on
     // every way out.
     let store_at_exit = store.clone();
-    let served = actix_rt::System::new().block_on(async move {
-        let mut signals = Signals::new()?;
-        let running = actors::start(config, store.clone())?;
-        let reloader = std::sync::Arc::new(crate::reload::Reload::new(
-            args.settings_loader(),
-            reload_settings,
-            running.handle(),
-            kernel_pins.clone(),
-            running.local_addrs.clone(),
-            proxy_for_reload,
-        ));
-        running.handle().set_reloader(reloader.clone());
-        if let Some(fleet) = &fleet
-            && let Err(error) = fleet.start(&store, running.handle())
-        {
-            // Stopped inside the runtime: the actors cannot be dropped
-            // outside it.
-            let _ = running.stats_then_shutdown().await;
-            return Err(anyhow::Error::new(error).context("cannot start the fleet link"));
-        }
-        if let Some(table_path) = &kernel_pins {
-            let server = running.handle();
-            crate::kernel_wiring::serve_detectors(
-                &settings,
-                table_path,
-                kernel_events,
-                &server,
-                &running.local_addrs,
-            );
-            crate::kernel_wiring::watchdog(
-                settings.clone(),
-                table_path.clone(),
-                server,
-                running.local_addrs.clone(),
-            );
-        }
-        let addrs: Vec<String> = running
-            .local_addrs
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        log::info!(
-            "penaltybox {} listening on {}",
-            env!("CARGO_PKG_VERSION"),
-            addrs.join(", ")
-        );
-        log::info!(
-            "data dir {}: {} bans restored, {} expired ones discarded, in {:.1} ms",
-            settings.data_dir.display(),
-            running.boot.restored,
-            running.boot.discarded,
-            running.boot.elapsed.as_secs_f64() * 1e3
-        );
-        if let Some(kernel) = running.boot.kernel {
-            log::info!(
-                "kernel table: {} bans replayed, {} stale entries removed, {} failed, in {:.1} ms",
-                kernel.replayed,
-                kernel.removed_stale,
-                kernel.failed,
-                kernel.elapsed.as_secs_f64() * 1e3
-            );
-        }
-        let port = running.local_addrs.first().map_or(5000, SocketAddr::port);
-        log::info!(
-            "server key fingerprint {}; connect with:",
-            public.fingerprint()
-        );
-        log::info!("  penaltybox client --server HOST:{port} --server-key {public} ping");
-
-        match &metrics {
-            Some(metrics) => {
-                metrics.ready(
-                    running.handle(),
-                    kernel_pins.clone(),
-                    fleet.as_ref().map(|fleet| (fleet.stats(), store.outbox().clone())),
-                );
-                log::info!(
-                    "metrics on http://{0}/metrics (health: /healthz, /readyz)",
-                    metrics.local_addr()
-                );
-            }
-            None => log::info!("metrics off (metrics.listen = \"\")"),
-        }
-        if let Some(path) = &args.ready_file
-            && let Err(error) = write_ready_file(
-                path,
-                &running.local_addrs,
-                &public,
-                metrics.as_ref().map(crate::metrics::MetricsServer::local_addr),
-            )
-        {
-            let _ = running.stats_then_shutdown().await;
-            return Err(error);
-        }
-
-        let signal = loop {
-            match signals.next().await {
-                Received::Stop(signal) => break signal,
-                Received::Reload => reloader.on_signal(),
-            }
-        };
-        log::info!("{signal}: stopping");
-        let (stats, flushed) = running.stats_then_shutdown().await;
-        log::info!(
-            "stopped after {} connections ({} refused at accept), {} bans",
-            stats.connections_accepted,
-            stats.connections_refused,
-            stats.bans_total,
-        );
-        match flushed {
-            Ok(()) => Ok(ExitCode::SUCCESS),
-            Err(error) => {
-                log::error!(
-                    "stopped, but {} writes (time-outs, releases, their history) were not persisted: {error}",
-                    stats.storage_unflushed
-                );
-                Ok(ExitCode::FAILURE)
-            }
-        }
-    });
+    let served = actix_rt::System::new().block_on(serve(args, plan, store, tiers));
     store_at_exit.remove_copy();
     served
 }
 
+/// What `serve` decided before the start: the settings, who may connect,
+/// the server key (generated on first start), the worker count.
+struct Plan {
+    settings: Settings,
+    access: AccessPolicy,
+    server_key: PrivateKey,
+    workers: usize,
+}
+
+impl Plan {
+    /// Everything that can fail without touching the disk fails first: a
+    /// bad key list or a busy port must not leave a new key pair behind.
+    fn resolve(args: &ServeArgs) -> anyhow::Result<Plan> {
+        let settings = args.settings()?;
+        if let Some(spec) = &settings.log_level {
+            crate::logging::set_filter(Some(spec))
+                .map_err(|e| anyhow::anyhow!("log_level: {e}"))?;
+        }
+        let access = settings.access_policy()?;
+        probe_listen(&settings.listen)?;
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("data_dir: cannot create {}", settings.data_dir.display()))?;
+        let server_key = server_key(&settings)?;
+        let workers = match settings.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        Ok(Plan {
+            settings,
+            access,
+            server_key,
+            workers,
+        })
+    }
+
+    /// The actors' configuration, with the kernel table and the fleet's
+    /// outlet when there are.
+    fn server_config(&self, tiers: &mut Tiers, store: &Store) -> anyhow::Result<ServerConfig> {
+        let settings = &self.settings;
+        Ok(ServerConfig {
+            listen: settings.listen.clone(),
+            server_key: self.server_key.clone(),
+            access: self.access.clone(),
+            policy: settings.policy(),
+            allow: settings.allow_list()?,
+            proxy_trusted: settings.proxy_trusted()?,
+            limits: settings.limits(),
+            deadlines: settings.deadlines(),
+            service: settings.service(),
+            workers: self.workers,
+            kernel: tiers.kernel.as_mut().and_then(|k| k.table.take()),
+            fleet: tiers.fleet.as_ref().map(|fleet| fleet.outlet(store)),
+        })
+    }
+}
+
+/// What serves beside the actors: the kernel tier, the fleet link and the
+/// metrics endpoint.
+struct Tiers {
+    kernel: Option<KernelTier>,
+    fleet: Option<crate::fleet_wiring::Fleet>,
+    metrics: Option<crate::metrics::MetricsServer>,
+}
+
+/// The kernel tier once attached: its table goes to the ban core, the rest
+/// stays for the detectors and the watchdog.
+struct KernelTier {
+    table: Option<Box<dyn actors::KernelTable>>,
+    events: Option<xdp::EventReader>,
+    pins: PathBuf,
+}
+
+impl Tiers {
+    fn open(settings: &Settings) -> anyhow::Result<Tiers> {
+        let kernel = crate::kernel_wiring::open(settings).map(|attached| KernelTier {
+            table: Some(attached.table),
+            events: attached.events,
+            pins: attached.table_path,
+        });
+        let fleet = settings.fleet()?.map(crate::fleet_wiring::Fleet::new);
+        // Before the restore, so that /readyz can say "not yet" meanwhile.
+        let metrics = settings
+            .metrics_listen()?
+            .map(crate::metrics::MetricsServer::start)
+            .transpose()?;
+        Ok(Tiers {
+            kernel,
+            fleet,
+            metrics,
+        })
+    }
+}
+
+/// Starts the actors and what serves beside them, waits for a signal, and
+/// shuts down. A failure after the start (the fleet link, the ready file)
+/// stops the actors inside the runtime: they cannot be dropped outside it.
+async fn serve(
+    args: ServeArgs,
+    plan: Plan,
+    store: Store,
+    mut tiers: Tiers,
+) -> anyhow::Result<ExitCode> {
+    let mut signals = Signals::new()?;
+    let running = actors::start(plan.server_config(&mut tiers, &store)?, store.clone())?;
+    let kernel_pins = tiers.kernel.as_ref().map(|k| k.pins.clone());
+    let reloader = std::sync::Arc::new(crate::reload::Reload::new(
+        args.settings_loader(),
+        plan.settings.clone(),
+        running.handle(),
+        kernel_pins.clone(),
+        running.local_addrs.clone(),
+    ));
+    running.handle().set_reloader(reloader.clone());
+    if let Some(fleet) = &tiers.fleet
+        && let Err(error) = fleet.start(&store, running.handle())
+    {
+        let _ = running.stats_then_shutdown().await;
+        return Err(anyhow::Error::new(error).context("cannot start the fleet link"));
+    }
+    if let Some(kernel) = tiers.kernel.as_mut() {
+        let server = running.handle();
+        let bound = &running.local_addrs;
+        let settings = &plan.settings;
+        crate::kernel_wiring::serve_detectors(
+            settings,
+            &kernel.pins,
+            kernel.events.take(),
+            &server,
+            bound,
+        );
+        crate::kernel_wiring::watchdog(
+            settings.clone(),
+            kernel.pins.clone(),
+            server,
+            bound.clone(),
+        );
+    }
+    log_started(&plan, &running);
+    if let Some(metrics) = &tiers.metrics {
+        let fleet = tiers
+            .fleet
+            .as_ref()
+            .map(|f| (f.stats(), store.outbox().clone()));
+        metrics.ready(running.handle(), kernel_pins, fleet);
+        log::info!(
+            "metrics on http://{0}/metrics (health: /healthz, /readyz)",
+            metrics.local_addr()
+        );
+    } else {
+        log::info!("metrics off (metrics.listen = \"\")");
+    }
+    if let Some(path) = &args.ready_file {
+        let metrics = tiers
+            .metrics
+            .as_ref()
+            .map(crate::metrics::MetricsServer::local_addr);
+        let ready = write_ready_file(
+            path,
+            &running.local_addrs,
+            &plan.server_key.public_key(),
+            metrics,
+        );
+        if let Err(error) = ready {
+            let _ = running.stats_then_shutdown().await;
+            return Err(error);
+        }
+    }
+    let signal = loop {
+        match signals.next().await {
+            Received::Stop(signal) => break signal,
+            Received::Reload => reloader.on_signal(),
+        }
+    };
+    log::info!("{signal}: stopping");
+    shut_down(running).await
+}
+
+/// Where the server listens, what it restored, and how to connect.
+fn log_started(plan: &Plan, running: &actors::RunningServer) {
+    let addrs: Vec<String> = running
+        .local_addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    log::info!(
+        "penaltybox {} listening on {}",
+        env!("CARGO_PKG_VERSION"),
+        addrs.join(", ")
+    );
+    log::info!(
+        "data dir {}: {} bans restored, {} expired ones discarded, in {:.1} ms",
+        plan.settings.data_dir.display(),
+        running.boot.restored,
+        running.boot.discarded,
+        running.boot.elapsed.as_secs_f64() * 1e3
+    );
+    if let Some(kernel) = running.boot.kernel {
+        log::info!(
+            "kernel table: {} bans replayed, {} stale entries removed, {} failed, in {:.1} ms",
+            kernel.replayed,
+            kernel.removed_stale,
+            kernel.failed,
+            kernel.elapsed.as_secs_f64() * 1e3
+        );
+    }
+    let port = running.local_addrs.first().map_or(5000, SocketAddr::port);
+    let public = plan.server_key.public_key();
+    log::info!(
+        "server key fingerprint {}; connect with:",
+        public.fingerprint()
+    );
+    log::info!("  penaltybox client --server HOST:{port} --server-key {public} ping");
+}
+
+/// Stops accepting, flushes, and says whether every write was persisted.
+async fn shut_down(running: actors::RunningServer) -> anyhow::Result<ExitCode> {
+    let (stats, flushed) = running.stats_then_shutdown().await;
+    log::info!(
+        "stopped after {} connections ({} refused at accept), {} bans",
+        stats.connections_accepted,
+        stats.connections_refused,
+        stats.bans_total,
+    );
+    match flushed {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(error) => {
+            log::error!(
+                "stopped, but {} writes (time-outs, releases, their history) were not persisted: {error}",
+                stats.storage_unflushed
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 /// What this server runs with, before it starts: where the settings came
 /// from, who may connect, who is never timed out, and the kernel tier.
-fn log_summary(args: &Args, settings: &Settings, access: &AccessPolicy) {
+fn log_summary(args: &ServeArgs, settings: &Settings, access: &AccessPolicy) {
     match &args.config {
         Some(file) => log::info!(
             "settings: {} (with PENALTYBOX_* environment and flags)",
@@ -382,48 +456,15 @@ fn server_key(settings: &Settings) -> anyhow::Result<PrivateKey> {
     Ok(key)
 }
 
-/// Binds each listen address for a moment (as the acceptors will), so a
-/// port in use is one line before anything is created. The acceptors bind
-/// again for real; a port taken in between still fails there, clearly.
+/// Binds each listen address for a moment, as the acceptors will (the
+/// same helper), so a port in use is one line before anything is created.
+/// The acceptors bind again for real; a port taken in between still fails
+/// there, clearly.
 fn probe_listen(addrs: &[SocketAddr]) -> anyhow::Result<()> {
-    use socket2::{Domain, Protocol, Socket, Type};
     for addr in addrs {
-        let socket = Socket::new(
-            Domain::for_address(*addr),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )
-        .with_context(|| format!("cannot listen on {addr}"))?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_reuse_address(true)?;
-        socket
-            .bind(&(*addr).into())
-            .and_then(|()| socket.listen(1))
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        actors::bind(*addr).with_context(|| format!("cannot listen on {addr}"))?;
     }
     Ok(())
-}
-
-/// Who may connect, from the key files the settings name.
-pub fn access_policy(settings: &Settings) -> anyhow::Result<AccessPolicy> {
-    Ok(AccessPolicy {
-        authorized: read_key_list(
-            "keys.authorized_keys",
-            settings.keys.authorized_keys.as_deref(),
-        )?,
-        admins: read_key_list("keys.admin_keys", settings.keys.admin_keys.as_deref())?
-            .unwrap_or_default(),
-    })
-}
-
-fn read_key_list(
-    setting: &str,
-    path: Option<&Path>,
-) -> anyhow::Result<Option<std::collections::HashSet<protocol::PublicKey>>> {
-    path.map(|path| read_public_keys(path).with_context(|| setting.to_owned()))
-        .transpose()
 }
 
 /// The signals `serve` answers: SIGTERM and SIGINT stop it, SIGHUP

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use xdp::{AttachMode, DEFAULT_PIN_DIR};
+use xdp::DEFAULT_PIN_DIR;
 
-use crate::kernel_wiring::parse_mode;
+use crate::settings::XdpMode;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub struct XdpArgs {
     #[command(subcommand)]
     command: XdpCommand,
 }
@@ -23,8 +23,8 @@ enum XdpCommand {
         #[arg(long, value_name = "IFACE")]
         iface: String,
         /// driver, skb, or auto (driver where the driver has it).
-        #[arg(long, default_value = "auto", value_parser = parse_mode)]
-        mode: AttachMode,
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: XdpMode,
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
@@ -44,7 +44,7 @@ enum XdpCommand {
     },
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: XdpArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         XdpCommand::Attach {
             iface,
@@ -52,7 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             pin_dir,
         } => {
             xdp::check_pins_outlive_us(&pin_dir)?;
-            xdp::attach(&iface, mode, &pin_dir)?;
+            xdp::attach(&iface, mode.into(), &pin_dir)?;
             println!(
                 "attached to {iface}; ban table pinned at {} (serve -B {})",
                 pin_dir.display(),

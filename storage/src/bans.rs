@@ -8,12 +8,12 @@
 
 use std::sync::Arc;
 
+use model::Cidr;
 use model::ban::BanInfo;
-use model::cidr::Cidr;
 
 use crate::codec::{decode_ban, decode_expiry, decode_prefix, encode_ban, encode_prefix};
 use crate::trees::TreeId;
-use crate::{Result, Shared, StorageError, page};
+use crate::{Result, StorageError, StoreCore, page};
 
 const HISTORY_LEN: usize = 20;
 
@@ -23,6 +23,16 @@ pub struct History {
     pub last_banned_at_ms: u64,
     pub last_duration_ms: u64,
     pub repeat: u32,
+}
+
+/// What becomes of a released ban's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryAfter {
+    /// Kept: the next ban of the prefix within the window escalates
+    /// (expiry, eviction, a release by the allow-list).
+    Kept,
+    /// Forgotten: an admin's pardon.
+    Forgotten,
 }
 
 /// What boot found in the table.
@@ -36,16 +46,16 @@ pub struct LoadedBans {
 
 #[derive(Clone)]
 pub struct BanStore {
-    shared: Arc<Shared>,
+    shared: Arc<StoreCore>,
 }
 
 impl BanStore {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<StoreCore>) -> Self {
         BanStore { shared }
     }
 
     /// Records a ban (replacing one of the same prefix). Its history is
-    /// written when it ends ([`BanStore::retire`]): while it is live its
+    /// written when it ends ([`BanStore::release`]): while it is live its
     /// own record says all the history would, and one record per live ban
     /// instead of two is most of what a million of them cost in memory.
     pub fn put(&self, ban: &BanInfo) -> Result<()> {
@@ -55,17 +65,24 @@ impl BanStore {
         Ok(())
     }
 
-    /// Ends a ban (expiry, eviction): removes its record and keeps its
-    /// history, so the next ban of the prefix escalates. Says whether there
-    /// was one. A record that does not decode is removed all the same,
-    /// without history.
-    pub fn retire(&self, prefix: &Cidr) -> Result<bool> {
+    /// Ends a ban: removes its record, and keeps its history (so that the
+    /// next ban of the prefix escalates) or forgets it (an admin's pardon).
+    /// Says whether there was one. A record that does not decode is removed
+    /// all the same, without history.
+    pub fn release(&self, prefix: &Cidr, history: HistoryAfter) -> Result<bool> {
         let key = encode_prefix(prefix);
-        let Some(old) = self.shared.write(TreeId::Bans, &key, None)? else {
-            return Ok(false);
-        };
-        self.keep_history(&key, &old)?;
-        Ok(true)
+        let old = self.shared.write(TreeId::Bans, &key, None)?;
+        match history {
+            HistoryAfter::Kept => {
+                if let Some(old) = &old {
+                    self.keep_history(&key, old)?;
+                }
+            }
+            HistoryAfter::Forgotten => {
+                self.shared.write(TreeId::History, &key, None)?;
+            }
+        }
+        Ok(old.is_some())
     }
 
     fn keep_history(&self, key: &[u8; 18], record: &[u8]) -> Result<()> {
@@ -84,16 +101,6 @@ impl BanStore {
         self.shared
             .write(TreeId::History, key, Some(encode_history(history).to_vec()))?;
         Ok(())
-    }
-
-    /// Removes a ban and its history: an admin's pardon. Says whether there
-    /// was a ban (the old record is not decoded: one that no longer decodes
-    /// can still go).
-    pub fn forget(&self, prefix: &Cidr) -> Result<bool> {
-        let key = encode_prefix(prefix);
-        let removed = self.shared.write(TreeId::Bans, &key, None)?.is_some();
-        self.shared.write(TreeId::History, &key, None)?;
-        Ok(removed)
     }
 
     pub fn get(&self, prefix: &Cidr) -> Result<Option<BanInfo>> {
@@ -134,7 +141,7 @@ impl BanStore {
         })?;
         loaded.discarded = expired.len();
         for prefix in expired {
-            self.retire(&prefix)?;
+            self.release(&prefix, HistoryAfter::Kept)?;
         }
         Ok(loaded)
     }
@@ -300,12 +307,12 @@ mod tests {
 
         let prefix: Cidr = "10.0.0.1".parse().unwrap();
         assert_eq!(bans.history(&prefix).unwrap(), None, "written when it ends");
-        assert!(bans.retire(&prefix).unwrap());
-        assert!(!bans.retire(&prefix).unwrap());
+        assert!(bans.release(&prefix, HistoryAfter::Kept).unwrap());
+        assert!(!bans.release(&prefix, HistoryAfter::Kept).unwrap());
         // History outlives the ban, until forgotten or purged.
         let history = bans.history(&prefix).unwrap().unwrap();
         assert_eq!(history.last_duration_ms, 9_000);
-        bans.forget(&prefix).unwrap();
+        bans.release(&prefix, HistoryAfter::Forgotten).unwrap();
         assert!(bans.history(&prefix).unwrap().is_none());
         // Only 10.0.0.9 has history left (live bans have none yet).
         assert_eq!(bans.purge_history(1_001).unwrap(), 1);

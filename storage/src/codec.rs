@@ -21,8 +21,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use model::Cidr;
 use model::ban::{BanInfo, Cause, FirstBytes, Origin};
-use model::cidr::Cidr;
 use model::inline::InlineStr;
 use model::volume::{Volume, VolumeSpec, VolumeStatus};
 

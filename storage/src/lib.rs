@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use bans::{BanStore, History, LoadedBans};
+pub use bans::{BanStore, History, HistoryAfter, LoadedBans};
 pub use outbox::{FleetChange, OutboxStore, Pending};
 pub use salvage::{CheckReport, TreeReport};
 pub use volumes::VolumeStore;
@@ -127,20 +127,20 @@ pub struct Store {
     bans: BanStore,
     volumes: VolumeStore,
     outbox: OutboxStore,
-    shared: Arc<Shared>,
+    shared: Arc<StoreCore>,
     /// Held (flock) for as long as any clone lives.
     _lock: Arc<std::fs::File>,
 }
 
 /// What every tree handle shares: the database, the group commit and the
 /// error count.
-pub(crate) struct Shared {
+pub(crate) struct StoreCore {
     db: Arc<Database>,
     commit: GroupCommit,
     errors: AtomicU64,
 }
 
-impl Shared {
+impl StoreCore {
     /// Writes `value` under `key` (`None` removes it); the old value.
     pub(crate) fn write(
         &self,
@@ -276,7 +276,7 @@ impl Store {
         let db = opened?;
         reserve::ensure(dir);
         let db = Arc::new(db);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(StoreCore {
             commit: GroupCommit::start(db.clone(), options.flush_interval),
             db,
             errors: AtomicU64::new(0),

@@ -13,13 +13,13 @@
 
 use std::sync::Arc;
 
+use model::Cidr;
 use model::ban::BanInfo;
-use model::cidr::Cidr;
 use sled::IVec;
 
 use crate::codec::{decode_ban, decode_prefix, encode_ban, encode_prefix};
 use crate::trees::TreeId;
-use crate::{Result, Shared, StorageError};
+use crate::{Result, StorageError, StoreCore};
 
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
@@ -53,11 +53,11 @@ pub struct Pending {
 
 #[derive(Clone)]
 pub struct OutboxStore {
-    shared: Arc<Shared>,
+    shared: Arc<StoreCore>,
 }
 
 impl OutboxStore {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<StoreCore>) -> Self {
         OutboxStore { shared }
     }
 

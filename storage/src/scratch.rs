@@ -20,6 +20,18 @@ fn bases() -> Vec<PathBuf> {
 /// Headroom on top of the copy's size, for sled to open and write.
 const HEADROOM: u64 = 8 << 20;
 
+/// Why no copy could be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CopyError {
+    #[error("cannot read {}: {source}", dir.display())]
+    Unreadable {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no room for a {size_mib} MiB copy ({})", tried.join("; "))]
+    NoRoom { size_mib: u64, tried: Vec<String> },
+}
+
 /// A copy of a database directory; removed when dropped.
 pub(crate) struct ScratchCopy {
     path: PathBuf,
@@ -28,9 +40,11 @@ pub(crate) struct ScratchCopy {
 impl ScratchCopy {
     /// Copies `dir` (not its lock or reserve) to the first base with room.
     /// The error says why none would do.
-    pub(crate) fn make(dir: &Path) -> Result<ScratchCopy, String> {
-        let size =
-            size_of(dir).map_err(|error| format!("cannot read {}: {error}", dir.display()))?;
+    pub(crate) fn make(dir: &Path) -> Result<ScratchCopy, CopyError> {
+        let size = size_of(dir).map_err(|source| CopyError::Unreadable {
+            dir: dir.to_owned(),
+            source,
+        })?;
         let mut tried = Vec::new();
         for base in bases() {
             sweep(&base);
@@ -46,11 +60,10 @@ impl ScratchCopy {
                 Err(error) => tried.push(format!("{}: {error}", copy.path.display())),
             }
         }
-        Err(format!(
-            "no room for a {} MiB copy ({})",
-            size.div_ceil(1 << 20),
-            tried.join("; ")
-        ))
+        Err(CopyError::NoRoom {
+            size_mib: size.div_ceil(1 << 20),
+            tried,
+        })
     }
 
     pub(crate) fn path(&self) -> &Path {

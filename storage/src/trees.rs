@@ -183,7 +183,7 @@ impl Database {
     pub fn open_copy(dir: &Path, options: &StoreOptions) -> Result<Database> {
         let copy = ScratchCopy::make(dir).map_err(|why| StorageError::DiskFullNoCopy {
             dir: dir.to_owned(),
-            why,
+            why: why.to_string(),
         })?;
         let trees = Trees::open(copy.path(), options)?;
         log::warn!(
@@ -204,7 +204,7 @@ impl Database {
         trees: Trees,
         copy: Option<ScratchCopy>,
     ) -> Result<Database> {
-        let (watermark, lost) = Watermark::open(dir, &trees)?;
+        let (watermark, lost) = Watermark::open(dir, &trees.meta)?;
         Ok(Database {
             dir: dir.to_owned(),
             options: options.clone(),
@@ -346,7 +346,7 @@ impl Database {
     /// A flush, numbered inside and, once durable, outside the database.
     fn numbered_flush(&self, trees: &Trees) -> Result<()> {
         let mut watermark = self.watermark.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = watermark.stamp(trees)?;
+        let seq = watermark.stamp(&trees.meta)?;
         trees.db.flush()?;
         watermark.completed(seq);
         Ok(())

@@ -8,18 +8,18 @@ use model::volume::{Location, Volume, VolumeId};
 
 use crate::codec::{decode_volume as decode, encode_volume};
 use crate::trees::TreeId;
-use crate::{Result, Shared, page};
+use crate::{Result, StoreCore, page};
 
 #[derive(Clone)]
 pub struct VolumeStore {
-    shared: Arc<Shared>,
+    shared: Arc<StoreCore>,
     /// Volumes stored: counted once at open, then kept up to date, because
     /// sled's own `len` walks the whole tree.
     count: Arc<AtomicUsize>,
 }
 
 impl VolumeStore {
-    pub(crate) fn new(shared: Arc<Shared>) -> Result<Self> {
+    pub(crate) fn new(shared: Arc<StoreCore>) -> Result<Self> {
         let count = shared.with(|trees| Ok(trees.volumes.len()))?;
         Ok(VolumeStore {
             shared,

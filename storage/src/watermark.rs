@@ -26,7 +26,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::Result;
-use crate::trees::Trees;
 
 const FLUSH_KEY: &[u8] = b"flush";
 const LOST_KEY: &[u8] = b"lost";
@@ -80,18 +79,17 @@ pub(crate) struct Watermark {
 }
 
 impl Watermark {
-    /// Reads the file and the database's own number, and compares them.
-    /// Returns the numbering and what the database lost, if it ever did.
-    pub(crate) fn open(dir: &Path, trees: &Trees) -> Result<(Watermark, Option<LostWrites>)> {
+    /// Reads the file and the database's own number (in its `meta` tree),
+    /// and compares them. Returns the numbering and what the database
+    /// lost, if it ever did.
+    pub(crate) fn open(dir: &Path, meta: &sled::Tree) -> Result<(Watermark, Option<LostWrites>)> {
         let path = dir.join(FILE_NAME);
         let on_file = read_file(&path);
-        let held = trees
-            .meta
+        let held = meta
             .get(FLUSH_KEY)?
             .and_then(|value| Some(u64::from_be_bytes(value.as_ref().try_into().ok()?)))
             .unwrap_or(0);
-        let mut lost = trees
-            .meta
+        let mut lost = meta
             .get(LOST_KEY)?
             .and_then(|value| LostWrites::decode(&value));
         if held < on_file {
@@ -99,7 +97,7 @@ impl Watermark {
                 held,
                 completed: on_file,
             };
-            trees.meta.insert(LOST_KEY, &found.encode())?;
+            meta.insert(LOST_KEY, &found.encode())?;
             log::error!(
                 "the database in {} is damaged: {found}; serving with what is left (in a fleet, the bucket brings back what it holds); keep a copy for inspection (cp -a {} {}.damaged); `penaltybox db check` reports this until `penaltybox db salvage --to NEW_DIR` makes a fresh database",
                 dir.display(),
@@ -124,9 +122,9 @@ impl Watermark {
 
     /// Numbers a flush about to start: the number goes into the database,
     /// to be made durable by it.
-    pub(crate) fn stamp(&mut self, trees: &Trees) -> Result<u64> {
+    pub(crate) fn stamp(&mut self, meta: &sled::Tree) -> Result<u64> {
         let seq = self.last.saturating_add(1);
-        trees.meta.insert(FLUSH_KEY, &seq.to_be_bytes())?;
+        meta.insert(FLUSH_KEY, &seq.to_be_bytes())?;
         self.last = seq;
         Ok(seq)
     }

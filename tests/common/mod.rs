@@ -15,12 +15,16 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use model::Cidr;
 use protocol::message::{BanInfo, ServerStats};
 use protocol::{
-    AdminRequest, Cidr, Client, ClientConfig, ClientError, PrivateKey, PublicKey, Request, Response,
+    AdminRequest, Client, ClientConfig, ClientError, PrivateKey, PublicKey, Request, Response,
 };
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_penaltybox");
+
+/// How long the end-to-end tests wait for something quick to show.
+pub const SHORT: Duration = Duration::from_millis(1500);
 
 /// A running `penaltybox serve`.
 pub struct Server {
@@ -327,9 +331,9 @@ impl Server {
 
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new(self.public_key);
-        config.connect_timeout = Duration::from_secs(5);
-        config.handshake_timeout = Duration::from_secs(5);
-        config.request_timeout = Duration::from_secs(5);
+        config.connect_deadline = Duration::from_secs(5);
+        config.handshake_deadline = Duration::from_secs(5);
+        config.request_deadline = Duration::from_secs(5);
         config
     }
 

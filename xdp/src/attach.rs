@@ -19,7 +19,7 @@ use ebpf_common::{
 };
 use model::Cidr;
 
-use crate::table::KernelTable;
+use crate::table::PinnedMaps;
 use crate::{OBJECT, XdpError, chain};
 
 /// BPF_FS_MAGIC, what statfs reports for a bpffs mount.
@@ -279,7 +279,7 @@ pub fn counters(pin_dir: &Path) -> Result<Counters, XdpError> {
 }
 
 pub fn status(pin_dir: &Path) -> Result<Status, XdpError> {
-    let table = KernelTable::open(pin_dir)?;
+    let table = PinnedMaps::open(pin_dir)?;
     let map = counters_map(pin_dir)?;
     let counters = read_counters(&map);
     let interface = std::fs::read_dir(pin_dir).ok().and_then(|entries| {

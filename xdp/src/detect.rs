@@ -1,6 +1,6 @@
 //! The kernel detectors as userspace sees them: the thresholds written into
 //! the program's `CONFIG` map ([`Detection`], through
-//! [`KernelTable::set_detection`](crate::KernelTable::set_detection)), and
+//! [`PinnedMaps::set_detection`](crate::PinnedMaps::set_detection)), and
 //! the detections read back from its `EVENTS` ring buffer ([`EventReader`]).
 
 use std::net::{IpAddr, Ipv6Addr};
@@ -60,32 +60,22 @@ impl Default for Detection {
 }
 
 impl Detection {
-    /// Why these settings cannot go into the program, if they cannot (the
-    /// setting's name first).
-    pub fn check(&self) -> Result<(), String> {
+    /// Why these settings cannot go into the program, if they cannot.
+    pub fn check(&self) -> Result<(), DetectionError> {
         if !(2..=MAX_SCAN_PORTS as u32).contains(&self.scan_ports) {
-            return Err(format!(
-                "scan_ports: {} is not in 2..={MAX_SCAN_PORTS}",
-                self.scan_ports
-            ));
+            return Err(DetectionError::ScanPorts(self.scan_ports));
         }
         if self.scan_window.is_zero() || self.scan_window > Duration::from_secs(24 * 3600) {
-            return Err("scan_window: must be longer than 0s and at most 1 day".into());
+            return Err(DetectionError::ScanWindow);
         }
         if self.trap_ports.len() > MAX_TRAP_PORTS {
-            return Err(format!(
-                "trap_ports: {} ports; at most {MAX_TRAP_PORTS}",
-                self.trap_ports.len()
-            ));
+            return Err(DetectionError::TrapPorts(self.trap_ports.len()));
         }
         if self.syn_rate == 0 || self.syn_burst == 0 {
-            return Err("syn_rate and syn_burst: must be at least 1".into());
+            return Err(DetectionError::SynRate);
         }
         if self.service_ports.len() > MAX_SERVICE_PORTS {
-            return Err(format!(
-                "service ports: {} distinct listen ports; the kernel tier watches at most {MAX_SERVICE_PORTS}",
-                self.service_ports.len()
-            ));
+            return Err(DetectionError::ServicePorts(self.service_ports.len()));
         }
         Ok(())
     }
@@ -137,6 +127,24 @@ impl Detection {
             monitor: config.monitor != 0,
         }
     }
+}
+
+/// A detector setting the program cannot take; the message starts with
+/// the setting's name (under `kernel.`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DetectionError {
+    #[error("scan_ports: {0} is not in 2..={MAX_SCAN_PORTS}")]
+    ScanPorts(u32),
+    #[error("scan_window: must be longer than 0s and at most 1 day")]
+    ScanWindow,
+    #[error("trap_ports: {0} ports; at most {MAX_TRAP_PORTS}")]
+    TrapPorts(usize),
+    #[error("syn_rate and syn_burst: must be at least 1")]
+    SynRate,
+    #[error(
+        "service ports: {0} distinct listen ports; the kernel tier watches at most {MAX_SERVICE_PORTS}"
+    )]
+    ServicePorts(usize),
 }
 
 /// Which detector fired.
@@ -285,7 +293,7 @@ mod tests {
 
     #[test]
     fn bad_settings_are_named() {
-        let bad = |d: Detection| d.check().unwrap_err();
+        let bad = |d: Detection| d.check().unwrap_err().to_string();
         assert!(
             bad(Detection {
                 scan_ports: 1,

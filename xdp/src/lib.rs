@@ -7,7 +7,7 @@
 //! - [`attach`]: load, attach to an interface and pin the maps and the link
 //!   under a bpffs directory, so the program stays after the loader exits;
 //!   `detach` and `status`;
-//! - [`table::KernelTable`]: the pinned ban maps and allow-list that the
+//! - [`table::PinnedMaps`]: the pinned ban maps and allow-list that the
 //!   ban core writes through the server's adapter (`serve -B PATH`), with
 //!   wall-clock expiries converted to the CLOCK_MONOTONIC nanoseconds the
 //!   program compares with; and the detector thresholds;
@@ -28,9 +28,9 @@ pub use attach::{
     AttachMode, Counters, DetectorCounters, Status, attach, attach_object, check_pins_outlive_us,
     counters, detach, status,
 };
-pub use detect::{Detected, Detection, Detector, EventReader};
+pub use detect::{Detected, Detection, DetectionError, Detector, EventReader};
 pub use ebpf_common::{PIN_LINK, PROGRAM};
-pub use table::KernelTable;
+pub use table::PinnedMaps;
 pub use test_run::TestProgram;
 
 /// The XDP object built by `ebpf-prog/build.sh`.

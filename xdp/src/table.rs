@@ -18,7 +18,7 @@ use model::Cidr;
 
 use crate::{Detection, XdpError, monotonic_ns};
 
-pub struct KernelTable {
+pub struct PinnedMaps {
     addrs: HashMap<MapData, AddrKey, BanValue>,
     prefixes: LpmTrie<MapData, AddrKey, BanValue>,
     allowed: LpmTrie<MapData, AddrKey, u8>,
@@ -29,7 +29,7 @@ pub struct KernelTable {
     location: PathBuf,
 }
 
-impl KernelTable {
+impl PinnedMaps {
     /// Opens the table pinned at `path`: the pin directory, or the pinned
     /// address map inside it (the prefix map is its sibling).
     pub fn open(path: &Path) -> Result<Self, XdpError> {
@@ -44,14 +44,8 @@ impl KernelTable {
             path.to_owned()
         };
         let prefixes_path = dir.join(PIN_PREFIXES);
-        let addrs = open_map(&addrs_path, |map| match map {
-            Map::HashMap(data) => HashMap::try_from(Map::HashMap(data)).map_err(|e| e.to_string()),
-            other => Err(format!("a {} map, not a hash map", map_kind(&other))),
-        })?;
-        let prefixes = open_map(&prefixes_path, |map| match map {
-            Map::LpmTrie(data) => LpmTrie::try_from(Map::LpmTrie(data)).map_err(|e| e.to_string()),
-            other => Err(format!("a {} map, not an LPM trie", map_kind(&other))),
-        })?;
+        let addrs = open_map(&addrs_path, MapKind::Hash)?;
+        let prefixes = open_map(&prefixes_path, MapKind::LpmTrie)?;
         let allowed_path = dir.join(PIN_ALLOWED);
         if !allowed_path.exists() {
             return Err(XdpError::WrongMap {
@@ -59,10 +53,7 @@ impl KernelTable {
                 detail: "attached by an older penaltybox (no allow-list map): detach and attach it again".into(),
             });
         }
-        let allowed = open_map(&allowed_path, |map| match map {
-            Map::LpmTrie(data) => LpmTrie::try_from(Map::LpmTrie(data)).map_err(|e| e.to_string()),
-            other => Err(format!("a {} map, not an LPM trie", map_kind(&other))),
-        })?;
+        let allowed = open_map(&allowed_path, MapKind::LpmTrie)?;
         let config_path = dir.join(PIN_CONFIG);
         if !config_path.exists() {
             return Err(XdpError::WrongMap {
@@ -72,17 +63,9 @@ impl KernelTable {
                         .into(),
             });
         }
-        let config = open_map(&config_path, |map| match map {
-            Map::Array(data) => Array::try_from(Map::Array(data)).map_err(|e| e.to_string()),
-            other => Err(format!("a {} map, not an array", map_kind(&other))),
-        })?;
-        let sources = open_map(&dir.join(PIN_SOURCES), |map| match map {
-            Map::LruHashMap(data) => {
-                HashMap::try_from(Map::LruHashMap(data)).map_err(|e| e.to_string())
-            }
-            other => Err(format!("a {} map, not an LRU hash", map_kind(&other))),
-        })?;
-        Ok(KernelTable {
+        let config = open_map(&config_path, MapKind::Array)?;
+        let sources = open_map(&dir.join(PIN_SOURCES), MapKind::LruHash)?;
+        Ok(PinnedMaps {
             addrs,
             prefixes,
             allowed,
@@ -101,9 +84,9 @@ impl KernelTable {
 
     /// Writes the detector thresholds and drop scope (at start, on change).
     pub fn set_detection(&mut self, detection: &Detection) -> Result<(), XdpError> {
-        detection.check().map_err(|detail| XdpError::Kernel {
+        detection.check().map_err(|error| XdpError::Kernel {
             what: "kernel detectors".into(),
-            detail,
+            detail: error.to_string(),
         })?;
         let mut config = detection.to_config();
         config.prefixes_empty = u32::from(self.prefixes.keys().next().is_none());
@@ -185,7 +168,7 @@ impl KernelTable {
                 .chunks(chunk)
                 .map(|part| {
                     let worker = scope.spawn(move || -> Result<_, XdpError> {
-                        let mut table = KernelTable::open(&self.location)?;
+                        let mut table = PinnedMaps::open(&self.location)?;
                         Ok(table.insert_chunk(part, now_ms))
                     });
                     (part, worker)
@@ -415,29 +398,66 @@ impl KernelTable {
     }
 }
 
-fn open_map<T>(path: &Path, convert: impl FnOnce(Map) -> Result<T, String>) -> Result<T, XdpError> {
+/// The kinds of map the program pins, as `open_map` expects them.
+#[derive(Clone, Copy)]
+enum MapKind {
+    Hash,
+    LruHash,
+    LpmTrie,
+    Array,
+}
+
+impl MapKind {
+    fn is(self, map: &Map) -> bool {
+        matches!(
+            (self, map),
+            (MapKind::Hash, Map::HashMap(_))
+                | (MapKind::LruHash, Map::LruHashMap(_))
+                | (MapKind::LpmTrie, Map::LpmTrie(_))
+                | (MapKind::Array, Map::Array(_))
+        )
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            MapKind::Hash => "a hash map",
+            MapKind::LruHash => "an LRU hash",
+            MapKind::LpmTrie => "an LPM trie",
+            MapKind::Array => "an array",
+        }
+    }
+}
+
+/// Opens the map pinned at `path`, which must be of kind `want` (and of
+/// the key and value types `T` says).
+fn open_map<T>(path: &Path, want: MapKind) -> Result<T, XdpError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
     if !path.exists() {
         return Err(XdpError::MissingPin {
             path: path.to_owned(),
         });
     }
+    let wrong = |detail: String| XdpError::WrongMap {
+        path: path.to_owned(),
+        detail,
+    };
     let data = MapData::from_pin(path).map_err(|e| {
         match XdpError::from_os(path.display().to_string(), &e) {
-            XdpError::Kernel { detail, .. } => XdpError::WrongMap {
-                path: path.to_owned(),
-                detail,
-            },
+            XdpError::Kernel { detail, .. } => wrong(detail),
             other => other,
         }
     })?;
-    let map = Map::from_map_data(data).map_err(|e| XdpError::WrongMap {
-        path: path.to_owned(),
-        detail: e.to_string(),
-    })?;
-    convert(map).map_err(|detail| XdpError::WrongMap {
-        path: path.to_owned(),
-        detail,
-    })
+    let map = Map::from_map_data(data).map_err(|e| wrong(e.to_string()))?;
+    if !want.is(&map) {
+        return Err(wrong(format!(
+            "a {} map, not {}",
+            map_kind(&map),
+            want.name()
+        )));
+    }
+    T::try_from(map).map_err(|e| wrong(e.to_string()))
 }
 
 fn map_kind(map: &Map) -> &'static str {

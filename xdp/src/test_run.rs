@@ -1,6 +1,6 @@
 //! The program run on packets we make, through `BPF_PROG_TEST_RUN`: loaded
 //! by the verifier like `attach` loads it, its maps pinned the same way (so
-//! [`crate::KernelTable`] and [`crate::EventReader`] work on them), but
+//! [`crate::PinnedMaps`] and [`crate::EventReader`] work on them), but
 //! attached to nothing. For the program-level tests and the per-packet
 //! benchmark; needs CAP_BPF.
 

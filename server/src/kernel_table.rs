@@ -1,17 +1,16 @@
-//! The adapter between the ban core's [`KernelSync`] and the pinned XDP
-//! maps ([`xdp::KernelTable`]): the one place where the actors' view of a
-//! kernel table meets aya. Its own file so that the kernel bench can use
-//! the very same adapter (`#[path]`).
+//! The kernel table of the ban core ([`actors::KernelTable`]) over the
+//! pinned XDP maps ([`xdp::PinnedMaps`]): the one place where the actors'
+//! view of the kernel meets aya (the actors crate links none).
 
-use actors::{KernelError, KernelSync};
+use actors::{KernelError, KernelTable};
 use model::Cidr;
-use xdp::KernelTable;
+use xdp::PinnedMaps;
 
 /// The pinned XDP maps as the ban core's kernel table. Errors keep their
 /// `XdpError` type inside the [`KernelError`].
-pub struct PinnedTable(pub KernelTable);
+pub struct Pinned(pub PinnedMaps);
 
-impl KernelSync for PinnedTable {
+impl KernelTable for Pinned {
     fn insert(
         &mut self,
         prefix: &Cidr,

@@ -1,7 +1,7 @@
-//! The ban core's side of the fleet, the twin of [`crate::KernelSync`]:
+//! The ban table's side of the fleet, the twin of [`crate::KernelTable`]:
 //! where a time-out made here goes so that other nodes learn of it.
 //!
-//! The core only writes the change into the durable outbox (storage) and
+//! The table only writes the change into the durable outbox (storage) and
 //! wakes the fleet link; it never waits on the network. The link, in the
 //! binary's wiring, publishes what the outbox holds and removes it once the
 //! engine has acknowledged it, so nothing made while the engine is down

@@ -1,7 +1,7 @@
-//! The kernel tier as the ban core sees it: a table to keep in step with
-//! the time-out table. The binary implements it for the pinned XDP maps
-//! (`server/src/kernel_wiring.rs`), so this crate links no aya; the unit
-//! tests of the ban core implement it in memory.
+//! The kernel table: the kernel tier as the ban table sees it, a copy of
+//! the time-out table to keep in step. The binary implements it for the
+//! pinned XDP maps (`server/src/kernel_table.rs`), so this crate links no
+//! aya; the unit tests implement it in memory.
 
 use model::Cidr;
 
@@ -23,7 +23,7 @@ impl KernelError {
     }
 }
 
-pub trait KernelSync: Send + 'static {
+pub trait KernelTable: Send + 'static {
     /// Drop `prefix` in the kernel until `expires_at_ms` (Unix ms).
     fn insert(&mut self, prefix: &Cidr, expires_at_ms: u64, now_ms: u64)
     -> Result<(), KernelError>;

@@ -1,0 +1,196 @@
+//! What the table keeps in step: eviction at the bound, releases and the
+//! lazy expiry heap, restore and the kernel replay, failures that must not
+//! undo a time-out.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use model::Cidr;
+use model::ban::{BanCause, FirstBytes};
+use storage::Store;
+
+use crate::BanError;
+use crate::allow_list::AllowList;
+use crate::ban_core::BanCore;
+use crate::policy::BanPolicy;
+use crate::stats::Stats;
+use crate::testing::{Bed, FakeKernel, MIN, NOW, admin, banned, ip, restore};
+
+#[test]
+fn a_full_table_evicts_the_entry_closest_to_expiry() {
+    let policy = BanPolicy {
+        max_entries: 2,
+        ..BanPolicy::default()
+    };
+    let mut bed = Bed::new(policy);
+    let soon = Duration::from_secs(60);
+    let later = Duration::from_secs(3600);
+    for (source, duration) in [
+        ("192.0.2.1", later),
+        ("192.0.2.2", soon),
+        ("192.0.2.3", later),
+    ] {
+        bed.core
+            .admin_ban(admin(source.parse().unwrap(), Some(duration), "a"), NOW)
+            .unwrap();
+    }
+    assert_eq!(bed.core.len(), 2);
+    assert!(!bed.core.view().is_banned(ip("192.0.2.2"), NOW), "evicted");
+    assert!(!bed.kernel.holds("192.0.2.2/32"));
+    assert_eq!(
+        bed.store.bans().get(&"192.0.2.2".parse().unwrap()).unwrap(),
+        None
+    );
+    assert!(bed.core.view().is_banned(ip("192.0.2.3"), NOW));
+    assert_eq!(bed.stats.bans_evicted.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_released_and_banned_again_prefix_expires_by_its_new_time_out() {
+    let mut bed = Bed::new(BanPolicy::default());
+    let prefix: Cidr = "192.0.2.9".parse().unwrap();
+    let ban = |minutes: u64| admin(prefix, Some(Duration::from_secs(60 * minutes)), "a");
+    bed.core.admin_ban(ban(10), NOW).unwrap();
+    assert_eq!(bed.core.release(prefix).unwrap(), Some(prefix));
+    bed.core.admin_ban(ban(30), NOW).unwrap();
+    // The first ban's heap entry comes up at 10 minutes: stale, skipped.
+    assert_eq!(bed.core.release_expired(NOW + 20 * MIN), 0);
+    assert!(bed.core.view().is_banned(ip("192.0.2.9"), NOW + 20 * MIN));
+    assert!(bed.kernel.holds("192.0.2.9/32"));
+    assert_eq!(bed.core.release_expired(NOW + 30 * MIN), 1);
+    assert!(!bed.kernel.holds("192.0.2.9/32"));
+    // History was written when it ended: a new offence escalates.
+    let again = banned(bed.core.ban(
+        ip("192.0.2.9"),
+        BanCause::BadMagic,
+        FirstBytes::default(),
+        NOW + 31 * MIN,
+    ));
+    assert_eq!(again.repeat, 2);
+}
+
+#[test]
+fn restore_reloads_live_bans_and_removes_stale_kernel_entries() {
+    let mut first = Bed::new(BanPolicy::default());
+    banned(first.core.ban(
+        ip("192.0.2.7"),
+        BanCause::BadMagic,
+        FirstBytes::default(),
+        NOW,
+    ));
+    first
+        .core
+        .admin_ban(
+            admin(
+                "198.51.100.0/24".parse().unwrap(),
+                Some(Duration::from_secs(1)),
+                "short",
+            ),
+            NOW,
+        )
+        .unwrap();
+    first.core.flush().unwrap();
+    let Bed {
+        core, store, dir, ..
+    } = first;
+    drop((core, store));
+    // Reopen the same database, with a kernel table that holds a ban the
+    // database no longer has.
+    let kernel = FakeKernel::default();
+    kernel
+        .entries
+        .lock()
+        .unwrap()
+        .insert("203.0.113.1".parse().unwrap(), NOW + MIN);
+    let store = Store::open(dir.path(), &storage::StoreOptions::default()).unwrap();
+    let stats = Arc::new(Stats::default());
+    let allow = AllowList::new(vec!["10.0.0.0/8".parse().unwrap()], &[]);
+    let (core, report) = restore(
+        BanPolicy::default(),
+        &allow,
+        store,
+        &stats,
+        &kernel,
+        NOW + 2_000,
+    );
+    assert_eq!(report.restored, 1);
+    assert_eq!(report.discarded, 1, "the 1 s admin ban ran out while down");
+    let replay = report.kernel.unwrap();
+    assert_eq!(
+        (replay.replayed, replay.removed_stale, replay.failed),
+        (1, 1, 0)
+    );
+    assert!(kernel.holds("192.0.2.7/32"));
+    assert!(!kernel.holds("203.0.113.1/32"));
+    assert_eq!(*kernel.allowed.lock().unwrap(), allow.entries());
+    assert!(core.view().is_banned(ip("192.0.2.7"), NOW + 2_000));
+}
+
+#[test]
+fn restore_holds_a_smaller_bound_than_the_table_was_stored_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &storage::StoreOptions::default()).unwrap();
+    let mut wide = BanCore::offline(BanPolicy::default(), AllowList::default(), store.clone());
+    for (i, minutes) in [30u64, 10, 20].iter().enumerate() {
+        let prefix: Cidr = format!("192.0.2.{}", i + 1).parse().unwrap();
+        wide.admin_ban(
+            admin(prefix, Some(Duration::from_secs(60 * minutes)), "a"),
+            NOW,
+        )
+        .unwrap();
+    }
+    let policy = BanPolicy {
+        max_entries: 2,
+        ..BanPolicy::default()
+    };
+    let kernel = FakeKernel::default();
+    let stats = Arc::new(Stats::default());
+    let (core, report) = restore(policy, &AllowList::default(), store, &stats, &kernel, NOW);
+    assert_eq!((core.len(), report.restored), (2, 2));
+    assert!(
+        !core.view().is_banned(ip("192.0.2.2"), NOW),
+        "the closest to expiry went"
+    );
+    assert!(!kernel.holds("192.0.2.2/32") && kernel.holds("192.0.2.1/32"));
+}
+
+#[test]
+fn kernel_and_storage_failures_keep_the_ban_in_memory() {
+    let kernel = FakeKernel {
+        fail: true,
+        ..FakeKernel::default()
+    };
+    let mut bed = Bed::with(BanPolicy::default(), AllowList::default(), kernel);
+    // A history record that does not decode: the read fails (counted),
+    // the ban is made without escalation.
+    let prefix: Cidr = "192.0.2.7".parse().unwrap();
+    bed.store
+        .bans()
+        .put_raw_history_for_test(&prefix, b"garbage");
+    let record = banned(bed.core.ban(
+        ip("192.0.2.7"),
+        BanCause::BadMagic,
+        FirstBytes::default(),
+        NOW,
+    ));
+    assert_eq!(record.repeat, 1, "no escalation without a readable history");
+    assert!(bed.core.view().is_banned(ip("192.0.2.7"), NOW));
+    assert_eq!(bed.stats.kernel_errors.load(Ordering::Relaxed), 1);
+    assert!(!bed.kernel.holds("192.0.2.7/32"));
+    assert_eq!(bed.store.bans().get(&prefix).unwrap(), Some(record));
+}
+
+#[test]
+fn an_undecodable_record_fails_the_list_but_can_still_be_released() {
+    let mut bed = Bed::new(BanPolicy::default());
+    let prefix: Cidr = "192.0.2.8".parse().unwrap();
+    bed.store
+        .bans()
+        .put_raw_ban_for_test(&prefix, NOW + MIN, b"\xF1garbage");
+    let error = bed.core.list(None, 10).unwrap_err();
+    assert!(matches!(error, BanError::Storage(_)), "{error}");
+    assert!(error.is_server_fault());
+    assert_eq!(bed.core.release(prefix).unwrap(), Some(prefix));
+    assert_eq!(bed.core.list(None, 10).unwrap(), (Vec::new(), None));
+}

@@ -1,0 +1,173 @@
+//! Validation: every problem of a set of settings, one line each, naming
+//! the key (`config check` prints them all; `serve` stops at the first).
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+
+use super::Settings;
+use super::values::Dur;
+
+/// The longest any time-out or window may be: long enough for any real
+/// policy, short enough that no expiry arithmetic comes near overflowing.
+const MAX_TIME_OUT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Session worker threads at most.
+const MAX_WORKERS: usize = 256;
+
+/// A duration setting: longer than 0 and at most `max` (named `max_name`).
+fn check_duration(key: &str, value: Dur, max: Duration, max_name: &str) -> anyhow::Result<()> {
+    if value.0.is_zero() {
+        bail!("{key}: must be longer than 0s");
+    }
+    if value.0 > max {
+        bail!(
+            "{key}: {} is longer than {max_name} ({})",
+            humantime::format_duration(value.0),
+            humantime::format_duration(max)
+        );
+    }
+    Ok(())
+}
+
+/// Problems, collected in order.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn note(&mut self, result: anyhow::Result<()>) {
+        if let Err(error) = result {
+            self.0.push(format!("{error:#}"));
+        }
+    }
+
+    fn note_some(&mut self, problem: Option<String>) {
+        self.0.extend(problem);
+    }
+}
+
+impl Settings {
+    /// Validates; the first problem is the error (`problems` has them all).
+    pub(super) fn validate(&self) -> anyhow::Result<()> {
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(anyhow!(problem)),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem of these settings, one line each, in key order.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Problems::default();
+        self.check_top(&mut problems);
+        self.check_bans(&mut problems);
+        self.check_connections(&mut problems);
+        self.check_kernel(&mut problems);
+        problems.note(self.allow_list().map(drop));
+        problems.note(self.metrics_listen().map(drop));
+        problems.note(self.fleet().map(drop));
+        problems.note(self.proxy_trusted().map(drop));
+        problems.0
+    }
+
+    fn check_top(&self, problems: &mut Problems) {
+        if self.listen.is_empty() {
+            problems.note(Err(anyhow!("listen: at least one address is needed")));
+        }
+        if self.workers > MAX_WORKERS {
+            problems.note(Err(anyhow!(
+                "workers: {} is more than {MAX_WORKERS} (each is a thread with its own event loop; 0 = one per CPU)",
+                self.workers
+            )));
+        }
+        if let Some(spec) = &self.log_level {
+            problems
+                .note(crate::logging::check_filter(spec).map_err(|e| anyhow!("log_level: {e}")));
+        }
+    }
+
+    fn check_bans(&self, problems: &mut Problems) {
+        let b = &self.bans;
+        if b.ipv4_prefix == 0 || b.ipv4_prefix > 32 {
+            problems.note(Err(anyhow!(
+                "bans.ipv4_prefix: {} is not in 1..=32",
+                b.ipv4_prefix
+            )));
+        }
+        if b.ipv6_prefix == 0 || b.ipv6_prefix > 128 {
+            problems.note(Err(anyhow!(
+                "bans.ipv6_prefix: {} is not in 1..=128",
+                b.ipv6_prefix
+            )));
+        }
+        if b.max_entries == 0 {
+            problems.note(Err(anyhow!("bans.max_entries: must be at least 1")));
+        }
+        for (key, value) in [
+            ("bans.max_duration", b.max_duration),
+            ("bans.escalation_window", b.escalation_window),
+        ] {
+            problems.note(check_duration(key, value, MAX_TIME_OUT, "10 years"));
+        }
+        for (key, value) in b.cause_durations() {
+            problems.note(check_duration(
+                key,
+                value,
+                b.max_duration.0,
+                "bans.max_duration",
+            ));
+        }
+        problems.note_some(b.mode.problem("bans.mode"));
+    }
+
+    fn check_connections(&self, problems: &mut Problems) {
+        for (key, value, max, max_name) in [
+            (
+                "timeouts.handshake",
+                self.timeouts.handshake,
+                Duration::from_secs(600),
+                "10m",
+            ),
+            (
+                "timeouts.idle",
+                self.timeouts.idle,
+                MAX_TIME_OUT,
+                "10 years",
+            ),
+            (
+                "storage.flush_interval",
+                self.storage.flush_interval,
+                Duration::from_secs(60),
+                "1m",
+            ),
+        ] {
+            problems.note(check_duration(key, value, max, max_name));
+        }
+        if self.service.requests_per_second == 0 || self.service.request_burst == 0 {
+            problems.note(Err(anyhow!(
+                "service.requests_per_second and service.request_burst: must be at least 1"
+            )));
+        }
+        let l = &self.limits;
+        for (name, value) in [
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_pending_handshakes", l.max_pending_handshakes),
+            ("limits.max_pending_per_source", l.max_pending_per_source),
+            ("limits.max_sessions_per_source", l.max_sessions_per_source),
+        ] {
+            if value == 0 {
+                problems.note(Err(anyhow!("{name}: must be at least 1")));
+            }
+        }
+    }
+
+    fn check_kernel(&self, problems: &mut Problems) {
+        let k = &self.kernel;
+        problems.note_some(k.xdp_mode.problem("kernel.xdp_mode"));
+        problems.note_some(k.drop_scope.problem("kernel.drop_scope"));
+        let mut detection = self.detection();
+        if k.bpf_table.is_none() && k.xdp_iface.is_none() {
+            // No kernel tier: how many ports we listen on is no concern.
+            detection.service_ports.clear();
+        }
+        problems.note(detection.check().map_err(|e| anyhow!("kernel.{e}")));
+    }
+}

@@ -1,0 +1,265 @@
+//! The settings resolved into what the other crates take: the ban
+//! policy, the allow-list, the access policy (key files read), the
+//! detectors, the fleet link, the limits, the store's options.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use actors::{AllowList, BanPolicy, Durations, LimitConfig};
+use anyhow::{Context, anyhow, bail};
+use model::Cidr;
+use protocol::AccessPolicy;
+use protocol::keys::read_public_keys;
+
+use super::Settings;
+use super::values::{BanMode, DropScope};
+
+impl Settings {
+    /// The fleet link's settings; `None` when the fleet is off.
+    pub fn fleet(&self) -> anyhow::Result<Option<fleet::FleetConfig>> {
+        let f = &self.fleet;
+        if f.servers.is_empty() {
+            return Ok(None);
+        }
+        for (i, url) in f.servers.iter().enumerate() {
+            fleet::link::check_server_url(url).map_err(|e| anyhow!("fleet.servers[{i}]: {e}"))?;
+        }
+        if f.bucket.is_empty()
+            || !f
+                .bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            bail!(
+                "fleet.bucket: {:?} is not a bucket name (letters, digits, _ and -)",
+                f.bucket
+            );
+        }
+        if !(1..=5).contains(&f.replicas) {
+            bail!("fleet.replicas: {} is not in 1..=5", f.replicas);
+        }
+        let node_id = match &f.node_id {
+            Some(id) => id.clone(),
+            None => host_name(),
+        };
+        let node_ok = !node_id.is_empty()
+            && node_id.len() <= model::ban::MAX_ORIGIN_LEN
+            && node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !node_ok {
+            bail!(
+                "fleet.node_id: {node_id:?} is not a node name (1 to {} letters, digits, -, _ and .)",
+                model::ban::MAX_ORIGIN_LEN
+            );
+        }
+        let auth = match (&f.creds_file, &f.user, &f.password, &f.token) {
+            (None, None, None, None) => fleet::Auth::None,
+            (Some(path), None, None, None) => {
+                std::fs::metadata(path)
+                    .with_context(|| format!("fleet.creds_file: {}", path.display()))?;
+                fleet::Auth::CredsFile(path.clone())
+            }
+            (None, Some(user), Some(password), None) => fleet::Auth::UserPassword {
+                user: user.clone(),
+                password: password.clone(),
+            },
+            (None, None, None, Some(token)) => fleet::Auth::Token(token.clone()),
+            (None, Some(_), None, None) | (None, None, Some(_), None) => {
+                bail!("fleet.user and fleet.password: give both, or neither")
+            }
+            _ => bail!("fleet: give one of creds_file, user and password, or token (not several)"),
+        };
+        let client_cert = match (&f.tls_cert, &f.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => bail!("fleet.tls_cert and fleet.tls_key: give both, or neither"),
+        };
+        let tls = (f.tls_ca_file.is_some() || client_cert.is_some()).then(|| fleet::Tls {
+            ca_file: f.tls_ca_file.clone(),
+            client_cert,
+        });
+        Ok(Some(fleet::FleetConfig {
+            servers: f.servers.clone(),
+            bucket: f.bucket.clone(),
+            node_id: model::ban::Origin::new(&node_id).expect("length checked"),
+            replicas: f.replicas,
+            auth,
+            tls,
+        }))
+    }
+
+    /// The proxies whose connections start with a PROXY header.
+    pub fn proxy_trusted(&self) -> anyhow::Result<Vec<Cidr>> {
+        self.proxy
+            .trusted
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                text.trim()
+                    .parse()
+                    .map_err(|e| anyhow!("proxy.trusted[{i}]: {e}"))
+            })
+            .collect()
+    }
+
+    /// Where the metrics endpoint listens; `None` when it is off.
+    pub fn metrics_listen(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let text = self.metrics.listen.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| {
+            anyhow!(
+                "metrics.listen: {text:?} is not an address and port (e.g. 127.0.0.1:9464; \"\" turns metrics off)"
+            )
+        })
+    }
+
+    pub fn allow_list(&self) -> anyhow::Result<Vec<Cidr>> {
+        self.bans
+            .allow
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                text.trim()
+                    .parse()
+                    .map_err(|e| anyhow!("bans.allow[{i}]: {e}"))
+            })
+            .collect()
+    }
+
+    /// The ban policy (who is never timed out is the allow-list's).
+    pub fn policy(&self) -> BanPolicy {
+        let b = &self.bans;
+        BanPolicy {
+            durations: Durations {
+                non_protocol: b.non_protocol.0,
+                handshake_failure: b.handshake_failure.0,
+                handshake_timeout: b.handshake_timeout.0,
+                session_violation: b.session_violation.0,
+                admin_default: b.admin_default.0,
+                port_scan: b.port_scan.0,
+                syn_flood: b.syn_flood.0,
+                bad_tcp_flags: b.bad_tcp_flags.0,
+            },
+            escalation_window: b.escalation_window.0,
+            max_duration: b.max_duration.0,
+            ipv4_prefix: b.ipv4_prefix,
+            ipv6_prefix: b.ipv6_prefix,
+            max_entries: b.max_entries,
+            monitor: b.mode.get() == BanMode::Monitor,
+        }
+    }
+
+    /// `bans.allow` with the trusted proxies, as the server runs with it.
+    pub fn allow(&self) -> anyhow::Result<AllowList> {
+        Ok(AllowList::new(self.allow_list()?, &self.proxy_trusted()?))
+    }
+
+    /// Who may connect, from the key files the settings name.
+    pub fn access_policy(&self) -> anyhow::Result<AccessPolicy> {
+        Ok(AccessPolicy {
+            authorized: read_key_list(
+                "keys.authorized_keys",
+                self.keys.authorized_keys.as_deref(),
+            )?,
+            admins: read_key_list("keys.admin_keys", self.keys.admin_keys.as_deref())?
+                .unwrap_or_default(),
+        })
+    }
+
+    /// What the kernel detectors run with; the service ports are the
+    /// listen ports.
+    pub fn detection(&self) -> xdp::Detection {
+        let k = &self.kernel;
+        let service_ports = service_ports(&self.listen);
+        xdp::Detection {
+            enabled: k.detect,
+            scan_ports: k.scan_ports,
+            scan_window: k.scan_window.0,
+            trap_ports: k.trap_ports.clone(),
+            syn_rate: k.syn_rate,
+            syn_burst: k.syn_burst,
+            drop_service_only: k.drop_scope.get() == DropScope::Service,
+            service_ports,
+            monitor: self.bans.mode.get() == BanMode::Monitor,
+        }
+    }
+
+    /// What the connections are held to (`timeouts.*`).
+    pub fn deadlines(&self) -> actors::Deadlines {
+        actors::Deadlines {
+            handshake: self.timeouts.handshake.0,
+            idle: self.timeouts.idle.0,
+            write: self.timeouts.write.0,
+        }
+    }
+
+    pub fn limits(&self) -> LimitConfig {
+        LimitConfig {
+            max_connections: self.limits.max_connections,
+            max_pending_handshakes: self.limits.max_pending_handshakes,
+            max_pending_per_source: self.limits.max_pending_per_source,
+            max_sessions_per_source: self.limits.max_sessions_per_source,
+        }
+    }
+
+    pub fn service(&self) -> actors::ServiceConfig {
+        let s = &self.service;
+        actors::ServiceConfig {
+            anonymous_writes: s.anonymous_writes,
+            max_volumes: s.max_volumes,
+            min_free_bytes: s.min_free_mb.saturating_mul(1 << 20),
+            requests_per_second: s.requests_per_second,
+            request_burst: s.request_burst,
+        }
+    }
+
+    pub fn store_options(&self) -> storage::StoreOptions {
+        storage::StoreOptions {
+            flush_interval: self.storage.flush_interval.0,
+            cache_bytes: self.storage.cache_mb << 20,
+        }
+    }
+
+    /// Opens a stopped server's database (the offline commands); `hint` ends
+    /// the error when there is none, saying what else to pass.
+    pub fn open_stopped_database(&self, hint: &str) -> anyhow::Result<storage::Store> {
+        let dir = self.database_dir();
+        if !dir.exists() {
+            bail!(
+                "{}: no penaltybox database here ({hint})",
+                self.data_dir.display()
+            );
+        }
+        Ok(storage::Store::open(&dir, &self.store_options())?)
+    }
+}
+
+/// A key list file as the setting `setting` names it; `None` when unset.
+pub fn read_key_list(
+    setting: &str,
+    path: Option<&Path>,
+) -> anyhow::Result<Option<std::collections::HashSet<protocol::PublicKey>>> {
+    path.map(|path| read_public_keys(path).with_context(|| setting.to_owned()))
+        .transpose()
+}
+
+/// The distinct ports of `addrs`, sorted: the kernel detectors' service
+/// ports (the configured listen addresses, or the bound ones).
+pub fn service_ports(addrs: &[SocketAddr]) -> Vec<u16> {
+    let mut ports: Vec<u16> = addrs.iter().map(SocketAddr::port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The host name, as a fleet node name (the kernel's, else "penaltybox").
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "penaltybox".into())
+}
