@@ -57,6 +57,8 @@ pub struct Durations {
     pub port_scan: Duration,
     pub syn_flood: Duration,
     pub bad_tcp_flags: Duration,
+    pub stray_segments: Duration,
+    pub unparsed_flood: Duration,
 }
 
 impl Default for Durations {
@@ -70,6 +72,8 @@ impl Default for Durations {
             port_scan: Duration::from_secs(60 * 60),
             syn_flood: Duration::from_secs(10 * 60),
             bad_tcp_flags: Duration::from_secs(60 * 60),
+            stray_segments: Duration::from_secs(60 * 60),
+            unparsed_flood: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -134,6 +138,8 @@ impl BanPolicy {
             CauseClass::PortScan => self.durations.port_scan,
             CauseClass::SynFlood => self.durations.syn_flood,
             CauseClass::BadTcpFlags => self.durations.bad_tcp_flags,
+            CauseClass::StraySegments => self.durations.stray_segments,
+            CauseClass::UnparsedFlood => self.durations.unparsed_flood,
         }
     }
 
@@ -333,6 +339,8 @@ mod tests {
             (BanCause::PortScan, 60),
             (BanCause::SynFlood, 10),
             (BanCause::BadTcpFlags, 60),
+            (BanCause::StraySegments, 60),
+            (BanCause::UnparsedFlood, 60),
         ] {
             assert_eq!(
                 policy.base_duration(cause),

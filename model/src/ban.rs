@@ -105,6 +105,13 @@ pub enum BanCause {
     /// The kernel tier saw a TCP flag set no real stack sends (NULL, FIN
     /// without ACK, Xmas, SYN+FIN, SYN+RST, a short header).
     BadTcpFlags,
+    /// The kernel tier saw segments that belonged to no connection (ACK,
+    /// Window and Maimon scans, SYN-ACK and ACK floods, replayed TCP): the
+    /// host's stack reset each of them.
+    StraySegments,
+    /// The kernel tier saw packets it could not parse (a TCP fragment after
+    /// the first, an IPv6 extension chain it cannot follow): an evasion.
+    UnparsedFlood,
 }
 
 /// What kind of offence a cause is; each kind has its own base time-out.
@@ -120,10 +127,12 @@ pub enum CauseClass {
     PortScan,
     SynFlood,
     BadTcpFlags,
+    StraySegments,
+    UnparsedFlood,
 }
 
 impl BanCause {
-    pub const ALL: [BanCause; 14] = [
+    pub const ALL: [BanCause; 16] = [
         BanCause::BadMagic,
         BanCause::BadVersion,
         BanCause::BadPattern,
@@ -138,6 +147,8 @@ impl BanCause {
         BanCause::PortScan,
         BanCause::SynFlood,
         BanCause::BadTcpFlags,
+        BanCause::StraySegments,
+        BanCause::UnparsedFlood,
     ];
 
     /// The stable name stored with the ban and shown by `bans list`.
@@ -157,6 +168,8 @@ impl BanCause {
             BanCause::PortScan => "port-scan",
             BanCause::SynFlood => "syn-flood",
             BanCause::BadTcpFlags => "bad-tcp-flags",
+            BanCause::StraySegments => "stray-segments",
+            BanCause::UnparsedFlood => "unparsed-flood",
         }
     }
 
@@ -176,6 +189,8 @@ impl BanCause {
             BanCause::PortScan => CauseClass::PortScan,
             BanCause::SynFlood => CauseClass::SynFlood,
             BanCause::BadTcpFlags => CauseClass::BadTcpFlags,
+            BanCause::StraySegments => CauseClass::StraySegments,
+            BanCause::UnparsedFlood => CauseClass::UnparsedFlood,
         }
     }
 

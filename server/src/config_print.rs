@@ -75,6 +75,14 @@ pub const KEYS: &[(&str, &str)] = &[
         "time-out for TCP flags no real stack sends",
     ),
     (
+        "bans.stray_segments",
+        "time-out for segments that belong to no connection (ACK and Maimon scans, SYN-ACK floods, replayed TCP)",
+    ),
+    (
+        "bans.unparsed_flood",
+        "time-out for a flood of packets whose headers cannot be followed (IPv6 extension chains, TCP fragments)",
+    ),
+    (
         "bans.escalation_window",
         "a repeat within this of the last time-out doubles it",
     ),
@@ -158,6 +166,15 @@ pub const KEYS: &[(&str, &str)] = &[
         "SYNs per second per source to the listen ports, sustained",
     ),
     ("kernel.syn_burst", "SYNs per source in a burst"),
+    (
+        "kernel.stray_segments",
+        "segments that belong to no connection (ACK scans, SYN-ACK floods, replays) from one source within stray_window that time it out (at least 2)",
+    ),
+    ("kernel.stray_window", "the stray-segment window"),
+    (
+        "kernel.unparsed_burst",
+        "packets whose headers the program cannot follow (IPv6 extension chains, TCP fragments) from one source within scan_window past which it is timed out",
+    ),
     (
         "kernel.drop_scope",
         "\"service\": a time-out drops TCP to the listen ports only; \"all\": every packet",

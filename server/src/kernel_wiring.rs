@@ -125,14 +125,17 @@ fn describe(d: &Detection) -> String {
         format!(" or one probe to {:?}", d.trap_ports)
     };
     format!(
-        "port scan at {} ports within {}{trap}; SYN flood above {}/s (burst {}) to ports {:?}; bad TCP flags; a time-out drops {}",
+        "port scan at {} ports within {}{trap}; SYN flood above {}/s (burst {}) to ports {:?}; bad TCP flags; {} stray segments within {}; over {} unparseable packets within the scan window; a time-out drops {}",
         d.scan_ports,
         humantime::format_duration(d.scan_window),
         d.syn_rate,
         d.syn_burst,
         d.service_ports,
+        d.stray_segments,
+        humantime::format_duration(d.stray_window),
+        d.unparsed_burst,
         if d.drop_service_only {
-            "TCP to those ports"
+            "TCP to those ports (and packets whose port is unknown)"
         } else {
             "all packets"
         }
@@ -160,7 +163,8 @@ pub fn serve_detectors(
 /// How often the watchdog checks the kernel tier.
 const WATCHDOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Watches the kernel tier while the server runs: every two seconds, are
+/// Watches the kernel tier while the server runs (and clears the stray
+/// hint once the reports it stands for are over): every two seconds, are
 /// the pinned maps there and answering (and, with `--xdp-iface`, the
 /// program's link)? When not: one error line, `penaltybox_kernel_tier_up`
 /// reads 0 (it is computed from the same maps), and
@@ -182,6 +186,9 @@ pub fn watchdog(
         loop {
             tick.tick().await;
             let problem = kernel_problem(&table_path, one_step);
+            if problem.is_none() {
+                let _ = xdp::expire_stray_hint(&table_path);
+            }
             if let Some(why) = &problem
                 && !lost
             {
@@ -281,6 +288,22 @@ fn explain(detected: &Detected, detection: &Detection) -> (BanCause, String) {
             BanCause::BadTcpFlags,
             format!("kernel: {} to port {port}", flag_names(detected.figure)),
         ),
+        Detector::StraySegments => (
+            BanCause::StraySegments,
+            format!(
+                "kernel: {} segments with ACK that belonged to no connection within {} (the stack reset each: ACK, FIN+ACK, SYN+ACK or data), the last to port {port}",
+                detected.figure,
+                humantime::format_duration(detection.stray_window)
+            ),
+        ),
+        Detector::UnparsedFlood => (
+            BanCause::UnparsedFlood,
+            format!(
+                "kernel: {} packets within {} whose TCP header it could not find (an IPv6 extension chain it cannot follow, or TCP fragments after the first)",
+                detected.figure,
+                humantime::format_duration(detection.scan_window)
+            ),
+        ),
     }
 }
 
@@ -338,5 +361,12 @@ mod tests {
         assert_eq!(flag_names(0x402), "a TCP header of 4 words (under 5)");
         let (cause, _) = explain(&detected(Detector::SynFlood, 101, 5000), &detection);
         assert_eq!(cause, BanCause::SynFlood);
+        let (cause, text) = explain(&detected(Detector::StraySegments, 16, 5000), &detection);
+        assert_eq!(cause, BanCause::StraySegments);
+        assert!(text.starts_with("kernel: 16 segments with ACK"), "{text}");
+        assert!(text.ends_with("the last to port 5000"), "{text}");
+        let (cause, text) = explain(&detected(Detector::UnparsedFlood, 33, 0), &detection);
+        assert_eq!(cause, BanCause::UnparsedFlood);
+        assert!(text.starts_with("kernel: 33 packets within 1m"), "{text}");
     }
 }

@@ -448,6 +448,7 @@ fn encode_kernel(e: &mut DescriptorEncoder, pin_dir: Option<&std::path::Path>) -
         &[
             ("address", c.dropped_by_address),
             ("prefix", c.dropped_by_prefix),
+            ("unparsed", c.dropped_unparsed),
         ],
     )?;
     let d = c.detectors;
@@ -472,6 +473,8 @@ fn encode_kernel(e: &mut DescriptorEncoder, pin_dir: Option<&std::path::Path>) -
             ("port-scan", d.scans),
             ("syn-flood", d.floods),
             ("bad-tcp-flags", d.malformed),
+            ("stray-segments", d.stray_reports),
+            ("unparsed-flood", d.unparsed_floods),
         ],
     )?;
     counter(
@@ -489,7 +492,19 @@ fn encode_kernel(e: &mut DescriptorEncoder, pin_dir: Option<&std::path::Path>) -
     counter(
         e,
         "kernel_unparsed_packets",
-        "Packets passed without a TCP look (IPv4 later fragments, IPv6 extension headers)",
+        "Packets whose TCP header the program could not find (a TCP fragment after the first, an IPv6 extension chain it cannot follow)",
         d.unparsed,
+    )?;
+    counter(
+        e,
+        "kernel_stray_segments",
+        "Segments that belonged to no connection (the stack's own resets, counted by the egress program)",
+        d.strays,
+    )?;
+    counter(
+        e,
+        "kernel_strays_dropped",
+        "Segments of a source reported for strays dropped before its time-out",
+        d.strays_dropped,
     )
 }

@@ -14,7 +14,7 @@
 //! - `limits.*` and `timeouts.*`: for new connections (and, for the idle
 //!   and write deadlines, the next wait of every session);
 //! - the kernel detectors' thresholds (`kernel.scan_*`, `trap_ports`,
-//!   `syn_*`, `drop_scope`);
+//!   `syn_*`, `stray_*`, `unparsed_burst`, `drop_scope`);
 //! - `log_level`.
 //!
 //! Everything else (listen addresses, data dir, workers, storage, metrics,
@@ -44,6 +44,8 @@ const LIVE: &[&str] = &[
     "bans.port_scan",
     "bans.syn_flood",
     "bans.bad_tcp_flags",
+    "bans.stray_segments",
+    "bans.unparsed_flood",
     "bans.escalation_window",
     "bans.max_duration",
     "bans.allow",
@@ -58,6 +60,9 @@ const LIVE: &[&str] = &[
     "kernel.trap_ports",
     "kernel.syn_rate",
     "kernel.syn_burst",
+    "kernel.stray_segments",
+    "kernel.stray_window",
+    "kernel.unparsed_burst",
     "kernel.drop_scope",
 ];
 

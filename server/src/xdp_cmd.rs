@@ -72,10 +72,11 @@ pub fn run(args: XdpArgs) -> anyhow::Result<ExitCode> {
                 status.pin_dir.display()
             );
             println!(
-                "{} entries; dropped {} packets by address, {} by prefix; {} passed after their ban ended",
+                "{} entries; dropped {} packets by address, {} by prefix, {} whose port was unknown (whatever the drop scope); {} passed after their ban ended",
                 status.entries.len(),
                 status.dropped_by_address,
                 status.dropped_by_prefix,
+                status.dropped_unparsed,
                 status.passed_expired
             );
             if !status.allowed.is_empty() {
@@ -86,33 +87,7 @@ pub fn run(args: XdpArgs) -> anyhow::Result<ExitCode> {
                     status.passed_allowed
                 );
             }
-            let d = &status.detectors;
-            match &status.detection {
-                Some(detection) if detection.enabled => println!(
-                    "detectors{}: {} SYNs seen, {} dropped by the SYN rate limit; {} port scans, {} SYN floods, {} bad-flag probes reported ({} events sent, {} lost to a full ring), {} later probes of theirs dropped; {} packets passed unparsed (IPv4 fragments, IPv6 extension headers); a time-out drops {}",
-                    if detection.monitor {
-                        " (monitor mode: they report, and drop nothing)"
-                    } else {
-                        ""
-                    },
-                    d.syns_seen,
-                    d.syns_dropped,
-                    d.scans,
-                    d.floods,
-                    d.malformed,
-                    d.events_sent,
-                    d.events_lost,
-                    d.probes_dropped,
-                    d.unparsed,
-                    if detection.drop_service_only {
-                        format!("TCP to ports {:?}", detection.service_ports)
-                    } else {
-                        "all packets".to_owned()
-                    }
-                ),
-                Some(_) => println!("detectors: off (kernel.detect = false)"),
-                None => println!("detectors: not configured (no server has run with -B yet)"),
-            }
+            print_detectors(&status);
             for (prefix, value) in &status.entries {
                 let left = match value.expires_ns {
                     0 => "until removed".to_owned(),
@@ -134,6 +109,50 @@ pub fn run(args: XdpArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The detectors' lines of `xdp status`.
+fn print_detectors(status: &xdp::Status) {
+    let d = &status.detectors;
+    let detection = match &status.detection {
+        Some(detection) if detection.enabled => detection,
+        Some(_) => return println!("detectors: off (kernel.detect = false)"),
+        None => return println!("detectors: not configured (no server has run with -B yet)"),
+    };
+    println!(
+        "detectors{}: {} SYNs seen, {} dropped by the SYN rate limit; {} port scans, {} SYN floods, {} bad-flag probes, {} unparsed floods reported ({} events sent, {} lost to a full ring), {} later probes of theirs dropped; {} packets unparsed (a TCP fragment after the first, an IPv6 extension chain it cannot follow); a time-out drops {}",
+        if detection.monitor {
+            " (monitor mode: they report, and drop nothing)"
+        } else {
+            ""
+        },
+        d.syns_seen,
+        d.syns_dropped,
+        d.scans,
+        d.floods,
+        d.malformed,
+        d.unparsed_floods,
+        d.events_sent,
+        d.events_lost,
+        d.probes_dropped,
+        d.unparsed,
+        if detection.drop_service_only {
+            format!(
+                "TCP to ports {:?} (and packets whose port is unknown)",
+                detection.service_ports
+            )
+        } else {
+            "all packets".to_owned()
+        }
+    );
+    if status.egress_attached {
+        println!(
+            "stray segments (egress): {} counted, {} sources reported, {} of their later segments dropped",
+            d.strays, d.stray_reports, d.strays_dropped
+        );
+    } else {
+        println!("stray segments: off (the egress program is not attached)");
+    }
 }
 
 fn status_json(status: &xdp::Status, now_ns: u64) -> serde_json::Value {
@@ -158,7 +177,9 @@ fn status_json(status: &xdp::Status, now_ns: u64) -> serde_json::Value {
         "dropped_by_address": status.dropped_by_address,
         "dropped_by_address_per_cpu": status.dropped_by_address_per_cpu,
         "dropped_by_prefix": status.dropped_by_prefix,
+        "dropped_unparsed": status.dropped_unparsed,
         "passed_expired": status.passed_expired,
+        "egress_attached": status.egress_attached,
         "passed_allowed": status.passed_allowed,
         "allowed": status.allowed.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "entries": entries,
@@ -174,7 +195,11 @@ fn status_json(status: &xdp::Status, now_ns: u64) -> serde_json::Value {
             "events_sent": status.detectors.events_sent,
             "events_lost": status.detectors.events_lost,
             "unparsed": status.detectors.unparsed,
+            "unparsed_floods": status.detectors.unparsed_floods,
             "probes_dropped": status.detectors.probes_dropped,
+            "strays": status.detectors.strays,
+            "stray_reports": status.detectors.stray_reports,
+            "strays_dropped": status.detectors.strays_dropped,
         },
     })
 }

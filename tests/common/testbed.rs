@@ -311,3 +311,266 @@ impl Testbed {
         self.status()["detectors"].clone()
     }
 }
+
+/// Sessions of a real client from one source in the client namespace,
+/// each pinging (back to back, or with a pause) until stopped; a broken
+/// session reconnects with a backoff (200 ms doubling to 2 s), as a client
+/// would.
+pub struct Sessions {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Pings answered, sessions that broke (and were made again), and
+    /// sessions open now.
+    pub answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub broken: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub connected: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What each session task shares with the test.
+#[derive(Clone)]
+struct SessionCounters {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    broken: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    connected: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Testbed {
+    /// `n` sessions from `source` (an address of the client side) to the
+    /// server's IPv4 address, with `config`'s keys, pausing `pause`
+    /// between pings.
+    pub fn sessions(
+        &self,
+        source: &str,
+        config: protocol::ClientConfig,
+        n: usize,
+        pause: std::time::Duration,
+    ) -> Sessions {
+        let counters = SessionCounters {
+            stop: Default::default(),
+            answered: Default::default(),
+            broken: Default::default(),
+            connected: Default::default(),
+        };
+        let ns = self.pair.client_ns.clone();
+        let mut config = config;
+        config.bind = Some(source.parse().unwrap());
+        let addr: std::net::SocketAddr = format!("{SERVER_V4}:5000").parse().unwrap();
+        let shared = counters.clone();
+        let thread = std::thread::spawn(move || {
+            NetnsPair::enter(&ns);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let tasks: Vec<_> = (0..n)
+                    .map(|_| {
+                        tokio::spawn(session_loop(addr, config.clone(), shared.clone(), pause))
+                    })
+                    .collect();
+                for task in tasks {
+                    let _ = task.await;
+                }
+            });
+        });
+        let SessionCounters {
+            stop,
+            answered,
+            broken,
+            connected,
+        } = counters;
+        Sessions {
+            stop,
+            answered,
+            broken,
+            connected,
+            thread: Some(thread),
+        }
+    }
+}
+
+async fn session_loop(
+    addr: std::net::SocketAddr,
+    config: protocol::ClientConfig,
+    counters: SessionCounters,
+    pause: std::time::Duration,
+) {
+    let mut backoff = std::time::Duration::from_millis(200);
+    let mut nonce = 0u64;
+    while !counters.stop.load(Ordering::Relaxed) {
+        let Ok(mut client) = protocol::Client::connect_addr(addr, &config).await else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+            continue;
+        };
+        backoff = std::time::Duration::from_millis(200);
+        counters.connected.fetch_add(1, Ordering::Relaxed);
+        while !counters.stop.load(Ordering::Relaxed) {
+            nonce += 1;
+            match client.call(&protocol::Request::Ping { nonce }).await {
+                Ok(_) => counters.answered.fetch_add(1, Ordering::Relaxed),
+                Err(_) => {
+                    counters.broken.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            };
+            if pause.is_zero() {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        counters.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Testbed {
+    /// `n` sessions in a row from `source`: connect, ping, close. Answers
+    /// how many were served.
+    pub fn short_sessions(&self, source: &str, config: protocol::ClientConfig, n: usize) -> usize {
+        let ns = self.pair.client_ns.clone();
+        let mut config = config;
+        config.bind = Some(source.parse().unwrap());
+        let addr: std::net::SocketAddr = format!("{SERVER_V4}:5000").parse().unwrap();
+        std::thread::spawn(move || {
+            NetnsPair::enter(&ns);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let mut served = 0;
+                for nonce in 0..n as u64 {
+                    let Ok(mut client) = protocol::Client::connect_addr(addr, &config).await else {
+                        continue;
+                    };
+                    if client
+                        .call(&protocol::Request::Ping { nonce })
+                        .await
+                        .is_ok()
+                    {
+                        served += 1;
+                    }
+                }
+                served
+            })
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Sessions {
+    /// Waits until `n` sessions are open (bounded).
+    pub fn wait_connected(&self, n: u64, timeout: std::time::Duration) -> bool {
+        eventually(timeout, || self.connected.load(Ordering::Relaxed) >= n)
+    }
+
+    /// Waits until `more` pings past now have been answered (bounded).
+    pub fn wait_answered(&self, more: u64, timeout: std::time::Duration) -> bool {
+        let target = self.answered.load(Ordering::Relaxed) + more;
+        eventually(timeout, || self.answered.load(Ordering::Relaxed) >= target)
+    }
+
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Sessions {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Testbed {
+    /// The MAC address of a veth end (`ip -n NS link show IF`).
+    pub fn mac(&self, ns: &str, iface: &str) -> String {
+        let output = run("ip", &["-n", ns, "-o", "link", "show", iface]);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.split("link/ether ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no MAC in {text}"))
+            .to_owned()
+    }
+
+    /// A fixture capture's client side (segments to port 5000), rewritten
+    /// to come from `source` on the client side of this bed and to go to
+    /// the server, replayed `loops` times with tcpreplay.
+    pub fn replay_capture(&self, capture: &str, source: &str, loops: u32) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let client_side = dir.path().join("client.pcap");
+        let rewritten = dir.path().join("rewritten.pcap");
+        let fixture = format!("{}/../fixtures/{capture}", env!("CARGO_MANIFEST_DIR"));
+        let filtered = run(
+            "tcpdump",
+            &[
+                "-r",
+                &fixture,
+                "-w",
+                client_side.to_str().unwrap(),
+                "tcp dst port 5000",
+            ],
+        );
+        assert!(filtered.status.success(), "{filtered:?}");
+        let rewrite = run(
+            "tcprewrite",
+            &[
+                "--infile",
+                client_side.to_str().unwrap(),
+                "--outfile",
+                rewritten.to_str().unwrap(),
+                &format!("--srcipmap=127.0.0.1/32:{source}/32"),
+                &format!("--dstipmap=127.0.0.1/32:{SERVER_V4}/32"),
+                &format!(
+                    "--enet-smac={}",
+                    self.mac(&self.pair.client_ns, &self.pair.client_if)
+                ),
+                &format!(
+                    "--enet-dmac={}",
+                    self.mac(&self.pair.server_ns, &self.pair.server_if)
+                ),
+                "--fixcsum",
+            ],
+        );
+        assert!(rewrite.status.success(), "{rewrite:?}");
+        self.in_client(
+            60,
+            &[
+                "tcpreplay",
+                "-i",
+                &self.pair.client_if,
+                "--loop",
+                &loops.to_string(),
+                "--pps",
+                "2000",
+                rewritten.to_str().unwrap(),
+            ],
+        )
+    }
+
+    /// Kills the server's sockets to `peer` (`ss -K`, in the server's
+    /// namespace), as an admin or a crash of the kernel's own making would.
+    pub fn kill_sockets_to(&self, peer: &str) -> String {
+        let output = run(
+            "nsenter",
+            &[
+                &format!("--net=/run/netns/{}", self.pair.server_ns),
+                "ss",
+                "-K",
+                "dst",
+                peer,
+            ],
+        );
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}

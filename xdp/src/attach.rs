@@ -9,13 +9,15 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{ProgramError, Xdp, XdpMode};
+use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use ebpf_common::{
-    BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_EVENTS_LOST,
-    COUNTER_EVENTS_SENT, COUNTER_FLOODS, COUNTER_MALFORMED, COUNTER_PASSED_ALLOWED,
-    COUNTER_PASSED_EXPIRED, COUNTER_PROBES_DROPPED, COUNTER_SCANS, COUNTER_SYN_DROPPED,
-    COUNTER_SYN_SEEN, COUNTER_UNPARSED, COUNTERS_MAP, PIN_ADDRS, PIN_ALLOWED, PIN_CONFIG,
-    PIN_COUNTERS, PIN_EVENTS, PIN_LINK, PIN_PREFIXES, PIN_SOURCES,
+    BanValue, COUNTER_DROPPED_ADDR, COUNTER_DROPPED_PREFIX, COUNTER_DROPPED_UNPARSED,
+    COUNTER_EVENTS_LOST, COUNTER_EVENTS_SENT, COUNTER_FLOODS, COUNTER_MALFORMED,
+    COUNTER_PASSED_ALLOWED, COUNTER_PASSED_EXPIRED, COUNTER_PROBES_DROPPED, COUNTER_SCANS,
+    COUNTER_STRAY_REPORTS, COUNTER_STRAYS, COUNTER_STRAYS_DROPPED, COUNTER_SYN_DROPPED,
+    COUNTER_SYN_SEEN, COUNTER_UNPARSED, COUNTER_UNPARSED_FLOODS, COUNTERS_MAP, EGRESS_PROGRAM,
+    PIN_ADDRS, PIN_ALLOWED, PIN_CONFIG, PIN_COUNTERS, PIN_EGRESS_LINK, PIN_EVENTS, PIN_LINK,
+    PIN_PREFIXES, PIN_SOURCES, PIN_STRAY_HINT,
 };
 use model::Cidr;
 
@@ -35,8 +37,8 @@ pub enum AttachMode {
     Skb,
 }
 
-/// Every map of the program and the file it is pinned as.
-const PINNED_MAPS: [(&str, &str); 7] = [
+/// Every map of the programs and the file it is pinned as.
+const PINNED_MAPS: [(&str, &str); 8] = [
     (ebpf_common::ADDRS_MAP, PIN_ADDRS),
     (ebpf_common::PREFIXES_MAP, PIN_PREFIXES),
     (ebpf_common::ALLOWED_MAP, PIN_ALLOWED),
@@ -44,6 +46,7 @@ const PINNED_MAPS: [(&str, &str); 7] = [
     (ebpf_common::CONFIG_MAP, PIN_CONFIG),
     (ebpf_common::SOURCES_MAP, PIN_SOURCES),
     (ebpf_common::EVENTS_MAP, PIN_EVENTS),
+    (ebpf_common::STRAY_HINT_MAP, PIN_STRAY_HINT),
 ];
 
 /// Loads the embedded object, attaches its program to `iface`, and pins
@@ -109,7 +112,46 @@ pub fn attach_object(
     // The pinned link keeps the program attached once we exit.
     drop(pinned);
     let _ = std::fs::create_dir(pin_dir.join(format!("iface-{iface}")));
+    if let Err(error) = attach_egress(&mut ebpf, iface, pin_dir) {
+        log::warn!(
+            "{iface}: the stray-segment detector is off (the XDP program runs without it): {error}"
+        );
+    }
     Ok(())
+}
+
+/// Loads the egress program (the stray-segment detector) of an object
+/// already loaded, attaches it to `iface` as a TCX egress link (Linux ≥
+/// 6.6) and pins the link beside the XDP program's.
+fn attach_egress(ebpf: &mut aya::Ebpf, iface: &str, pin_dir: &Path) -> Result<(), XdpError> {
+    let egress = egress_program(ebpf)?;
+    crate::verified(egress.load(), "load the egress program")?;
+    let what = || format!("attach the egress program to {iface}");
+    let id = egress
+        .attach(iface, TcAttachType::Egress)
+        .map_err(|e| XdpError::from_os(what(), &e))?;
+    let link: FdLink = egress
+        .take_link(id)
+        .map_err(|e| XdpError::from_os(what(), &e))?
+        .try_into()
+        .map_err(|e| XdpError::Kernel {
+            what: what(),
+            detail: format!("{e} (attached through netlink: pinning it needs TCX, Linux ≥ 6.6)"),
+        })?;
+    link.pin(pin_dir.join(PIN_EGRESS_LINK))
+        .map_err(|e| XdpError::from_os("pin the egress link", &e))?;
+    Ok(())
+}
+
+/// The egress program of a loaded object.
+pub(crate) fn egress_program(ebpf: &mut aya::Ebpf) -> Result<&mut SchedClassifier, XdpError> {
+    ebpf.program_mut(EGRESS_PROGRAM)
+        .ok_or_else(|| XdpError::Kernel {
+            what: "load the egress program".into(),
+            detail: format!("no program {EGRESS_PROGRAM:?} in the object"),
+        })?
+        .try_into()
+        .map_err(|e: ProgramError| XdpError::from_os("load the egress program", &e))
 }
 
 /// Loads `object` and its XDP program `program` into the kernel (the
@@ -117,7 +159,8 @@ pub fn attach_object(
 pub(crate) fn load_program(object: &[u8], program: &str) -> Result<aya::Ebpf, XdpError> {
     let mut ebpf =
         aya::Ebpf::load(object).map_err(|e| XdpError::from_os("load the XDP object", &e))?;
-    crate::load_verified(xdp_program(&mut ebpf, program)?)?;
+    let xdp = xdp_program(&mut ebpf, program)?;
+    crate::verified(xdp.load(), "load the XDP program")?;
     Ok(ebpf)
 }
 
@@ -156,19 +199,18 @@ pub(crate) fn unpin_maps(pin_dir: &Path) {
     }
 }
 
-/// Unpins the link (which detaches the program) and removes the map pins.
-/// Returns false if nothing was attached there.
+/// Unpins the links (which detaches the programs) and removes the map
+/// pins. Returns false if nothing was attached there.
 pub fn detach(pin_dir: &Path) -> Result<bool, XdpError> {
     let link_path = pin_dir.join(PIN_LINK);
     if !link_path.exists() {
         return Ok(false);
     }
-    let link = PinnedLink::from_pin(&link_path)
-        .map_err(|e| XdpError::from_os(format!("open {}", link_path.display()), &e))?;
-    let link = link
-        .unpin()
-        .map_err(|e| XdpError::from_os("unpin the link", &e))?;
-    drop(link);
+    unpin_link(&link_path)?;
+    let egress_path = pin_dir.join(PIN_EGRESS_LINK);
+    if egress_path.exists() {
+        unpin_link(&egress_path)?;
+    }
     unpin_maps(pin_dir);
     if let Ok(entries) = std::fs::read_dir(pin_dir) {
         for entry in entries.flatten() {
@@ -181,6 +223,17 @@ pub fn detach(pin_dir: &Path) -> Result<bool, XdpError> {
     Ok(true)
 }
 
+/// Unpins a link, which detaches its program once nothing else holds it.
+fn unpin_link(path: &Path) -> Result<(), XdpError> {
+    let link = PinnedLink::from_pin(path)
+        .map_err(|e| XdpError::from_os(format!("open {}", path.display()), &e))?;
+    let link = link
+        .unpin()
+        .map_err(|e| XdpError::from_os(format!("unpin {}", path.display()), &e))?;
+    drop(link);
+    Ok(())
+}
+
 /// What `xdp status` shows.
 #[derive(Debug)]
 pub struct Status {
@@ -189,9 +242,14 @@ pub struct Status {
     pub entries: Vec<(Cidr, BanValue)>,
     pub dropped_by_address: u64,
     pub dropped_by_prefix: u64,
+    /// Packets of a timed-out source whose port was unknown (unparsed),
+    /// dropped whatever the drop scope.
+    pub dropped_unparsed: u64,
     pub passed_expired: u64,
     /// Packets a ban covered that passed because their source is allow-listed.
     pub passed_allowed: u64,
+    /// The egress program (the stray-segment detector) is attached.
+    pub egress_attached: bool,
     /// The allow-list the program holds.
     pub allowed: Vec<Cidr>,
     /// Drops by address on each CPU (the per-CPU slots behind the total).
@@ -214,6 +272,12 @@ pub struct DetectorCounters {
     pub unparsed: u64,
     /// Probes of an already reported source dropped before its time-out.
     pub probes_dropped: u64,
+    /// Stray segments counted (the stack's own resets for no connection).
+    pub strays: u64,
+    pub stray_reports: u64,
+    pub unparsed_floods: u64,
+    /// Segments of a source reported for strays dropped before its time-out.
+    pub strays_dropped: u64,
 }
 
 /// The program's counters alone, summed over CPUs: cheap enough for every
@@ -222,6 +286,7 @@ pub struct DetectorCounters {
 pub struct Counters {
     pub dropped_by_address: u64,
     pub dropped_by_prefix: u64,
+    pub dropped_unparsed: u64,
     pub passed_expired: u64,
     pub passed_allowed: u64,
     pub detectors: DetectorCounters,
@@ -257,6 +322,7 @@ fn read_counters(counters: &PerCpuArray<MapData, u64>) -> Counters {
     Counters {
         dropped_by_address: total(COUNTER_DROPPED_ADDR),
         dropped_by_prefix: total(COUNTER_DROPPED_PREFIX),
+        dropped_unparsed: total(COUNTER_DROPPED_UNPARSED),
         passed_expired: total(COUNTER_PASSED_EXPIRED),
         passed_allowed: total(COUNTER_PASSED_ALLOWED),
         detectors: DetectorCounters {
@@ -269,8 +335,40 @@ fn read_counters(counters: &PerCpuArray<MapData, u64>) -> Counters {
             events_lost: total(COUNTER_EVENTS_LOST),
             unparsed: total(COUNTER_UNPARSED),
             probes_dropped: total(COUNTER_PROBES_DROPPED),
+            strays: total(COUNTER_STRAYS),
+            stray_reports: total(COUNTER_STRAY_REPORTS),
+            unparsed_floods: total(COUNTER_UNPARSED_FLOODS),
+            strays_dropped: total(COUNTER_STRAYS_DROPPED),
         },
     }
+}
+
+/// Clears the stray hint once the last stray report it stands for is over,
+/// so that the XDP program's ACK path goes back to one array read. (A
+/// report made meanwhile may be cleared too: its source's further strays
+/// then reach the stack until its time-out is in the map, microseconds
+/// later.)
+pub fn expire_stray_hint(pin_dir: &Path) -> Result<(), XdpError> {
+    let path = pin_dir.join(PIN_STRAY_HINT);
+    if !path.exists() {
+        return Ok(()); // attached by an older penaltybox: nothing to clear
+    }
+    let data =
+        MapData::from_pin(&path).map_err(|e| XdpError::from_os(path.display().to_string(), &e))?;
+    let mut hint: aya::maps::Array<MapData, u64> = Map::from_map_data(data)
+        .and_then(aya::maps::Array::try_from)
+        .map_err(|e| XdpError::WrongMap {
+            path: path.clone(),
+            detail: chain(&e),
+        })?;
+    let until = hint
+        .get(&0, 0)
+        .map_err(|e| XdpError::from_os("read the stray hint", &e))?;
+    if until != 0 && until <= crate::monotonic_ns() {
+        hint.set(0, 0, 0)
+            .map_err(|e| XdpError::from_os("clear the stray hint", &e))?;
+    }
+    Ok(())
 }
 
 /// The program's counters now.
@@ -297,8 +395,10 @@ pub fn status(pin_dir: &Path) -> Result<Status, XdpError> {
         allowed: table.allowed()?,
         dropped_by_address: counters.dropped_by_address,
         dropped_by_prefix: counters.dropped_by_prefix,
+        dropped_unparsed: counters.dropped_unparsed,
         passed_expired: counters.passed_expired,
         passed_allowed: counters.passed_allowed,
+        egress_attached: pin_dir.join(PIN_EGRESS_LINK).exists(),
         dropped_by_address_per_cpu: per_cpu(&map, COUNTER_DROPPED_ADDR),
         detectors: counters.detectors,
         detection: table.detection()?,

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use aya::maps::{Map, MapData, RingBuf};
 use ebpf_common::{
-    DETECT_BAD_FLAGS, DETECT_PORT_SCAN, DETECT_SYN_FLOOD, DetectConfig, Event, MAX_SCAN_PORTS,
-    MAX_SERVICE_PORTS, MAX_TRAP_PORTS, PIN_EVENTS,
+    DETECT_BAD_FLAGS, DETECT_PORT_SCAN, DETECT_STRAY, DETECT_SYN_FLOOD, DETECT_UNPARSED,
+    DetectConfig, Event, MAX_SCAN_PORTS, MAX_SERVICE_PORTS, MAX_TRAP_PORTS, PIN_EVENTS,
 };
 
 use crate::XdpError;
@@ -41,6 +41,13 @@ pub struct Detection {
     /// account (a ban in the table still drops; in monitor mode there are
     /// none).
     pub monitor: bool,
+    /// Packets the program cannot parse (their port unknown) from one
+    /// source within `scan_window` past which it is reported (≥ 1).
+    pub unparsed_burst: u32,
+    /// Segments that belong to no connection, from one source within
+    /// `stray_window`, that make it reported (≥ 2).
+    pub stray_segments: u32,
+    pub stray_window: Duration,
 }
 
 impl Default for Detection {
@@ -55,6 +62,9 @@ impl Default for Detection {
             drop_service_only: true,
             service_ports: vec![5000],
             monitor: false,
+            unparsed_burst: 32,
+            stray_segments: 16,
+            stray_window: Duration::from_secs(10),
         }
     }
 }
@@ -73,6 +83,15 @@ impl Detection {
         }
         if self.syn_rate == 0 || self.syn_burst == 0 {
             return Err(DetectionError::SynRate);
+        }
+        if self.unparsed_burst == 0 {
+            return Err(DetectionError::UnparsedBurst);
+        }
+        if self.stray_segments < 2 {
+            return Err(DetectionError::StraySegments(self.stray_segments));
+        }
+        if self.stray_window.is_zero() || self.stray_window > Duration::from_secs(24 * 3600) {
+            return Err(DetectionError::StrayWindow);
         }
         if self.service_ports.len() > MAX_SERVICE_PORTS {
             return Err(DetectionError::ServicePorts(self.service_ports.len()));
@@ -98,6 +117,9 @@ impl Detection {
             // timeout, a second or more), at once for a flood.
             syn_flood_drops: self.syn_burst.max(1),
             monitor: u32::from(self.monitor),
+            unparsed_burst: self.unparsed_burst,
+            stray_segments: self.stray_segments,
+            stray_window_ns: u64::try_from(self.stray_window.as_nanos()).unwrap_or(u64::MAX),
             ..DetectConfig::default()
         };
         for (slot, port) in config.service_ports.iter_mut().zip(&self.service_ports) {
@@ -125,6 +147,9 @@ impl Detection {
                 [..count(config.service_port_count, MAX_SERVICE_PORTS)]
                 .to_vec(),
             monitor: config.monitor != 0,
+            unparsed_burst: config.unparsed_burst,
+            stray_segments: config.stray_segments,
+            stray_window: Duration::from_nanos(config.stray_window_ns),
         }
     }
 }
@@ -141,6 +166,12 @@ pub enum DetectionError {
     TrapPorts(usize),
     #[error("syn_rate and syn_burst: must be at least 1")]
     SynRate,
+    #[error("unparsed_burst: must be at least 1")]
+    UnparsedBurst,
+    #[error("stray_segments: {0} is under 2 (one late segment is no evidence)")]
+    StraySegments(u32),
+    #[error("stray_window: must be longer than 0s and at most 1 day")]
+    StrayWindow,
     #[error(
         "service ports: {0} distinct listen ports; the kernel tier watches at most {MAX_SERVICE_PORTS}"
     )]
@@ -153,6 +184,10 @@ pub enum Detector {
     PortScan,
     SynFlood,
     BadTcpFlags,
+    /// Segments that belonged to no connection (the stack reset them).
+    StraySegments,
+    /// Packets the program could not parse (their port unknown).
+    UnparsedFlood,
 }
 
 /// One detection from the kernel.
@@ -162,9 +197,11 @@ pub struct Detected {
     pub detector: Detector,
     /// Port scan: distinct ports this window; SYN flood: SYNs this window;
     /// bad flags: the TCP flags byte (data offset × 256 added when it was
-    /// under 5).
+    /// under 5); strays: strays this stray window; unparsed: packets this
+    /// window.
     pub figure: u32,
-    /// The destination port of the probe that triggered it.
+    /// The destination port of the probe that triggered it (strays: of the
+    /// last stray; unparsed: 0).
     pub port: u16,
 }
 
@@ -182,6 +219,8 @@ impl Detected {
             DETECT_PORT_SCAN => Detector::PortScan,
             DETECT_SYN_FLOOD => Detector::SynFlood,
             DETECT_BAD_FLAGS => Detector::BadTcpFlags,
+            DETECT_STRAY => Detector::StraySegments,
+            DETECT_UNPARSED => Detector::UnparsedFlood,
             _ => return None,
         };
         let v6 = Ipv6Addr::from(event.source);
@@ -282,6 +321,9 @@ mod tests {
             service_ports: vec![5000, 5001],
             syn_rate: 40,
             syn_burst: 7,
+            stray_segments: 9,
+            stray_window: Duration::from_secs(3),
+            unparsed_burst: 5,
             ..Detection::default()
         };
         assert_eq!(detection.check(), Ok(()));
@@ -322,6 +364,27 @@ mod tests {
             })
             .starts_with("syn_rate")
         );
+        assert!(
+            bad(Detection {
+                stray_segments: 1,
+                ..Detection::default()
+            })
+            .starts_with("stray_segments")
+        );
+        assert!(
+            bad(Detection {
+                stray_window: Duration::ZERO,
+                ..Detection::default()
+            })
+            .starts_with("stray_window")
+        );
+        assert!(
+            bad(Detection {
+                unparsed_burst: 0,
+                ..Detection::default()
+            })
+            .starts_with("unparsed_burst")
+        );
     }
 
     #[test]
@@ -345,6 +408,12 @@ mod tests {
             })
         );
         assert_eq!(Detected::from_bytes(&bytes[..23]), None);
+        let mut stray = bytes;
+        stray[22] = DETECT_STRAY;
+        assert_eq!(
+            Detected::from_bytes(&stray).map(|d| d.detector),
+            Some(Detector::StraySegments)
+        );
         let mut unknown = bytes;
         unknown[22] = 9;
         assert_eq!(Detected::from_bytes(&unknown), None);

@@ -4,8 +4,9 @@
 //!
 //! - [`OBJECT`]: the compiled XDP program (`ebpf-prog/`), embedded, so the
 //!   server needs no nightly toolchain to run it;
-//! - [`attach`]: load, attach to an interface and pin the maps and the link
-//!   under a bpffs directory, so the program stays after the loader exits;
+//! - [`attach`]: load, attach to an interface (the XDP program, and the
+//!   egress program beside it) and pin the maps and the links under a
+//!   bpffs directory, so the programs stay after the loader exits;
 //!   `detach` and `status`;
 //! - [`table::PinnedMaps`]: the pinned ban maps and allow-list that the
 //!   ban core writes through the server's adapter (`serve -B PATH`), with
@@ -26,10 +27,10 @@ use std::path::PathBuf;
 
 pub use attach::{
     AttachMode, Counters, DetectorCounters, Status, attach, attach_object, check_pins_outlive_us,
-    counters, detach, status,
+    counters, detach, expire_stray_hint, status,
 };
 pub use detect::{Detected, Detection, DetectionError, Detector, EventReader};
-pub use ebpf_common::{PIN_LINK, PROGRAM};
+pub use ebpf_common::{EGRESS_PROGRAM, PIN_EGRESS_LINK, PIN_LINK, PROGRAM};
 pub use table::PinnedMaps;
 pub use test_run::TestProgram;
 
@@ -81,18 +82,26 @@ impl XdpError {
     }
 }
 
-/// Loads `xdp` into the kernel. A verifier refusal keeps the verifier's
-/// last words (what it refused), with a hint when it is the missing
-/// CAP_PERFMON that made the verifier strict.
-pub(crate) fn load_verified(xdp: &mut aya::programs::Xdp) -> Result<(), XdpError> {
+/// The outcome of loading a program into the kernel (`what` names it). A
+/// verifier refusal keeps the verifier's last words (what it refused), with
+/// a hint when it is the missing CAP_PERFMON that made the verifier strict;
+/// with `PENALTYBOX_VERIFIER_LOG=FILE` the whole log is written to FILE.
+pub(crate) fn verified(
+    loaded: Result<(), aya::programs::ProgramError>,
+    what: &str,
+) -> Result<(), XdpError> {
     use aya::programs::ProgramError;
-    match xdp.load() {
+    match loaded {
         Ok(()) => Ok(()),
         Err(ProgramError::LoadError {
             io_error,
             verifier_log,
         }) if !verifier_log.to_string().trim().is_empty() => {
             let log = verifier_log.to_string();
+            // The whole log, for whoever changes the program.
+            if let Some(path) = std::env::var_os("PENALTYBOX_VERIFIER_LOG") {
+                let _ = std::fs::write(path, &log);
+            }
             let tail: Vec<&str> = log
                 .lines()
                 .rev()
@@ -113,11 +122,11 @@ pub(crate) fn load_verified(xdp: &mut aya::programs::Xdp) -> Result<(), XdpError
                 ""
             };
             Err(XdpError::Kernel {
-                what: "load the XDP program".into(),
+                what: what.into(),
                 detail: format!("the verifier refused it: {}{hint}", tail.join(" / ").trim()),
             })
         }
-        Err(other) => Err(XdpError::from_os("load the XDP program (verifier)", &other)),
+        Err(other) => Err(XdpError::from_os(format!("{what} (verifier)"), &other)),
     }
 }
 

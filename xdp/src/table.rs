@@ -283,7 +283,8 @@ impl PinnedMaps {
         Ok(count)
     }
 
-    /// Removes `prefix`; absent is fine (the program may have dropped it).
+    /// Removes `prefix`; absent is fine (a release of what never reached
+    /// the map, a test's tidy-up).
     pub fn remove(&mut self, prefix: &Cidr) -> Result<(), XdpError> {
         let result = match key_of(prefix) {
             MapKey::Addr(key) => {
@@ -297,7 +298,8 @@ impl PinnedMaps {
             MapKey::Prefix(key) => self.prefixes.remove(&key),
         };
         match result {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(e) if is_absent(&e) => {}
             Err(e) => {
                 return Err(XdpError::from_os(
                     format!("kernel table: remove {prefix}"),
@@ -338,7 +340,8 @@ impl PinnedMaps {
         let present = self.allowed()?;
         for prefix in present.iter().filter(|p| !allow.contains(p)) {
             match self.allowed.remove(&trie_key(prefix)) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(e) if is_absent(&e) => {}
                 Err(e) => {
                     return Err(XdpError::from_os(
                         format!("kernel allow-list: remove {prefix}"),
@@ -395,6 +398,16 @@ impl PinnedMaps {
             );
         }
         Ok(entries)
+    }
+}
+
+/// A delete of a key the map does not hold: aya reports it as the
+/// syscall's ENOENT (not `KeyNotFound`, which only lookups give).
+fn is_absent(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }
 

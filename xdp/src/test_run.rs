@@ -1,15 +1,17 @@
-//! The program run on packets we make, through `BPF_PROG_TEST_RUN`: loaded
-//! by the verifier like `attach` loads it, its maps pinned the same way (so
-//! [`crate::PinnedMaps`] and [`crate::EventReader`] work on them), but
-//! attached to nothing. For the program-level tests and the per-packet
-//! benchmark; needs CAP_BPF.
+//! The programs run on packets we make, through `BPF_PROG_TEST_RUN`:
+//! loaded by the verifier like `attach` loads them, their maps pinned the
+//! same way (so [`crate::PinnedMaps`] and [`crate::EventReader`] work on
+//! them), but attached to nothing. For the program-level tests and the
+//! per-packet benchmark; needs CAP_BPF. (A test run hands the egress
+//! program no socket: a reset it sees is one the stack sent for no
+//! connection.)
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 
-use crate::attach::{ensure_bpffs, load_program, pin_maps, unpin_maps};
+use crate::attach::{egress_program, ensure_bpffs, load_program, pin_maps, unpin_maps};
 use crate::{OBJECT, XdpError};
 
 /// A loaded, unattached copy of a program; unpinned on drop.
@@ -31,7 +33,9 @@ impl TestProgram {
         ensure_bpffs(pin_dir)?;
         std::fs::create_dir_all(pin_dir)
             .map_err(|e| XdpError::from_os(format!("create {}", pin_dir.display()), &e))?;
-        let ebpf = load_program(object, program)?;
+        let mut ebpf = load_program(object, program)?;
+        let egress = egress_program(&mut ebpf)?;
+        crate::verified(egress.load(), "load the egress program")?;
         let loaded = TestProgram {
             ebpf,
             program: program.to_owned(),
@@ -65,6 +69,48 @@ impl TestProgram {
             })
             .map_err(|e| XdpError::from_os("BPF_PROG_TEST_RUN", &e))?;
         Ok((result.return_value, result.duration))
+    }
+}
+
+impl TestProgram {
+    /// Runs the egress program (or `program` of the object, a classifier)
+    /// on `packet` `repeat` times; returns its verdict (`TC_ACT_OK` = 0)
+    /// and the kernel's average time per run.
+    pub fn run_egress(
+        &self,
+        program: &str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Duration), XdpError> {
+        let classifier: &SchedClassifier = self
+            .ebpf
+            .program(program)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| XdpError::Kernel {
+                what: "test run".into(),
+                detail: format!("no loaded classifier {program:?}"),
+            })?;
+        let result = classifier
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                repeat: repeat.max(1),
+                ..TestRunOptions::default()
+            })
+            .map_err(|e| XdpError::from_os("BPF_PROG_TEST_RUN", &e))?;
+        Ok((result.return_value, result.duration))
+    }
+
+    /// Loads another classifier of the object (the bench's baseline).
+    pub fn load_classifier(&mut self, program: &str) -> Result<(), XdpError> {
+        let classifier: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| XdpError::Kernel {
+                what: "load a classifier".into(),
+                detail: format!("no classifier {program:?} in the object"),
+            })?;
+        crate::verified(classifier.load(), "load a classifier")
     }
 }
 

@@ -31,8 +31,16 @@ pub const PREFIXES_MAP: &str = "BANNED_PREFIXES";
 pub const ALLOWED_MAP: &str = "ALLOWED";
 /// Per-CPU counters, indexed by the `COUNTER_*` constants.
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// When a stray-segment report was last made plus the stray window
+/// (CLOCK_MONOTONIC ns; one `u64`): while it lies ahead, the XDP program
+/// looks up the senders of segments with ACK in `SOURCES`, to drop a
+/// reported source's further strays. 0: none live (userspace clears it).
+pub const STRAY_HINT_MAP: &str = "STRAY_HINT";
 /// The XDP program's name in the object.
 pub const PROGRAM: &str = "penaltybox";
+/// The TC (clsact) egress program's name in the object: it counts the
+/// resets the host's TCP stack sends on its own (stray segments).
+pub const EGRESS_PROGRAM: &str = "penaltybox_egress";
 
 pub const MAX_ADDRS: u32 = 1_048_576;
 pub const MAX_PREFIXES: u32 = 65_536;
@@ -64,7 +72,23 @@ pub const COUNTER_UNPARSED: u32 = 11;
 /// for bad flags this window, dropped at once (before its time-out is in
 /// the map).
 pub const COUNTER_PROBES_DROPPED: u32 = 12;
-pub const COUNTER_SLOTS: u32 = 13;
+/// Packets of a timed-out source whose port the program cannot tell (an
+/// IPv6 chain it cannot parse, a TCP fragment after the first), dropped
+/// whatever the drop scope.
+pub const COUNTER_DROPPED_UNPARSED: u32 = 13;
+/// Stray segments: resets the host's TCP stack sent on its own, in answer
+/// to a segment with ACK that fit no connection (counted by the egress
+/// program; forgiven ones included).
+pub const COUNTER_STRAYS: u32 = 14;
+/// Stray-segment detections (once per source per stray window).
+pub const COUNTER_STRAY_REPORTS: u32 = 15;
+/// Unparsed-flood detections (once per source per window).
+pub const COUNTER_UNPARSED_FLOODS: u32 = 16;
+/// Segments with ACK of a source reported for strays, dropped at once
+/// (before its time-out is in the map), and further unparseable packets
+/// of a source reported for them.
+pub const COUNTER_STRAYS_DROPPED: u32 = 17;
+pub const COUNTER_SLOTS: u32 = 18;
 
 /// The detector configuration (one entry of the `CONFIG` array), written by
 /// userspace at start and on change. All zeroes, as a fresh attach leaves
@@ -82,8 +106,12 @@ pub struct DetectConfig {
     /// sustained, `syn_tolerance_ns` of burst ((burst - 1) × interval).
     pub syn_interval_ns: u64,
     pub syn_tolerance_ns: u64,
+    /// Strays (see [`COUNTER_STRAYS`]) are counted per source within a
+    /// window this long.
+    pub stray_window_ns: u64,
     /// 1: drop a banned source's packets only when they are TCP to a
-    /// service port; 0: drop all its packets.
+    /// service port (or their port cannot be told); 0: drop all its
+    /// packets.
     pub drop_service_only: u32,
     /// 1: userspace knows `BANNED_PREFIXES` is empty (skip the trie lookup).
     pub prefixes_empty: u32,
@@ -100,6 +128,13 @@ pub struct DetectConfig {
     /// report as ever, but drop nothing themselves (neither SYNs over the
     /// rate nor a reported scanner's later probes).
     pub monitor: u32,
+    /// Unparseable packets (an IPv6 chain over the bound or unknown, a TCP
+    /// fragment after the first) from one source within `scan_window_ns`
+    /// past which it is reported (`unparsed-flood`).
+    pub unparsed_burst: u32,
+    /// Strays from one source within `stray_window_ns` that make a report
+    /// (`stray-segments`).
+    pub stray_segments: u32,
     /// The server's listen ports (SYN rate limit, drop scope).
     pub service_ports: [u16; MAX_SERVICE_PORTS],
     /// A probe to one of these is a scan at once.
@@ -118,6 +153,11 @@ pub struct SourceState {
     pub window_start_ns: u64,
     /// The SYN rate limit's theoretical arrival time (GCRA).
     pub syn_tat_ns: u64,
+    /// Start of the current stray window (written by the egress program).
+    pub stray_window_start_ns: u64,
+    /// Until when a stray report of this source stands (its further strays
+    /// are dropped in XDP until then); 0: none.
+    pub stray_reported_until_ns: u64,
     /// The distinct destination ports probed this window, the first
     /// `distinct_ports` slots (exact: a scan is reported at exactly
     /// `scan_ports`, which is at most [`MAX_SCAN_PORTS`]).
@@ -130,7 +170,26 @@ pub struct SourceState {
     pub syns: u32,
     /// SYNs the rate limit dropped this window.
     pub syn_drops: u32,
+    /// Unparseable packets this window.
+    pub unparsed: u32,
+    /// Strays this stray window (past the credit).
+    pub strays: u32,
+    /// Strays still forgiven: each reset a socket of this host sent the
+    /// source (it ended a real connection) forgives
+    /// [`STRAY_CREDIT_PER_RESET`] of the strays its in-flight segments
+    /// earn, up to [`STRAY_CREDIT_MAX`].
+    pub stray_credit: u32,
+    pub _pad: u32,
 }
+
+/// Strays forgiven per reset a socket of this host sent the source: a
+/// ping-pong protocol has a segment or two in flight when its connection
+/// is reset.
+pub const STRAY_CREDIT_PER_RESET: u32 = 4;
+/// At most this many strays forgiven at once: the credit of 64 reset
+/// connections (the per-source session limit's default). It bounds what a
+/// source can earn by getting its own connections reset.
+pub const STRAY_CREDIT_MAX: u32 = 256;
 
 /// The largest `scan_ports` threshold.
 pub const MAX_SCAN_PORTS: usize = 16;
@@ -139,6 +198,10 @@ pub const MAX_SCAN_PORTS: usize = 16;
 pub const DETECT_PORT_SCAN: u8 = 1;
 pub const DETECT_SYN_FLOOD: u8 = 2;
 pub const DETECT_BAD_FLAGS: u8 = 3;
+/// Segments that belong to no connection (the stack reset them itself).
+pub const DETECT_STRAY: u8 = 4;
+/// Packets the program cannot parse, past `unparsed_burst`.
+pub const DETECT_UNPARSED: u8 = 5;
 
 /// One detection, written to the `EVENTS` ring buffer.
 #[repr(C)]
@@ -146,9 +209,11 @@ pub const DETECT_BAD_FLAGS: u8 = 3;
 pub struct Event {
     pub source: AddrKey,
     /// Port scan: distinct ports; SYN flood: SYNs this window; bad flags:
-    /// the TCP flags byte (data offset in the high byte when it was < 5).
+    /// the TCP flags byte (data offset in the high byte when it was < 5);
+    /// strays: strays this stray window; unparsed: packets this window.
     pub figure: u32,
-    /// A destination port of the probe that triggered it.
+    /// A destination port of the probe that triggered it (strays: the
+    /// port of the last stray; unparsed: 0).
     pub port: u16,
     pub detector: u8,
     pub _pad: u8,
@@ -175,7 +240,10 @@ pub const PIN_ALLOWED: &str = "allowed";
 pub const PIN_CONFIG: &str = "config";
 pub const PIN_SOURCES: &str = "sources";
 pub const PIN_EVENTS: &str = "events";
+pub const PIN_STRAY_HINT: &str = "stray_hint";
 pub const PIN_LINK: &str = "link";
+/// The egress program's link (TCX), beside the XDP program's.
+pub const PIN_EGRESS_LINK: &str = "egress_link";
 
 /// `a.b.c.d` as `::ffff:a.b.c.d`.
 #[inline(always)]

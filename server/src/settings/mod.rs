@@ -175,6 +175,13 @@ pub struct KernelSettings {
     /// the limit (after a burst of `syn_burst`) are dropped in XDP.
     pub syn_rate: u32,
     pub syn_burst: u32,
+    /// Segments that belong to no connection (the stack resets them) from
+    /// one source within `stray_window` that time it out (≥ 2).
+    pub stray_segments: u32,
+    pub stray_window: Dur,
+    /// Packets whose headers the program cannot follow, from one source
+    /// within `scan_window`, past which it is timed out.
+    pub unparsed_burst: u32,
     pub drop_scope: Choice<DropScope>,
 }
 
@@ -191,6 +198,9 @@ impl Default for KernelSettings {
             trap_ports: detection.trap_ports,
             syn_rate: detection.syn_rate,
             syn_burst: detection.syn_burst,
+            stray_segments: detection.stray_segments,
+            stray_window: Dur(detection.stray_window),
+            unparsed_burst: detection.unparsed_burst,
             drop_scope: Choice::default(),
         }
     }
@@ -229,6 +239,8 @@ pub struct BanSettings {
     pub port_scan: Dur,
     pub syn_flood: Dur,
     pub bad_tcp_flags: Dur,
+    pub stray_segments: Dur,
+    pub unparsed_flood: Dur,
     pub escalation_window: Dur,
     pub max_duration: Dur,
     pub ipv4_prefix: u8,
@@ -242,7 +254,7 @@ pub struct BanSettings {
 
 impl BanSettings {
     /// The per-cause time-outs, with their keys.
-    pub fn cause_durations(&self) -> [(&'static str, Dur); 8] {
+    pub fn cause_durations(&self) -> [(&'static str, Dur); 10] {
         [
             ("bans.non_protocol", self.non_protocol),
             ("bans.handshake_failure", self.handshake_failure),
@@ -252,6 +264,8 @@ impl BanSettings {
             ("bans.port_scan", self.port_scan),
             ("bans.syn_flood", self.syn_flood),
             ("bans.bad_tcp_flags", self.bad_tcp_flags),
+            ("bans.stray_segments", self.stray_segments),
+            ("bans.unparsed_flood", self.unparsed_flood),
         ]
     }
 }
@@ -322,6 +336,8 @@ impl Default for BanSettings {
             port_scan: Dur(policy.durations.port_scan),
             syn_flood: Dur(policy.durations.syn_flood),
             bad_tcp_flags: Dur(policy.durations.bad_tcp_flags),
+            stray_segments: Dur(policy.durations.stray_segments),
+            unparsed_flood: Dur(policy.durations.unparsed_flood),
             escalation_window: Dur(policy.escalation_window),
             max_duration: Dur(policy.max_duration),
             ipv4_prefix: policy.ipv4_prefix,

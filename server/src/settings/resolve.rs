@@ -142,6 +142,8 @@ impl Settings {
                 port_scan: b.port_scan.0,
                 syn_flood: b.syn_flood.0,
                 bad_tcp_flags: b.bad_tcp_flags.0,
+                stray_segments: b.stray_segments.0,
+                unparsed_flood: b.unparsed_flood.0,
             },
             escalation_window: b.escalation_window.0,
             max_duration: b.max_duration.0,
@@ -184,6 +186,9 @@ impl Settings {
             drop_service_only: k.drop_scope.get() == DropScope::Service,
             service_ports,
             monitor: self.bans.mode.get() == BanMode::Monitor,
+            unparsed_burst: k.unparsed_burst,
+            stray_segments: k.stray_segments,
+            stray_window: k.stray_window.0,
         }
     }
 
