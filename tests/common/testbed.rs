@@ -574,3 +574,53 @@ impl Testbed {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 }
+
+impl Testbed {
+    /// Sends Ethernet frames, as they are, on the client's end of the veth
+    /// (an AF_PACKET socket in the client namespace): what a crafting tool
+    /// would put on the wire. The server's end receives them, the XDP
+    /// program first.
+    pub fn send_frames(&self, frames: Vec<Vec<u8>>) {
+        let ns = self.pair.client_ns.clone();
+        let iface = self.pair.client_if.clone();
+        std::thread::spawn(move || {
+            NetnsPair::enter(&ns);
+            let name = std::ffi::CString::new(iface.clone()).unwrap();
+            // SAFETY: a NUL-terminated name.
+            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            assert_ne!(index, 0, "no interface {iface}");
+            // SAFETY: a plain socket call; the fd is closed below.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+            // SAFETY: all zeroes is a valid sockaddr_ll; the fields that
+            // matter are set next.
+            let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            to.sll_family = libc::AF_PACKET as u16;
+            to.sll_ifindex = index as i32;
+            to.sll_halen = 6;
+            for frame in &frames {
+                // SAFETY: the frame and the address outlive the call.
+                let sent = unsafe {
+                    libc::sendto(
+                        fd,
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&to as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                assert_eq!(
+                    sent,
+                    frame.len() as isize,
+                    "{}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            // SAFETY: our fd.
+            unsafe { libc::close(fd) };
+        })
+        .join()
+        .unwrap();
+    }
+}
