@@ -7,14 +7,19 @@
 //!    and connections a listener behind it accepted from that source (goal 0);
 //! 3. per-packet cost through BPF_PROG_TEST_RUN (5 M repeats, median of 5
 //!    rounds) on a banned source, a clean SYN and a clean ACK, against
-//!    Debian's `xdp-filter` (allow mode, default features and `-f ipv4`)
-//!    loaded in a namespace, both holding the same 9,000 banned IPv4
-//!    sources; the SYN path with every detector on and the SYN limit raised
-//!    out of reach (else a repeated SYN is a flood);
+//!    Debian's `xdp-filter` (allow mode, default features and `-f
+//!    ipv4,ipv6`, address filtering for both families, the same job as
+//!    penaltybox's drop path) loaded in a namespace, both holding the same
+//!    9,000 banned IPv4 sources; the SYN path with every detector on and
+//!    the SYN limit raised out of reach (else a repeated SYN is a flood);
+//!    an IPv6 ACK plain and behind one and three extension headers; and
+//!    the egress program on a packet that is not a reset (and on a reset)
+//!    against a classifier that only passes;
 //! 4. detection to drop, through a real `serve -B` on the program's pinned
 //!    maps: a scanner's probes until its time-out is in the kernel map (in
-//!    probes and in time, p50/p99 over 200 scanners), and the share of a
-//!    one-source SYN flood dropped in XDP after its detection.
+//!    probes and in time, p50/p99 over 200 scanners), the same for stray
+//!    senders (the stack's resets fed to the egress program), and the
+//!    share of a one-source SYN flood dropped in XDP after its detection.
 //!
 //! Run as root: `cargo bench -p penaltybox --bench xdp` (`-- --quick` for a
 //! smaller run; `-- per-packet` or `-- detection` for that part alone).
@@ -40,7 +45,8 @@ use penaltybox::kernel_table::Pinned;
 use storage::{Store, StoreOptions};
 use xdp::{AttachMode, PinnedMaps};
 
-/// The bench object: the production program plus `drop_all` (build.sh).
+/// The bench object: the production programs plus `drop_all` and
+/// `pass_all` (build.sh).
 static BASELINE: &[u8] = aya::include_bytes_aligned!("../../ebpf-prog/penaltybox-xdp-bench.bpf.o");
 
 fn main() {
@@ -375,6 +381,22 @@ fn per_packet(rows: &mut Vec<(String, String)>, quick: bool) {
         ),
         ("clean SYN", Segment::new("198.18.200.1", 5000, SYN).frame()),
         ("clean ACK", Segment::new("198.18.200.1", 5000, ACK).frame()),
+        (
+            "clean IPv6 ACK",
+            Segment::new("2001:db8:200::1", 5000, ACK).frame(),
+        ),
+        (
+            "clean IPv6 ACK, 1 extension header",
+            Segment::new("2001:db8:200::1", 5000, ACK)
+                .with_extensions(&[60])
+                .frame(),
+        ),
+        (
+            "clean IPv6 ACK, 3 extension headers",
+            Segment::new("2001:db8:200::1", 5000, ACK)
+                .with_extensions(&[0, 60, 43])
+                .frame(),
+        ),
     ];
 
     // Ours: the embedded program, its maps written by the real table.
@@ -400,18 +422,18 @@ fn per_packet(rows: &mut Vec<(String, String)>, quick: bool) {
         .iter()
         .map(|(_, f)| program.run(f, 1).unwrap().0)
         .collect();
-    assert_eq!(verdicts, [1, 2, 2], "drop, pass, pass");
+    assert_eq!(verdicts, [1, 2, 2, 2, 2, 2], "drop, then passes");
 
     let pair = NetnsPair::create();
-    let mut results: Vec<(String, [f64; 3], [f64; 3])> = Vec::new();
+    let mut results: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
     for (name, features) in [
+        ("xdp-filter -f ipv4,ipv6", Some("ipv4,ipv6")),
         ("xdp-filter (default features)", None),
-        ("xdp-filter -f ipv4", Some("ipv4")),
     ] {
         let id = load_xdp_filter(&pair.server_ns, &pair.server_if, features, &banned);
-        let mut ours = [0.0; 3];
-        let mut theirs = [0.0; 3];
-        for (i, (_, frame)) in frames.iter().enumerate() {
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for (_, frame) in &frames {
             let mut a = Vec::new();
             let mut b = Vec::new();
             // Alternating, so that drift on a noisy machine hits both.
@@ -419,8 +441,8 @@ fn per_packet(rows: &mut Vec<(String, String)>, quick: bool) {
                 a.push(program.run(frame, repeat).unwrap().1.as_nanos() as f64);
                 b.push(bpftool_run(id, frame, repeat));
             }
-            ours[i] = median(a);
-            theirs[i] = median(b);
+            ours.push(median(a));
+            theirs.push(median(b));
         }
         unload_xdp_filter(&pair.server_ns, &pair.server_if);
         results.push((name.to_owned(), ours, theirs));
@@ -438,6 +460,53 @@ fn per_packet(rows: &mut Vec<(String, String)>, quick: bool) {
                 ),
             ));
         }
+    }
+    egress_cost(rows, repeat, rounds);
+}
+
+/// The egress program on what the host sends: a data segment (not a
+/// reset: its common path) and a reset (counted), against a classifier of
+/// the bench object that only passes, alternating.
+fn egress_cost(rows: &mut Vec<(String, String)>, repeat: u32, rounds: usize) {
+    use packets::{ACK, RST, reset_frame};
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/penaltybox-egr-{}", std::process::id()));
+    let mut program = xdp::TestProgram::load_object(&pin_dir, BASELINE, "drop_all").unwrap();
+    program.load_classifier("pass_all").unwrap();
+    let mut table = PinnedMaps::open(&pin_dir).unwrap();
+    table.set_detection(&xdp::Detection::default()).unwrap();
+    for (path, frame) in [
+        (
+            "a data segment (not a reset)",
+            reset_frame("198.18.201.1", 5000, ACK),
+        ),
+        (
+            "a reset for no connection",
+            reset_frame("198.18.201.2", 5000, RST),
+        ),
+    ] {
+        let mut ours = Vec::new();
+        let mut pass = Vec::new();
+        for _ in 0..rounds {
+            ours.push(
+                program
+                    .run_egress(xdp::EGRESS_PROGRAM, &frame, repeat)
+                    .unwrap()
+                    .1
+                    .as_nanos() as f64,
+            );
+            pass.push(
+                program
+                    .run_egress("pass_all", &frame, repeat)
+                    .unwrap()
+                    .1
+                    .as_nanos() as f64,
+            );
+        }
+        let (ours, pass) = (median(ours), median(pass));
+        rows.push((
+            format!("egress, {path}: stray detector vs a pass-only classifier"),
+            format!("{ours:.1} ns vs {pass:.1} ns = {:+.1} ns", ours - pass),
+        ));
     }
 }
 
@@ -508,6 +577,8 @@ fn detection_to_drop(rows: &mut Vec<(String, String)>, quick: bool) {
         ),
     ));
 
+    strays_to_drop(&program, &pin_dir, scanners, rows);
+
     // One source floods SYNs at the service port (the one it bound).
     let flood = Segment::new("198.19.99.1", server.addr.port(), SYN).frame();
     let n = if quick { 20_000 } else { 100_000 };
@@ -535,4 +606,69 @@ fn detection_to_drop(rows: &mut Vec<(String, String)>, quick: bool) {
         server.log_text()
     );
     drop(server);
+}
+
+/// Stray senders: the resets the stack would send a source's strays fed
+/// to the egress program until it reports the source; then how many of
+/// its segments with ACK still pass XDP, and the time from the report to
+/// its time-out in the kernel map (through the same running server).
+fn strays_to_drop(
+    program: &xdp::TestProgram,
+    pin_dir: &Path,
+    senders: usize,
+    rows: &mut Vec<(String, String)>,
+) {
+    use packets::{ACK, RST, Segment, reset_frame};
+    const XDP_DROP: u32 = 1;
+    let table = PinnedMaps::open(pin_dir).unwrap();
+    let threshold = xdp::Detection::default().stray_segments;
+    let mut passed_after = Vec::new();
+    let mut micros = Vec::new();
+    for i in 0..senders {
+        let source = format!("198.20.{}.{}", i / 250, 1 + i % 250);
+        let prefix = Cidr::host(source.parse().unwrap());
+        let mut reported_at = None;
+        for stray in 1..=threshold {
+            let started = Instant::now();
+            program
+                .run_egress(xdp::EGRESS_PROGRAM, &reset_frame(&source, 5000, RST), 1)
+                .unwrap();
+            if stray == threshold {
+                reported_at = Some(started);
+            }
+        }
+        let reported_at = reported_at.unwrap();
+        let ack = Segment::new(&source, 5000, ACK).frame();
+        let mut passed = 0;
+        if program.run(&ack, 1).unwrap().0 != XDP_DROP {
+            passed += 1;
+        }
+        let deadline = reported_at + Duration::from_secs(5);
+        while table.get(&prefix).unwrap().is_none() {
+            assert!(Instant::now() < deadline, "{source} was never timed out");
+        }
+        micros.push(reported_at.elapsed().as_secs_f64() * 1e6);
+        passed_after.push(passed as f64);
+    }
+    let p99 = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[(v.len() * 99).div_ceil(100).saturating_sub(1)]
+    };
+    rows.push((
+        format!(
+            "strays to drop: segments with ACK passed after the report (stray_segments {threshold})"
+        ),
+        format!(
+            "max {:.0}",
+            passed_after.iter().copied().fold(0.0, f64::max)
+        ),
+    ));
+    rows.push((
+        format!("strays to drop: report -> registry -> map, {senders} stray senders"),
+        format!(
+            "p50 {:.0} us, p99 {:.0} us",
+            median(micros.clone()),
+            p99(micros)
+        ),
+    ));
 }

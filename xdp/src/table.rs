@@ -1,9 +1,10 @@
 //! The pinned ban maps, as the registry sees them: insert a prefix until a
 //! wall-clock expiry, remove it, list what is there.
 //!
-//! Single addresses (/32, /128) go into the hash map, everything else (IPv6
-//! /64 aggregates, admin CIDRs) into the LPM trie. Keys are IPv6 or
-//! IPv4-mapped IPv6; an IPv4 prefix of length n is stored with length 96 + n.
+//! Single addresses go into a hash map per family (IPv4 /32 keyed by its 4
+//! bytes, IPv6 /128 by its 16), everything else (IPv6 /64 aggregates,
+//! admin CIDRs) into the LPM trie, keyed by IPv6 or IPv4-mapped IPv6; an
+//! IPv4 prefix of length n is stored there with length 96 + n.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -11,8 +12,8 @@ use std::path::{Path, PathBuf};
 use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError};
 use ebpf_common::{
-    AddrKey, BanValue, DetectConfig, PIN_ADDRS, PIN_ALLOWED, PIN_CONFIG, PIN_PREFIXES, PIN_SOURCES,
-    SourceState,
+    Addr4Key, AddrKey, BanValue, DetectConfig, PIN_ADDRS, PIN_ADDRS_V4, PIN_ALLOWED, PIN_CONFIG,
+    PIN_PREFIXES, PIN_SOURCES, SourceState,
 };
 use model::Cidr;
 
@@ -20,6 +21,7 @@ use crate::{Detection, XdpError, monotonic_ns};
 
 pub struct PinnedMaps {
     addrs: HashMap<MapData, AddrKey, BanValue>,
+    addrs_v4: HashMap<MapData, Addr4Key, BanValue>,
     prefixes: LpmTrie<MapData, AddrKey, BanValue>,
     allowed: LpmTrie<MapData, AddrKey, u8>,
     /// The detector thresholds and the "trie is empty" hints.
@@ -45,6 +47,14 @@ impl PinnedMaps {
         };
         let prefixes_path = dir.join(PIN_PREFIXES);
         let addrs = open_map(&addrs_path, MapKind::Hash)?;
+        let addrs_v4_path = dir.join(PIN_ADDRS_V4);
+        if !addrs_v4_path.exists() {
+            return Err(XdpError::WrongMap {
+                path: dir.clone(),
+                detail: "attached by an older penaltybox (no IPv4 address map): detach and attach it again".into(),
+            });
+        }
+        let addrs_v4 = open_map(&addrs_v4_path, MapKind::Hash)?;
         let prefixes = open_map(&prefixes_path, MapKind::LpmTrie)?;
         let allowed_path = dir.join(PIN_ALLOWED);
         if !allowed_path.exists() {
@@ -67,6 +77,7 @@ impl PinnedMaps {
         let sources = open_map(&dir.join(PIN_SOURCES), MapKind::LruHash)?;
         Ok(PinnedMaps {
             addrs,
+            addrs_v4,
             prefixes,
             allowed,
             config,
@@ -145,6 +156,7 @@ impl PinnedMaps {
         let what = || format!("kernel table: insert {prefix}");
         match key_of(prefix) {
             MapKey::Addr(key) => self.addrs.insert(key, value, 0),
+            MapKey::Addr4(key) => self.addrs_v4.insert(key, value, 0),
             MapKey::Prefix(key) => {
                 self.set_hint(|c| &mut c.prefixes_empty, false)?;
                 self.prefixes.insert(&key, value, 0)
@@ -208,29 +220,22 @@ impl PinnedMaps {
     /// so every failure is reported with its prefix.
     fn insert_chunk(&mut self, entries: &[(Cidr, u64)], now_ms: u64) -> Vec<(Cidr, XdpError)> {
         let mut failures = Vec::new();
-        let (singles, prefixes): (Vec<_>, Vec<_>) = entries
-            .iter()
-            .partition(|(prefix, _)| matches!(key_of(prefix), MapKey::Addr(_)));
-        let monotonic_now = monotonic_ns();
-        for batch in singles.chunks(BATCH) {
-            let keys: Vec<AddrKey> = batch
-                .iter()
-                .map(|(prefix, _)| match key_of(prefix) {
-                    MapKey::Addr(key) => key,
-                    MapKey::Prefix(_) => unreachable!("partitioned above"),
-                })
-                .collect();
-            let values: Vec<BanValue> = batch
-                .iter()
-                .map(|(_, expires)| ban_value(monotonic_now, *expires, now_ms))
-                .collect();
-            let done = self.update_batch(&keys, &values).unwrap_or(0);
-            for &(prefix, expires) in &batch[done..] {
-                if let Err(error) = self.insert(&prefix, expires, now_ms) {
-                    failures.push((prefix, error));
-                }
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        let mut prefixes = Vec::new();
+        for &(prefix, expires) in entries {
+            match key_of(&prefix) {
+                MapKey::Addr4(key) => v4.push((prefix, key, expires)),
+                MapKey::Addr(key) => v6.push((prefix, key, expires)),
+                MapKey::Prefix(_) => prefixes.push((prefix, expires)),
             }
         }
+        use aya::maps::IterableMap;
+        let monotonic_now = monotonic_ns();
+        let fd_v4 = map_fd(self.addrs_v4.map());
+        let fd_v6 = map_fd(self.addrs.map());
+        self.insert_batches(&v4, fd_v4, monotonic_now, now_ms, &mut failures);
+        self.insert_batches(&v6, fd_v6, monotonic_now, now_ms, &mut failures);
         for (prefix, expires) in prefixes {
             if let Err(error) = self.insert(&prefix, expires, now_ms) {
                 failures.push((prefix, error));
@@ -239,61 +244,46 @@ impl PinnedMaps {
         failures
     }
 
-    /// BPF_MAP_UPDATE_BATCH on the address map (Linux ≥ 5.6); aya 0.14 has
-    /// no wrapper for it. Returns how many entries the kernel took.
-    fn update_batch(&self, keys: &[AddrKey], values: &[BanValue]) -> std::io::Result<usize> {
-        use aya::maps::IterableMap;
-        use aya_obj::generated::{bpf_attr, bpf_attr__bindgen_ty_3, bpf_cmd};
-        use std::os::fd::{AsFd, AsRawFd};
-
-        debug_assert_eq!(keys.len(), values.len());
-        // SAFETY: bpf_attr is plain old data; all zeroes is its documented
-        // "unused fields" state, which the kernel checks.
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-        attr.batch = bpf_attr__bindgen_ty_3 {
-            in_batch: 0,
-            out_batch: 0,
-            keys: keys.as_ptr() as u64,
-            values: values.as_ptr() as u64,
-            count: keys.len() as u32,
-            map_fd: self.addrs.map().fd().as_fd().as_raw_fd() as u32,
-            elem_flags: 0,
-            flags: 0,
-        };
-        // SAFETY: the kernel reads `count` keys and values from the two
-        // slices, which outlive the call, and writes back only `count`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                bpf_cmd::BPF_MAP_UPDATE_BATCH as libc::c_long,
-                &mut attr as *mut bpf_attr,
-                std::mem::size_of::<bpf_attr>() as libc::c_uint,
-            )
-        };
-        // SAFETY: reading back the field we wrote; the kernel updates it.
-        let count = unsafe { attr.batch.count } as usize;
-        if rc < 0 {
-            // On error `count` says how many were done before it.
-            return if count > 0 {
-                Ok(count)
-            } else {
-                Err(std::io::Error::last_os_error())
-            };
+    /// Single addresses of one map, in batches of [`BATCH`]; what a batch
+    /// did not take is retried entry by entry.
+    fn insert_batches<K: Copy>(
+        &mut self,
+        entries: &[(Cidr, K, u64)],
+        map_fd: u32,
+        monotonic_now: u64,
+        now_ms: u64,
+        failures: &mut Vec<(Cidr, XdpError)>,
+    ) {
+        for batch in entries.chunks(BATCH) {
+            let keys: Vec<K> = batch.iter().map(|(_, key, _)| *key).collect();
+            let values: Vec<BanValue> = batch
+                .iter()
+                .map(|(_, _, expires)| ban_value(monotonic_now, *expires, now_ms))
+                .collect();
+            let done = update_batch(map_fd, &keys, &values).unwrap_or(0);
+            for &(prefix, _, expires) in &batch[done..] {
+                if let Err(error) = self.insert(&prefix, expires, now_ms) {
+                    failures.push((prefix, error));
+                }
+            }
         }
-        Ok(count)
     }
 
     /// Removes `prefix`; absent is fine (a release of what never reached
     /// the map, a test's tidy-up).
     pub fn remove(&mut self, prefix: &Cidr) -> Result<(), XdpError> {
         let result = match key_of(prefix) {
+            // Forget what the detectors knew of the address: if it probes
+            // again, that is news (not hidden by "reported this window").
+            // Aggregates keep their sources' state: finding them means a
+            // walk of the whole LRU map.
             MapKey::Addr(key) => {
-                // Forget what the detectors knew of the address: if it
-                // probes again, that is news (not hidden by "reported this
-                // window"). Aggregates keep their sources' state: finding
-                // them means a walk of the whole LRU map.
                 let _ = self.sources.remove(&key);
                 self.addrs.remove(&key)
+            }
+            MapKey::Addr4(key) => {
+                let _ = self.sources.remove(&ebpf_common::v4_mapped(key));
+                self.addrs_v4.remove(&key)
             }
             MapKey::Prefix(key) => self.prefixes.remove(&key),
         };
@@ -317,6 +307,7 @@ impl PinnedMaps {
     pub fn get(&self, prefix: &Cidr) -> Result<Option<BanValue>, XdpError> {
         let found = match key_of(prefix) {
             MapKey::Addr(key) => self.addrs.get(&key, 0),
+            MapKey::Addr4(key) => self.addrs_v4.get(&key, 0),
             MapKey::Prefix(key) => self.prefixes.get(&key, 0),
         };
         match found {
@@ -377,6 +368,10 @@ impl PinnedMaps {
     pub fn entries(&self) -> Result<Vec<(Cidr, BanValue)>, XdpError> {
         let mut entries = Vec::new();
         let mut foreign = 0usize;
+        for item in self.addrs_v4.iter() {
+            let (key, value) = item.map_err(|e| XdpError::from_os("kernel table: read", &e))?;
+            entries.push((Cidr::host(IpAddr::from(key)), value));
+        }
         for item in self.addrs.iter() {
             let (key, value) = item.map_err(|e| XdpError::from_os("kernel table: read", &e))?;
             match cidr_of(&key, 128) {
@@ -409,6 +404,55 @@ fn is_absent(error: &MapError) -> bool {
         MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
         _ => false,
     }
+}
+
+/// The fd of a map, as the bpf syscall takes it.
+fn map_fd(map: &MapData) -> u32 {
+    use std::os::fd::{AsFd, AsRawFd};
+    map.fd().as_fd().as_raw_fd() as u32
+}
+
+/// BPF_MAP_UPDATE_BATCH on a hash map (Linux ≥ 5.6); aya 0.14 has no
+/// wrapper for it. Returns how many entries the kernel took.
+fn update_batch<K>(map_fd: u32, keys: &[K], values: &[BanValue]) -> std::io::Result<usize> {
+    use aya_obj::generated::{bpf_attr, bpf_attr__bindgen_ty_3, bpf_cmd};
+
+    debug_assert_eq!(keys.len(), values.len());
+    // SAFETY: bpf_attr is plain old data; all zeroes is its documented
+    // "unused fields" state, which the kernel checks.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.batch = bpf_attr__bindgen_ty_3 {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: the kernel reads `count` keys (of the map's key size, which
+    // `K` is) and values from the two slices, which outlive the call, and
+    // writes back only `count`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_MAP_UPDATE_BATCH as libc::c_long,
+            &mut attr as *mut bpf_attr,
+            std::mem::size_of::<bpf_attr>() as libc::c_uint,
+        )
+    };
+    // SAFETY: reading back the field we wrote; the kernel updates it.
+    let count = unsafe { attr.batch.count } as usize;
+    if rc < 0 {
+        // On error `count` says how many were done before it.
+        return if count > 0 {
+            Ok(count)
+        } else {
+            Err(std::io::Error::last_os_error())
+        };
+    }
+    Ok(count)
 }
 
 /// The kinds of map the program pins, as `open_map` expects them.
@@ -502,16 +546,24 @@ fn ban_value(monotonic_now: u64, expires_at_ms: u64, now_ms: u64) -> BanValue {
 }
 
 enum MapKey {
+    /// An IPv4 address (/32).
+    Addr4(Addr4Key),
+    /// An IPv6 address (/128).
     Addr(AddrKey),
     Prefix(Key<AddrKey>),
 }
 
 fn key_of(prefix: &Cidr) -> MapKey {
-    let key = trie_key(prefix);
-    if key.prefix_len() == 128 {
-        MapKey::Addr(key.data())
-    } else {
-        MapKey::Prefix(key)
+    match prefix.addr() {
+        IpAddr::V4(v4) if prefix.is_host() => MapKey::Addr4(v4.octets()),
+        _ => {
+            let key = trie_key(prefix);
+            if key.prefix_len() == 128 {
+                MapKey::Addr(key.data())
+            } else {
+                MapKey::Prefix(key)
+            }
+        }
     }
 }
 
@@ -552,13 +604,14 @@ mod tests {
         ] {
             let prefix: Cidr = text.parse().unwrap();
             let back = match key_of(&prefix) {
+                MapKey::Addr4(key) => Some(Cidr::host(IpAddr::from(key))),
                 MapKey::Addr(key) => cidr_of(&key, 128),
                 MapKey::Prefix(key) => cidr_of(&key.data(), key.prefix_len()),
             };
             assert_eq!(back, Some(prefix), "{text}");
         }
         assert!(
-            matches!(key_of(&"192.0.2.7/32".parse().unwrap()), MapKey::Addr(k) if k[10..12] == [0xff, 0xff])
+            matches!(key_of(&"192.0.2.7/32".parse().unwrap()), MapKey::Addr4(k) if k == [192, 0, 2, 7])
         );
         assert!(
             matches!(key_of(&"198.51.100.0/24".parse().unwrap()), MapKey::Prefix(k) if k.prefix_len() == 120)

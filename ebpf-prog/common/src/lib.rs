@@ -21,8 +21,14 @@ pub struct BanValue {
     pub drops: u64,
 }
 
-/// Exact banned addresses (/32, /128): a hash map.
+/// Exact banned IPv6 addresses (/128): a hash map keyed by [`AddrKey`].
 pub const ADDRS_MAP: &str = "BANNED_ADDRS";
+/// Exact banned IPv4 addresses (/32): a hash map keyed by the 4 address
+/// bytes ([`Addr4Key`]), so that an IPv4 packet hashes 4 bytes, not 16.
+pub const ADDRS_V4_MAP: &str = "BANNED_ADDRS_V4";
+
+/// An IPv4 address as a map key: its 4 bytes, in network order.
+pub type Addr4Key = [u8; 4];
 /// Banned prefixes (IPv6 /64 aggregates, admin CIDRs): an LPM trie keyed by
 /// (prefix length, AddrKey); IPv4 prefixes have 96 added to their length.
 pub const PREFIXES_MAP: &str = "BANNED_PREFIXES";
@@ -234,6 +240,7 @@ pub const EVENTS_MAP: &str = "EVENTS";
 
 /// File names under the pin directory.
 pub const PIN_ADDRS: &str = "banned_addrs";
+pub const PIN_ADDRS_V4: &str = "banned_addrs_v4";
 pub const PIN_PREFIXES: &str = "banned_prefixes";
 pub const PIN_COUNTERS: &str = "counters";
 pub const PIN_ALLOWED: &str = "allowed";

@@ -15,9 +15,10 @@ use ebpf_common::{
 };
 
 use crate::maps::{
-    ALLOWED, BANNED_ADDRS, BANNED_PREFIXES, EVENTS, SOURCES, STRAY_HINT, ZERO_STATE,
+    ALLOWED, BANNED_ADDRS, BANNED_ADDRS_V4, BANNED_PREFIXES, EVENTS, SOURCES, STRAY_HINT,
+    ZERO_STATE,
 };
-use crate::parse::Tcp;
+use crate::parse::{Source, Tcp};
 use crate::{count, now_ns};
 
 pub const FIN: u8 = 0x01;
@@ -36,8 +37,13 @@ pub enum Ban {
 
 /// Is `source` timed out now, by its address or a prefix?
 #[inline(always)]
-pub fn banned(source: &AddrKey, config: &DetectConfig) -> Ban {
-    if let Some(value) = BANNED_ADDRS.get_ptr_mut(source) {
+pub fn banned(source: &Source, config: &DetectConfig) -> Ban {
+    let entry = if source.is_v4 {
+        BANNED_ADDRS_V4.get_ptr_mut(&source.v4)
+    } else {
+        BANNED_ADDRS.get_ptr_mut(&source.key)
+    };
+    if let Some(value) = entry {
         // SAFETY: a map value returned by lookup stays valid until this
         // program run ends (RCU), even if userspace deletes the entry.
         // Several CPUs may hold it at once, so `expires_ns` is only read
@@ -49,7 +55,7 @@ pub fn banned(source: &AddrKey, config: &DetectConfig) -> Ban {
         count(COUNTER_PASSED_EXPIRED);
     }
     if config.prefixes_empty == 0
-        && let Some(value) = BANNED_PREFIXES.get(Key::new(128, *source))
+        && let Some(value) = BANNED_PREFIXES.get(Key::new(128, source.key))
     {
         if in_force(value.expires_ns, now_ns()) {
             return Ban::Prefix;

@@ -47,7 +47,7 @@ mod parse;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::bindings::xdp_action;
-use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use aya_ebpf::macros::xdp;
 use aya_ebpf::programs::XdpContext;
 use ebpf_common::{
@@ -55,7 +55,7 @@ use ebpf_common::{
 };
 
 use crate::detect::{Ban, banned, inspect, inspect_unparsed, is_allowed, is_service_port};
-use crate::maps::{CONFIG, COUNTERS};
+use crate::maps::{CLOCK, CONFIG, COUNTERS};
 use crate::parse::parse;
 
 #[xdp]
@@ -74,7 +74,7 @@ pub fn penaltybox(ctx: XdpContext) -> u32 {
         Ban::None => {}
         // Already timed out: its probes are not news.
         Ban::Address(_) | Ban::Prefix if !in_scope => return xdp_action::XDP_PASS,
-        Ban::Address(_) | Ban::Prefix if is_allowed(&source, config) => {
+        Ban::Address(_) | Ban::Prefix if is_allowed(&source.key, config) => {
             count(COUNTER_PASSED_ALLOWED);
             return xdp_action::XDP_PASS;
         }
@@ -109,9 +109,9 @@ pub fn penaltybox(ctx: XdpContext) -> u32 {
     if config.enabled == 0 {
         xdp_action::XDP_PASS
     } else if tcp.unparsed {
-        inspect_unparsed(&source, config)
+        inspect_unparsed(&source.key, config)
     } else if tcp.present {
-        inspect(&source, tcp, to_service, config)
+        inspect(&source.key, tcp, to_service, config)
     } else {
         xdp_action::XDP_PASS
     }
@@ -138,12 +138,28 @@ pub fn pass_all(_ctx: aya_ebpf::programs::TcContext) -> i32 {
 /// CLOCK_MONOTONIC now, at tick resolution (CLOCK_MONOTONIC_COARSE, a few
 /// ms: a ban may end that much late, a window start that much off; the
 /// SYN limit's 20 ms interval is coarser still). Read only where a
-/// decision needs it (a ban matched, a probe): the clock is a fair part of
-/// a packet's cost, and the coarse one costs a fraction of the precise.
+/// decision needs it (a ban matched, a probe). The coarse clock moves once
+/// a tick, as jiffies do, so it is read (a helper call, most of a banned
+/// packet's cost) once per tick and CPU and kept in `CLOCK`; every other
+/// read is a jiffies load (`bpf_jiffies64`, which the verifier inlines).
 #[inline(always)]
 fn now_ns() -> u64 {
-    // SAFETY: no preconditions (Linux >= 5.11).
-    unsafe { bpf_ktime_get_coarse_ns() }
+    // SAFETY: no preconditions (Linux >= 5.5; inlined by the verifier on
+    // 64-bit JITs).
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(cached) = CLOCK.get_ptr_mut(0) else {
+        // SAFETY: no preconditions (Linux >= 5.11).
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    };
+    // SAFETY: this CPU's own slot of a per-CPU array; XDP and TC egress do
+    // not interrupt each other on one CPU (see `count`).
+    unsafe {
+        if (*cached)[0] != jiffies {
+            (*cached)[1] = bpf_ktime_get_coarse_ns();
+            (*cached)[0] = jiffies;
+        }
+        (*cached)[1]
+    }
 }
 
 #[inline(always)]

@@ -7,12 +7,16 @@ use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf};
 use ebpf_common::{
-    AddrKey, BanValue, COUNTER_SLOTS, DetectConfig, EVENTS_BYTES, MAX_ADDRS, MAX_ALLOWED,
+    Addr4Key, AddrKey, BanValue, COUNTER_SLOTS, DetectConfig, EVENTS_BYTES, MAX_ADDRS, MAX_ALLOWED,
     MAX_PREFIXES, MAX_SOURCES, SourceState,
 };
 
 #[map(name = "BANNED_ADDRS")]
 pub static BANNED_ADDRS: HashMap<AddrKey, BanValue> =
+    HashMap::with_max_entries(MAX_ADDRS, BPF_F_NO_PREALLOC);
+
+#[map(name = "BANNED_ADDRS_V4")]
+pub static BANNED_ADDRS_V4: HashMap<Addr4Key, BanValue> =
     HashMap::with_max_entries(MAX_ADDRS, BPF_F_NO_PREALLOC);
 
 #[map(name = "BANNED_PREFIXES")]
@@ -36,6 +40,11 @@ pub static ZERO_STATE: Array<SourceState> = Array::with_max_entries(1, 0);
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// This CPU's coarse clock as of a tick (see `now_ns`): the jiffy it was
+/// read at, and what it read.
+#[map(name = "CLOCK")]
+pub static CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// See `ebpf_common::STRAY_HINT_MAP`.
 #[map(name = "STRAY_HINT")]

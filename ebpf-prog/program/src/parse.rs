@@ -15,7 +15,7 @@ use core::mem::{self, MaybeUninit};
 
 use aya_ebpf::helpers::generated::bpf_xdp_load_bytes;
 use aya_ebpf::programs::XdpContext;
-use ebpf_common::{AddrKey, COUNTER_UNPARSED, v4_mapped};
+use ebpf_common::{Addr4Key, AddrKey, COUNTER_UNPARSED, v4_mapped};
 
 use crate::count;
 
@@ -37,6 +37,16 @@ const IPV6_HEADER: usize = 40;
 /// has at most six (hop-by-hop, destination options, routing, fragment,
 /// AH, destination options), and a longer chain is unparsed.
 pub const MAX_EXTENSION_HEADERS: u32 = 6;
+
+/// Where a packet comes from: the address as the map key every map but the
+/// IPv4 address map uses (IPv4 as IPv4-mapped IPv6), and the IPv4 address
+/// alone for that one. Every field is written on every path (see [`Tcp`]).
+#[derive(Clone, Copy)]
+pub struct Source {
+    pub key: AddrKey,
+    pub v4: Addr4Key,
+    pub is_v4: bool,
+}
 
 /// The TCP fields the program looks at. Not an `Option`: every field is
 /// written on every path (`NO_TCP` when there is no header), because
@@ -70,7 +80,7 @@ const UNPARSED: Tcp = Tcp {
 /// The packet's source address, if it is IPv4 or IPv6 (behind at most two
 /// VLAN tags) and long enough, and what it carries.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Option<(AddrKey, Tcp)> {
+pub fn parse(ctx: &XdpContext) -> Option<(Source, Tcp)> {
     match u16::from_be(read::<u16>(ctx, 12)?) {
         ETHERTYPE_IPV4 => ipv4::<14>(ctx),
         ETHERTYPE_IPV6 => ipv6::<14>(ctx),
@@ -91,8 +101,13 @@ pub fn parse(ctx: &XdpContext) -> Option<(AddrKey, Tcp)> {
 /// IPv4 at `L3` (a constant per VLAN depth, so every read is at a fixed
 /// offset).
 #[inline(always)]
-fn ipv4<const L3: usize>(ctx: &XdpContext) -> Option<(AddrKey, Tcp)> {
-    let source = v4_mapped(read::<[u8; 4]>(ctx, L3 + 12)?);
+fn ipv4<const L3: usize>(ctx: &XdpContext) -> Option<(Source, Tcp)> {
+    let v4 = read::<Addr4Key>(ctx, L3 + 12)?;
+    let source = Source {
+        key: v4_mapped(v4),
+        v4,
+        is_v4: true,
+    };
     let version_ihl = read::<u8>(ctx, L3)?;
     let header = usize::from(version_ihl & 0x0f) * 4;
     let protocol = read::<u8>(ctx, L3 + 9)?;
@@ -116,8 +131,12 @@ fn ipv4<const L3: usize>(ctx: &XdpContext) -> Option<(AddrKey, Tcp)> {
 /// IPv6 at `L3`: TCP right after the fixed header is read in place; a
 /// chain of extension headers is walked.
 #[inline(always)]
-fn ipv6<const L3: usize>(ctx: &XdpContext) -> Option<(AddrKey, Tcp)> {
-    let source = read::<AddrKey>(ctx, L3 + 8)?;
+fn ipv6<const L3: usize>(ctx: &XdpContext) -> Option<(Source, Tcp)> {
+    let source = Source {
+        key: read::<AddrKey>(ctx, L3 + 8)?,
+        v4: [0; 4],
+        is_v4: false,
+    };
     let next_header = read::<u8>(ctx, L3 + 6)?;
     if next_header == IPPROTO_TCP {
         return Some((source, tcp_at(ctx, L3 + IPV6_HEADER)));
