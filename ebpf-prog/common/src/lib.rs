@@ -231,7 +231,7 @@ pub const EVENTS_BYTES: u32 = 256 * 1024;
 /// Sources the detectors track at once. LRU: under a spoofed flood the
 /// oldest one-SYN sources are evicted first, and a real scanner, whose
 /// state is touched on every probe, stays. 262,144 entries cost about
-/// 36 MiB of kernel memory (preallocated; see docs/BENCHMARKS.md).
+/// 44 MiB (96-byte states) of kernel memory (preallocated; see docs/BENCHMARKS.md).
 pub const MAX_SOURCES: u32 = 262_144;
 
 pub const CONFIG_MAP: &str = "CONFIG";
