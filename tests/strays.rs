@@ -112,6 +112,10 @@ fn ack_window_and_maimon_scans_are_timed_out_and_the_rest_dropped_in_the_kernel(
     let (code, out, err) = bed.admin(&server.admin_key, &server_pub, &["show", "198.18.77.41"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("stray-segments"), "{out}");
+    assert!(
+        out.contains("the kernel saw: 16 segments that belonged to no connection"),
+        "{out}"
+    );
 }
 
 #[test]

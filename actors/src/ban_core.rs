@@ -214,15 +214,17 @@ impl BanCore {
     }
 
     /// A time-out found by the kernel detectors: the same policy as
-    /// [`BanCore::ban`], with what the kernel saw as the evidence in the log.
+    /// [`BanCore::ban`], with what the kernel saw kept in the record and
+    /// told in words (`evidence`) in the log.
     pub fn ban_detected(
         &mut self,
         source: IpAddr,
         cause: BanCause,
+        seen: model::KernelSeen,
         evidence: &str,
         now_ms: u64,
     ) -> BanOutcome {
-        self.ban_for(source, cause, FirstBytes::default(), evidence, now_ms)
+        self.ban_for(source, cause, seen.to_first_bytes(), evidence, now_ms)
     }
 
     fn ban_for(

@@ -50,6 +50,7 @@ pub struct Ban {
 pub struct KernelDetection {
     pub source: IpAddr,
     pub cause: BanCause,
+    pub seen: model::KernelSeen,
     pub evidence: String,
     /// When the event was read from the kernel.
     pub detected_at: Instant,
@@ -256,6 +257,7 @@ impl Handler<KernelDetection> for BanRegistry {
         let outcome = self.core.ban_detected(
             detected.source,
             detected.cause,
+            detected.seen,
             &detected.evidence,
             now_ms(),
         );

@@ -168,6 +168,7 @@ impl ServerHandle {
         &self,
         source: std::net::IpAddr,
         cause: model::BanCause,
+        seen: model::KernelSeen,
         evidence: String,
     ) {
         crate::stats::bump(&self.shared.stats.kernel_detections);
@@ -176,6 +177,7 @@ impl ServerHandle {
             .do_send(crate::registry::KernelDetection {
                 source,
                 cause,
+                seen,
                 evidence,
                 detected_at: std::time::Instant::now(),
             });

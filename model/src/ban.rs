@@ -37,6 +37,39 @@ pub struct BanInfo {
     pub origin: Origin,
 }
 
+/// What the kernel saw of a source it reported: the detector's figure
+/// (distinct ports, SYNs, strays or unparseable packets; for bad flags, the
+/// flags byte) and a sample destination port. A kernel detection has no
+/// first bytes of its own, so this is what its time-out keeps in
+/// `first_bytes` (tagged, so it is never read from a client's bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelSeen {
+    pub figure: u32,
+    pub port: u16,
+}
+
+const KERNEL_SEEN_TAG: [u8; 2] = *b"k1";
+
+impl KernelSeen {
+    pub fn to_first_bytes(self) -> FirstBytes {
+        let mut bytes = [0u8; 8];
+        bytes[..2].copy_from_slice(&KERNEL_SEEN_TAG);
+        bytes[2..6].copy_from_slice(&self.figure.to_be_bytes());
+        bytes[6..].copy_from_slice(&self.port.to_be_bytes());
+        FirstBytes::truncated(&bytes)
+    }
+
+    /// What a kernel detection's time-out kept; `None` for anything else
+    /// (a client's first bytes, an older record).
+    pub fn from_first_bytes(bytes: &[u8]) -> Option<KernelSeen> {
+        let bytes: [u8; 8] = bytes.try_into().ok()?;
+        (bytes[..2] == KERNEL_SEEN_TAG).then(|| KernelSeen {
+            figure: u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]),
+            port: u16::from_be_bytes([bytes[6], bytes[7]]),
+        })
+    }
+}
+
 /// What the server knows about one address or prefix (`bans show`).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct BanReport {
@@ -226,6 +259,18 @@ impl FromStr for BanCause {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_kernel_saw_round_trips_through_first_bytes() {
+        let seen = KernelSeen {
+            figure: 16,
+            port: 5000,
+        };
+        let bytes = seen.to_first_bytes();
+        assert_eq!(KernelSeen::from_first_bytes(bytes.as_slice()), Some(seen));
+        assert_eq!(KernelSeen::from_first_bytes(b"GET / HT"), None);
+        assert_eq!(KernelSeen::from_first_bytes(b""), None);
+    }
 
     #[test]
     fn cause_names_round_trip_and_fit() {

@@ -20,6 +20,7 @@ pub mod inline;
 pub mod volume;
 
 pub use ban::{
-    BanCause, BanHistory, BanInfo, BanReport, Cause, CauseClass, FirstBytes, KernelEntry, Origin,
+    BanCause, BanHistory, BanInfo, BanReport, Cause, CauseClass, FirstBytes, KernelEntry,
+    KernelSeen, Origin,
 };
 pub use cidr::{Cidr, CidrError};

@@ -175,7 +175,7 @@ fn main() {
         let ip = addr(i);
         let started = Instant::now();
         a.server
-            .report_detection(ip, BanCause::PortScan, "bench".into());
+            .report_detection(ip, BanCause::PortScan, Default::default(), "bench".into());
         spin_until(Duration::from_secs(5), "propagation", || {
             b.server.is_timed_out(ip)
         });
@@ -242,8 +242,12 @@ fn main() {
         d_stats.caught_up.load(Ordering::Relaxed)
     });
     for i in 0..catch_up {
-        d.server
-            .report_detection(addr(i), BanCause::PortScan, "bench".into());
+        d.server.report_detection(
+            addr(i),
+            BanCause::PortScan,
+            Default::default(),
+            "bench".into(),
+        );
     }
     wait_until(Duration::from_secs(300), "bucket filled", || {
         d_stats.published.load(Ordering::Relaxed) >= u64::from(catch_up)
@@ -309,7 +313,7 @@ fn storm(server: &ServerHandle, next: &mut u32) -> Duration {
         for _ in 0..PER_MILLI {
             last = addr(*next);
             *next += 1;
-            server.report_detection(last, BanCause::PortScan, "storm".into());
+            server.report_detection(last, BanCause::PortScan, Default::default(), "storm".into());
         }
         spin_until(Duration::from_secs(5), "storm ban", || {
             server.is_timed_out(last)

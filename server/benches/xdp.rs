@@ -472,6 +472,8 @@ fn egress_cost(rows: &mut Vec<(String, String)>, repeat: u32, rounds: usize) {
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/penaltybox-egr-{}", std::process::id()));
     let mut program = xdp::TestProgram::load_object(&pin_dir, BASELINE, "drop_all").unwrap();
     program.load_classifier("pass_all").unwrap();
+    program.load_xdp("socket_lookup").unwrap();
+    program.load_xdp("parse_only").unwrap();
     let mut table = PinnedMaps::open(&pin_dir).unwrap();
     table.set_detection(&xdp::Detection::default()).unwrap();
     for (path, frame) in [
@@ -508,6 +510,25 @@ fn egress_cost(rows: &mut Vec<(String, String)>, repeat: u32, rounds: usize) {
             format!("{ours:.1} ns vs {pass:.1} ns = {:+.1} ns", ours - pass),
         ));
     }
+    // Design (b), which was not built: a socket lookup in XDP for every
+    // segment with ACK (an ACK of a clean source, to a port nothing here
+    // listens on), against the same parse without it.
+    let ack = packets::Segment::new("198.18.202.1", 5000, ACK).frame();
+    let mut lookup = Vec::new();
+    let mut parse = Vec::new();
+    for _ in 0..rounds {
+        let run = |name| program.run_xdp(name, &ack, repeat).unwrap().1.as_nanos() as f64;
+        lookup.push(run("socket_lookup"));
+        parse.push(run("parse_only"));
+    }
+    let (lookup, parse) = (median(lookup), median(parse));
+    rows.push((
+        "design (b): a socket lookup in XDP per segment with ACK".into(),
+        format!(
+            "{lookup:.1} ns vs {parse:.1} ns without it = {:+.1} ns",
+            lookup - parse
+        ),
+    ));
 }
 
 /// A real `serve -B` on a test-run program's pinned maps: scanners' probes

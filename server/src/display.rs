@@ -16,7 +16,33 @@ pub fn ban_json(ban: &BanInfo, now_ms: u64) -> serde_json::Value {
         "banned_at": format_time(ban.banned_at_ms),
         "first_bytes": hex(ban.first_bytes.as_slice()),
         "first_bytes_text": printable(ban.first_bytes.as_slice()),
+        "kernel_saw": kernel_saw(ban),
         "origin": origin(ban),
+    })
+}
+
+/// What the kernel saw of a source its detectors reported, in words; `None`
+/// for any other time-out.
+pub fn kernel_saw(ban: &BanInfo) -> Option<String> {
+    let cause: model::BanCause = ban.cause.as_str().parse().ok()?;
+    let seen = model::KernelSeen::from_first_bytes(ban.first_bytes.as_slice())?;
+    let (figure, port) = (seen.figure, seen.port);
+    Some(match cause {
+        model::BanCause::PortScan => {
+            format!("probes to {figure} distinct ports, the last to port {port}")
+        }
+        model::BanCause::SynFlood => format!("{figure} SYNs to port {port} within the window"),
+        model::BanCause::BadTcpFlags => format!(
+            "{} to port {port}",
+            crate::kernel_wiring::flag_names(figure)
+        ),
+        model::BanCause::StraySegments => format!(
+            "{figure} segments that belonged to no connection (each with ACK: an ACK, FIN+ACK, SYN+ACK or data; the stack reset each), the last to port {port}"
+        ),
+        model::BanCause::UnparsedFlood => {
+            format!("{figure} packets whose TCP header could not be found")
+        }
+        _ => return None,
     })
 }
 
@@ -74,7 +100,9 @@ pub fn report_text(
                 ban.repeat
             ));
             let bytes = ban.first_bytes.as_slice();
-            if bytes.is_empty() {
+            if let Some(saw) = kernel_saw(ban) {
+                lines.push(format!("  the kernel saw: {saw}"));
+            } else if bytes.is_empty() {
                 lines
                     .push("  first bytes: none (a kernel detection or an admin's time-out)".into());
             } else {

@@ -250,7 +250,11 @@ fn watch(events: EventReader, server: ServerHandle, detection: Detection) -> std
             };
             for detected in ready.get_inner_mut().by_ref() {
                 let (cause, evidence) = explain(&detected, &detection);
-                server.report_detection(detected.source, cause, evidence);
+                let seen = model::KernelSeen {
+                    figure: detected.figure,
+                    port: detected.port,
+                };
+                server.report_detection(detected.source, cause, seen, evidence);
             }
             ready.clear_ready();
         }
@@ -309,7 +313,7 @@ fn explain(detected: &Detected, detection: &Detection) -> (BanCause, String) {
 
 /// A bad-flags figure in words: "TCP flags FIN PSH URG", "TCP flags none",
 /// "a TCP header of 4 words".
-fn flag_names(figure: u32) -> String {
+pub fn flag_names(figure: u32) -> String {
     let data_offset = figure >> 8;
     if data_offset != 0 {
         return format!("a TCP header of {data_offset} words (under 5)");

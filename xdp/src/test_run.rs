@@ -100,6 +100,37 @@ impl TestProgram {
         Ok((result.return_value, result.duration))
     }
 
+    /// Loads another XDP program of the object (the bench's baselines).
+    pub fn load_xdp(&mut self, program: &str) -> Result<(), XdpError> {
+        let xdp = crate::attach::xdp_program(&mut self.ebpf, program)?;
+        crate::verified(xdp.load(), "load an XDP program")
+    }
+
+    /// Runs another loaded XDP program of the object on `packet`.
+    pub fn run_xdp(
+        &self,
+        program: &str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Duration), XdpError> {
+        let xdp: &Xdp = self
+            .ebpf
+            .program(program)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| XdpError::Kernel {
+                what: "test run".into(),
+                detail: format!("no loaded XDP program {program:?}"),
+            })?;
+        let result = xdp
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                repeat: repeat.max(1),
+                ..TestRunOptions::default()
+            })
+            .map_err(|e| XdpError::from_os("BPF_PROG_TEST_RUN", &e))?;
+        Ok((result.return_value, result.duration))
+    }
+
     /// Loads another classifier of the object (the bench's baseline).
     pub fn load_classifier(&mut self, program: &str) -> Result<(), XdpError> {
         let classifier: &mut SchedClassifier = self

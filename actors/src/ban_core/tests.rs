@@ -320,3 +320,25 @@ fn monitor_mode_decides_once_and_enforces_nothing() {
     ));
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn a_kernel_detection_keeps_what_the_kernel_saw_in_its_record() {
+    let mut bed = Bed::new(BanPolicy::default());
+    let seen = model::KernelSeen {
+        figure: 16,
+        port: 5000,
+    };
+    let record = banned(bed.core.ban_detected(
+        ip("198.51.100.7"),
+        BanCause::StraySegments,
+        seen,
+        "kernel: 16 segments",
+        NOW,
+    ));
+    assert_eq!(record.cause.as_str(), "stray-segments");
+    assert_eq!(record.expires_at_ms, NOW + 60 * MIN);
+    assert_eq!(
+        model::KernelSeen::from_first_bytes(record.first_bytes.as_slice()),
+        Some(seen)
+    );
+}

@@ -127,6 +127,67 @@ pub fn drop_all(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
+/// Design (b) of the stray detector, for the benchmark only: what a socket
+/// lookup (`bpf_skc_lookup_tcp`) for every IPv4 segment with ACK costs,
+/// against `parse_only` (the same parse, no lookup). Not in the embedded
+/// object; see docs/BENCHMARKS.md for why design (a) was built instead.
+#[cfg(feature = "bench")]
+#[xdp]
+pub fn socket_lookup(ctx: XdpContext) -> u32 {
+    use aya_ebpf::bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple};
+    use aya_ebpf::helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp};
+    // The addresses and ports of an IPv4 header without options: one read
+    // (two would leave the verifier a branch with one of them unset).
+    let Some(b) = parse::read::<[u8; 12]>(&ctx, 14 + 12) else {
+        return xdp_action::XDP_PASS;
+    };
+    let mut tuple = core::mem::MaybeUninit::<bpf_sock_tuple>::uninit();
+    // SAFETY: the IPv4 half of the tuple, written field by field (a struct
+    // literal becomes a memset the verifier refuses), then read by the
+    // helper for exactly its size.
+    let sk = unsafe {
+        let v4 = core::ptr::addr_of_mut!((*tuple.as_mut_ptr()).__bindgen_anon_1.ipv4);
+        core::ptr::write_volatile(
+            core::ptr::addr_of_mut!((*v4).saddr),
+            u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        );
+        core::ptr::write_volatile(
+            core::ptr::addr_of_mut!((*v4).daddr),
+            u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        );
+        core::ptr::write_volatile(
+            core::ptr::addr_of_mut!((*v4).sport),
+            u16::from_ne_bytes([b[8], b[9]]),
+        );
+        core::ptr::write_volatile(
+            core::ptr::addr_of_mut!((*v4).dport),
+            u16::from_ne_bytes([b[10], b[11]]),
+        );
+        bpf_skc_lookup_tcp(
+            ctx.ctx.cast(),
+            tuple.as_mut_ptr(),
+            12,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
+    };
+    if !sk.is_null() {
+        // SAFETY: a socket the lookup returned, released once.
+        unsafe { bpf_sk_release(sk.cast()) };
+    }
+    xdp_action::XDP_PASS
+}
+
+/// The same parse as `socket_lookup`, without the lookup (bench only).
+#[cfg(feature = "bench")]
+#[xdp]
+pub fn parse_only(ctx: XdpContext) -> u32 {
+    match parse::read::<[u8; 12]>(&ctx, 14 + 12) {
+        Some(b) if b[0] == b[8] && b[4] == b[10] => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
 /// Passes everything: the baseline the benchmark compares the egress
 /// program's cost with (bench object only).
 #[cfg(feature = "bench")]
