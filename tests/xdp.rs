@@ -401,12 +401,12 @@ fn the_program_loads_with_cap_bpf_and_cap_net_admin_alone() {
             &pin,
         ],
     );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
     assert!(bed.status()["detectors"].is_object());
+    // The egress program (the stray detector) too, with no warning.
+    assert_eq!(bed.status()["egress_attached"], true, "{stderr}");
+    assert!(!stderr.contains("stray-segment detector is off"), "{stderr}");
 }
 
 #[test]
