@@ -406,7 +406,10 @@ fn the_program_loads_with_cap_bpf_and_cap_net_admin_alone() {
     assert!(bed.status()["detectors"].is_object());
     // The egress program (the stray detector) too, with no warning.
     assert_eq!(bed.status()["egress_attached"], true, "{stderr}");
-    assert!(!stderr.contains("stray-segment detector is off"), "{stderr}");
+    assert!(
+        !stderr.contains("stray-segment detector is off"),
+        "{stderr}"
+    );
 }
 
 #[test]
