@@ -24,6 +24,13 @@ fn admin_cli_online_and_offline() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("192.0.2.0/24"), "{out}");
+    // A prefix with host bits: one line giving both readings, nothing done.
+    let (code, _, err) = online(&["add", "192.0.2.77/24"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("192.0.2.77/24 has host bits set: write 192.0.2.0/24 for the network, or 192.0.2.77/32 for the one address"),
+        "{err}"
+    );
     let (code, out, _) = online(&["list", "--json"]);
     assert_eq!(code, 0);
     let ban: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();

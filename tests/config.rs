@@ -69,6 +69,14 @@ fn every_bad_config_is_one_clear_error_naming_the_key_or_file() {
         ),
         ("[bans]\nallow = [\"10.0.0.0/40\"]\n", "bans.allow[0]"),
         ("[bans]\nallow = [\"not-an-ip\"]\n", "bans.allow[0]"),
+        (
+            "[bans]\nallow = [\"10.0.0.1/8\"]\n",
+            "bans.allow[0]: 10.0.0.1/8 has host bits set: write 10.0.0.0/8 for the network, or 10.0.0.1/32 for the one address",
+        ),
+        (
+            "[proxy]\ntrusted = [\"192.0.2.9/24\"]\n",
+            "proxy.trusted[0]: 192.0.2.9/24 has host bits set",
+        ),
         ("[bans]\nipv6_prefix = 0\n", "bans.ipv6_prefix"),
         ("listen = [\"localhost\"]\n", "listen"),
         ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
@@ -221,4 +229,20 @@ fn serve_fails_on_a_busy_port_or_a_bad_key_list_before_creating_anything() {
     assert!(!output.status.success());
     assert!(err.contains("keys.admin_keys"), "{err}");
     assert!(!data.exists(), "a data dir (and key pair) was created");
+    // A busy metrics port (a second server on the host): one line naming
+    // the setting, and nothing created.
+    let output = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", &data_arg])
+        .env("PENALTYBOX_METRICS__LISTEN", &addr)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("metrics.listen: cannot listen on {addr}")),
+        "{err}"
+    );
+    assert!(!data.exists(), "a data dir (and key pair) was created");
+    drop(busy);
 }

@@ -288,6 +288,52 @@ fn a_full_table_evicts_the_entry_closest_to_expiry() {
 }
 
 #[test]
+fn an_eviction_flood_is_summed_up_once_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::with_config(dir.path(), "[bans]\nmax_entries = 10\n");
+    // 300 time-outs through an admin session, each after the table is full
+    // evicts one: 290 evictions within about a second.
+    let mut admin = server
+        .client_from("127.0.7.50", Some(&server.admin))
+        .unwrap();
+    for i in 0..300u32 {
+        let prefix = format!("198.51.{}.{}/32", 100 + i / 250, i % 250);
+        let response = block_on(admin.call(&Request::Admin(AdminRequest::AddBan {
+            prefix: prefix.parse().unwrap(),
+            duration_secs: Some(3600 + u64::from(i)),
+            cause: "flood".parse().unwrap(),
+            force: false,
+        })))
+        .unwrap();
+        assert!(matches!(response, Response::BanAdded(_)), "{response:?}");
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || server.stats().bans_evicted
+            == 290),
+        "{:?}",
+        server.stats()
+    );
+    // The first one at once, then a summary line a second (the flood takes
+    // well under ten seconds here).
+    assert!(
+        server
+            .wait_log(
+                "more in the last 1s, the first: evicted",
+                Duration::from_secs(3)
+            )
+            .is_some(),
+        "{}",
+        server.log_text()
+    );
+    let lines = server
+        .log_text()
+        .lines()
+        .filter(|line| line.contains("time-out table full"))
+        .count();
+    assert!((2..=12).contains(&lines), "{lines} lines for 290 evictions");
+}
+
+#[test]
 fn bans_survive_a_clean_restart_and_kill_9_and_expire_during_downtime() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -25,7 +25,7 @@ use model::ban::BanInfo;
 use storage::{FleetChange, History, HistoryAfter, StorageError, Store};
 
 use crate::allow_list::AllowList;
-use crate::error_summary::ErrorSummary;
+use crate::error_summary::LogSummary;
 use crate::fleet_outlet::FleetOutlet;
 use crate::kernel_table::KernelTable;
 use crate::stats::{Stats, bump};
@@ -49,7 +49,9 @@ pub struct BanTable {
     max_entries: usize,
     stats: Arc<Stats>,
     /// Storage failures, one log line a second.
-    storage_errors: ErrorSummary,
+    storage_errors: LogSummary,
+    /// Evictions (a table full under a flood), one log line a second.
+    evictions: LogSummary,
 }
 
 /// Why a time-out ends. Every ending goes through [`BanTable::release`]
@@ -180,7 +182,12 @@ impl BanTable {
             fleet: None,
             max_entries,
             stats: parts.stats,
-            storage_errors: ErrorSummary::new("storage error", Duration::from_secs(1)),
+            storage_errors: LogSummary::errors("storage error", Duration::from_secs(1)),
+            evictions: LogSummary::at(
+                log::Level::Warn,
+                "time-out table full",
+                Duration::from_secs(1),
+            ),
         }
     }
 
@@ -340,7 +347,9 @@ impl BanTable {
             self.release_ended(&prefix);
             released += 1;
         }
-        self.storage_errors.flush(Instant::now());
+        let now = Instant::now();
+        self.storage_errors.flush(now);
+        self.evictions.flush(now);
         released
     }
 
@@ -350,12 +359,17 @@ impl BanTable {
             if self.view.expiry(&prefix) != Some(expires) {
                 continue; // stale
             }
-            log::warn!(
-                "time-out table full ({} entries): evicted {prefix}, {} before its expiry",
-                self.max_entries,
-                humantime::format_duration(Duration::from_secs(
-                    expires.saturating_sub(now_ms) / 1000
-                ))
+            let max = self.max_entries;
+            self.evictions.failed(
+                || {
+                    format!(
+                        "evicted {prefix}, {} before its expiry ({max} entries)",
+                        humantime::format_duration(Duration::from_secs(
+                            expires.saturating_sub(now_ms) / 1000
+                        ))
+                    )
+                },
+                Instant::now(),
             );
             let _ = self.release(&prefix, Ending::Evicted);
             return;

@@ -25,6 +25,14 @@ pub enum CidrError {
     BadAddress(String),
     #[error("prefix length {len} is too long for {addr} (max {max})")]
     BadLength { addr: IpAddr, len: u8, max: u8 },
+    #[error(
+        "{written} has host bits set: write {network} for the network, or {host} for the one address"
+    )]
+    HostBits {
+        written: String,
+        network: Cidr,
+        host: Cidr,
+    },
 }
 
 impl Cidr {
@@ -113,6 +121,31 @@ impl Cidr {
     }
 }
 
+impl Cidr {
+    /// What an operator writes (an allow-list entry, an admin's time-out, a
+    /// feed's line): `ADDR` or `ADDR/LEN`, and a prefix with host bits set
+    /// (`10.0.0.1/8`) is refused rather than read one way or the other: it
+    /// may mean `10.0.0.0/8` or be a typo for `10.0.0.1/32`, and that is
+    /// the operator's to say. (`FromStr` canonicalises, as the wire does.)
+    pub fn parse_exact(text: &str) -> Result<Cidr, CidrError> {
+        let cidr: Cidr = text.parse()?;
+        let written: IpAddr = match text.split_once('/') {
+            Some((addr, _)) => addr
+                .parse()
+                .map_err(|_| CidrError::BadAddress(text.into()))?,
+            None => return Ok(cidr),
+        };
+        if written.to_canonical() == cidr.addr {
+            return Ok(cidr);
+        }
+        Err(CidrError::HostBits {
+            written: text.to_owned(),
+            network: cidr,
+            host: Cidr::host(written),
+        })
+    }
+}
+
 /// Decoding goes through [`Cidr::new`], so a peer cannot smuggle in a
 /// prefix longer than its address or one with host bits set.
 impl<Context> Decode<Context> for Cidr {
@@ -184,6 +217,36 @@ mod tests {
         assert!(matches!(
             "10.0.0.1/x".parse::<Cidr>(),
             Err(CidrError::BadAddress(_))
+        ));
+    }
+
+    #[test]
+    fn what_an_operator_writes_has_no_host_bits() {
+        assert_eq!(
+            Cidr::parse_exact("10.0.0.0/8").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            Cidr::parse_exact("10.0.0.1").unwrap().to_string(),
+            "10.0.0.1/32"
+        );
+        let error = Cidr::parse_exact("10.0.0.1/8").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "10.0.0.1/8 has host bits set: write 10.0.0.0/8 for the network, or 10.0.0.1/32 for the one address"
+        );
+        assert!(matches!(
+            Cidr::parse_exact("2001:db8::1/64"),
+            Err(CidrError::HostBits { .. })
+        ));
+        assert!(Cidr::parse_exact("2001:db8::/64").is_ok());
+        assert!(
+            Cidr::parse_exact("::ffff:10.0.0.0/8").is_ok(),
+            "v4-mapped is v4"
+        );
+        assert!(matches!(
+            Cidr::parse_exact("10.0.0.0/40"),
+            Err(CidrError::BadLength { .. })
         ));
     }
 

@@ -59,6 +59,8 @@ enum BansCommand {
     },
     /// Time out an address or CIDR prefix.
     Add {
+        /// An address, or a network written without host bits (10.0.0.0/8).
+        #[arg(value_parser = Cidr::parse_exact)]
         prefix: Cidr,
         /// How long, e.g. 30m, 12h [default: bans.admin_default, 1h].
         #[arg(long = "for", value_parser = humantime::parse_duration)]

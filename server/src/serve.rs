@@ -147,7 +147,8 @@ struct Plan {
 
 impl Plan {
     /// Everything that can fail without touching the disk fails first: a
-    /// bad key list or a busy port must not leave a new key pair behind.
+    /// bad key list or a busy port (a listen address, the metrics
+    /// endpoint's) must not leave a new key pair behind.
     fn resolve(args: &ServeArgs) -> anyhow::Result<Plan> {
         let settings = args.settings()?;
         if let Some(spec) = &settings.log_level {
@@ -156,6 +157,13 @@ impl Plan {
         }
         let access = settings.access_policy()?;
         probe_listen(&settings.listen)?;
+        if let Some(metrics) = settings.metrics_listen()? {
+            actors::bind(metrics).with_context(|| {
+                format!(
+                    "metrics.listen: cannot listen on {metrics} (set metrics.listen to a free address, or \"\" to turn /metrics off)"
+                )
+            })?;
+        }
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("data_dir: cannot create {}", settings.data_dir.display()))?;
         let server_key = server_key(&settings)?;

@@ -96,9 +96,7 @@ impl Settings {
             .iter()
             .enumerate()
             .map(|(i, text)| {
-                text.trim()
-                    .parse()
-                    .map_err(|e| anyhow!("proxy.trusted[{i}]: {e}"))
+                Cidr::parse_exact(text.trim()).map_err(|e| anyhow!("proxy.trusted[{i}]: {e}"))
             })
             .collect()
     }
@@ -122,9 +120,7 @@ impl Settings {
             .iter()
             .enumerate()
             .map(|(i, text)| {
-                text.trim()
-                    .parse()
-                    .map_err(|e| anyhow!("bans.allow[{i}]: {e}"))
+                Cidr::parse_exact(text.trim()).map_err(|e| anyhow!("bans.allow[{i}]: {e}"))
             })
             .collect()
     }
