@@ -6,7 +6,11 @@
 //! durable; `flush_now` closes it on shutdown.
 //!
 //! When flushes keep failing and the disk has room again, it reopens the
-//! database and replays what was not durable ([`crate::trees`]).
+//! database and replays what was not durable ([`crate::trees`]). When a
+//! flush fails because the disk is full, the emergency reserve
+//! ([`crate::reserve`]) is given back first and the database reopened into
+//! the room it leaves, so that time-outs keep persisting while an attack
+//! fills the disk; it is made again once there is room.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -18,7 +22,7 @@ use crate::trees::Database;
 /// second at the default interval) …
 const RECOVERY_EVERY: u64 = 10;
 /// … once the disk has at least this much room.
-const RECOVERY_ROOM: u64 = 1 << 20;
+pub(crate) const RECOVERY_ROOM: u64 = 1 << 20;
 /// How often a missing emergency reserve is made again, at most.
 const RESERVE_LOOK_EVERY: Duration = Duration::from_secs(60);
 use std::thread::JoinHandle;
@@ -40,6 +44,14 @@ struct State {
     /// durable: their difference is what a crash now would lose.
     written: AtomicU64,
     durable: AtomicU64,
+}
+
+/// The reserve given back while serving: its room not yet spent, or spent
+/// and said so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spent {
+    No,
+    Said,
 }
 
 #[derive(Default)]
@@ -134,6 +146,8 @@ impl State {
         // worked, at most once a minute (it needs a free-space call).
         let mut reserve_looked_at = Instant::now();
         let mut reserve_in_place = false;
+        // Given back while serving, and (once its room is spent too) said so.
+        let mut reserve: Option<Spent> = None;
         loop {
             {
                 let mut flags = self.flags.lock().unwrap_or_else(|p| p.into_inner());
@@ -168,9 +182,28 @@ impl State {
                     if !reserve_in_place && reserve_looked_at.elapsed() >= RESERVE_LOOK_EVERY {
                         reserve_in_place = crate::reserve::ensure(self.db.dir());
                         reserve_looked_at = Instant::now();
+                        if reserve_in_place {
+                            reserve = None;
+                        }
                     }
                 }
                 Err(error) => {
+                    if reserve.is_none() && self.give_back_reserve() {
+                        reserve = Some(Spent::No);
+                        reserve_in_place = false;
+                        reserve_looked_at = Instant::now();
+                        if let Ok(upto) = self.db.reopen() {
+                            self.made_durable(upto);
+                            failing = None;
+                            continue;
+                        }
+                    } else if reserve == Some(Spent::No) {
+                        reserve = Some(Spent::Said);
+                        log::error!(
+                            "the room the emergency reserve gave back in {} is spent: time-outs stay in force, in memory and in the journal, and are written once there is room; free space there",
+                            self.db.dir().display()
+                        );
+                    }
                     let unflushed = self
                         .written
                         .load(Ordering::Acquire)
@@ -216,6 +249,23 @@ impl State {
                 }
             }
         }
+    }
+
+    /// The disk is full: gives the emergency reserve back, if there is
+    /// one, and says so. The caller reopens the database into the room.
+    fn give_back_reserve(&self) -> bool {
+        let dir = self.db.dir();
+        let full = crate::free_bytes(dir).is_some_and(|free| free < RECOVERY_ROOM);
+        if !full || !crate::reserve::release(dir) {
+            return false;
+        }
+        log::warn!(
+            "the disk of {} is full: gave back the {} MiB emergency reserve so that time-outs keep persisting (room for at least {} more); inventory writes stay paused; free space there (the reserve is made again once there is room)",
+            dir.display(),
+            crate::reserve::RESERVE_BYTES >> 20,
+            crate::reserve::TIME_OUTS_IN_RESERVE
+        );
+        true
     }
 
     fn made_durable(&self, upto: u64) {
