@@ -1,8 +1,11 @@
 //! Log output: env_logger, as text (the default) or as JSON lines with
 //! stable keys (`ts`, `level`, `target`, `message`, then the record's own
 //! key-values: a time-out's `event`, `prefix`, `source`, `cause`...).
-//! Without RUST_LOG, penaltybox's own crates log at the command's level and
-//! everything else (sled's internals) at `warn`.
+//! Without RUST_LOG, penaltybox's own crates log at the command's level,
+//! sled not at all (every error it has reaches the storage crate as a
+//! value, which says it in its own line, with what it did about it: sled's
+//! lines would say the same in its internal words), and everything else at
+//! `warn`.
 //!
 //! The filter can be replaced while running (the `log_level` setting, on
 //! start and on reload): env_logger fixes its own filter when it is built,
@@ -32,7 +35,9 @@ const OWN_TARGETS: [&str; 7] = [
 ];
 
 pub fn init(level: &str, format: Format) {
-    let default_filter = std::iter::once("warn".to_owned())
+    let default_filter = ["warn", "sled=off"]
+        .into_iter()
+        .map(str::to_owned)
         .chain(OWN_TARGETS.iter().map(|t| format!("{t}={level}")))
         .collect::<Vec<_>>()
         .join(",");

@@ -24,6 +24,9 @@
 //! failed flushes (a full disk) the database can be reopened and nothing
 //! made meanwhile is lost.
 //!
+//! A damaged database is repaired at open, keeping the damaged files, or
+//! refused, as the options say (`repair.rs`).
+//!
 //! A start on a full disk opens all the same: an emergency reserve file
 //! kept in the directory is given back first (`reserve.rs`); without one,
 //! a copy of the database in memory is opened instead, read-only in effect
@@ -38,6 +41,7 @@ pub mod bans;
 pub mod codec;
 mod commit;
 pub mod outbox;
+mod repair;
 mod reserve;
 pub mod salvage;
 mod scratch;
@@ -52,6 +56,7 @@ use std::time::Duration;
 
 pub use bans::{BanStore, History, HistoryAfter, LoadedBans};
 pub use outbox::{FleetChange, OutboxStore, Pending};
+pub use repair::OnDamage;
 pub use salvage::{CheckReport, TreeReport};
 pub use volumes::VolumeStore;
 pub use watermark::LostWrites;
@@ -80,15 +85,17 @@ pub enum StorageError {
     )]
     RunningFromCopy { dir: PathBuf },
     #[error(
-        "the database in {dir} is damaged ({detail}): move it aside (mv {dir} {dir}.damaged) and start again with an empty time-out table, or put back a copy of it from a backup"
+        "the database in {dir} is damaged ({detail}): a server start with storage.on_damage = \"repair\" (the default) repairs it, keeping the damaged files; or put back a copy of it from a backup"
     )]
     Damaged { dir: PathBuf, detail: String },
+    #[error("the database in {dir} is damaged and its repair failed: {detail}")]
+    RepairFailed { dir: PathBuf, detail: String },
     #[error("cannot lock the database in {dir}: {source}")]
     Lock {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("database error: {0}")]
+    #[error("database error: {}", sled_text(.0))]
     Sled(#[from] sled::Error),
     #[error(
         "the database in {dir} is closed after a failed write and could not be opened again yet"
@@ -100,6 +107,17 @@ pub enum StorageError {
 
 pub type Result<T> = std::result::Result<T, StorageError>;
 
+/// sled's error in a line of ours: its I/O errors in the system's words
+/// (sled's own text is the error's debug form), its damage without the
+/// empty backtrace it prints.
+fn sled_text(error: &sled::Error) -> String {
+    match error {
+        sled::Error::Io(io) => io.to_string(),
+        sled::Error::Corruption { .. } => "unreadable data (damaged)".into(),
+        other => other.to_string(),
+    }
+}
+
 /// How the database is tuned.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -110,6 +128,8 @@ pub struct StoreOptions {
     /// time-outs near 220 bytes each of RSS (64 MiB: 360), at the same ban
     /// rate and a restore of a million about 20 % slower (docs/BENCHMARKS.md).
     pub cache_bytes: u64,
+    /// What an open does with a damaged database ([`OnDamage`]).
+    pub on_damage: OnDamage,
 }
 
 impl Default for StoreOptions {
@@ -117,6 +137,7 @@ impl Default for StoreOptions {
         StoreOptions {
             flush_interval: Duration::from_millis(100),
             cache_bytes: 16 << 20,
+            on_damage: OnDamage::default(),
         }
     }
 }
@@ -171,6 +192,11 @@ impl StoreCore {
     /// Runs `f` on the open trees; errors are counted.
     pub(crate) fn with<T>(&self, f: impl FnOnce(&Trees) -> Result<T>) -> Result<T> {
         self.db.with(f).map_err(|error| self.count(error))
+    }
+
+    /// The time-out table as the open read it, once (`bans.rs`).
+    pub(crate) fn take_bans_read(&self) -> Option<bans::BansRead> {
+        self.db.take_bans_read()
     }
 
     fn count(&self, error: StorageError) -> StorageError {

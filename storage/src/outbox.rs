@@ -123,7 +123,7 @@ impl OutboxStore {
 
     pub fn len(&self) -> usize {
         self.shared
-            .with(|trees| Ok(trees.outbox.len()))
+            .with(|trees| crate::trees::count(&trees.outbox))
             .unwrap_or(0)
     }
 

@@ -115,9 +115,10 @@ fn unique() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Files not to copy: ours, not sled's.
+/// Files not to copy: ours (the flush number file is read from the real
+/// directory), and what repairs kept aside.
 fn skipped(name: &std::ffi::OsStr) -> bool {
-    name == "lock" || name == "reserve"
+    crate::repair::not_sleds(name)
 }
 
 fn size_of(dir: &Path) -> std::io::Result<u64> {

@@ -16,10 +16,12 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
 use sled::IVec;
 
+use crate::bans::BansRead;
 use crate::scratch::ScratchCopy;
 use crate::watermark::{LostWrites, Watermark};
 use crate::{Result, StorageError, StoreOptions};
@@ -44,7 +46,7 @@ pub(crate) struct Trees {
 }
 
 impl Trees {
-    fn open(dir: &Path, options: &StoreOptions) -> Result<Trees> {
+    pub fn open(dir: &Path, options: &StoreOptions) -> Result<Trees> {
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(options.cache_bytes)
@@ -69,14 +71,59 @@ impl Trees {
             }
         };
         let tree = |name: &str| db.open_tree(name).map_err(|source| open_error(dir, source));
+        let [bans, history, volumes, outbox] = TREE_NAMES;
         Ok(Trees {
-            bans: tree("bans")?,
-            history: tree("history")?,
-            volumes: tree("volumes")?,
-            outbox: tree("fleet-outbox")?,
+            bans: tree(bans)?,
+            history: tree(history)?,
+            volumes: tree(volumes)?,
+            outbox: tree(outbox)?,
             meta: tree("meta")?,
             db,
         })
+    }
+
+    /// The journalled trees, in [`TREE_NAMES`] order.
+    fn journalled(&self) -> [&sled::Tree; 4] {
+        [&self.bans, &self.history, &self.volumes, &self.outbox]
+    }
+
+    /// Reads every tree to its end, so that damage sled opens without is
+    /// found at start, not by a read while serving; the time-out table's
+    /// records go into `bans` on the way (the restore's read). Returns how
+    /// many time-outs there are.
+    pub fn verify(&self, dir: &Path, bans: &mut BansRead) -> Result<usize> {
+        let unreadable = |name: &str| StorageError::Damaged {
+            dir: dir.to_owned(),
+            detail: format!("a record of its {name} tree is unreadable"),
+        };
+        let mut time_outs = 0;
+        for entry in self.bans.iter() {
+            let (key, value) = entry.map_err(|_| unreadable(TREE_NAMES[0]))?;
+            bans.add(&key, &value);
+            time_outs += 1;
+        }
+        for (tree, name) in self.journalled().into_iter().zip(TREE_NAMES).skip(1) {
+            count(tree).map_err(|_| unreadable(name))?;
+        }
+        count(&self.meta).map_err(|_| unreadable("meta"))?;
+        Ok(time_outs)
+    }
+
+    /// Copies every record each tree yields before its first unreadable one
+    /// into `fresh` (a salvage); `counts` says how many, as they go.
+    pub fn copy_readable_into(&self, fresh: &Trees, counts: &mut [usize; 4]) -> Result<()> {
+        for ((from, to), count) in self
+            .journalled()
+            .into_iter()
+            .zip(fresh.journalled())
+            .zip(counts)
+        {
+            for (key, value) in from.iter().map_while(|entry| entry.ok()) {
+                to.insert(key, value)?;
+                *count += 1;
+            }
+        }
+        Ok(())
     }
 
     pub fn tree(&self, id: TreeId) -> &sled::Tree {
@@ -87,6 +134,21 @@ impl Trees {
             TreeId::Outbox => &self.outbox,
         }
     }
+}
+
+/// The journalled trees' names in sled (the fourth is the fleet outbox).
+pub(crate) const TREE_NAMES: [&str; 4] = ["bans", "history", "volumes", "fleet-outbox"];
+
+/// How many records `tree` holds, read to the end. Not sled's `len`: on a
+/// damaged tree its iterator yields the same error again and again, and
+/// `len` counts them for ever.
+pub(crate) fn count(tree: &sled::Tree) -> Result<usize> {
+    let mut n = 0;
+    for entry in tree.iter() {
+        entry?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// How long an open waits for sled's lock to be let go of (see `Trees::open`).
@@ -100,24 +162,54 @@ fn is_sled_lock(error: &std::io::Error) -> bool {
 }
 
 fn open_error(dir: &Path, source: sled::Error) -> StorageError {
+    let damaged = |detail: String| StorageError::Damaged {
+        dir: dir.to_owned(),
+        detail,
+    };
     match source {
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
             StorageError::DiskFull {
                 dir: dir.to_owned(),
             }
         }
-        sled::Error::Corruption { at, .. } => StorageError::Damaged {
-            dir: dir.to_owned(),
-            detail: match at {
-                Some(at) => format!("unreadable data at {at:?}"),
-                None => "unreadable data".into(),
-            },
-        },
+        sled::Error::Corruption { at, .. } => damaged(match at {
+            Some(at) => format!("unreadable data at {at:?}"),
+            None => "unreadable data".into(),
+        }),
+        // A log or snapshot shorter than what points into it.
+        sled::Error::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            damaged(format!("unreadable data: {io}"))
+        }
+        sled::Error::ReportableBug(_) => damaged("sled gave up reading it".into()),
+        // Settings that differ from the ones `conf` records: damage when
+        // `conf` fails its own checksum, a real mismatch (a database made
+        // by another sled) otherwise.
+        sled::Error::Unsupported(_) if !conf_is_whole(dir) => {
+            damaged("its conf file fails its checksum".into())
+        }
         source => StorageError::Open {
             dir: dir.to_owned(),
             source,
         },
     }
+}
+
+/// Whether sled's `conf` file in `dir` passes its checksum (its last four
+/// bytes: the CRC-32 of the rest, little-endian; sled 0.34 `write_config`),
+/// or is missing (sled writes a new one).
+fn conf_is_whole(dir: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(dir.join("conf")) else {
+        return true;
+    };
+    let Some((body, crc)) = bytes.split_last_chunk::<4>() else {
+        return false;
+    };
+    crc32fast::hash(body) == u32::from_le_bytes(*crc)
 }
 
 enum Op {
@@ -170,12 +262,21 @@ pub(crate) struct Database {
     /// `scratch.rs`): no flush of it counts, and the next reopen opens the
     /// real one and drops the copy.
     copy: Mutex<Option<ScratchCopy>>,
+    /// The time-out table as the open read it, until the restore takes it
+    /// or a write makes it stale (`bans.rs`).
+    bans_read: Mutex<Option<BansRead>>,
+    holds_bans_read: AtomicBool,
 }
 
 impl Database {
+    /// Opens the database of `dir`, read to the end; damage is repaired or
+    /// refused as `options` say ([`crate::repair`]).
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<Database> {
-        let trees = Trees::open(dir, options)?;
-        Database::around(dir, options, trees, None)
+        let opened = crate::repair::open(dir, options)?;
+        let database = Database::around(dir, options, opened.trees, None, opened.kept.as_deref())?;
+        *database.bans_read.lock().unwrap_or_else(|p| p.into_inner()) = Some(opened.bans);
+        database.holds_bans_read.store(true, Ordering::Release);
+        Ok(database)
     }
 
     /// Opens a copy of the database in memory in its place (a full disk
@@ -191,20 +292,21 @@ impl Database {
             dir.display(),
             copy.path().display()
         );
-        Database::around(dir, options, trees, Some(copy))
+        Database::around(dir, options, trees, Some(copy), None)
     }
 
     /// The database of `dir` around trees just opened (from `dir`, or from
     /// `copy` of it). The flush file read is always the real directory's:
     /// a copy's is the same, and once the real database is open again it
-    /// is the one to write.
+    /// is the one to write. `kept`: where a repair kept the damaged files.
     fn around(
         dir: &Path,
         options: &StoreOptions,
         trees: Trees,
         copy: Option<ScratchCopy>,
+        kept: Option<&Path>,
     ) -> Result<Database> {
-        let (watermark, lost) = Watermark::open(dir, &trees.meta)?;
+        let (watermark, lost) = Watermark::open(dir, &trees.meta, kept)?;
         Ok(Database {
             dir: dir.to_owned(),
             options: options.clone(),
@@ -213,6 +315,8 @@ impl Database {
             watermark: Mutex::new(watermark),
             lost,
             copy: Mutex::new(copy),
+            bans_read: Mutex::new(None),
+            holds_bans_read: AtomicBool::new(false),
         })
     }
 
@@ -228,6 +332,24 @@ impl Database {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some()
+    }
+
+    /// The time-out table as the open read it, once; `None` after a write.
+    pub fn take_bans_read(&self) -> Option<BansRead> {
+        if !self.holds_bans_read.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        self.bans_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// A write makes the open's read of the table stale.
+    fn forget_bans_read(&self) {
+        if self.holds_bans_read.load(Ordering::Acquire) {
+            drop(self.take_bans_read());
+        }
     }
 
     pub fn lost(&self) -> Option<LostWrites> {
@@ -263,6 +385,7 @@ impl Database {
         key: &[u8],
         value: Option<Vec<u8>>,
     ) -> (Result<Option<IVec>>, u64) {
+        self.forget_bans_read();
         let trees = self.trees.read().unwrap_or_else(|p| p.into_inner());
         let key = IVec::from(key);
         let value = value.map(IVec::from);
@@ -296,6 +419,7 @@ impl Database {
         key: &[u8],
         f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
     ) -> (Result<Option<IVec>>, u64) {
+        self.forget_bans_read();
         let trees = self.trees.read().unwrap_or_else(|p| p.into_inner());
         let Some(trees) = trees.as_ref() else {
             let dir = self.dir.clone();

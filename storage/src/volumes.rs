@@ -20,7 +20,7 @@ pub struct VolumeStore {
 
 impl VolumeStore {
     pub(crate) fn new(shared: Arc<StoreCore>) -> Result<Self> {
-        let count = shared.with(|trees| Ok(trees.volumes.len()))?;
+        let count = shared.with(|trees| crate::trees::count(&trees.volumes))?;
         Ok(VolumeStore {
             shared,
             count: Arc::new(AtomicUsize::new(count)),

@@ -81,8 +81,13 @@ pub(crate) struct Watermark {
 impl Watermark {
     /// Reads the file and the database's own number (in its `meta` tree),
     /// and compares them. Returns the numbering and what the database
-    /// lost, if it ever did.
-    pub(crate) fn open(dir: &Path, meta: &sled::Tree) -> Result<(Watermark, Option<LostWrites>)> {
+    /// lost, if it ever did. `kept`: where a repair at this start kept the
+    /// damaged files.
+    pub(crate) fn open(
+        dir: &Path,
+        meta: &sled::Tree,
+        kept: Option<&Path>,
+    ) -> Result<(Watermark, Option<LostWrites>)> {
         let path = dir.join(FILE_NAME);
         let on_file = read_file(&path);
         let held = meta
@@ -98,11 +103,17 @@ impl Watermark {
                 completed: on_file,
             };
             meta.insert(LOST_KEY, &found.encode())?;
+            let copy = match kept {
+                Some(kept) => format!("the damaged files are kept in {}", kept.display()),
+                None => format!(
+                    "keep a copy for inspection (cp -a {} {}.damaged)",
+                    dir.display(),
+                    dir.display()
+                ),
+            };
             log::error!(
-                "the database in {} is damaged: {found}; serving with what is left (in a fleet, the bucket brings back what it holds); keep a copy for inspection (cp -a {} {}.damaged); `penaltybox db check` reports this until `penaltybox db salvage --to NEW_DIR` makes a fresh database",
+                "the database in {} is damaged: {found}; serving with what is left (in a fleet, the bucket brings back what it holds); {copy}; `penaltybox db check` reports this until `penaltybox db salvage --to NEW_DIR` makes a fresh database",
                 dir.display(),
-                dir.display(),
-                dir.display()
             );
             lost = Some(found);
         } else if let Some(lost) = lost {

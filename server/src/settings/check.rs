@@ -141,6 +141,7 @@ impl Settings {
         ] {
             problems.note(check_duration(key, value, max, max_name));
         }
+        problems.note_some(self.storage.on_damage.problem("storage.on_damage"));
         if self.service.requests_per_second == 0 || self.service.request_burst == 0 {
             problems.note(Err(anyhow!(
                 "service.requests_per_second and service.request_burst: must be at least 1"

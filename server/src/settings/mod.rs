@@ -26,7 +26,7 @@ use anyhow::{Context, anyhow};
 use serde::{Deserialize, Serialize};
 
 pub use resolve::{read_key_list, service_ports};
-pub use values::{BanMode, Choice, DropScope, Dur, Named, XdpMode};
+pub use values::{BanMode, Choice, DropScope, Dur, Named, OnDamage, XdpMode};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -284,6 +284,8 @@ pub struct LimitSettings {
 pub struct StorageSettings {
     pub flush_interval: Dur,
     pub cache_mb: u64,
+    /// `"repair"` (move aside, else salvage, and serve) or `"refuse"`.
+    pub on_damage: Choice<OnDamage>,
 }
 
 fn minutes(n: u64) -> Dur {
@@ -366,6 +368,7 @@ impl Default for StorageSettings {
         StorageSettings {
             flush_interval: Dur(Duration::from_millis(100)),
             cache_mb: storage::StoreOptions::default().cache_bytes >> 20,
+            on_damage: Choice::default(),
         }
     }
 }

@@ -221,6 +221,7 @@ impl Settings {
         storage::StoreOptions {
             flush_interval: self.storage.flush_interval.0,
             cache_bytes: self.storage.cache_mb << 20,
+            on_damage: self.storage.on_damage.get().into(),
         }
     }
 
@@ -234,7 +235,13 @@ impl Settings {
                 self.data_dir.display()
             );
         }
-        Ok(storage::Store::open(&dir, &self.store_options())?)
+        // Repairs are the server's, at its start: an offline command says
+        // what is damaged and leaves the files as they are.
+        let options = storage::StoreOptions {
+            on_damage: storage::OnDamage::Refuse,
+            ..self.store_options()
+        };
+        Ok(storage::Store::open(&dir, &options)?)
     }
 }
 

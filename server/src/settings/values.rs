@@ -172,6 +172,31 @@ impl Named for DropScope {
         &[(DropScope::Service, "service"), (DropScope::All, "all")];
 }
 
+/// `storage.on_damage`: what a start does with a damaged database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnDamage {
+    /// Move aside what sled rebuilds without, else salvage what reads into
+    /// a fresh database; keep the damaged files; serve.
+    #[default]
+    Repair,
+    /// Refuse to start: a person decides.
+    Refuse,
+}
+
+impl Named for OnDamage {
+    const NAMES: &'static [(Self, &'static str)] =
+        &[(OnDamage::Repair, "repair"), (OnDamage::Refuse, "refuse")];
+}
+
+impl From<OnDamage> for storage::OnDamage {
+    fn from(value: OnDamage) -> Self {
+        match value {
+            OnDamage::Repair => storage::OnDamage::Repair,
+            OnDamage::Refuse => storage::OnDamage::Refuse,
+        }
+    }
+}
+
 /// `kernel.xdp_mode` and `xdp attach --mode`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpMode {
