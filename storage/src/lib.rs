@@ -40,7 +40,9 @@
 pub mod bans;
 pub mod codec;
 mod commit;
+mod layout;
 pub mod outbox;
+mod preread;
 mod repair;
 mod reserve;
 pub mod salvage;
@@ -195,7 +197,7 @@ impl StoreCore {
     }
 
     /// The time-out table as the open read it, once (`bans.rs`).
-    pub(crate) fn take_bans_read(&self) -> Option<bans::BansRead> {
+    pub(crate) fn take_bans_read(&self) -> Option<preread::BansRead> {
         self.db.take_bans_read()
     }
 
@@ -287,14 +289,16 @@ pub(crate) fn page<T, K>(
 impl Store {
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store> {
         let lock = lock(dir)?;
-        let mut opened = Database::open(dir, options);
+        // Read to the end, and repaired if damaged (`repair.rs`).
+        let open = || Database::open(dir, options, repair::open(dir, options)?);
+        let mut opened = open();
         if matches!(opened, Err(StorageError::DiskFull { .. })) && reserve::release(dir) {
             log::warn!(
                 "the disk of {} is full: gave back the {} MiB emergency reserve so that the database opens; time-outs made now persist while that room lasts, inventory writes stay paused; free space there (the reserve is made again once there is room)",
                 dir.display(),
                 reserve::RESERVE_BYTES >> 20
             );
-            opened = Database::open(dir, options);
+            opened = open();
         }
         if matches!(opened, Err(StorageError::DiskFull { .. })) {
             opened = Database::open_copy(dir, options);

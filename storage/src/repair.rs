@@ -30,8 +30,9 @@
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
-use crate::bans::BansRead;
-use crate::trees::Trees;
+use crate::layout::{ASIDE_PREFIX, SALVAGE_DIR, not_sleds};
+use crate::preread::BansRead;
+use crate::trees::{Opened, Trees};
 use crate::{Result, StorageError, StoreOptions};
 
 /// What a start does with a damaged database.
@@ -43,15 +44,6 @@ pub enum OnDamage {
     Repair,
     /// Refuse to open it: a person decides.
     Refuse,
-}
-
-/// A database opened and read to the end.
-pub(crate) struct Opened {
-    pub trees: Trees,
-    /// The time-out table as read.
-    pub bans: BansRead,
-    /// Where a repair kept the damaged files.
-    pub kept: Option<PathBuf>,
 }
 
 /// The trees of `dir`, opened and read to the end. A damaged database is
@@ -130,15 +122,6 @@ fn attempt<T>(dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
         })
     })
 }
-
-/// Files of `dir` that are not sled's: ours, and what repairs kept.
-pub(crate) fn not_sleds(name: &std::ffi::OsStr) -> bool {
-    let name = name.to_string_lossy();
-    matches!(&*name, "lock" | "reserve" | "flushed" | SALVAGE_DIR) || name.starts_with(ASIDE_PREFIX)
-}
-
-const ASIDE_PREFIX: &str = "damaged-";
-const SALVAGE_DIR: &str = "salvaged.tmp";
 
 /// `damaged-<time>/` in the database's directory: what a repair kept.
 struct Aside {
@@ -374,22 +357,6 @@ mod tests {
                 assert_eq!(detail, "sled gave up reading it")
             }
             other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn sleds_files_are_told_from_ours() {
-        for ours in [
-            "lock",
-            "reserve",
-            "flushed",
-            "salvaged.tmp",
-            "damaged-2026-12-05T20-10-13Z",
-        ] {
-            assert!(not_sleds(std::ffi::OsStr::new(ours)), "{ours}");
-        }
-        for sleds in ["db", "conf", "blobs", "snap.000000000016ECAE"] {
-            assert!(!not_sleds(std::ffi::OsStr::new(sleds)), "{sleds}");
         }
     }
 }

@@ -118,7 +118,7 @@ fn unique() -> u64 {
 /// Files not to copy: ours (the flush number file is read from the real
 /// directory), and what repairs kept aside.
 fn skipped(name: &std::ffi::OsStr) -> bool {
-    crate::repair::not_sleds(name)
+    crate::layout::not_sleds(name)
 }
 
 fn size_of(dir: &Path) -> std::io::Result<u64> {

@@ -21,7 +21,7 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 
 use sled::IVec;
 
-use crate::bans::BansRead;
+use crate::preread::BansRead;
 use crate::scratch::ScratchCopy;
 use crate::watermark::{LostWrites, Watermark};
 use crate::{Result, StorageError, StoreOptions};
@@ -33,6 +33,15 @@ pub(crate) enum TreeId {
     History,
     Volumes,
     Outbox,
+}
+
+/// A database opened and read to the end (`repair.rs`).
+pub(crate) struct Opened {
+    pub trees: Trees,
+    /// The time-out table as read.
+    pub bans: BansRead,
+    /// Where a repair kept the damaged files.
+    pub kept: Option<PathBuf>,
 }
 
 pub(crate) struct Trees {
@@ -269,10 +278,9 @@ pub(crate) struct Database {
 }
 
 impl Database {
-    /// Opens the database of `dir`, read to the end; damage is repaired or
-    /// refused as `options` say ([`crate::repair`]).
-    pub fn open(dir: &Path, options: &StoreOptions) -> Result<Database> {
-        let opened = crate::repair::open(dir, options)?;
+    /// The database of `dir` around its trees as an open found them (read
+    /// to the end, repaired if need be).
+    pub fn open(dir: &Path, options: &StoreOptions, opened: Opened) -> Result<Database> {
         let database = Database::around(dir, options, opened.trees, None, opened.kept.as_deref())?;
         *database.bans_read.lock().unwrap_or_else(|p| p.into_inner()) = Some(opened.bans);
         database.holds_bans_read.store(true, Ordering::Release);
