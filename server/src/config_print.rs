@@ -126,6 +126,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "sled's page cache (resident memory is a few times this)",
     ),
     (
+        "storage.on_damage",
+        "\"repair\" (move aside, else salvage, keep the damaged files, serve) or \"refuse\" (stop)",
+    ),
+    (
         "service.anonymous_writes",
         "anonymous (keyless) sessions may write the inventory",
     ),
