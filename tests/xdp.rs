@@ -310,7 +310,7 @@ fn an_allow_listed_source_inside_a_forced_time_out_is_never_dropped() {
         serde_json::json!([format!("{CLIENT_V4}/32")]),
         "{status}"
     );
-    let prefix = format!("{SERVER_V4}/24");
+    let prefix = "198.18.77.0/24".to_owned();
     let (code, _, err) = bed.admin(&server.admin_key, &server_pub, &["add", &prefix]);
     assert_eq!(code, 1, "refused without --force");
     assert!(err.contains("covers the allow-list entry"), "{err}");
