@@ -23,9 +23,12 @@ use crate::fleet_outlet::FleetOutlet;
 use crate::kernel_table::KernelTable;
 use crate::policy::{AdminBan, BanPolicy, expiry_after};
 use crate::view::BanView;
+use crate::widen::{Due, Widener};
 
 pub struct BanCore {
     policy: BanPolicy,
+    /// Which wider prefixes have seen which time-outs lately.
+    widener: Widener,
     /// Who is never timed out (the acceptors read the same list).
     allow: AllowList,
     table: BanTable,
@@ -130,6 +133,7 @@ impl BanCore {
         };
         let (table, report) = BanTable::restore(table, policy.max_entries, now_ms)?;
         let core = BanCore {
+            widener: Widener::new(policy.widen.clone()),
             policy,
             allow,
             table,
@@ -143,6 +147,7 @@ impl BanCore {
     /// policy).
     pub fn offline(policy: BanPolicy, allow: AllowList, store: Store) -> Self {
         BanCore {
+            widener: Widener::new(policy.widen.clone()),
             policy,
             table: BanTable::offline(store, allow.clone()),
             allow,
@@ -164,6 +169,7 @@ impl BanCore {
         now_ms: u64,
     ) -> PolicyChange {
         self.table.set_max_entries(policy.max_entries);
+        self.widener.set_policy(policy.widen.clone());
         self.policy = policy;
         let mut change = PolicyChange::default();
         for (prefix, _) in self.table.live(now_ms) {
@@ -275,6 +281,7 @@ impl BanCore {
             );
             self.table.stats().count_monitored(Some(cause));
             self.monitored.remember(record.clone());
+            self.widen_after(prefix, now_ms);
             return BanOutcome::Monitored(record);
         }
         self.table.insert(&record, now_ms);
@@ -285,7 +292,75 @@ impl BanCore {
             "timed out {prefix} for {duration} (cause {cause}, repeat {}, source {source}, {evidence})",
             decision.repeat,
         );
+        self.widen_after(prefix, now_ms);
         BanOutcome::Banned(record)
+    }
+
+    /// A new time-out of `member` (made here, by an admin, or by another
+    /// node): the wider prefixes it makes due are timed out.
+    fn widen_after(&mut self, member: Cidr, now_ms: u64) {
+        for due in self.widener.note(member, now_ms) {
+            self.widen(due, now_ms);
+        }
+    }
+
+    /// Times out a wider prefix over the time-outs inside it (cause
+    /// `widened`, escalating as any other). Its members stay in the table
+    /// until they end: the kernel map is not churned. The allow-list still
+    /// wins inside it, at accept and in the kernel.
+    fn widen(&mut self, due: Due, now_ms: u64) {
+        let Due { prefix, members } = due;
+        if self
+            .table
+            .expiry(&prefix)
+            .is_some_and(|expires| expires > now_ms)
+        {
+            return; // an admin's, or another node's: it stands
+        }
+        let list = members
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let count = members.len();
+        let window = humantime::format_duration(self.policy.widen.window);
+        let history = self.table.history(&prefix);
+        let decision = self.policy.decide(BanCause::Widened, history, now_ms);
+        let from = model::WidenedFrom {
+            count: u8::try_from(count).unwrap_or(u8::MAX),
+            members,
+        };
+        let record = BanInfo {
+            prefix,
+            cause: BanCause::Widened.as_cause(),
+            first_bytes: from.to_first_bytes(&prefix),
+            banned_at_ms: now_ms,
+            expires_at_ms: expiry_after(now_ms, decision.duration),
+            repeat: decision.repeat,
+            origin: Default::default(),
+        };
+        let duration = humantime::format_duration(decision.duration);
+        if self.policy.monitor {
+            if self.monitored.live(&prefix, now_ms).is_none() {
+                log::info!(
+                    event = "would-widen", prefix:% = prefix, cause = "widened",
+                    duration_s = decision.duration.as_secs(), repeat = decision.repeat, members = list.as_str();
+                    "would widen: would time out {prefix} for {duration} (monitor mode): {count} time-outs inside it within {window} ({list}); repeat {}",
+                    decision.repeat,
+                );
+                self.table.stats().count_monitored(Some(BanCause::Widened));
+                self.monitored.remember(record);
+            }
+            return;
+        }
+        self.table.insert(&record, now_ms);
+        log::info!(
+            event = "timeout", prefix:% = prefix, cause = "widened",
+            duration_s = decision.duration.as_secs(), repeat = decision.repeat,
+            expires_at = crate::format_time(record.expires_at_ms).as_str(), members = list.as_str();
+            "widened: timed out {prefix} for {duration}: {count} time-outs inside it within {window} ({list}); cause widened, repeat {}",
+            decision.repeat,
+        );
     }
 
     /// An admin's time-out of an address or prefix: no escalation, the
@@ -297,6 +372,7 @@ impl BanCore {
         let forced = ban.force;
         let record = self.policy.admin_ban(ban, &self.allow, now_ms)?;
         self.table.insert(&record, now_ms);
+        self.widen_after(record.prefix, now_ms);
         log::info!(
             event = "admin-timeout", prefix:% = record.prefix, cause = record.cause.as_str(),
             expires_at = crate::format_time(record.expires_at_ms).as_str(), forced = forced;
@@ -346,6 +422,7 @@ impl BanCore {
                 );
                 self.table.stats().count_monitored(None);
                 self.monitored.remember(record);
+                self.widen_after(prefix, now_ms);
             }
             return RemoteOutcome::Monitored;
         }
@@ -372,6 +449,7 @@ impl BanCore {
             record.cause,
             record.repeat
         );
+        self.widen_after(prefix, now_ms);
         RemoteOutcome::Applied
     }
 

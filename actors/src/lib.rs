@@ -42,6 +42,7 @@ mod stats;
 #[cfg(test)]
 mod testing;
 mod view;
+mod widen;
 
 pub use admission::LimitConfig;
 pub use allow_list::AllowList;
@@ -55,6 +56,7 @@ pub use shared::{Deadlines, ReloadError, Reloader, ServiceConfig};
 pub use startup::{RunningServer, ServerConfig, ServerHandle, StartError, start};
 pub use stats::{HistogramSnapshot, LATENCY_BUCKETS, MetricsSnapshot, Stats};
 pub use view::BanView;
+pub use widen::WidenPolicy;
 
 use model::Cidr;
 

@@ -13,6 +13,7 @@ use storage::History;
 
 use crate::BanError;
 use crate::allow_list::AllowList;
+use crate::widen::WidenPolicy;
 
 /// The ban cause of a rejected first message: the protocol says what was
 /// wrong, the ban side names it.
@@ -59,6 +60,8 @@ pub struct Durations {
     pub bad_tcp_flags: Duration,
     pub stray_segments: Duration,
     pub unparsed_flood: Duration,
+    /// A prefix widened over the time-outs inside it (`crate::widen`).
+    pub widened: Duration,
 }
 
 impl Default for Durations {
@@ -74,6 +77,7 @@ impl Default for Durations {
             bad_tcp_flags: Duration::from_secs(60 * 60),
             stray_segments: Duration::from_secs(60 * 60),
             unparsed_flood: Duration::from_secs(60 * 60),
+            widened: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -94,6 +98,8 @@ pub struct BanPolicy {
     /// Monitor mode (`bans.mode = "monitor"`): every would-be time-out is
     /// decided, logged and counted as usual, and none is enforced.
     pub monitor: bool,
+    /// When time-outs widen to the network they come from.
+    pub widen: WidenPolicy,
 }
 
 impl Default for BanPolicy {
@@ -106,6 +112,7 @@ impl Default for BanPolicy {
             ipv6_prefix: 64,
             max_entries: 1_000_000,
             monitor: false,
+            widen: WidenPolicy::default(),
         }
     }
 }
@@ -140,6 +147,7 @@ impl BanPolicy {
             CauseClass::BadTcpFlags => self.durations.bad_tcp_flags,
             CauseClass::StraySegments => self.durations.stray_segments,
             CauseClass::UnparsedFlood => self.durations.unparsed_flood,
+            CauseClass::Widened => self.durations.widened,
         }
     }
 

@@ -70,6 +70,90 @@ impl KernelSeen {
     }
 }
 
+/// The time-outs that made a widened one (cause `widened`): kept in its
+/// record's `first_bytes`, tagged like [`KernelSeen`], so that `bans show`
+/// lists them after they have ended. Each member is its length and the 16
+/// address bits that follow the wide prefix (`/64`s of a `/48`, `/32`s of
+/// a `/24`, `/56`s of a `/48` all fit), so four fit in the 16 bytes;
+/// members that do not fit are left out, and the count says how many
+/// there were.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WidenedFrom {
+    /// How many time-outs fell inside the wide prefix.
+    pub count: u8,
+    /// Up to [`WidenedFrom::KEPT`] of them.
+    pub members: Vec<Cidr>,
+}
+
+const WIDENED_TAG: [u8; 2] = *b"w1";
+
+impl WidenedFrom {
+    /// Members kept in the record.
+    pub const KEPT: usize = (MAX_FIRST_BYTES - 3) / 3;
+
+    /// The record's bytes for the widened `wide`.
+    pub fn to_first_bytes(&self, wide: &Cidr) -> FirstBytes {
+        let mut bytes = Vec::with_capacity(MAX_FIRST_BYTES);
+        bytes.extend_from_slice(&WIDENED_TAG);
+        bytes.push(self.count);
+        for member in self.members.iter().take(Self::KEPT) {
+            if let Some(bits) = bits_after(wide, member) {
+                bytes.push(member.len());
+                bytes.extend_from_slice(&bits.to_be_bytes());
+            }
+        }
+        FirstBytes::truncated(&bytes)
+    }
+
+    /// What a widened time-out of `wide` kept; `None` for anything else.
+    pub fn from_first_bytes(wide: &Cidr, bytes: &[u8]) -> Option<WidenedFrom> {
+        let rest = bytes.strip_prefix(&WIDENED_TAG)?;
+        let (&count, rest) = rest.split_first()?;
+        let members = rest
+            .chunks_exact(3)
+            .filter_map(|chunk| {
+                let bits = u16::from_be_bytes([chunk[1], chunk[2]]);
+                member_of(wide, chunk[0], bits)
+            })
+            .collect();
+        Some(WidenedFrom { count, members })
+    }
+}
+
+/// An address as 128 bits from its first (an IPv4 one in the top 32), so
+/// that prefix lengths count from the top for both families.
+fn top_aligned(addr: std::net::IpAddr) -> u128 {
+    match addr {
+        std::net::IpAddr::V4(v4) => u128::from(u32::from(v4)) << 96,
+        std::net::IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// The 16 bits of `member`'s address after `wide`'s length, if `member`
+/// lies in `wide` and is no more than 16 bits longer.
+fn bits_after(wide: &Cidr, member: &Cidr) -> Option<u16> {
+    let extra = member.len().checked_sub(wide.len())?;
+    if extra == 0 || extra > 16 || !wide.covers(member) {
+        return None;
+    }
+    let shifted = top_aligned(member.addr()).checked_shl(u32::from(wide.len()))?;
+    Some((shifted >> 112) as u16)
+}
+
+fn member_of(wide: &Cidr, len: u8, bits: u16) -> Option<Cidr> {
+    let extra = len.checked_sub(wide.len())?;
+    if extra == 0 || extra > 16 {
+        return None;
+    }
+    let offset = 112u32.checked_sub(u32::from(wide.len()))?;
+    let addr = top_aligned(wide.addr()) | (u128::from(bits) << offset);
+    let addr = match wide.addr() {
+        std::net::IpAddr::V4(_) => std::net::IpAddr::V4(((addr >> 96) as u32).into()),
+        std::net::IpAddr::V6(_) => std::net::IpAddr::V6(addr.into()),
+    };
+    Cidr::new(addr, len).ok()
+}
+
 /// What the server knows about one address or prefix (`bans show`).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct BanReport {
@@ -145,6 +229,10 @@ pub enum BanCause {
     /// The kernel tier saw packets it could not parse (a TCP fragment after
     /// the first, an IPv6 extension chain it cannot follow): an evasion.
     UnparsedFlood,
+    /// Several time-outs fell inside one wider prefix within the widening
+    /// window (a scanner rotating through its network): the wider prefix
+    /// is timed out.
+    Widened,
 }
 
 /// What kind of offence a cause is; each kind has its own base time-out.
@@ -162,10 +250,12 @@ pub enum CauseClass {
     BadTcpFlags,
     StraySegments,
     UnparsedFlood,
+    /// Several time-outs inside one wider prefix.
+    Widened,
 }
 
 impl BanCause {
-    pub const ALL: [BanCause; 16] = [
+    pub const ALL: [BanCause; 17] = [
         BanCause::BadMagic,
         BanCause::BadVersion,
         BanCause::BadPattern,
@@ -182,6 +272,7 @@ impl BanCause {
         BanCause::BadTcpFlags,
         BanCause::StraySegments,
         BanCause::UnparsedFlood,
+        BanCause::Widened,
     ];
 
     /// The stable name stored with the ban and shown by `bans list`.
@@ -203,6 +294,7 @@ impl BanCause {
             BanCause::BadTcpFlags => "bad-tcp-flags",
             BanCause::StraySegments => "stray-segments",
             BanCause::UnparsedFlood => "unparsed-flood",
+            BanCause::Widened => "widened",
         }
     }
 
@@ -224,6 +316,7 @@ impl BanCause {
             BanCause::BadTcpFlags => CauseClass::BadTcpFlags,
             BanCause::StraySegments => CauseClass::StraySegments,
             BanCause::UnparsedFlood => CauseClass::UnparsedFlood,
+            BanCause::Widened => CauseClass::Widened,
         }
     }
 
@@ -270,6 +363,56 @@ mod tests {
         assert_eq!(KernelSeen::from_first_bytes(bytes.as_slice()), Some(seen));
         assert_eq!(KernelSeen::from_first_bytes(b"GET / HT"), None);
         assert_eq!(KernelSeen::from_first_bytes(b""), None);
+    }
+
+    #[test]
+    fn the_members_of_a_widened_time_out_round_trip_through_first_bytes() {
+        let cases: [(&str, &[&str]); 3] = [
+            (
+                "2001:db8:77::/48",
+                &[
+                    "2001:db8:77:1::/64",
+                    "2001:db8:77:ff00::/56",
+                    "2001:db8:77:ab::/64",
+                    "2001:db8:77:ffff::/64",
+                ],
+            ),
+            (
+                "198.18.78.0/24",
+                &["198.18.78.10/32", "198.18.78.255/32", "198.18.78.0/32"],
+            ),
+            ("2001:db8:77:100::/56", &["2001:db8:77:1ff::/64"]),
+        ];
+        for (wide, members) in cases {
+            let wide: Cidr = wide.parse().unwrap();
+            let from = WidenedFrom {
+                count: members.len() as u8 + 1,
+                members: members.iter().map(|m| m.parse().unwrap()).collect(),
+            };
+            let bytes = from.to_first_bytes(&wide);
+            assert_eq!(
+                WidenedFrom::from_first_bytes(&wide, bytes.as_slice()),
+                Some(from)
+            );
+        }
+        // Not a widening's bytes; a member outside, or too far below.
+        let wide: Cidr = "2001:db8::/32".parse().unwrap();
+        assert_eq!(WidenedFrom::from_first_bytes(&wide, b"GET / HT"), None);
+        let from = WidenedFrom {
+            count: 2,
+            members: vec![
+                "2001:db8:1:2::/64".parse().unwrap(),
+                "192.0.2.1/32".parse().unwrap(),
+            ],
+        };
+        let back = WidenedFrom::from_first_bytes(&wide, from.to_first_bytes(&wide).as_slice());
+        assert_eq!(
+            back,
+            Some(WidenedFrom {
+                count: 2,
+                members: vec![]
+            })
+        );
     }
 
     #[test]

@@ -21,6 +21,6 @@ pub mod volume;
 
 pub use ban::{
     BanCause, BanHistory, BanInfo, BanReport, Cause, CauseClass, FirstBytes, KernelEntry,
-    KernelSeen, Origin,
+    KernelSeen, Origin, WidenedFrom,
 };
 pub use cidr::{Cidr, CidrError};

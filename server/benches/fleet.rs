@@ -53,6 +53,11 @@ fn start_node_linked(dir: &Path, fleet: Option<fleet::FleetConfig>, link: bool) 
         access: AccessPolicy::default(),
         policy: BanPolicy {
             max_entries: 2_000_000,
+            // One time-out per source, as the fleet rows measure.
+            widen: actors::WidenPolicy {
+                enabled: false,
+                ..Default::default()
+            },
             ..BanPolicy::default()
         },
         limits: Default::default(),

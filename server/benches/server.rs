@@ -114,7 +114,15 @@ fn start_server_on(
         listen,
         server_key: key,
         access: AccessPolicy::default(),
-        policy: BanPolicy::default(),
+        // Every attacker source its own time-out, as before widening: the
+        // sections measure the per-source path (loopback sources share a /24).
+        policy: BanPolicy {
+            widen: actors::WidenPolicy {
+                enabled: false,
+                ..Default::default()
+            },
+            ..BanPolicy::default()
+        },
         limits: Default::default(),
         deadlines: actors::Deadlines {
             handshake: Duration::from_secs(5),

@@ -104,6 +104,30 @@ pub const KEYS: &[(&str, &str)] = &[
         "bans.mode",
         "\"enforce\", or \"monitor\": decide, log and count every time-out, enforce none",
     ),
+    (
+        "bans.widen.enabled",
+        "time-outs widen to the network a rotating scanner comes from",
+    ),
+    (
+        "bans.widen.members",
+        "distinct time-outs inside one wider prefix, within the window, that time it out",
+    ),
+    (
+        "bans.widen.window",
+        "how close together those time-outs must be",
+    ),
+    (
+        "bans.widen.ipv4",
+        "IPv4 steps, narrowest first (never wider than /16)",
+    ),
+    (
+        "bans.widen.ipv6",
+        "IPv6 steps, narrowest first (never wider than /32)",
+    ),
+    (
+        "bans.widen.duration",
+        "a widened prefix's first time-out (escalating as any other)",
+    ),
     ("limits.max_connections", "connections at once, all sources"),
     (
         "limits.max_pending_handshakes",
@@ -222,7 +246,7 @@ pub fn render(settings: &Settings) -> anyhow::Result<String> {
     let mut out = String::new();
     let mut section = "";
     for (key, comment) in KEYS {
-        let (table, name) = match key.split_once('.') {
+        let (table, name) = match key.rsplit_once('.') {
             Some((table, name)) => (table, name),
             None => ("", *key),
         };
@@ -232,10 +256,11 @@ pub fn render(settings: &Settings) -> anyhow::Result<String> {
         }
         let env = format!("PENALTYBOX_{}", key.replace('.', "__").to_uppercase());
         out.push_str(&format!("# {comment} ({env})\n"));
-        let current = match table {
-            "" => value.get(name),
-            _ => value.get(table).and_then(|t| t.get(name)),
-        };
+        let current = table
+            .split('.')
+            .filter(|part| !part.is_empty())
+            .try_fold(&value, |at, part| at.get(part))
+            .and_then(|t| t.get(name));
         match current {
             Some(current) => out.push_str(&format!("{name} = {}\n", inline(current))),
             None => out.push_str(&format!("# {name} = (unset)\n")),
@@ -265,13 +290,23 @@ mod tests {
     fn every_key_is_documented_once() {
         let settings = Settings::with_every_optional_key();
         let value = toml::Value::try_from(&settings).unwrap();
-        let mut serialized = Vec::new();
-        for (key, item) in value.as_table().unwrap() {
-            match item.as_table() {
-                Some(table) => serialized.extend(table.keys().map(|k| format!("{key}.{k}"))),
-                None => serialized.push(key.clone()),
+        fn keys(path: &str, value: &toml::Value, out: &mut Vec<String>) {
+            match value.as_table() {
+                Some(table) => {
+                    for (key, item) in table {
+                        let path = if path.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{path}.{key}")
+                        };
+                        keys(&path, item, out);
+                    }
+                }
+                None => out.push(path.to_owned()),
             }
         }
+        let mut serialized = Vec::new();
+        keys("", &value, &mut serialized);
         serialized.sort();
         let mut documented: Vec<String> = KEYS.iter().map(|(k, _)| k.to_string()).collect();
         documented.sort();

@@ -17,6 +17,7 @@ pub fn ban_json(ban: &BanInfo, now_ms: u64) -> serde_json::Value {
         "first_bytes": hex(ban.first_bytes.as_slice()),
         "first_bytes_text": printable(ban.first_bytes.as_slice()),
         "kernel_saw": kernel_saw(ban),
+        "widened_from": widened_from(ban),
         "origin": origin(ban),
     })
 }
@@ -44,6 +45,25 @@ pub fn kernel_saw(ban: &BanInfo) -> Option<String> {
         }
         _ => return None,
     })
+}
+
+/// The time-outs a widened one was made of, in words; `None` for any other
+/// time-out.
+pub fn widened_from(ban: &BanInfo) -> Option<String> {
+    if ban.cause.as_str() != model::BanCause::Widened.name() {
+        return None;
+    }
+    let from = model::WidenedFrom::from_first_bytes(&ban.prefix, ban.first_bytes.as_slice())?;
+    let mut members: Vec<String> = from.members.iter().map(ToString::to_string).collect();
+    let more = usize::from(from.count).saturating_sub(members.len());
+    if more > 0 {
+        members.push(format!("{more} more"));
+    }
+    Some(format!(
+        "{} time-outs inside it: {}",
+        from.count,
+        members.join(", ")
+    ))
 }
 
 /// Which node made a time-out: "local", or the fleet node's name.
@@ -102,6 +122,8 @@ pub fn report_text(
             let bytes = ban.first_bytes.as_slice();
             if let Some(saw) = kernel_saw(ban) {
                 lines.push(format!("  the kernel saw: {saw}"));
+            } else if let Some(from) = widened_from(ban) {
+                lines.push(format!("  widened over {from}"));
             } else if bytes.is_empty() {
                 lines
                     .push("  first bytes: none (a kernel detection or an admin's time-out)".into());

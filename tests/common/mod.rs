@@ -180,6 +180,10 @@ impl ServerSpec {
             // Tests run servers side by side: each its own metrics port
             // (a test's own env or config key overrides it).
             .env("PENALTYBOX_METRICS__LISTEN", "127.0.0.1:0")
+            // Tests time out many sources of one loopback /24 to exercise
+            // everything else; widening them into the /24 has tests of its
+            // own, which turn it back on (`.env(..., "true")`).
+            .env("PENALTYBOX_BANS__WIDEN__ENABLED", "false")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

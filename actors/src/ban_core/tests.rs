@@ -342,3 +342,159 @@ fn a_kernel_detection_keeps_what_the_kernel_saw_in_its_record() {
         Some(seen)
     );
 }
+
+/// Sources of one IPv4 /24 timed out one after another.
+fn ban_sources(bed: &mut Bed, sources: &[&str], at: u64) {
+    for source in sources {
+        banned(
+            bed.core
+                .ban(ip(source), BanCause::BadMagic, FirstBytes::default(), at),
+        );
+    }
+}
+
+#[test]
+fn four_time_outs_in_one_24_widen_it_and_the_members_stay() {
+    let mut bed = Bed::allowing(BanPolicy::default(), &["198.18.78.200/32"]);
+    ban_sources(
+        &mut bed,
+        &["198.18.78.1", "198.18.78.2", "198.18.78.3"],
+        NOW,
+    );
+    let wide: Cidr = "198.18.78.0/24".parse().unwrap();
+    assert_eq!(bed.core.expiry(&wide), None, "three are not yet a pattern");
+    ban_sources(&mut bed, &["198.18.78.4"], NOW + MIN);
+    let record = bed.store.bans().get(&wide).unwrap().expect("widened");
+    assert_eq!(record.cause.as_str(), "widened");
+    assert_eq!(record.expires_at_ms, NOW + MIN + 60 * MIN);
+    let from = model::WidenedFrom::from_first_bytes(&wide, record.first_bytes.as_slice()).unwrap();
+    assert_eq!(from.count, 4);
+    assert_eq!(from.members.len(), 4);
+    assert!(from.members.contains(&"198.18.78.4/32".parse().unwrap()));
+    // In the view and the kernel; the members stay too (no churn).
+    assert!(bed.core.view().is_banned(ip("198.18.78.99"), NOW + MIN));
+    assert!(bed.kernel.holds("198.18.78.0/24") && bed.kernel.holds("198.18.78.1/32"));
+    assert_eq!(bed.core.len(), 5);
+    // The allow-list still wins inside it.
+    assert_eq!(
+        bed.core.ban(
+            ip("198.18.78.200"),
+            BanCause::BadMagic,
+            FirstBytes::default(),
+            NOW + MIN
+        ),
+        BanOutcome::AllowListed
+    );
+    assert!(bed.allow.contains(ip("198.18.78.200")));
+    let by_cause = bed
+        .stats
+        .metrics(bed.stats.snapshot(0, &bed.store), (0, 0))
+        .bans_by_cause;
+    assert!(by_cause.contains(&("widened", 1)), "{by_cause:?}");
+}
+
+#[test]
+fn a_widened_prefix_escalates_as_any_other() {
+    let mut bed = Bed::new(BanPolicy::default());
+    let wide: Cidr = "198.18.78.0/24".parse().unwrap();
+    ban_sources(
+        &mut bed,
+        &["198.18.78.1", "198.18.78.2", "198.18.78.3", "198.18.78.4"],
+        NOW,
+    );
+    assert_eq!(bed.core.expiry(&wide), Some(NOW + 60 * MIN));
+    let later = NOW + 61 * MIN;
+    bed.core.release_expired(later);
+    ban_sources(
+        &mut bed,
+        &["198.18.78.5", "198.18.78.6", "198.18.78.7", "198.18.78.8"],
+        later,
+    );
+    let record = bed.store.bans().get(&wide).unwrap().unwrap();
+    assert_eq!(record.repeat, 2);
+    assert_eq!(record.expires_at_ms, later + 120 * MIN);
+}
+
+#[test]
+fn admin_and_remote_time_outs_are_members_and_ipv6_widens_step_by_step() {
+    let policy = BanPolicy {
+        widen: crate::WidenPolicy {
+            members: 3,
+            ..Default::default()
+        },
+        ..BanPolicy::default()
+    };
+    let mut bed = Bed::new(policy);
+    let remote = BanInfo {
+        prefix: "2001:db8:77:1::/64".parse().unwrap(),
+        cause: "port-scan".parse().unwrap(),
+        first_bytes: FirstBytes::default(),
+        banned_at_ms: NOW,
+        expires_at_ms: NOW + 30 * MIN,
+        repeat: 1,
+        origin: model::Origin::new("node-b").unwrap(),
+    };
+    assert_eq!(bed.core.apply_remote(remote, NOW), RemoteOutcome::Applied);
+    bed.core
+        .admin_ban(
+            admin("2001:db8:77:2::/64".parse().unwrap(), None, "by hand"),
+            NOW,
+        )
+        .unwrap();
+    banned(bed.core.ban(
+        ip("2001:db8:77:3::9"),
+        BanCause::BadMagic,
+        FirstBytes::default(),
+        NOW,
+    ));
+    let narrow: Cidr = "2001:db8:77::/56".parse().unwrap();
+    let wide: Cidr = "2001:db8:77::/48".parse().unwrap();
+    assert!(bed.core.expiry(&narrow).is_some(), "the /56");
+    assert_eq!(
+        bed.core.expiry(&wide),
+        None,
+        "the /56 is one member of the /48"
+    );
+    for source in ["2001:db8:77:100::1", "2001:db8:77:200::1"] {
+        banned(
+            bed.core
+                .ban(ip(source), BanCause::BadMagic, FirstBytes::default(), NOW),
+        );
+    }
+    let record = bed.store.bans().get(&wide).unwrap().expect("the /48");
+    let from = model::WidenedFrom::from_first_bytes(&wide, record.first_bytes.as_slice()).unwrap();
+    assert_eq!(
+        from.members,
+        [
+            narrow,
+            "2001:db8:77:100::/64".parse().unwrap(),
+            "2001:db8:77:200::/64".parse().unwrap()
+        ]
+    );
+    assert!(bed.kernel.holds("2001:db8:77::/48"));
+}
+
+#[test]
+fn monitor_mode_reports_would_widen_and_enforces_nothing() {
+    let policy = BanPolicy {
+        monitor: true,
+        ..BanPolicy::default()
+    };
+    let mut bed = Bed::new(policy);
+    for source in ["198.18.78.1", "198.18.78.2", "198.18.78.3", "198.18.78.4"] {
+        let outcome = bed
+            .core
+            .ban(ip(source), BanCause::BadMagic, FirstBytes::default(), NOW);
+        assert!(matches!(outcome, BanOutcome::Monitored(_)), "{outcome:?}");
+    }
+    let wide: Cidr = "198.18.78.0/24".parse().unwrap();
+    assert!(bed.core.is_empty() && bed.store.bans().get(&wide).unwrap().is_none());
+    let report = bed.core.show(wide, NOW).unwrap();
+    let would = report.monitored.expect("would widen");
+    assert_eq!(would.cause.as_str(), "widened");
+    let monitored = bed
+        .stats
+        .metrics(bed.stats.snapshot(0, &bed.store), (0, 0))
+        .monitored_by_cause;
+    assert!(monitored.contains(&("widened", 1)), "{monitored:?}");
+}

@@ -45,6 +45,10 @@ impl Problems {
     }
 }
 
+/// The widest a time-out may widen to: a provider's allocation is wider.
+const WIDEST_IPV4: u8 = 16;
+const WIDEST_IPV6: u8 = 32;
+
 impl Settings {
     /// Validates; the first problem is the error (`problems` has them all).
     pub(super) fn validate(&self) -> anyhow::Result<()> {
@@ -116,6 +120,48 @@ impl Settings {
             ));
         }
         problems.note_some(b.mode.problem("bans.mode"));
+        self.check_widen(problems);
+    }
+
+    /// `[bans.widen]`: steps wider than the aggregation, narrowest first,
+    /// and never wider than a provider's allocation.
+    fn check_widen(&self, problems: &mut Problems) {
+        let b = &self.bans;
+        let w = &b.widen;
+        if w.members < 2 {
+            problems.note(Err(anyhow!(
+                "bans.widen.members: {} is below 2 (one time-out is no pattern; enabled = false turns widening off)",
+                w.members
+            )));
+        }
+        problems.note(check_duration(
+            "bans.widen.window",
+            w.window,
+            MAX_TIME_OUT,
+            "10 years",
+        ));
+        // Steps not wider than the aggregation (bans.ipv6_prefix = 48, say)
+        // have nothing to widen and are passed over.
+        for (key, steps, widest, longest) in [
+            ("bans.widen.ipv4", &w.ipv4, WIDEST_IPV4, 32),
+            ("bans.widen.ipv6", &w.ipv6, WIDEST_IPV6, 128),
+        ] {
+            let mut narrower: Option<u8> = None;
+            for &len in steps {
+                if len > longest {
+                    problems.note(Err(anyhow!("{key}: /{len} is longer than an address")));
+                } else if let Some(before) = narrower.filter(|before| len >= *before) {
+                    problems.note(Err(anyhow!(
+                        "{key}: /{len} after /{before}: list the steps narrowest first, each wider than the one before"
+                    )));
+                } else if len < widest {
+                    problems.note(Err(anyhow!(
+                        "{key}: /{len} is wider than /{widest}, a provider's allocation: its customers would be timed out with the scanner"
+                    )));
+                }
+                narrower = Some(len);
+            }
+        }
     }
 
     fn check_connections(&self, problems: &mut Problems) {

@@ -250,11 +250,41 @@ pub struct BanSettings {
     /// Monitor mode decides, logs and counts every time-out, and enforces
     /// none (a careful roll-out).
     pub mode: Choice<BanMode>,
+    /// `[bans.widen]`: time-outs widen to the network a rotating scanner
+    /// comes from.
+    pub widen: WidenSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WidenSettings {
+    pub enabled: bool,
+    pub members: usize,
+    pub window: Dur,
+    #[serde(deserialize_with = "values::prefix_lengths")]
+    pub ipv4: Vec<u8>,
+    #[serde(deserialize_with = "values::prefix_lengths")]
+    pub ipv6: Vec<u8>,
+    pub duration: Dur,
+}
+
+impl Default for WidenSettings {
+    fn default() -> Self {
+        let policy = BanPolicy::default();
+        WidenSettings {
+            enabled: policy.widen.enabled,
+            members: policy.widen.members,
+            window: Dur(policy.widen.window),
+            ipv4: policy.widen.ipv4_steps,
+            ipv6: policy.widen.ipv6_steps,
+            duration: Dur(policy.durations.widened),
+        }
+    }
 }
 
 impl BanSettings {
     /// The per-cause time-outs, with their keys.
-    pub fn cause_durations(&self) -> [(&'static str, Dur); 10] {
+    pub fn cause_durations(&self) -> [(&'static str, Dur); 11] {
         [
             ("bans.non_protocol", self.non_protocol),
             ("bans.handshake_failure", self.handshake_failure),
@@ -266,6 +296,7 @@ impl BanSettings {
             ("bans.bad_tcp_flags", self.bad_tcp_flags),
             ("bans.stray_segments", self.stray_segments),
             ("bans.unparsed_flood", self.unparsed_flood),
+            ("bans.widen.duration", self.widen.duration),
         ]
     }
 }
@@ -347,6 +378,7 @@ impl Default for BanSettings {
             allow: Vec::new(),
             max_entries: policy.max_entries,
             mode: Choice::default(),
+            widen: WidenSettings::default(),
         }
     }
 }
@@ -438,6 +470,8 @@ pub fn load_unchecked(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Res
             .with_list_parse_key("listen")
             .with_list_parse_key("bans.allow")
             .with_list_parse_key("kernel.trap_ports")
+            .with_list_parse_key("bans.widen.ipv4")
+            .with_list_parse_key("bans.widen.ipv6")
             .with_list_parse_key("fleet.servers")
             .with_list_parse_key("proxy.trusted")
             .try_parsing(true),

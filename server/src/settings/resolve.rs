@@ -140,6 +140,7 @@ impl Settings {
                 bad_tcp_flags: b.bad_tcp_flags.0,
                 stray_segments: b.stray_segments.0,
                 unparsed_flood: b.unparsed_flood.0,
+                widened: b.widen.duration.0,
             },
             escalation_window: b.escalation_window.0,
             max_duration: b.max_duration.0,
@@ -147,6 +148,13 @@ impl Settings {
             ipv6_prefix: b.ipv6_prefix,
             max_entries: b.max_entries,
             monitor: b.mode.get() == BanMode::Monitor,
+            widen: actors::WidenPolicy {
+                enabled: b.widen.enabled,
+                members: b.widen.members,
+                window: b.widen.window.0,
+                ipv4_steps: b.widen.ipv4.clone(),
+                ipv6_steps: b.widen.ipv6.clone(),
+            },
         }
     }
 

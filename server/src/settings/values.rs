@@ -9,38 +9,72 @@ use serde::{Deserialize, Serialize};
 /// A list of ports, or one port alone: what the environment gives for a
 /// one-item list (`PENALTYBOX_KERNEL__TRAP_PORTS=23` reads as a number).
 pub(super) fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+    numbers(
+        d,
+        "expected a port or a list of ports, e.g. [23, 3389]",
+        |n| {
+            u16::try_from(n)
+                .ok()
+                .filter(|port| *port > 0)
+                .ok_or("is not a port (1..=65535)")
+        },
+    )
+}
+
+/// A list of prefix lengths, or one alone (`bans.widen.ipv6`; range
+/// checked with the rest of the settings).
+pub(super) fn prefix_lengths<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    numbers(
+        d,
+        "expected a prefix length or a list of them, e.g. [56, 48]",
+        |n| {
+            u8::try_from(n)
+                .ok()
+                .filter(|len| *len <= 128)
+                .ok_or("is not a prefix length (0..=128)")
+        },
+    )
+}
+
+/// A list of numbers, or one alone, each made a `T` by `convert` (which
+/// says what is wrong with one that is not).
+fn numbers<'de, D, T>(
+    d: D,
+    expected: &str,
+    convert: impl Fn(i64) -> Result<T, &'static str>,
+) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
     // The environment's list items arrive as text, the file's as numbers.
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Port {
+    enum Number {
         Number(i64),
         Text(String),
     }
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
-        One(Port),
-        Many(Vec<Port>),
+        One(Number),
+        Many(Vec<Number>),
     }
-    let ports = match OneOrMany::deserialize(d).map_err(|_| {
-        serde::de::Error::custom("expected a port or a list of ports, e.g. [23, 3389]")
-    })? {
-        OneOrMany::One(port) => vec![port],
-        OneOrMany::Many(ports) => ports,
+    let items = match OneOrMany::deserialize(d).map_err(|_| serde::de::Error::custom(expected))? {
+        OneOrMany::One(item) => vec![item],
+        OneOrMany::Many(items) => items,
     };
-    ports
+    items
         .into_iter()
-        .map(|port| {
-            let (text, number) = match port {
-                Port::Number(n) => (n.to_string(), Some(n)),
-                Port::Text(t) => (t.clone(), t.trim().parse::<i64>().ok()),
+        .map(|item| {
+            let (text, number) = match item {
+                Number::Number(n) => (n.to_string(), Some(n)),
+                Number::Text(t) => (t.clone(), t.trim().parse::<i64>().ok()),
             };
-            match number.and_then(|n| u16::try_from(n).ok()) {
-                Some(port) if port > 0 => Ok(port),
-                _ => Err(serde::de::Error::custom(format!(
-                    "{text} is not a port (1..=65535)"
-                ))),
-            }
+            let why = "is not a number";
+            number
+                .ok_or(why)
+                .and_then(&convert)
+                .map_err(|why| serde::de::Error::custom(format!("{text} {why}")))
         })
         .collect()
 }
