@@ -78,6 +78,23 @@ fn every_bad_config_is_one_clear_error_naming_the_key_or_file() {
             "proxy.trusted[0]: 192.0.2.9/24 has host bits set",
         ),
         ("[bans]\nipv6_prefix = 0\n", "bans.ipv6_prefix"),
+        (
+            "[bans.widen]\nipv6 = [48, 56]\n",
+            "bans.widen.ipv6: /56 after /48: list the steps narrowest first",
+        ),
+        (
+            "[bans.widen]\nipv4 = [24, 8]\n",
+            "bans.widen.ipv4: /8 is wider than /16, a provider's allocation",
+        ),
+        (
+            "[bans.widen]\nipv4 = [40]\n",
+            "bans.widen.ipv4: /40 is longer than an address",
+        ),
+        ("[bans.widen]\nipv6 = [\"x\"]\n", "x is not a number"),
+        (
+            "[bans.widen]\nmembers = 1\n",
+            "bans.widen.members: 1 is below 2",
+        ),
         ("listen = [\"localhost\"]\n", "listen"),
         ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
         ("this is not toml", "c.toml"),
