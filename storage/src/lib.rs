@@ -177,6 +177,18 @@ impl StoreCore {
         result.map_err(|error| self.count(error))
     }
 
+    /// Many writes to one tree at once (see [`trees::Database::write_batch`]).
+    pub(crate) fn write_batch(
+        &self,
+        tree: TreeId,
+        writes: impl IntoIterator<Item = (sled::IVec, Option<sled::IVec>)>,
+    ) -> Result<()> {
+        let (result, seq) = self.db.write_batch(tree, writes);
+        // Dirty even if sled refused: the journal holds them for a reopen.
+        self.commit.mark_dirty(seq);
+        result.map_err(|error| self.count(error))
+    }
+
     /// An atomic read-modify-write of `key`; the new value.
     pub(crate) fn update(
         &self,

@@ -418,6 +418,38 @@ impl Database {
         (result, seq)
     }
 
+    /// Many writes to one tree at once (a feed's refresh): one sled batch,
+    /// the locks taken once, each write journalled as [`Database::write`]
+    /// journals it. Returns sled's answer and the last write's number.
+    pub fn write_batch(
+        &self,
+        id: TreeId,
+        writes: impl IntoIterator<Item = (IVec, Option<IVec>)>,
+    ) -> (Result<()>, u64) {
+        self.forget_bans_read();
+        let trees = self.trees.read().unwrap_or_else(|p| p.into_inner());
+        let mut journal = self.journal();
+        let mut batch = sled::Batch::default();
+        let mut seq = journal.last;
+        for (key, value) in writes {
+            seq = journal.push(match &value {
+                Some(value) => Op::Insert(id, key.clone(), value.clone()),
+                None => Op::Remove(id, key.clone()),
+            });
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        let result = match trees.as_ref() {
+            Some(trees) => trees.tree(id).apply_batch(batch).map_err(StorageError::Sled),
+            None => Err(StorageError::Unavailable {
+                dir: self.dir.clone(),
+            }),
+        };
+        (result, seq)
+    }
+
     /// An atomic read-modify-write (`f` gets the old value, returns the
     /// new), journalled as the write of its result. Returns the new value
     /// and the write's number (0: nothing written).
