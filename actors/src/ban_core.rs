@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use model::Cidr;
-use model::ban::{BanCause, BanInfo, FirstBytes};
+use model::ban::{BanCause, BanInfo, Cause, FirstBytes};
 use storage::{StorageError, Store};
 
 use crate::BanError;
@@ -25,10 +25,16 @@ use crate::policy::{AdminBan, BanPolicy, expiry_after};
 use crate::view::BanView;
 use crate::widen::{Due, Widener};
 
+mod feeds;
+pub use feeds::{FeedList, Imported};
+
 pub struct BanCore {
     policy: BanPolicy,
     /// Which wider prefixes have seen which time-outs lately.
     widener: Widener,
+    /// Prefixes widened since the registry last asked (to close their
+    /// live sessions).
+    just_widened: Vec<Cidr>,
     /// Who is never timed out (the acceptors read the same list).
     allow: AllowList,
     table: BanTable,
@@ -134,6 +140,7 @@ impl BanCore {
         let (table, report) = BanTable::restore(table, policy.max_entries, now_ms)?;
         let core = BanCore {
             widener: Widener::new(policy.widen.clone()),
+            just_widened: Vec::new(),
             policy,
             allow,
             table,
@@ -148,6 +155,7 @@ impl BanCore {
     pub fn offline(policy: BanPolicy, allow: AllowList, store: Store) -> Self {
         BanCore {
             widener: Widener::new(policy.widen.clone()),
+            just_widened: Vec::new(),
             policy,
             table: BanTable::offline(store, allow.clone()),
             allow,
@@ -296,6 +304,12 @@ impl BanCore {
         BanOutcome::Banned(record)
     }
 
+    /// The prefixes widened since the last call (their live sessions are
+    /// the registry's to close).
+    pub fn take_widened(&mut self) -> Vec<Cidr> {
+        std::mem::take(&mut self.just_widened)
+    }
+
     /// A new time-out of `member` (made here, by an admin, or by another
     /// node): the wider prefixes it makes due are timed out.
     fn widen_after(&mut self, member: Cidr, now_ms: u64) {
@@ -354,6 +368,7 @@ impl BanCore {
             return;
         }
         self.table.insert(&record, now_ms);
+        self.just_widened.push(prefix);
         log::info!(
             event = "timeout", prefix:% = prefix, cause = "widened",
             duration_s = decision.duration.as_secs(), repeat = decision.repeat,
@@ -464,6 +479,16 @@ impl BanCore {
     /// how many.
     pub fn release_expired(&mut self, now_ms: u64) -> usize {
         self.table.release_expired(now_ms)
+    }
+
+    /// One page of the stored time-outs of `cause`, in prefix order.
+    pub fn list_by_cause(
+        &self,
+        cause: &Cause,
+        after: Option<&Cidr>,
+        limit: usize,
+    ) -> Result<(Vec<BanInfo>, Option<Cidr>), BanError> {
+        Ok(self.table.list_by_cause(cause, after, limit)?)
     }
 
     /// One page of the stored table, in prefix order.

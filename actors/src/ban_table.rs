@@ -31,6 +31,10 @@ use crate::kernel_table::KernelTable;
 use crate::stats::{Stats, bump};
 use crate::view::BanView;
 
+mod feeds;
+use feeds::FeedEntries;
+pub use feeds::{FeedApplied, feed_cause};
+
 pub struct BanTable {
     view: Arc<BanView>,
     /// Lazy: an entry whose expiry no longer matches the view's (released,
@@ -52,6 +56,9 @@ pub struct BanTable {
     storage_errors: LogSummary,
     /// Evictions (a table full under a flood), one log line a second.
     evictions: LogSummary,
+    /// Blocklist feeds' entries: kept apart from the bound and the heap
+    /// above (`feeds.rs`).
+    feeds: FeedEntries,
 }
 
 /// Why a time-out ends. Every ending goes through [`BanTable::release`]
@@ -129,17 +136,25 @@ impl BanTable {
     ) -> Result<(Self, BootReport), StorageError> {
         let started = Instant::now();
         let loaded = parts.store.bans().load_live(now_ms)?;
-        let mut by_expiry = BinaryHeap::with_capacity(loaded.live.len());
+        let feed_of: std::collections::HashMap<Cidr, String> = loaded.feeds.into_iter().collect();
+        let mut by_expiry =
+            BinaryHeap::with_capacity(loaded.live.len() - feed_of.len().min(loaded.live.len()));
+        let mut feeds = FeedEntries::default();
         for (prefix, expires) in &loaded.live {
             parts.view.insert(*prefix, *expires);
-            by_expiry.push(Reverse((*expires, *prefix)));
+            match feed_of.get(prefix) {
+                Some(name) => feeds.restore(name, *prefix, *expires),
+                None => by_expiry.push(Reverse((*expires, *prefix))),
+            }
         }
         let elapsed = started.elapsed();
         let mut table = BanTable::with(parts, max_entries, by_expiry);
+        table.stats.feed_entries(&feeds.sizes());
+        table.feeds = feeds;
         // A table stored with a larger bound than today's: the bound holds
         // from the first connection on.
         let mut live = loaded.live;
-        while table.view.len() > table.max_entries {
+        while table.bounded_len() > table.max_entries {
             table.evict_one(now_ms);
         }
         if live.len() > table.view.len() {
@@ -188,7 +203,13 @@ impl BanTable {
                 "time-out table full",
                 Duration::from_secs(1),
             ),
+            feeds: FeedEntries::default(),
         }
+    }
+
+    /// Entries the table bound counts: all but the feeds' (`feeds.rs`).
+    fn bounded_len(&self) -> usize {
+        self.view.len().saturating_sub(self.feeds.len())
     }
 
     /// Shares every change made here from now on with the fleet (remote
@@ -246,8 +267,8 @@ impl BanTable {
             // Ended but not swept yet (an admin or remote ban right at
             // expiry): released first, which also makes room.
             Some(expires) if expires <= now_ms => self.release_ended(&record.prefix),
-            Some(_) => {} // live: replaced in place
-            None if self.view.len() >= self.max_entries => self.evict_one(now_ms),
+            Some(_) => self.feeds.disown(&record.prefix), // live: replaced in place
+            None if self.bounded_len() >= self.max_entries => self.evict_one(now_ms),
             None => {}
         }
         self.view.insert(record.prefix, record.expires_at_ms);
@@ -279,6 +300,7 @@ impl BanTable {
         let in_view = self.view.remove(prefix);
         if in_view.is_some() {
             self.kernel_remove(prefix);
+            self.feeds.disown(prefix);
         }
         let existed = match self.store.bans().release(prefix, why.history()) {
             Ok(stored) => in_view.is_some() || stored,
@@ -347,6 +369,7 @@ impl BanTable {
             self.release_ended(&prefix);
             released += 1;
         }
+        released += self.release_expired_feed_entries(now_ms);
         let now = Instant::now();
         self.storage_errors.flush(now);
         self.evictions.flush(now);
@@ -388,6 +411,18 @@ impl BanTable {
         limit: usize,
     ) -> Result<(Vec<BanInfo>, Option<Cidr>), StorageError> {
         self.store.bans().list(after, limit)
+    }
+
+    /// One page of the stored time-outs of `cause`, in prefix order.
+    pub fn list_by_cause(
+        &self,
+        cause: &model::ban::Cause,
+        after: Option<&Cidr>,
+        limit: usize,
+    ) -> Result<(Vec<BanInfo>, Option<Cidr>), StorageError> {
+        self.store
+            .bans()
+            .list_by_cause(cause.as_str(), after, limit)
     }
 
     /// Makes every change so far durable.

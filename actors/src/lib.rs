@@ -46,8 +46,10 @@ mod widen;
 
 pub use admission::LimitConfig;
 pub use allow_list::AllowList;
-pub use ban_core::{BanCore, BanOutcome, CoreParts, PolicyChange, RemoteOutcome, hex_preview};
-pub use ban_table::{BanTable, BootReport, Ending, KernelReplay};
+pub use ban_core::{
+    BanCore, BanOutcome, CoreParts, FeedList, Imported, PolicyChange, RemoteOutcome, hex_preview,
+};
+pub use ban_table::{BanTable, BootReport, Ending, FeedApplied, KernelReplay, feed_cause};
 pub use fleet_outlet::FleetOutlet;
 pub use kernel_table::{KernelError, KernelTable};
 pub use listener::bind;

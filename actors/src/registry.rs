@@ -117,6 +117,34 @@ pub struct SetPolicy {
     pub newly_allowed: Vec<Cidr>,
 }
 
+/// A blocklist feed's refresh: applied as a difference.
+#[derive(Message, Debug)]
+#[rtype(result = "crate::FeedApplied")]
+pub struct ApplyFeed {
+    pub list: crate::FeedList,
+}
+
+/// One page of the time-outs of one cause.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(Vec<BanInfo>, Option<Cidr>), BanError>")]
+pub struct ListBansByCause {
+    pub cause: model::ban::Cause,
+    pub after: Option<Cidr>,
+    pub limit: usize,
+}
+
+/// `bans import`: admin time-outs of many prefixes.
+#[derive(Message, Debug)]
+#[rtype(result = "crate::Imported")]
+pub struct ImportBans {
+    pub prefixes: Vec<Cidr>,
+    pub duration: Option<Duration>,
+    pub cause: model::ban::Cause,
+    pub force: bool,
+    pub requester: Option<IpAddr>,
+    pub session: Option<u64>,
+}
+
 /// Makes every ban so far durable (shutdown).
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), BanError>")]
@@ -181,6 +209,33 @@ impl BanRegistry {
             log::info!("closing {kicked} live sessions from {prefix}: timed out");
         }
     }
+
+    /// Closes the live sessions inside the prefixes the core widened to.
+    fn kick_widened(&mut self) {
+        for prefix in self.core.take_widened() {
+            self.kick_covered(prefix, None);
+        }
+    }
+
+    /// Closes every live session a time-out now covers, whatever made it
+    /// (a feed's refresh: its entries are many, the sessions few).
+    fn kick_all_covered(&mut self) {
+        let now = now_ms();
+        let view = self.core.view();
+        let allow = self.core.allow().clone();
+        let keys: Vec<Cidr> = self.roster.sessions.keys().copied().collect();
+        let mut kicked = 0;
+        for key in keys {
+            kicked += self.roster.kick(
+                &key,
+                |_, peer| view.is_banned(peer, now) && !allow.contains(peer),
+                key,
+            );
+        }
+        if kicked > 0 {
+            log::info!("closing {kicked} live sessions: a feed now times their sources out");
+        }
+    }
 }
 
 /// Established sessions, by the table prefix of their source.
@@ -241,6 +296,7 @@ impl Handler<Ban> for BanRegistry {
             BanOutcome::Banned(record) => {
                 self.core.observe_time_to_ban(ban.detected_at.elapsed());
                 self.kick_covered(record.prefix, None);
+                self.kick_widened();
                 record.expires_at_ms
             }
             BanOutcome::AlreadyBanned(prefix) => self.core.expiry(&prefix)?,
@@ -265,6 +321,7 @@ impl Handler<KernelDetection> for BanRegistry {
             self.core
                 .observe_time_to_ban(detected.detected_at.elapsed());
             self.kick_covered(record.prefix, None);
+            self.kick_widened();
         }
     }
 }
@@ -296,6 +353,7 @@ impl Handler<ApplyRemote> for BanRegistry {
                 self.kick_covered(prefix, None);
             }
         }
+        self.kick_widened();
     }
 }
 
@@ -318,7 +376,51 @@ impl Handler<AdminBanFrom> for BanRegistry {
     fn handle(&mut self, request: AdminBanFrom, _: &mut Self::Context) -> Self::Result {
         let record = self.core.admin_ban(request.ban, now_ms())?;
         self.kick_covered(record.prefix, request.session);
+        self.kick_widened();
         Ok(record)
+    }
+}
+
+impl Handler<ApplyFeed> for BanRegistry {
+    type Result = actix::MessageResult<ApplyFeed>;
+
+    fn handle(&mut self, feed: ApplyFeed, _: &mut Self::Context) -> Self::Result {
+        let applied = self.core.apply_feed(feed.list, now_ms());
+        if applied.added > 0 {
+            self.kick_all_covered();
+        }
+        actix::MessageResult(applied)
+    }
+}
+
+impl Handler<ListBansByCause> for BanRegistry {
+    type Result = Result<(Vec<BanInfo>, Option<Cidr>), BanError>;
+
+    fn handle(&mut self, list: ListBansByCause, _: &mut Self::Context) -> Self::Result {
+        self.core
+            .list_by_cause(&list.cause, list.after.as_ref(), list.limit)
+    }
+}
+
+impl Handler<ImportBans> for BanRegistry {
+    type Result = actix::MessageResult<ImportBans>;
+
+    fn handle(&mut self, import: ImportBans, _: &mut Self::Context) -> Self::Result {
+        let imported = self.core.import(
+            &import.prefixes,
+            import.duration,
+            import.cause,
+            import.force,
+            import.requester,
+            now_ms(),
+        );
+        if imported.added > 0 {
+            for prefix in &import.prefixes {
+                self.kick_covered(*prefix, import.session);
+            }
+            self.kick_widened();
+        }
+        actix::MessageResult(imported)
     }
 }
 

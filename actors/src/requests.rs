@@ -200,6 +200,35 @@ async fn handle_admin(shared: &Shared, requester: Requester, request: AdminReque
                     Response::BanAdded(ban)
                 })
             }),
+        AdminRequest::Feeds => return Response::Feeds(shared.stats.feeds()),
+        AdminRequest::ListBansByCause {
+            cause,
+            after,
+            limit,
+        } => registry
+            .send(crate::registry::ListBansByCause {
+                cause,
+                after,
+                limit: usize::from(limit.min(MAX_PAGE)),
+            })
+            .await
+            .map(|r| r.map(|(bans, next_after)| Response::Bans { bans, next_after })),
+        AdminRequest::ImportBans {
+            prefixes,
+            duration_secs,
+            cause,
+            force,
+        } => {
+            let import = crate::registry::ImportBans {
+                prefixes,
+                duration: duration_secs.map(std::time::Duration::from_secs),
+                cause,
+                force,
+                requester: Some(requester.ip),
+                session: Some(requester.session),
+            };
+            import_bans(registry, &requester, import).await
+        }
         AdminRequest::ShowBan { target } => registry
             .send(crate::registry::ShowBan { target })
             .await
@@ -229,6 +258,26 @@ async fn handle_admin(shared: &Shared, requester: Requester, request: AdminReque
             )
         }
     }
+}
+
+/// `bans import` over the wire: one answer with the counts.
+async fn import_bans(
+    registry: &actix::Addr<crate::registry::BanRegistry>,
+    requester: &Requester,
+    import: crate::registry::ImportBans,
+) -> Result<Result<Response, BanError>, actix::MailboxError> {
+    let cause = import.cause;
+    let imported = registry.send(import).await?;
+    log::info!(
+        "admin import of {} time-outs by {} (cause {cause})",
+        imported.added,
+        requester.who()
+    );
+    Ok(Ok(Response::Imported {
+        added: u32::try_from(imported.added).unwrap_or(u32::MAX),
+        refused: u32::try_from(imported.refused).unwrap_or(u32::MAX),
+        first_refusal: imported.first_refusal.unwrap_or_default(),
+    }))
 }
 
 fn ban_error(failure: BanError) -> Response {

@@ -238,6 +238,26 @@ impl ServerHandle {
         let _ = self.shared.reloader.set(reloader);
     }
 
+    /// A blocklist feed's refresh, applied through the registry as a
+    /// difference; `None` if the registry is gone.
+    pub async fn apply_feed(&self, list: crate::FeedList) -> Option<crate::FeedApplied> {
+        self.shared
+            .registry
+            .send(crate::registry::ApplyFeed { list })
+            .await
+            .ok()
+    }
+
+    /// Feed `name` comes from `source` (its runner says so once).
+    pub fn feed_source(&self, name: &str, source: &str) {
+        self.shared.stats.feed_source(name, source);
+    }
+
+    /// A refresh of feed `name` failed (its list before stays in force).
+    pub fn feed_failed(&self, name: &str, error: &str) {
+        self.shared.stats.feed_failed(name, error);
+    }
+
     /// Another fleet node's admin released `prefix`. Never waits.
     pub fn release_remote(&self, prefix: model::Cidr) {
         self.shared

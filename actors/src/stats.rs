@@ -4,11 +4,13 @@
 //! binary's Prometheus endpoint encodes ([`crate::ServerHandle::metrics`]).
 //! Everything is a relaxed atomic: recording costs the hot path one add.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use model::BanCause;
-use protocol::message::ServerStats;
+use protocol::message::{FeedStat, ServerStats};
 
 /// The counters themselves; opaque outside this crate (read them through
 /// a [`ServerStats`] or a [`MetricsSnapshot`]).
@@ -52,6 +54,8 @@ pub struct Stats {
     /// From the offending input (or the missed deadline, or the kernel's
     /// event) to the time-out being in the table.
     pub(crate) time_to_ban_seconds: LatencyHistogram,
+    /// Blocklist feeds by name (a handful; written once a refresh).
+    feeds: Mutex<BTreeMap<String, FeedStat>>,
 }
 
 const CAUSE_SLOTS: usize = BanCause::ALL.len() + 1;
@@ -138,6 +142,8 @@ pub struct MetricsSnapshot {
     /// Monitor mode's would-be time-outs, by cause ("other" for admins'
     /// and other nodes').
     pub monitored_by_cause: Vec<(&'static str, u64)>,
+    /// Blocklist feeds.
+    pub feeds: Vec<FeedStat>,
 }
 
 impl Default for Stats {
@@ -164,6 +170,7 @@ impl Default for Stats {
             monitored_by_cause: std::array::from_fn(|_| AtomicU64::new(0)),
             handshake_seconds: LatencyHistogram::default(),
             time_to_ban_seconds: LatencyHistogram::default(),
+            feeds: Mutex::default(),
         }
     }
 }
@@ -173,6 +180,54 @@ pub(crate) fn bump(counter: &AtomicU64) {
 }
 
 impl Stats {
+    fn feeds_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, FeedStat>> {
+        self.feeds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A feed's list was applied: its entries now, and its bad lines.
+    pub(crate) fn feed_applied(&self, name: &str, entries: usize, bad_lines: usize, now_ms: u64) {
+        let mut feeds = self.feeds_lock();
+        let feed = feeds.entry(name.to_owned()).or_default();
+        feed.name = name.to_owned();
+        feed.entries = entries as u64;
+        feed.bad_lines = bad_lines as u64;
+        feed.last_refresh_ms = now_ms;
+        feed.refreshes += 1;
+        feed.last_error.clear();
+    }
+
+    /// Where feed `name` comes from (set when its runner starts).
+    pub fn feed_source(&self, name: &str, source: &str) {
+        let mut feeds = self.feeds_lock();
+        let feed = feeds.entry(name.to_owned()).or_default();
+        feed.name = name.to_owned();
+        feed.source = source.to_owned();
+    }
+
+    /// A refresh of feed `name` failed; its list before stays in force.
+    pub fn feed_failed(&self, name: &str, error: &str) {
+        let mut feeds = self.feeds_lock();
+        let feed = feeds.entry(name.to_owned()).or_default();
+        feed.name = name.to_owned();
+        feed.refresh_errors += 1;
+        feed.last_error = error.chars().take(256).collect();
+    }
+
+    /// The feeds' entries in force, as the table counts them.
+    pub(crate) fn feed_entries(&self, sizes: &[(String, usize)]) {
+        let mut feeds = self.feeds_lock();
+        for (name, entries) in sizes {
+            let feed = feeds.entry(name.clone()).or_default();
+            feed.name = name.clone();
+            feed.entries = *entries as u64;
+        }
+    }
+
+    /// Every feed.
+    pub fn feeds(&self) -> Vec<FeedStat> {
+        self.feeds_lock().values().cloned().collect()
+    }
+
     /// Counts a time-out made: `None` for an admin's (its cause is free text).
     pub(crate) fn count_ban(&self, cause: Option<BanCause>) {
         bump(&self.bans_by_cause[cause_slot(cause)]);
@@ -214,6 +269,7 @@ impl Stats {
                 .zip(&self.monitored_by_cause)
                 .map(|(name, n)| (name, n.load(Ordering::Relaxed)))
                 .collect(),
+            feeds: self.feeds(),
         }
     }
 

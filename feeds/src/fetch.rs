@@ -67,7 +67,11 @@ pub enum FetchError {
 
 /// Fetches `source` within `limits`; `previous` are the validators of the
 /// last good fetch of it.
-pub fn fetch(source: &Source, limits: Limits, previous: &Validators) -> Result<Fetched, FetchError> {
+pub fn fetch(
+    source: &Source,
+    limits: Limits,
+    previous: &Validators,
+) -> Result<Fetched, FetchError> {
     match source {
         Source::Path(path) => read_file(path, limits.max_bytes),
         Source::Url(url) => get(url, limits, previous),
@@ -218,29 +222,42 @@ mod tests {
             })
         });
         let source = Source::Url(url);
-        let Fetched::Body(body, validators) = fetch(&source, LIMITS, &Validators::default()).unwrap()
+        let Fetched::Body(body, validators) =
+            fetch(&source, LIMITS, &Validators::default()).unwrap()
         else {
             panic!("a body");
         };
         assert_eq!(body, b"198.18.0.0/24\n");
         assert_eq!(validators.etag.as_deref(), Some("\"v1\""));
-        assert_eq!(fetch(&source, LIMITS, &validators).unwrap(), Fetched::NotModified);
+        assert_eq!(
+            fetch(&source, LIMITS, &validators).unwrap(),
+            Fetched::NotModified
+        );
     }
 
     #[test]
     fn errors_big_answers_and_hangs_are_one_line_each() {
-        let url = server(|_| Some("HTTP/1.1 500 Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()));
+        let url = server(|_| {
+            Some("HTTP/1.1 500 Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into())
+        });
         let error = fetch(&Source::Url(url.clone()), LIMITS, &Validators::default()).unwrap_err();
         assert_eq!(error.to_string(), format!("{url} answered HTTP 500"));
 
         let url = server(|_| Some(ok(&"198.18.0.0/24\n".repeat(100))));
         let error = fetch(&Source::Url(url.clone()), LIMITS, &Validators::default()).unwrap_err();
-        assert_eq!(error.to_string(), format!("{url} is larger than 1024 bytes"));
+        assert_eq!(
+            error.to_string(),
+            format!("{url} is larger than 1024 bytes")
+        );
 
         let url = server(|_| None);
         let started = std::time::Instant::now();
         let error = fetch(&Source::Url(url.clone()), LIMITS, &Validators::default()).unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
         assert!(error.to_string().starts_with(&url), "{error}");
         assert!(!error.to_string().contains('\n'), "{error}");
     }
@@ -251,7 +268,10 @@ mod tests {
         let path = dir.path().join("drop.txt");
         std::fs::write(&path, "198.18.0.0/24\n").unwrap();
         let source = Source::Path(path.clone());
-        assert!(matches!(fetch(&source, LIMITS, &Validators::default()), Ok(Fetched::Body(..))));
+        assert!(matches!(
+            fetch(&source, LIMITS, &Validators::default()),
+            Ok(Fetched::Body(..))
+        ));
         std::fs::write(&path, vec![b'#'; 2000]).unwrap();
         assert!(matches!(
             fetch(&source, LIMITS, &Validators::default()),

@@ -126,7 +126,12 @@ mod tests {
         let parsed = parse(text, 100).unwrap();
         assert_eq!(
             parsed.entries,
-            cidrs(&["198.18.0.0/20", "198.18.200.7/32", "198.19.0.0/16", "2001:db8::/32"])
+            cidrs(&[
+                "198.18.0.0/20",
+                "198.18.200.7/32",
+                "198.19.0.0/16",
+                "2001:db8::/32"
+            ])
         );
         assert_eq!(parsed.bad_count, 0);
     }
@@ -139,9 +144,20 @@ mod tests {
         assert_eq!(parsed.bad_count, 4);
         let lines: Vec<usize> = parsed.bad.iter().map(|b| b.line).collect();
         assert_eq!(lines, [2, 3, 4, 5]);
-        assert_eq!(parsed.bad[0].reason, "\"not-an-ip\" is not an address or prefix");
-        assert!(parsed.bad[1].reason.contains("has host bits set"), "{:?}", parsed.bad[1]);
-        assert!(parsed.bad[2].reason.contains("wider than /8"), "{:?}", parsed.bad[2]);
+        assert_eq!(
+            parsed.bad[0].reason,
+            "\"not-an-ip\" is not an address or prefix"
+        );
+        assert!(
+            parsed.bad[1].reason.contains("has host bits set"),
+            "{:?}",
+            parsed.bad[1]
+        );
+        assert!(
+            parsed.bad[2].reason.contains("wider than /8"),
+            "{:?}",
+            parsed.bad[2]
+        );
         assert_eq!(parsed.bad[3].reason, "not text");
     }
 

@@ -69,6 +69,45 @@ pub enum AdminRequest {
     /// Re-read the server's settings and apply what can change live (as
     /// SIGHUP does).
     Reload,
+    /// Bans of one cause (`feed:NAME`, `widened`, an admin's note) in
+    /// prefix order, starting after `after`.
+    ListBansByCause {
+        cause: Cause,
+        after: Option<Cidr>,
+        limit: u16,
+    },
+    /// Every blocklist feed: entries, last refresh, errors.
+    Feeds,
+    /// Admin time-outs of many prefixes at once (`bans import`), each as
+    /// `AddBan` would make it; at most [`MAX_IMPORT`] a request.
+    ImportBans {
+        prefixes: Vec<Cidr>,
+        duration_secs: Option<u64>,
+        cause: Cause,
+        force: bool,
+    },
+}
+
+/// Prefixes one `ImportBans` request may carry (about 40 KB encoded).
+pub const MAX_IMPORT: usize = 2048;
+
+/// One blocklist feed as the server sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub struct FeedStat {
+    pub name: String,
+    /// Its path or URL.
+    pub source: String,
+    /// Entries in force now.
+    pub entries: u64,
+    /// When its list was last applied (Unix ms; 0: not yet).
+    pub last_refresh_ms: u64,
+    pub refreshes: u64,
+    /// Refreshes that failed (the list before stayed in force).
+    pub refresh_errors: u64,
+    /// The last failure, one line ("" if none since the last good one).
+    pub last_error: String,
+    /// Lines of its last list that were not entries.
+    pub bad_lines: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -99,6 +138,15 @@ pub enum Response {
     /// What a reload changed, one line.
     Reloaded {
         summary: String,
+    },
+    Feeds(Vec<FeedStat>),
+    /// What an `ImportBans` did: how many were timed out, how many
+    /// refused (inside the allow-list, covering it without force, ...),
+    /// and the first refusal in words.
+    Imported {
+        added: u32,
+        refused: u32,
+        first_refusal: String,
     },
 }
 
@@ -167,7 +215,17 @@ impl Request {
                 }
                 check_page(*limit)
             }
-            Request::Admin(AdminRequest::ListBans { limit, .. }) => check_page(*limit),
+            Request::Admin(
+                AdminRequest::ListBans { limit, .. } | AdminRequest::ListBansByCause { limit, .. },
+            ) => check_page(*limit),
+            Request::Admin(AdminRequest::ImportBans {
+                prefixes, cause, ..
+            }) => {
+                if prefixes.is_empty() || prefixes.len() > MAX_IMPORT {
+                    return Err(InvalidRequest::ImportSize(prefixes.len()));
+                }
+                Ok(check_text("cause", cause.as_str())?)
+            }
             Request::Admin(AdminRequest::AddBan { cause, .. }) => {
                 Ok(check_text("cause", cause.as_str())?)
             }
@@ -175,7 +233,8 @@ impl Request {
                 AdminRequest::RemoveBan { .. }
                 | AdminRequest::Stats
                 | AdminRequest::ShowBan { .. }
-                | AdminRequest::Reload,
+                | AdminRequest::Reload
+                | AdminRequest::Feeds,
             ) => Ok(()),
         }
     }
@@ -188,6 +247,8 @@ pub enum InvalidRequest {
     Field(#[from] model::volume::FieldError),
     #[error("page limit must be 1..={MAX_PAGE}, got {0}")]
     PageLimit(u16),
+    #[error("an import carries 1..={MAX_IMPORT} prefixes, got {0}")]
+    ImportSize(usize),
 }
 
 fn check_page(limit: u16) -> Result<(), InvalidRequest> {

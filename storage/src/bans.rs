@@ -152,6 +152,41 @@ impl BanStore {
         })
     }
 
+    /// Up to `limit` bans of `cause` in prefix order after `after`, and the
+    /// prefix to continue from if there may be more (the cause is read in
+    /// place: a page among a million feed entries costs no decoding of the
+    /// rest).
+    pub fn list_by_cause(
+        &self,
+        cause: &str,
+        after: Option<&Cidr>,
+        limit: usize,
+    ) -> Result<(Vec<BanInfo>, Option<Cidr>)> {
+        let limit = limit.max(1);
+        let after = after.map(|prefix| encode_prefix(prefix).to_vec());
+        self.shared.with(|trees| {
+            let entries = match after {
+                Some(after) => trees
+                    .bans
+                    .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+                None => trees.bans.iter(),
+            };
+            let mut bans: Vec<BanInfo> = Vec::new();
+            for entry in entries {
+                let (key, value) = entry?;
+                if crate::codec::cause_in_place(&value) != Some(cause.as_bytes()) {
+                    continue;
+                }
+                if bans.len() == limit {
+                    let next = bans.last().map(|ban| ban.prefix);
+                    return Ok((bans, next));
+                }
+                bans.push(decode_ban(&key, &value)?);
+            }
+            Ok((bans, None))
+        })
+    }
+
     /// Reads every ban for boot: live ones are returned (prefix and expiry
     /// only: the rest of each record is not decoded), expired ones retired
     /// (removed, their history kept). The first call after the open takes

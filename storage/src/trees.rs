@@ -442,7 +442,10 @@ impl Database {
             }
         }
         let result = match trees.as_ref() {
-            Some(trees) => trees.tree(id).apply_batch(batch).map_err(StorageError::Sled),
+            Some(trees) => trees
+                .tree(id)
+                .apply_batch(batch)
+                .map_err(StorageError::Sled),
             None => Err(StorageError::Unavailable {
                 dir: self.dir.clone(),
             }),

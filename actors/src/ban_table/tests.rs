@@ -194,3 +194,226 @@ fn an_undecodable_record_fails_the_list_but_can_still_be_released() {
     assert_eq!(bed.core.release(prefix).unwrap(), Some(prefix));
     assert_eq!(bed.core.list(None, 10).unwrap(), (Vec::new(), None));
 }
+
+fn feed(name: &str, entries: &[&str]) -> crate::FeedList {
+    let mut entries: Vec<Cidr> = entries.iter().map(|e| e.parse().unwrap()).collect();
+    entries.sort_unstable();
+    crate::FeedList {
+        name: name.into(),
+        entries,
+        refresh: Duration::from_secs(3600),
+        bad_lines: 0,
+    }
+}
+
+#[test]
+fn a_feed_refresh_is_a_difference_that_never_lets_a_kept_entry_out() {
+    let mut bed = Bed::allowing(BanPolicy::default(), &["198.18.9.0/24"]);
+    let applied = bed.core.apply_feed(
+        feed(
+            "drop",
+            &[
+                "198.18.0.0/24",
+                "198.18.1.0/24",
+                "2001:db8:1::/48",
+                "198.18.9.0/25",
+            ],
+        ),
+        NOW,
+    );
+    assert_eq!((applied.added, applied.allow_listed), (3, 1));
+    let kept: Cidr = "198.18.0.0/24".parse().unwrap();
+    let first_expiry = bed.core.expiry(&kept).unwrap();
+    // One refresh plus a grace of one, plus at most a quarter of one.
+    assert!(
+        (NOW + 120 * MIN..NOW + 135 * MIN).contains(&first_expiry),
+        "{first_expiry}"
+    );
+    assert!(bed.core.view().is_banned(ip("198.18.1.77"), NOW));
+    assert!(bed.kernel.holds("198.18.1.0/24") && bed.kernel.holds("2001:db8:1::/48"));
+    let stored = bed.store.bans().get(&kept).unwrap().unwrap();
+    assert_eq!(stored.cause.as_str(), "feed:drop");
+
+    // Ten minutes later: one left, one new, one kept with its expiry moved.
+    let later = NOW + 10 * MIN;
+    let applied = bed.core.apply_feed(
+        feed(
+            "drop",
+            &["198.18.0.0/24", "198.18.2.0/24", "2001:db8:1::/48"],
+        ),
+        later,
+    );
+    assert_eq!((applied.added, applied.kept, applied.released), (1, 2, 1));
+    assert_eq!(bed.core.expiry(&kept), Some(first_expiry + 10 * MIN));
+    assert!(!bed.core.view().is_banned(ip("198.18.1.77"), later));
+    assert!(!bed.kernel.holds("198.18.1.0/24") && bed.kernel.holds("198.18.2.0/24"));
+    assert!(bed.kernel.holds("198.18.0.0/24"));
+    assert!(
+        bed.store
+            .bans()
+            .get(&"198.18.1.0/24".parse().unwrap())
+            .unwrap()
+            .is_none()
+    );
+    // No escalation history for a feed's entry.
+    assert!(
+        bed.store
+            .bans()
+            .history(&"198.18.1.0/24".parse().unwrap())
+            .unwrap()
+            .is_none()
+    );
+    let stats = bed.stats.feeds();
+    assert_eq!((stats[0].name.as_str(), stats[0].entries), ("drop", 3));
+    // Listed entries are not shared, and do not count as time-outs made.
+    assert_eq!(bed.stats.bans_total.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn feeds_and_attackers_each_keep_their_own_bound() {
+    let policy = BanPolicy {
+        max_entries: 2,
+        ..BanPolicy::default()
+    };
+    let mut bed = Bed::new(policy);
+    bed.core.apply_feed(
+        feed("drop", &["198.18.0.0/24", "198.18.1.0/24", "198.18.2.0/24"]),
+        NOW,
+    );
+    for source in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+        banned(
+            bed.core
+                .ban(ip(source), BanCause::BadMagic, FirstBytes::default(), NOW),
+        );
+    }
+    // The attackers' bound evicted an attacker, never a feed entry.
+    assert_eq!(bed.core.len(), 5);
+    assert_eq!(bed.stats.bans_evicted.load(Ordering::Relaxed), 1);
+    for entry in ["198.18.0.0/24", "198.18.1.0/24", "198.18.2.0/24"] {
+        assert!(
+            bed.core.expiry(&entry.parse().unwrap()).is_some(),
+            "{entry}"
+        );
+    }
+}
+
+#[test]
+fn what_else_timed_out_is_left_to_it_and_an_admin_takes_an_entry_over() {
+    let mut bed = Bed::new(BanPolicy::default());
+    banned(bed.core.ban(
+        ip("192.0.2.1"),
+        BanCause::BadMagic,
+        FirstBytes::default(),
+        NOW,
+    ));
+    let applied = bed
+        .core
+        .apply_feed(feed("drop", &["192.0.2.1/32", "198.18.0.0/24"]), NOW);
+    assert_eq!((applied.added, applied.held), (1, 1));
+    assert_eq!(
+        bed.store
+            .bans()
+            .get(&"192.0.2.1".parse().unwrap())
+            .unwrap()
+            .unwrap()
+            .cause
+            .as_str(),
+        "bad-magic"
+    );
+    // An admin's time-out of a listed prefix replaces the feed's entry; a
+    // refresh leaves it to the admin, and a list without it does not end it.
+    bed.core
+        .admin_ban(
+            admin("198.18.0.0/24".parse().unwrap(), None, "by hand"),
+            NOW,
+        )
+        .unwrap();
+    let applied = bed
+        .core
+        .apply_feed(feed("drop", &["198.18.0.0/24"]), NOW + MIN);
+    assert_eq!((applied.held, applied.kept), (1, 0));
+    bed.core.apply_feed(feed("drop", &[]), NOW + 2 * MIN);
+    let admin = bed
+        .store
+        .bans()
+        .get(&"198.18.0.0/24".parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(admin.cause.as_str(), "by hand");
+}
+
+#[test]
+fn a_feed_that_stops_refreshing_ends_by_itself_and_a_restart_keeps_its_entries() {
+    let mut bed = Bed::new(BanPolicy::default());
+    bed.core
+        .apply_feed(feed("drop", &["198.18.0.0/24", "198.18.1.0/24"]), NOW);
+    bed.core.flush().unwrap();
+    // A restart: the entries are the feed's again, so that a refresh keeps them.
+    let stats = Arc::new(Stats::default());
+    let (mut core, report) = restore(
+        BanPolicy {
+            max_entries: 1,
+            ..BanPolicy::default()
+        },
+        &AllowList::default(),
+        bed.store.clone(),
+        &stats,
+        &FakeKernel::default(),
+        NOW + MIN,
+    );
+    assert_eq!(report.restored, 2, "the bound leaves feed entries out");
+    let applied = core.apply_feed(feed("drop", &["198.18.0.0/24"]), NOW + 2 * MIN);
+    assert_eq!((applied.kept, applied.released), (1, 1));
+    // Not refreshed again: over after one refresh and a grace, spread.
+    assert_eq!(core.release_expired(NOW + 2 * MIN + 119 * MIN), 0);
+    assert_eq!(core.release_expired(NOW + 2 * MIN + 136 * MIN), 1);
+    assert!(core.is_empty());
+    assert!(
+        bed.store
+            .bans()
+            .history(&"198.18.0.0/24".parse().unwrap())
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn monitor_mode_applies_no_feed_and_an_import_refuses_what_the_allow_list_holds() {
+    let mut bed = Bed::new(BanPolicy {
+        monitor: true,
+        ..BanPolicy::default()
+    });
+    assert_eq!(
+        bed.core
+            .apply_feed(feed("drop", &["198.18.0.0/24"]), NOW)
+            .added,
+        0
+    );
+    assert!(bed.core.is_empty());
+
+    let mut bed = Bed::allowing(BanPolicy::default(), &["198.18.5.0/24"]);
+    let prefixes: Vec<Cidr> = ["198.18.0.0/24", "198.18.5.7/32", "198.18.0.0/16"]
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let imported = bed
+        .core
+        .import(&prefixes, None, "list".parse().unwrap(), false, None, NOW);
+    assert_eq!((imported.added, imported.refused), (1, 2));
+    assert!(
+        imported
+            .first_refusal
+            .unwrap()
+            .starts_with("198.18.5.7/32: ")
+    );
+    assert_eq!(
+        bed.store
+            .bans()
+            .get(&prefixes[0])
+            .unwrap()
+            .unwrap()
+            .cause
+            .as_str(),
+        "list"
+    );
+}
