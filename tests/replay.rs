@@ -271,12 +271,3 @@ fn monitor_mode_logs_and_counts_every_would_be_cause_and_refuses_nobody() {
         "{counted} counted for {expected_causes} would-be causes:\n{body}"
     );
 }
-
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
-}

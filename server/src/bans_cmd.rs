@@ -11,7 +11,7 @@ use actors::{AdminBan, BanCore};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use model::Cidr;
-use protocol::message::{BanInfo, Cause, ErrorCode, MAX_PAGE};
+use protocol::message::{BanInfo, Cause, ErrorCode, MAX_IMPORT, MAX_PAGE};
 use protocol::{
     AdminRequest, Client, ClientConfig, PrivateKey, PublicKey, Request, Response, Role,
 };
@@ -56,6 +56,27 @@ enum BansCommand {
         /// One JSON object per line: prefix, cause, expires_at, remaining_s, repeat.
         #[arg(long)]
         json: bool,
+        /// Only the time-outs of this cause (feed:NAME, widened, an admin's).
+        #[arg(long)]
+        cause: Option<Cause>,
+    },
+    /// Time out every address or prefix of a file (one a line, `#` and `;`
+    /// comments, as a blocklist feed), each as `add` would.
+    Import {
+        /// The list; `-` reads standard input.
+        file: PathBuf,
+        /// Their cause (shown by list and show).
+        #[arg(long)]
+        cause: Cause,
+        /// How long, e.g. 30m, 12h [default: bans.admin_default, 1h].
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Also prefixes that cover allow-listed addresses or your own.
+        #[arg(long)]
+        force: bool,
+        /// A longer list is refused whole.
+        #[arg(long, default_value_t = 1_000_000)]
+        max_entries: usize,
     },
     /// Time out an address or CIDR prefix.
     Add {
@@ -84,7 +105,8 @@ enum BansCommand {
     },
     /// Release an address or prefix (and forget its escalation history).
     Remove { prefix: Cidr },
-    /// The server's counters as JSON (online only).
+    /// The server's counters as JSON, with each blocklist feed's
+    /// entries, last refresh and errors (online only).
     Stats,
 }
 
@@ -106,7 +128,14 @@ pub fn run(args: BansArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let mut backend = connect(&args).await?;
         match args.command {
-            BansCommand::List { json } => list(&mut backend, json).await,
+            BansCommand::List { json, cause } => list(&mut backend, json, cause).await,
+            BansCommand::Import {
+                file,
+                cause,
+                duration,
+                force,
+                max_entries,
+            } => import(&mut backend, &file, cause, duration, force, max_entries).await,
             BansCommand::Add {
                 prefix,
                 duration,
@@ -129,13 +158,18 @@ pub fn run(args: BansArgs) -> anyhow::Result<ExitCode> {
                 let Backend::Online(client) = &mut backend else {
                     bail!("stats needs a running server: --server HOST:PORT --server-key KEY --key ADMIN.key");
                 };
-                match client.call(&Request::Admin(AdminRequest::Stats)).await? {
-                    Response::Stats(stats) => {
-                        println!("{}", crate::display::stats_json(&stats));
-                        Ok(ExitCode::SUCCESS)
-                    }
-                    other => Err(server_error(other)),
-                }
+                let stats = match client.call(&Request::Admin(AdminRequest::Stats)).await? {
+                    Response::Stats(stats) => stats,
+                    other => return Err(server_error(other)),
+                };
+                let feeds = match client.call(&Request::Admin(AdminRequest::Feeds)).await? {
+                    Response::Feeds(feeds) => feeds,
+                    other => return Err(server_error(other)),
+                };
+                let mut json = crate::display::stats_json(&stats);
+                json["feeds"] = crate::display::feeds_json(&feeds);
+                println!("{json}");
+                Ok(ExitCode::SUCCESS)
             }
             BansCommand::Show { target, json } => {
                 let target = parse_target(&target)?;
@@ -242,11 +276,11 @@ async fn connect(args: &BansArgs) -> anyhow::Result<Backend> {
     Ok(Backend::Offline(Box::new(Offline { core })))
 }
 
-async fn list(backend: &mut Backend, json: bool) -> anyhow::Result<ExitCode> {
+async fn list(backend: &mut Backend, json: bool, cause: Option<Cause>) -> anyhow::Result<ExitCode> {
     let now = actors::now_ms();
     let mut shown = 0usize;
     backend
-        .each_ban(|ban| {
+        .each_ban(cause, |ban| {
             if ban.expires_at_ms > now {
                 shown += 1;
                 if json {
@@ -263,6 +297,59 @@ async fn list(backend: &mut Backend, json: bool) -> anyhow::Result<ExitCode> {
         eprintln!("no time-outs");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `bans import`: the file parsed as a feed is (bad lines named, the rest
+/// imported), then one line of counts.
+async fn import(
+    backend: &mut Backend,
+    file: &Path,
+    cause: Cause,
+    duration: Option<Duration>,
+    force: bool,
+    max_entries: usize,
+) -> anyhow::Result<ExitCode> {
+    let text = if file == Path::new("-") {
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::io::stdin(), 64 << 20),
+            &mut text,
+        )
+        .context("cannot read standard input")?;
+        text
+    } else {
+        std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let parsed = feeds::parse(&text, max_entries).map_err(|too_many| {
+        anyhow::anyhow!(
+            "{}: {too_many} (--max-entries): nothing imported",
+            file.display()
+        )
+    })?;
+    for bad in &parsed.bad {
+        eprintln!("{}:{}: {} (skipped)", file.display(), bad.line, bad.reason);
+    }
+    if parsed.bad_count > parsed.bad.len() {
+        eprintln!("{}: {} bad lines in all", file.display(), parsed.bad_count);
+    }
+    if parsed.entries.is_empty() {
+        bail!("{}: no addresses or prefixes to import", file.display());
+    }
+    let (added, refused, first) = backend
+        .import(&parsed.entries, duration, cause, force)
+        .await?;
+    println!(
+        "imported {added} time-outs (cause {cause}){}",
+        match first {
+            Some(first) => format!("; {refused} refused, the first: {first}"),
+            None => String::new(),
+        }
+    );
+    Ok(if refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// An address alone (`203.0.113.7`, `2001:db8::1`) or a prefix.
@@ -289,15 +376,16 @@ impl Backend {
         }
     }
 
-    /// Visits every ban in prefix order, page by page, until `visit`
-    /// returns false.
+    /// Visits every ban (of `cause`, if given) in prefix order, page by
+    /// page, until `visit` returns false.
     pub(crate) async fn each_ban(
         &mut self,
+        cause: Option<Cause>,
         mut visit: impl FnMut(&BanInfo) -> bool,
     ) -> anyhow::Result<()> {
         let mut after = None;
         loop {
-            let (bans, next) = self.page(after).await?;
+            let (bans, next) = self.page(cause, after).await?;
             if !bans.iter().all(&mut visit) {
                 return Ok(());
             }
@@ -308,12 +396,23 @@ impl Backend {
         }
     }
 
-    async fn page(&mut self, after: Option<Cidr>) -> anyhow::Result<(Vec<BanInfo>, Option<Cidr>)> {
+    async fn page(
+        &mut self,
+        cause: Option<Cause>,
+        after: Option<Cidr>,
+    ) -> anyhow::Result<(Vec<BanInfo>, Option<Cidr>)> {
         match self {
             Backend::Online(client) => {
-                let request = Request::Admin(AdminRequest::ListBans {
-                    after,
-                    limit: MAX_PAGE,
+                let request = Request::Admin(match cause {
+                    Some(cause) => AdminRequest::ListBansByCause {
+                        cause,
+                        after,
+                        limit: MAX_PAGE,
+                    },
+                    None => AdminRequest::ListBans {
+                        after,
+                        limit: MAX_PAGE,
+                    },
                 });
                 match client.call(&request).await? {
                     Response::Bans { bans, next_after } => Ok((bans, next_after)),
@@ -321,7 +420,58 @@ impl Backend {
                 }
             }
             Backend::Offline(offline) => {
-                Ok(offline.core.list(after.as_ref(), usize::from(MAX_PAGE))?)
+                let limit = usize::from(MAX_PAGE);
+                Ok(match cause {
+                    Some(cause) => offline.core.list_by_cause(&cause, after.as_ref(), limit)?,
+                    None => offline.core.list(after.as_ref(), limit)?,
+                })
+            }
+        }
+    }
+
+    /// Admin time-outs of `prefixes`, in requests of at most
+    /// [`MAX_IMPORT`] online; (added, refused, the first refusal).
+    async fn import(
+        &mut self,
+        prefixes: &[Cidr],
+        duration: Option<Duration>,
+        cause: Cause,
+        force: bool,
+    ) -> anyhow::Result<(usize, usize, Option<String>)> {
+        match self {
+            Backend::Online(client) => {
+                let (mut added, mut refused, mut first) = (0usize, 0usize, None);
+                for chunk in prefixes.chunks(MAX_IMPORT) {
+                    let request = Request::Admin(AdminRequest::ImportBans {
+                        prefixes: chunk.to_vec(),
+                        duration_secs: duration.map(|d| d.as_secs()),
+                        cause,
+                        force,
+                    });
+                    match client.call(&request).await? {
+                        Response::Imported {
+                            added: a,
+                            refused: r,
+                            first_refusal,
+                        } => {
+                            added += a as usize;
+                            refused += r as usize;
+                            if first.is_none() && !first_refusal.is_empty() {
+                                first = Some(first_refusal);
+                            }
+                        }
+                        other => return Err(server_error(other)),
+                    }
+                }
+                Ok((added, refused, first))
+            }
+            Backend::Offline(offline) => {
+                let imported =
+                    offline
+                        .core
+                        .import(prefixes, duration, cause, force, None, actors::now_ms());
+                offline.core.flush()?;
+                Ok((imported.added, imported.refused, imported.first_refusal))
             }
         }
     }

@@ -22,6 +22,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "log filter, as RUST_LOG: \"info\", \"debug\", \"info,actors=debug\"; unset: RUST_LOG, else info (a reload applies it)",
     ),
     (
+        "feeds",
+        "blocklist feeds, [[feeds]] tables: name, path or url, refresh [1h], max_entries [1000000], timeout [30s]",
+    ),
+    (
         "keys.server_key",
         "server private key [default: DATA_DIR/server.key, generated on first start]",
     ),

@@ -183,6 +183,25 @@ pub fn printable(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Each blocklist feed, for `bans stats`.
+pub fn feeds_json(feeds: &[protocol::message::FeedStat]) -> serde_json::Value {
+    feeds
+        .iter()
+        .map(|feed| {
+            serde_json::json!({
+                "name": feed.name,
+                "source": feed.source,
+                "entries": feed.entries,
+                "last_refresh": (feed.last_refresh_ms > 0).then(|| format_time(feed.last_refresh_ms)),
+                "refreshes": feed.refreshes,
+                "refresh_errors": feed.refresh_errors,
+                "last_error": (!feed.last_error.is_empty()).then_some(feed.last_error.as_str()),
+                "bad_lines": feed.bad_lines,
+            })
+        })
+        .collect()
+}
+
 pub fn stats_json(stats: &ServerStats) -> serde_json::Value {
     serde_json::json!({
         "uptime_s": stats.uptime_secs,

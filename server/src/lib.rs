@@ -12,6 +12,7 @@ pub mod client_cmd;
 pub mod config_print;
 pub mod db_cmd;
 pub mod display;
+pub mod feeds_wiring;
 pub mod fleet_wiring;
 pub mod kernel_table;
 pub mod kernel_wiring;

@@ -152,6 +152,7 @@ impl Collector for ServerCollector {
         };
         let m = source.server.metrics();
         encode_server(&mut encoder, &m)?;
+        encode_feeds(&mut encoder, &m)?;
         encode_fleet(&mut encoder, &m, source.fleet.as_ref())?;
         encode_kernel(&mut encoder, source.kernel.as_deref())
     }
@@ -342,6 +343,49 @@ fn encode_timeouts(e: &mut DescriptorEncoder, m: &MetricsSnapshot) -> std::fmt::
         "time_to_timeout",
         "From the offending input (or missed deadline, or kernel event) to the time-out in the table",
         &m.time_to_ban_seconds,
+    )
+}
+
+/// Blocklist feeds, labelled by name (a handful: the operator's list).
+fn encode_feeds(e: &mut DescriptorEncoder, m: &MetricsSnapshot) -> std::fmt::Result {
+    if m.feeds.is_empty() {
+        return Ok(());
+    }
+    let by_feed = |pick: fn(&protocol::message::FeedStat) -> u64| -> Vec<(&str, u64)> {
+        m.feeds.iter().map(|f| (f.name.as_str(), pick(f))).collect()
+    };
+    {
+        let mut metric = e.encode_descriptor(
+            "feed_entries",
+            "A blocklist feed's entries in force now",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (feed, entries) in by_feed(|f| f.entries) {
+            metric
+                .encode_family(&[("feed", feed)])?
+                .encode_gauge(&as_gauge(entries))?;
+        }
+    }
+    {
+        let mut metric = e.encode_descriptor(
+            "feed_last_refresh_timestamp_seconds",
+            "When a blocklist feed's list was last applied (Unix seconds; 0: not yet)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (feed, at) in by_feed(|f| f.last_refresh_ms / 1000) {
+            metric
+                .encode_family(&[("feed", feed)])?
+                .encode_gauge(&as_gauge(at))?;
+        }
+    }
+    counters_by(
+        e,
+        "feed_refresh_errors",
+        "Refreshes of a blocklist feed that failed (its list before stayed in force)",
+        "feed",
+        &by_feed(|f| f.refresh_errors),
     )
 }
 

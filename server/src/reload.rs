@@ -15,7 +15,10 @@
 //!   and write deadlines, the next wait of every session);
 //! - the kernel detectors' thresholds (`kernel.scan_*`, `trap_ports`,
 //!   `syn_*`, `stray_*`, `unparsed_burst`, `drop_scope`);
-//! - `log_level`.
+//! - `log_level`;
+//! - `bans.widen`, from the next time-out on;
+//! - `feeds`: every feed is read again at once (a changed file applies
+//!   then), a new one starts, and a removed one's entries are released.
 //!
 //! Everything else (listen addresses, data dir, workers, storage, metrics,
 //! the kernel table, the fleet, the proxies, aggregation) is named in the
@@ -51,6 +54,8 @@ const LIVE: &[&str] = &[
     "bans.allow",
     "bans.max_entries",
     "bans.mode",
+    "bans.widen",
+    "feeds",
     "keys.authorized_keys",
     "keys.admin_keys",
     "limits",
@@ -73,6 +78,8 @@ pub struct Reload {
     server: ServerHandle,
     kernel_pins: Option<PathBuf>,
     bound: Vec<std::net::SocketAddr>,
+    /// The blocklist feeds' tasks, once they run.
+    feeds: std::sync::OnceLock<std::sync::Arc<crate::feeds_wiring::FeedRunners>>,
 }
 
 impl Reload {
@@ -89,7 +96,13 @@ impl Reload {
             server,
             kernel_pins,
             bound,
+            feeds: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The feeds a reload restarts.
+    pub fn set_feeds(&self, feeds: std::sync::Arc<crate::feeds_wiring::FeedRunners>) {
+        let _ = self.feeds.set(feeds);
     }
 
     /// SIGHUP: the outcome is logged.
@@ -135,6 +148,9 @@ impl Reload {
             allow,
             applied.deadlines(),
         );
+        if let Some(feeds) = self.feeds.get() {
+            feeds.replace(&applied.feeds);
+        }
         let log_level_changed = current.log_level != applied.log_level;
         *current = applied;
         if log_level_changed {

@@ -89,7 +89,7 @@ fn ban_of(
         let mut backend = connect_admin(server, server_key, key, None).await?;
         let mut found = None;
         backend
-            .each_ban(|ban| {
+            .each_ban(None, |ban| {
                 if ban.prefix.contains(source) {
                     found = Some((ban.prefix, ban.cause.to_string()));
                 }

@@ -257,6 +257,9 @@ async fn serve(
         running.local_addrs.clone(),
     ));
     running.handle().set_reloader(reloader.clone());
+    reloader.set_feeds(std::sync::Arc::new(
+        crate::feeds_wiring::FeedRunners::start(running.handle(), &plan.settings.feeds),
+    ));
     if let Some(fleet) = &tiers.fleet
         && let Err(error) = fleet.start(&store, running.handle())
     {
@@ -402,6 +405,16 @@ fn log_summary(args: &ServeArgs, settings: &Settings, access: &AccessPolicy) {
     }
     if settings.fleet.servers.is_empty() {
         log::info!("fleet off: no fleet.servers (time-outs stay on this node)");
+    }
+    for feed in &settings.feeds {
+        log::info!(
+            "feed {}: {} every {}, at most {} entries (cause feed:{})",
+            feed.name,
+            feed.source(),
+            humantime::format_duration(feed.refresh.0),
+            feed.max_entries,
+            feed.name
+        );
     }
     if !settings.proxy.trusted.is_empty() {
         log::info!(

@@ -681,3 +681,13 @@ pub fn error_message(response: Response, code: protocol::message::ErrorCode) -> 
         other => panic!("expected an error {code:?}, got {other:?}"),
     }
 }
+
+/// A plain HTTP GET (the metrics endpoint): status line, headers and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}

@@ -45,6 +45,10 @@ impl Problems {
     }
 }
 
+/// Most entries one feed may hold (about 40 bytes each in memory, besides
+/// the view's and the kernel's).
+const MAX_FEED_ENTRIES: usize = 10_000_000;
+
 /// The widest a time-out may widen to: a provider's allocation is wider.
 const WIDEST_IPV4: u8 = 16;
 const WIDEST_IPV6: u8 = 32;
@@ -65,6 +69,7 @@ impl Settings {
         self.check_bans(&mut problems);
         self.check_connections(&mut problems);
         self.check_kernel(&mut problems);
+        self.check_feeds(&mut problems);
         problems.note(self.allow_list().map(drop));
         problems.note(self.metrics_listen().map(drop));
         problems.note(self.fleet().map(drop));
@@ -121,6 +126,62 @@ impl Settings {
         }
         problems.note_some(b.mode.problem("bans.mode"));
         self.check_widen(problems);
+    }
+
+    /// `[[feeds]]`: a name fit for a cause, one source each, sane bounds.
+    fn check_feeds(&self, problems: &mut Problems) {
+        let mut names = std::collections::HashSet::new();
+        for (i, feed) in self.feeds.iter().enumerate() {
+            let key = format!("feeds[{i}]");
+            let valid_name = !feed.name.is_empty()
+                && feed.name.len() <= 32
+                && feed
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !valid_name {
+                problems.note(Err(anyhow!(
+                    "{key}.name: {:?} is not 1 to 32 letters, digits, '.', '_' or '-'",
+                    feed.name
+                )));
+            } else if !names.insert(feed.name.as_str()) {
+                problems.note(Err(anyhow!("{key}.name: {:?} names two feeds", feed.name)));
+            }
+            match (&feed.path, &feed.url) {
+                (Some(_), Some(_)) | (None, None) => {
+                    problems.note(Err(anyhow!("{key}: give it a path or a url (one of them)")))
+                }
+                (None, Some(url))
+                    if !(url.starts_with("https://") || url.starts_with("http://")) =>
+                {
+                    problems.note(Err(anyhow!(
+                        "{key}.url: {url:?} is not an https:// (or http://) URL"
+                    )))
+                }
+                _ => {}
+            }
+            if feed.refresh.0 < Duration::from_secs(10)
+                || feed.refresh.0 > Duration::from_secs(7 * 86_400)
+            {
+                problems.note(Err(anyhow!(
+                    "{key}.refresh: {} is not between 10s and 7days",
+                    humantime::format_duration(feed.refresh.0)
+                )));
+            }
+            if feed.timeout.0 < Duration::from_secs(1) || feed.timeout.0 > Duration::from_secs(600)
+            {
+                problems.note(Err(anyhow!(
+                    "{key}.timeout: {} is not between 1s and 10m",
+                    humantime::format_duration(feed.timeout.0)
+                )));
+            }
+            if feed.max_entries == 0 || feed.max_entries > MAX_FEED_ENTRIES {
+                problems.note(Err(anyhow!(
+                    "{key}.max_entries: {} is not in 1..={MAX_FEED_ENTRIES}",
+                    feed.max_entries
+                )));
+            }
+        }
     }
 
     /// `[bans.widen]`: steps wider than the aggregation, narrowest first,

@@ -51,6 +51,65 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub fleet: FleetSettings,
     pub proxy: ProxySettings,
+    /// Blocklist feeds (`[[feeds]]`), each read by this node on its own.
+    pub feeds: Vec<FeedSettings>,
+}
+
+/// A blocklist feed: a file or URL of CIDRs, one a line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedSettings {
+    /// Its time-outs' cause is `feed:NAME`.
+    pub name: String,
+    /// A file (or `url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// An `https://` (or `http://`) URL (or `path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// How often it is read again.
+    #[serde(default = "FeedSettings::default_refresh")]
+    pub refresh: Dur,
+    /// A longer list is refused whole.
+    #[serde(default = "FeedSettings::default_max_entries")]
+    pub max_entries: usize,
+    /// A fetch's time limit.
+    #[serde(default = "FeedSettings::default_timeout")]
+    pub timeout: Dur,
+}
+
+impl FeedSettings {
+    fn default_refresh() -> Dur {
+        Dur(Duration::from_secs(3600))
+    }
+
+    fn default_max_entries() -> usize {
+        1_000_000
+    }
+
+    fn default_timeout() -> Dur {
+        Dur(Duration::from_secs(30))
+    }
+
+    /// Where it comes from (`path` wins if both are set: the check refuses that).
+    pub fn source(&self) -> feeds::Source {
+        match (&self.path, &self.url) {
+            (Some(path), _) => feeds::Source::Path(path.clone()),
+            (None, Some(url)) => feeds::Source::Url(url.clone()),
+            (None, None) => feeds::Source::Path(PathBuf::new()),
+        }
+    }
+
+    /// What a fetch of it may cost: the time limit, and room for
+    /// `max_entries` lines of a generous 64 bytes (comments and all).
+    pub fn limits(&self) -> feeds::Limits {
+        feeds::Limits {
+            max_bytes: (self.max_entries as u64)
+                .saturating_mul(64)
+                .saturating_add(1 << 20),
+            timeout: self.timeout.0,
+        }
+    }
 }
 
 /// Time-outs shared with other servers through a NATS JetStream bucket.
@@ -343,6 +402,7 @@ impl Default for Settings {
             metrics: MetricsSettings::default(),
             fleet: FleetSettings::default(),
             proxy: ProxySettings::default(),
+            feeds: Vec::new(),
         }
     }
 }
@@ -517,6 +577,14 @@ impl Settings {
         settings.keys.authorized_keys = Some("/a".into());
         settings.keys.admin_keys = Some("/b".into());
         settings.kernel.bpf_table = Some("/t".into());
+        settings.feeds = vec![FeedSettings {
+            name: "drop".into(),
+            path: Some("/d".into()),
+            url: None,
+            refresh: Dur(Duration::from_secs(3600)),
+            max_entries: 10,
+            timeout: Dur(Duration::from_secs(30)),
+        }];
         settings.kernel.xdp_iface = Some("eth0".into());
         let f = &mut settings.fleet;
         f.node_id = Some("n".into());
