@@ -210,16 +210,22 @@ fn every_damaged_database_is_repaired_at_start_and_served() {
         assert_no_raw_text(case.name, &log);
         match case.back {
             Back::All => assert_eq!(restored, TIME_OUTS, "{}\n{log}", case.name),
+            // A salvage may find nothing readable (see below).
             Back::Some => assert!(
-                restored > 0 && restored < TIME_OUTS,
+                restored < TIME_OUTS && (restored > 0 || log.contains("could not be opened again")),
                 "{}: {restored}\n{log}",
                 case.name
             ),
             Back::None => assert_eq!(restored, 0, "{}\n{log}", case.name),
         }
-        let line = log
+        let reopened = log
             .lines()
             .find(|line| line.contains("moved its snapshot and conf aside"));
+        // sled panics now and then reading a damaged log, even when
+        // opened again (repair.rs): then the readable records are salvaged.
+        let salvaged = log
+            .lines()
+            .find(|line| line.contains("could not be opened again from its log"));
         let aside: Vec<PathBuf> = std::fs::read_dir(&db)
             .unwrap()
             .map(|entry| entry.unwrap().path())
@@ -231,17 +237,35 @@ fn every_damaged_database_is_repaired_at_start_and_served() {
             })
             .collect();
         if !case.repaired {
-            assert!(line.is_none() && aside.is_empty(), "{}\n{log}", case.name);
+            assert!(
+                reopened.is_none() && salvaged.is_none() && aside.is_empty(),
+                "{}\n{log}",
+                case.name
+            );
             continue;
         }
-        let line = line.unwrap_or_else(|| panic!("{}: no repair line\n{log}", case.name));
-        assert!(
-            line.contains(&format!(
-                "opened it again from its log: {restored} time-outs came back"
-            )),
-            "{}: {line}",
-            case.name
-        );
+        let line = match (reopened, salvaged) {
+            (Some(line), None) => {
+                assert!(
+                    line.contains(&format!(
+                        "opened it again from its log: {restored} time-outs came back"
+                    )),
+                    "{}: {line}",
+                    case.name
+                );
+                line
+            }
+            (None, Some(line)) => {
+                eprintln!("{}: salvaged, sled gave up reading its log", case.name);
+                assert!(
+                    line.contains(&format!("): {restored} time-outs, ")),
+                    "{}: {line}",
+                    case.name
+                );
+                line
+            }
+            _ => panic!("{}: not one repair line\n{log}", case.name),
+        };
         // The damaged files are kept, never deleted: the snapshot and conf
         // moved, the log copied (there is room on this disk).
         assert_eq!(aside.len(), 1, "{}: {aside:?}", case.name);
@@ -261,7 +285,10 @@ fn every_damaged_database_is_repaired_at_start_and_served() {
                 "{}: {kept:?}",
                 case.name
             );
-            assert!(line.contains("with a copy of its log"), "{line}");
+            assert!(
+                line.contains("with a copy of its log") || salvaged.is_some(),
+                "{line}"
+            );
         }
         // Repaired for good: the next start has nothing to repair.
         let server = ServerSpec::new(&data).start();
