@@ -34,9 +34,6 @@ pub enum HistoryAfter {
     Kept,
     /// Forgotten: an admin's pardon.
     Forgotten,
-    /// Neither written nor forgotten: a feed's entry, which has no
-    /// escalation (a million of them must not write a million histories).
-    Untouched,
 }
 
 /// What boot found in the table.
@@ -46,8 +43,6 @@ pub struct LoadedBans {
     pub live: Vec<(Cidr, u64)>,
     /// Bans that expired while the server was down; removed from the table.
     pub discarded: usize,
-    /// Which live ones a feed made (cause `feed:NAME`), and its name.
-    pub feeds: Vec<(Cidr, String)>,
 }
 
 #[derive(Clone)]
@@ -87,34 +82,8 @@ impl BanStore {
             HistoryAfter::Forgotten => {
                 self.shared.write(TreeId::History, &key, None)?;
             }
-            HistoryAfter::Untouched => {}
         }
         Ok(old.is_some())
-    }
-
-    /// Writes many bans at once (a feed's refresh: new entries, and kept
-    /// ones with their expiry moved), as one sled batch.
-    pub fn put_many(&self, bans: &[BanInfo]) -> Result<()> {
-        self.shared.write_batch(
-            TreeId::Bans,
-            bans.iter().map(|ban| {
-                (
-                    sled::IVec::from(&encode_prefix(&ban.prefix)[..]),
-                    Some(sled::IVec::from(encode_ban(ban))),
-                )
-            }),
-        )
-    }
-
-    /// Removes many bans at once, their history untouched (a feed's
-    /// entries that left its list, or ended).
-    pub fn remove_many(&self, prefixes: &[Cidr]) -> Result<()> {
-        self.shared.write_batch(
-            TreeId::Bans,
-            prefixes
-                .iter()
-                .map(|prefix| (sled::IVec::from(&encode_prefix(prefix)[..]), None)),
-        )
     }
 
     fn keep_history(&self, key: &[u8; 18], record: &[u8]) -> Result<()> {
@@ -205,10 +174,7 @@ impl BanStore {
             })?,
         };
         let entries = read.entries?;
-        let mut loaded = LoadedBans {
-            feeds: read.feeds,
-            ..LoadedBans::default()
-        };
+        let mut loaded = LoadedBans::default();
         let mut expired = Vec::new();
         for (prefix, expires_at_ms) in entries {
             if expires_at_ms > now_ms {
@@ -218,25 +184,8 @@ impl BanStore {
             }
         }
         loaded.discarded = expired.len();
-        if !expired.is_empty() {
-            // A feed's entry that ended has no history to keep.
-            let expired: std::collections::HashSet<Cidr> = expired.into_iter().collect();
-            let mut from_feeds = std::collections::HashSet::new();
-            loaded.feeds.retain(|(prefix, _)| {
-                let ended = expired.contains(prefix);
-                if ended {
-                    from_feeds.insert(*prefix);
-                }
-                !ended
-            });
-            for prefix in expired {
-                let history = if from_feeds.contains(&prefix) {
-                    HistoryAfter::Untouched
-                } else {
-                    HistoryAfter::Kept
-                };
-                self.release(&prefix, history)?;
-            }
+        for prefix in expired {
+            self.release(&prefix, HistoryAfter::Kept)?;
         }
         Ok(loaded)
     }
@@ -343,43 +292,6 @@ mod tests {
             repeat: 1,
             origin: Default::default(),
         }
-    }
-
-    #[test]
-    fn a_feeds_entries_are_written_and_removed_in_batches_and_told_apart_at_boot() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-            let feed = |prefix: &str, expires| BanInfo {
-                cause: "feed:drop".parse().unwrap(),
-                ..ban(prefix, expires)
-            };
-            let entries = [
-                feed("198.18.0.0/24", 10_000),
-                feed("198.18.1.0/24", 10_000),
-                feed("198.18.2.0/24", 500),
-            ];
-            store.bans().put_many(&entries).unwrap();
-            store.bans().put(&ban("192.0.2.7", 10_000)).unwrap();
-            store.bans().put(&ban("192.0.2.8", 500)).unwrap();
-            store
-                .bans()
-                .remove_many(&["198.18.1.0/24".parse().unwrap()])
-                .unwrap();
-            store.flush().unwrap();
-        }
-        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        let loaded = store.bans().load_live(1_000).unwrap();
-        assert_eq!(loaded.live.len(), 2);
-        assert_eq!(loaded.discarded, 2);
-        assert_eq!(
-            loaded.feeds,
-            vec![("198.18.0.0/24".parse().unwrap(), "drop".to_owned())]
-        );
-        // The ended feed entry left no history; the ended time-out did.
-        let history = |prefix: &str| store.bans().history(&prefix.parse().unwrap()).unwrap();
-        assert!(history("198.18.2.0/24").is_none());
-        assert!(history("192.0.2.8").is_some());
     }
 
     #[test]

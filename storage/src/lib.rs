@@ -1,6 +1,6 @@
 //! # penaltybox-storage
 //!
-//! The server's sled database, one directory, five trees:
+//! The server's sled database, one directory, six trees:
 //!
 //! - `bans`: the live time-out table, prefix → [`model::BanInfo`]
 //!   (see [`bans`]);
@@ -10,7 +10,8 @@
 //! - `fleet-outbox`: changes made here that the fleet has not yet
 //!   published (see [`outbox`]);
 //! - `meta`: the flush number, by which a start notices flushes that sled
-//!   lost to damage without saying so (`watermark.rs`).
+//!   lost to damage without saying so (`watermark.rs`);
+//! - `feeds`: each blocklist feed's list as last applied (see [`feeds`]).
 //!
 //! Writes go to sled at once (readers see them immediately) and are made
 //! durable by group commit ([`commit`]): one fsync at most every flush
@@ -40,6 +41,7 @@
 pub mod bans;
 pub mod codec;
 mod commit;
+pub mod feeds;
 mod layout;
 pub mod outbox;
 mod preread;
@@ -57,6 +59,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use bans::{BanStore, History, HistoryAfter, LoadedBans};
+pub use feeds::{FeedStore, StoredFeed};
 pub use outbox::{FleetChange, OutboxStore, Pending};
 pub use repair::OnDamage;
 pub use salvage::{CheckReport, TreeReport};
@@ -150,6 +153,7 @@ pub struct Store {
     bans: BanStore,
     volumes: VolumeStore,
     outbox: OutboxStore,
+    feeds: FeedStore,
     shared: Arc<StoreCore>,
     /// Held (flock) for as long as any clone lives.
     _lock: Arc<std::fs::File>,
@@ -173,18 +177,6 @@ impl StoreCore {
     ) -> Result<Option<sled::IVec>> {
         let (result, seq) = self.db.write(tree, key, value);
         // Dirty even if sled refused: the journal holds it for a reopen.
-        self.commit.mark_dirty(seq);
-        result.map_err(|error| self.count(error))
-    }
-
-    /// Many writes to one tree at once (see [`trees::Database::write_batch`]).
-    pub(crate) fn write_batch(
-        &self,
-        tree: TreeId,
-        writes: impl IntoIterator<Item = (sled::IVec, Option<sled::IVec>)>,
-    ) -> Result<()> {
-        let (result, seq) = self.db.write_batch(tree, writes);
-        // Dirty even if sled refused: the journal holds them for a reopen.
         self.commit.mark_dirty(seq);
         result.map_err(|error| self.count(error))
     }
@@ -327,6 +319,7 @@ impl Store {
         Ok(Store {
             bans: BanStore::new(shared.clone()),
             outbox: OutboxStore::new(shared.clone()),
+            feeds: FeedStore::new(shared.clone()),
             volumes,
             shared,
             _lock: Arc::new(lock),
@@ -343,6 +336,10 @@ impl Store {
 
     pub fn outbox(&self) -> &OutboxStore {
         &self.outbox
+    }
+
+    pub fn feeds(&self) -> &FeedStore {
+        &self.feeds
     }
 
     /// Storage errors seen since opening (writes, reads and flushes).

@@ -11,24 +11,18 @@
 use model::Cidr;
 
 use crate::Result;
-use crate::codec::{cause_in_place, decode_expiry, decode_prefix};
-
-/// The cause of a feed's time-outs starts so (`feed:NAME`).
-pub const FEED_CAUSE: &[u8] = b"feed:";
+use crate::codec::{decode_expiry, decode_prefix};
 
 /// The time-out table as one read of it found it: each prefix and its
 /// expiry, or the first record that does not decode.
 pub(crate) struct BansRead {
     pub(crate) entries: Result<Vec<(Cidr, u64)>>,
-    /// Which of them a feed made, and its name.
-    pub(crate) feeds: Vec<(Cidr, String)>,
 }
 
 impl Default for BansRead {
     fn default() -> Self {
         BansRead {
             entries: Ok(Vec::new()),
-            feeds: Vec::new(),
         }
     }
 }
@@ -37,15 +31,7 @@ impl BansRead {
     pub(crate) fn add(&mut self, key: &[u8], value: &[u8]) {
         if let Ok(entries) = &mut self.entries {
             match decode_prefix("bans", key).and_then(|p| Ok((p, decode_expiry(value)?))) {
-                Ok(entry) => {
-                    if let Some(name) = cause_in_place(value)
-                        .and_then(|cause| cause.strip_prefix(FEED_CAUSE))
-                        .and_then(|name| std::str::from_utf8(name).ok())
-                    {
-                        self.feeds.push((entry.0, name.to_owned()));
-                    }
-                    entries.push(entry);
-                }
+                Ok(entry) => entries.push(entry),
                 Err(error) => self.entries = Err(error),
             }
         }

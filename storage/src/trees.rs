@@ -52,6 +52,9 @@ pub(crate) struct Trees {
     pub outbox: sled::Tree,
     /// Bookkeeping, not journalled: the flush number ([`crate::watermark`]).
     pub meta: sled::Tree,
+    /// Blocklist feeds' lists, one record a feed, not journalled
+    /// ([`crate::feeds`]).
+    pub feeds: sled::Tree,
 }
 
 impl Trees {
@@ -87,6 +90,7 @@ impl Trees {
             volumes: tree(volumes)?,
             outbox: tree(outbox)?,
             meta: tree("meta")?,
+            feeds: tree("feeds")?,
             db,
         })
     }
@@ -115,6 +119,7 @@ impl Trees {
             count(tree).map_err(|_| unreadable(name))?;
         }
         count(&self.meta).map_err(|_| unreadable("meta"))?;
+        count(&self.feeds).map_err(|_| unreadable("feeds"))?;
         Ok(time_outs)
     }
 
@@ -411,41 +416,6 @@ impl Database {
                 }
                 .map_err(StorageError::Sled)
             }
-            None => Err(StorageError::Unavailable {
-                dir: self.dir.clone(),
-            }),
-        };
-        (result, seq)
-    }
-
-    /// Many writes to one tree at once (a feed's refresh): one sled batch,
-    /// the locks taken once, each write journalled as [`Database::write`]
-    /// journals it. Returns sled's answer and the last write's number.
-    pub fn write_batch(
-        &self,
-        id: TreeId,
-        writes: impl IntoIterator<Item = (IVec, Option<IVec>)>,
-    ) -> (Result<()>, u64) {
-        self.forget_bans_read();
-        let trees = self.trees.read().unwrap_or_else(|p| p.into_inner());
-        let mut journal = self.journal();
-        let mut batch = sled::Batch::default();
-        let mut seq = journal.last;
-        for (key, value) in writes {
-            seq = journal.push(match &value {
-                Some(value) => Op::Insert(id, key.clone(), value.clone()),
-                None => Op::Remove(id, key.clone()),
-            });
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
-        }
-        let result = match trees.as_ref() {
-            Some(trees) => trees
-                .tree(id)
-                .apply_batch(batch)
-                .map_err(StorageError::Sled),
             None => Err(StorageError::Unavailable {
                 dir: self.dir.clone(),
             }),
