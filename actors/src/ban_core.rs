@@ -488,7 +488,9 @@ impl BanCore {
         after: Option<&Cidr>,
         limit: usize,
     ) -> Result<(Vec<BanInfo>, Option<Cidr>), BanError> {
-        Ok(self.table.list_by_cause(cause, after, limit)?)
+        Ok(self
+            .table
+            .list_by_cause(cause, after, limit, crate::now_ms())?)
     }
 
     /// One page of the stored table, in prefix order.

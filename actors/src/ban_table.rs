@@ -100,6 +100,8 @@ impl Ending {
 #[derive(Debug, Clone, Copy)]
 pub struct BootReport {
     pub restored: usize,
+    /// Blocklist feeds' entries still in force, from their stored lists.
+    pub feed_entries: usize,
     pub discarded: usize,
     pub elapsed: Duration,
     /// With a kernel table: entries replayed into it, stale ones removed,
@@ -136,21 +138,15 @@ impl BanTable {
     ) -> Result<(Self, BootReport), StorageError> {
         let started = Instant::now();
         let loaded = parts.store.bans().load_live(now_ms)?;
-        let feed_of: std::collections::HashMap<Cidr, String> = loaded.feeds.into_iter().collect();
-        let mut by_expiry =
-            BinaryHeap::with_capacity(loaded.live.len() - feed_of.len().min(loaded.live.len()));
-        let mut feeds = FeedEntries::default();
+        let stored_feeds = parts.store.feeds().load()?;
+        let mut by_expiry = BinaryHeap::with_capacity(loaded.live.len());
         for (prefix, expires) in &loaded.live {
             parts.view.insert(*prefix, *expires);
-            match feed_of.get(prefix) {
-                Some(name) => feeds.restore(name, *prefix, *expires),
-                None => by_expiry.push(Reverse((*expires, *prefix))),
-            }
+            by_expiry.push(Reverse((*expires, *prefix)));
         }
-        let elapsed = started.elapsed();
         let mut table = BanTable::with(parts, max_entries, by_expiry);
-        table.stats.feed_entries(&feeds.sizes());
-        table.feeds = feeds;
+        let from_feeds = table.restore_feeds(stored_feeds, now_ms);
+        let elapsed = started.elapsed();
         // A table stored with a larger bound than today's: the bound holds
         // from the first connection on.
         let mut live = loaded.live;
@@ -160,9 +156,13 @@ impl BanTable {
         if live.len() > table.view.len() {
             live.retain(|(prefix, _)| table.view.expiry(prefix).is_some());
         }
+        let restored = live.len();
+        let feed_entries = from_feeds.len();
+        live.extend(from_feeds);
         let kernel = table.replay_into_kernel(&live, now_ms);
         let report = BootReport {
-            restored: live.len(),
+            restored,
+            feed_entries,
             discarded: loaded.discarded,
             elapsed,
             kernel,
@@ -413,16 +413,22 @@ impl BanTable {
         self.store.bans().list(after, limit)
     }
 
-    /// One page of the stored time-outs of `cause`, in prefix order.
+    /// One page of the stored time-outs of `cause`, in prefix order (a
+    /// feed's, `feed:NAME`, from its stored list).
     pub fn list_by_cause(
         &self,
         cause: &model::ban::Cause,
         after: Option<&Cidr>,
         limit: usize,
+        now_ms: u64,
     ) -> Result<(Vec<BanInfo>, Option<Cidr>), StorageError> {
-        self.store
-            .bans()
-            .list_by_cause(cause.as_str(), after, limit)
+        match cause.as_str().strip_prefix("feed:") {
+            Some(feed) => self.list_feed(feed, after, limit, now_ms),
+            None => self
+                .store
+                .bans()
+                .list_by_cause(cause.as_str(), after, limit),
+        }
     }
 
     /// Makes every change so far durable.
@@ -465,6 +471,7 @@ impl BanTable {
     /// time-outs and the allow-list, as on boot.
     pub fn replace_kernel(&mut self, kernel: Box<dyn KernelTable>, now_ms: u64) -> KernelReplay {
         self.kernel = Some(kernel);
+        self.feeds.kernel_replaced();
         let live = self.view.live(now_ms);
         self.replay_into_kernel(&live, now_ms).unwrap_or_default()
     }
@@ -586,7 +593,13 @@ impl BanTable {
                 .map(|_| target)
         };
         let covering = match covering_prefix {
-            Some(prefix) => self.store.bans().get(&prefix)?,
+            Some(prefix) => match self.feeds.feed_of(&prefix) {
+                Some(feed) => {
+                    let expires = self.view.expiry(&prefix).unwrap_or(now_ms);
+                    Some(feeds::feed_record(feed, prefix, now_ms, expires))
+                }
+                None => self.store.bans().get(&prefix)?,
+            },
             // Offline the view is empty: ask the stored table itself.
             None => self.stored_covering(target, now_ms)?,
         };

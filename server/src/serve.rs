@@ -337,10 +337,14 @@ fn log_started(plan: &Plan, running: &actors::RunningServer) {
         addrs.join(", ")
     );
     log::info!(
-        "data dir {}: {} bans restored, {} expired ones discarded, in {:.1} ms",
+        "data dir {}: {} bans restored, {} expired ones discarded{}, in {:.1} ms",
         plan.settings.data_dir.display(),
         running.boot.restored,
         running.boot.discarded,
+        match running.boot.feed_entries {
+            0 => String::new(),
+            n => format!(", {n} feed entries restored"),
+        },
         running.boot.elapsed.as_secs_f64() * 1e3
     );
     if let Some(kernel) = running.boot.kernel {

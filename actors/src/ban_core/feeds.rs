@@ -2,7 +2,6 @@
 //! feed's refresh (its entries' expiry, monitor mode, the one log line),
 //! and `bans import` (admin time-outs of many prefixes, one summary line).
 
-use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -34,11 +33,8 @@ pub struct Imported {
 }
 
 impl BanCore {
-    /// Applies a refresh of a feed as a difference (`ban_table/feeds.rs`).
-    /// Each entry lasts one refresh interval plus a grace of one more,
-    /// plus up to a quarter of one, fixed per prefix: a feed that stops
-    /// refreshing ends by itself after two missed refreshes, spread out
-    /// and not in one second.
+    /// Applies a refresh of a feed as a difference (`ban_table/feeds.rs`,
+    /// where its entries' expiry is computed).
     pub fn apply_feed(&mut self, list: FeedList, now_ms: u64) -> FeedApplied {
         let FeedList {
             name,
@@ -55,11 +51,8 @@ impl BanCore {
             return FeedApplied::default();
         }
         let refresh_ms = u64::try_from(refresh.as_millis()).unwrap_or(u64::MAX);
-        let spread = (refresh_ms / 4).max(1);
-        let base = now_ms.saturating_add(refresh_ms).saturating_add(refresh_ms);
-        let expires = |prefix: &Cidr| base.saturating_add(jitter(prefix) % spread);
         let started = Instant::now();
-        let applied = self.table.apply_feed(&name, &entries, expires, now_ms);
+        let applied = self.table.apply_feed(&name, &entries, refresh_ms, now_ms);
         let in_force = applied.added + applied.kept;
         self.table
             .stats()
@@ -129,12 +122,4 @@ impl BanCore {
         );
         imported
     }
-}
-
-/// A prefix's fixed share of the spread (the same every refresh, so that
-/// entries do not move about; std's SipHash with its fixed keys).
-fn jitter(prefix: &Cidr) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    prefix.hash(&mut hasher);
-    hasher.finish()
 }

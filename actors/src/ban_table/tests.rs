@@ -231,8 +231,16 @@ fn a_feed_refresh_is_a_difference_that_never_lets_a_kept_entry_out() {
     );
     assert!(bed.core.view().is_banned(ip("198.18.1.77"), NOW));
     assert!(bed.kernel.holds("198.18.1.0/24") && bed.kernel.holds("2001:db8:1::/48"));
-    let stored = bed.store.bans().get(&kept).unwrap().unwrap();
-    assert_eq!(stored.cause.as_str(), "feed:drop");
+    // Stored as the feed's one record, not as time-out records.
+    let stored = bed.store.feeds().get("drop").unwrap().unwrap();
+    assert_eq!(stored.entries.len(), 3);
+    assert!(bed.store.bans().get(&kept).unwrap().is_none());
+    let (listed, _) = bed
+        .core
+        .list_by_cause(&"feed:drop".parse().unwrap(), None, 10)
+        .unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|ban| ban.cause.as_str() == "feed:drop"));
 
     // Ten minutes later: one left, one new, one kept with its expiry moved.
     let later = NOW + 10 * MIN;
@@ -361,7 +369,8 @@ fn a_feed_that_stops_refreshing_ends_by_itself_and_a_restart_keeps_its_entries()
         &FakeKernel::default(),
         NOW + MIN,
     );
-    assert_eq!(report.restored, 2, "the bound leaves feed entries out");
+    assert_eq!((report.restored, report.feed_entries), (0, 2));
+    assert_eq!(core.len(), 2, "the bound leaves feed entries out");
     let applied = core.apply_feed(feed("drop", &["198.18.0.0/24"]), NOW + 2 * MIN);
     assert_eq!((applied.kept, applied.released), (1, 1));
     // Not refreshed again: over after one refresh and a grace, spread.
@@ -416,4 +425,39 @@ fn monitor_mode_applies_no_feed_and_an_import_refuses_what_the_allow_list_holds(
             .as_str(),
         "list"
     );
+}
+
+#[test]
+fn a_refresh_writes_kept_entries_to_the_kernel_only_when_their_margin_runs_out() {
+    let mut bed = Bed::new(BanPolicy::default());
+    let in_kernel = |bed: &Bed, prefix: &str| {
+        bed.kernel.entries.lock().unwrap()[&prefix.parse::<Cidr>().unwrap()]
+    };
+    let listed = ["198.18.0.0/24", "198.18.1.0/24"];
+    let applied = bed.core.apply_feed(feed("drop", &listed), NOW);
+    assert_eq!(applied.kernel_written, 2);
+    let written = in_kernel(&bed, "198.18.0.0/24");
+
+    // One refresh later: only the new entry is written; the kept one keeps
+    // its kernel expiry, which still outlasts its moved view expiry.
+    let more = ["198.18.0.0/24", "198.18.1.0/24", "198.18.2.0/24"];
+    let applied = bed.core.apply_feed(feed("drop", &more), NOW + 60 * MIN);
+    assert_eq!(
+        (applied.kept, applied.added, applied.kernel_written),
+        (2, 1, 1)
+    );
+    assert_eq!(in_kernel(&bed, "198.18.0.0/24"), written);
+    let view = bed.core.expiry(&"198.18.0.0/24".parse().unwrap()).unwrap();
+    assert!(written > view, "kernel {written} view {view}");
+
+    // Two refreshes after the full write: every entry written again.
+    let applied = bed.core.apply_feed(feed("drop", &more), NOW + 120 * MIN);
+    assert_eq!(applied.kernel_written, 3);
+    assert!(in_kernel(&bed, "198.18.0.0/24") > written);
+
+    // What left the list leaves the kernel at once, margin or not.
+    bed.core
+        .apply_feed(feed("drop", &["198.18.2.0/24"]), NOW + 130 * MIN);
+    assert!(!bed.kernel.holds("198.18.0.0/24"));
+    assert!(bed.kernel.holds("198.18.2.0/24"));
 }
