@@ -67,7 +67,7 @@ fn main() {
     let mut rows: Vec<(String, String)> = Vec::new();
     let only: Vec<String> = std::env::args()
         .skip(1)
-        .filter(|a| matches!(a.as_str(), "per-packet" | "detection"))
+        .filter(|a| matches!(a.as_str(), "per-packet" | "detection" | "feeds"))
         .collect();
     if !only.is_empty() {
         if only.iter().any(|a| a == "per-packet") {
@@ -75,6 +75,9 @@ fn main() {
         }
         if only.iter().any(|a| a == "detection") {
             detection_to_drop(&mut rows, quick);
+        }
+        if only.iter().any(|a| a == "feeds") {
+            feeds_at_scale(&mut rows, quick);
         }
         print_table(rows);
         return;
@@ -109,7 +112,17 @@ fn main() {
     });
     in_namespace(&pair.server_ns, {
         let (iface, pin) = (pair.server_if.clone(), pin_dir.clone());
-        move || xdp::attach_object(&iface, AttachMode::Driver, &pin, BASELINE, "drop_all").unwrap()
+        move || {
+            xdp::attach_object(
+                &iface,
+                AttachMode::Driver,
+                &pin,
+                BASELINE,
+                "drop_all",
+                xdp::MapSizes::default(),
+            )
+            .unwrap()
+        }
     });
     let (baseline, _) = flood_rate(&pair, &pin_dir, flood);
     in_namespace(&pair.server_ns, {
@@ -470,7 +483,9 @@ fn per_packet(rows: &mut Vec<(String, String)>, quick: bool) {
 fn egress_cost(rows: &mut Vec<(String, String)>, repeat: u32, rounds: usize) {
     use packets::{ACK, RST, reset_frame};
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/penaltybox-egr-{}", std::process::id()));
-    let mut program = xdp::TestProgram::load_object(&pin_dir, BASELINE, "drop_all").unwrap();
+    let mut program =
+        xdp::TestProgram::load_object(&pin_dir, BASELINE, "drop_all", xdp::MapSizes::default())
+            .unwrap();
     program.load_classifier("pass_all").unwrap();
     program.load_xdp("socket_lookup").unwrap();
     program.load_xdp("parse_only").unwrap();
@@ -692,4 +707,234 @@ fn strays_to_drop(
             p99(micros)
         ),
     ));
+}
+
+/// `n` distinct IPv6 /56s of 2001:db8::/32 (the documentation prefix has
+/// 16 M of them), in a scattered order: index `i` maps to /56 number
+/// `i * 7919 mod 2^24`, a bijection, so any range of indices is distinct.
+fn feed_prefixes(range: std::ops::Range<usize>) -> Vec<Cidr> {
+    let mut prefixes: Vec<Cidr> = range
+        .map(|i| {
+            let slot = (i as u128).wrapping_mul(7919) & 0xff_ffff;
+            let addr = (0x2001_0db8u128 << 96) | (slot << 72);
+            Cidr::new(std::net::IpAddr::from(addr.to_be_bytes()), 56).unwrap()
+        })
+        .collect();
+    prefixes.sort_unstable();
+    prefixes
+}
+
+/// A ban core over a fresh database and the program at `pin_dir`.
+fn feed_core(pin_dir: &Path, db: &Path) -> BanCore {
+    let store = Store::open(db, &StoreOptions::default()).unwrap();
+    let kernel: Box<dyn KernelTable> = Box::new(Pinned(PinnedMaps::open(pin_dir).unwrap()));
+    BanCore::restore(
+        BanPolicy::default(),
+        actors::CoreParts {
+            allow: Default::default(),
+            store,
+            view: Arc::new(BanView::default()),
+            stats: Default::default(),
+            kernel: Some(kernel),
+        },
+        actors::now_ms(),
+    )
+    .unwrap()
+    .0
+}
+
+fn feed_list(entries: Vec<Cidr>) -> actors::FeedList {
+    actors::FeedList {
+        name: "bench".into(),
+        entries,
+        refresh: Duration::from_secs(3600),
+        bad_lines: 0,
+    }
+}
+
+/// Blocklist feeds at scale (issue "network scale"): the import of 100,000
+/// and of 1,000,000 prefixes into the table, sled and the kernel's prefix
+/// trie through the real path (`BanCore::apply_feed`), a refresh with 10 %
+/// changed while a listed-in-both source is probed without pause, and the
+/// per-packet cost with the trie full against empty, alternating.
+fn feeds_at_scale(rows: &mut Vec<(String, String)>, quick: bool) {
+    use packets::{ACK, Segment};
+    let n = if quick { 100_000 } else { 1_000_000 };
+    let sizes = xdp::MapSizes {
+        prefixes: (2 * n + 65_536) as u32,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let counts: &[usize] = if n > 100_000 { &[100_000, n] } else { &[n] };
+    for &count in counts {
+        let pin = PathBuf::from(format!(
+            "/sys/fs/bpf/penaltybox-feed-{count}-{}",
+            std::process::id()
+        ));
+        let program = xdp::TestProgram::load_sized(&pin, sizes).unwrap();
+        let mut core = feed_core(&pin, &dir.path().join(format!("db-{count}")));
+        let list = feed_list(feed_prefixes(0..count));
+        let started = Instant::now();
+        let applied = core.apply_feed(list, actors::now_ms());
+        let took = started.elapsed();
+        assert_eq!(applied.added, count, "{applied:?}");
+        rows.push((
+            format!("feed: import of {count} prefixes (table, sled, kernel trie)"),
+            format!(
+                "{:.0} ms  ({:.2} M prefixes/s)",
+                took.as_secs_f64() * 1e3,
+                count as f64 / took.as_secs_f64() / 1e6
+            ),
+        ));
+        // Its parts alone: the kernel trie, and sled.
+        let part_pin = PathBuf::from(format!(
+            "/sys/fs/bpf/penaltybox-feed-part-{}",
+            std::process::id()
+        ));
+        let part = xdp::TestProgram::load_sized(&part_pin, sizes).unwrap();
+        let now = actors::now_ms();
+        let entries: Vec<(Cidr, u64)> = feed_prefixes(0..count)
+            .into_iter()
+            .map(|prefix| (prefix, now + 3_600_000))
+            .collect();
+        let table = PinnedMaps::open(&part_pin).unwrap();
+        let started = Instant::now();
+        assert!(table.insert_all(&entries, now, 2).is_empty());
+        let kernel_took = started.elapsed();
+        drop(part);
+        let store = Store::open(
+            &dir.path().join(format!("part-{count}")),
+            &StoreOptions::default(),
+        )
+        .unwrap();
+        let prefixes: Vec<Cidr> = entries.iter().map(|(prefix, _)| *prefix).collect();
+        let started = Instant::now();
+        store
+            .feeds()
+            .put("bench", now, 3_600_000, &prefixes)
+            .unwrap();
+        store.flush().unwrap();
+        let sled_took = started.elapsed();
+        rows.push((
+            format!("feed: of which kernel trie alone ({count}, 2 threads) / sled alone"),
+            format!(
+                "{:.0} ms / {:.0} ms",
+                kernel_took.as_secs_f64() * 1e3,
+                sled_took.as_secs_f64() * 1e3
+            ),
+        ));
+        if count < n {
+            continue;
+        }
+        // A refresh with 10 % changed, a source listed in both probed
+        // throughout through the program itself.
+        let kept = feed_prefixes(0..1)[0];
+        let probe_frame = Segment::new(&kept.addr().to_string(), 5000, ACK).frame();
+        assert_eq!(
+            program.run(&probe_frame, 1).unwrap().0,
+            1,
+            "listed: dropped"
+        );
+        let changed = n / 10;
+        let mut next = feed_prefixes(changed..n + changed);
+        if next.binary_search(&kept).is_err() {
+            next.push(kept);
+            next.sort_unstable();
+        }
+        let probing = Arc::new(AtomicBool::new(true));
+        let (passed, probes) = std::thread::scope(|scope| {
+            let probing_flag = probing.clone();
+            let program = &program;
+            let frame = &probe_frame;
+            let probe = scope.spawn(move || {
+                let (mut passed, mut probes) = (0u64, 0u64);
+                while probing_flag.load(Ordering::Relaxed) && probes < 10_000_000 {
+                    if program.run(frame, 1).unwrap().0 != 1 {
+                        passed += 1;
+                    }
+                    probes += 1;
+                }
+                (passed, probes)
+            });
+            let started = Instant::now();
+            let applied = core.apply_feed(feed_list(next.clone()), actors::now_ms());
+            let took = started.elapsed();
+            probing.store(false, Ordering::Relaxed);
+            // Index 0 stays listed: `changed` new, `changed - 1` gone.
+            assert_eq!((applied.added, applied.released), (changed, changed - 1));
+            rows.push((
+                format!(
+                    "feed: refresh of {n} with {changed} changed (add, move expiries, release; {} written to the kernel)",
+                    applied.kernel_written
+                ),
+                format!("{:.0} ms", took.as_secs_f64() * 1e3),
+            ));
+            probe.join().unwrap()
+        });
+        // Two refresh intervals after the import: every entry is written
+        // to the kernel again, once in two refreshes.
+        let started = Instant::now();
+        let applied = core.apply_feed(feed_list(next), actors::now_ms() + 2 * 3_600_000);
+        rows.push((
+            format!(
+                "feed: refresh of {n}, none changed, the kernel write due ({} written)",
+                applied.kernel_written
+            ),
+            format!("{:.0} ms", started.elapsed().as_secs_f64() * 1e3),
+        ));
+        rows.push((
+            "feed: a source listed in both lists, probed during the refresh".into(),
+            format!("{passed} of {probes} probes passed (0 = never out of force)"),
+        ));
+        // Per packet: the trie full against an empty one, alternating.
+        let empty_pin = PathBuf::from(format!(
+            "/sys/fs/bpf/penaltybox-feed-empty-{}",
+            std::process::id()
+        ));
+        let empty = xdp::TestProgram::load_sized(&empty_pin, sizes).unwrap();
+        // The same detector settings in both; the empty one's trie hint
+        // says empty, as a server's does with no prefix time-out.
+        for pin in [&pin, &empty_pin] {
+            PinnedMaps::open(pin)
+                .unwrap()
+                .set_detection(&xdp::Detection::default())
+                .unwrap();
+        }
+        let mut clean_v6 = None;
+        for i in 0..1000u128 {
+            let addr = (0x2001_0db8u128 << 96) | ((0xff_ff00 + i) << 72) | 1;
+            let prefix = Cidr::new(std::net::IpAddr::from(addr.to_be_bytes()), 56).unwrap();
+            if !core.view().is_banned(prefix.addr(), actors::now_ms()) {
+                clean_v6 = Some(prefix.addr().to_string());
+                break;
+            }
+        }
+        let clean_v6 = clean_v6.expect("an unlisted /56");
+        let frames = [
+            (
+                "clean IPv4 ACK",
+                Segment::new("198.18.200.1", 5000, ACK).frame(),
+            ),
+            ("clean IPv6 ACK", Segment::new(&clean_v6, 5000, ACK).frame()),
+        ];
+        let (repeat, rounds) = if quick {
+            (1_000_000, 3)
+        } else {
+            (5_000_000, 5)
+        };
+        for (path, frame) in &frames {
+            let (mut full_ns, mut empty_ns) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                full_ns.push(program.run(frame, repeat).unwrap().1.as_nanos() as f64);
+                empty_ns.push(empty.run(frame, repeat).unwrap().1.as_nanos() as f64);
+            }
+            let (full_ns, empty_ns) = (median(full_ns), median(empty_ns));
+            rows.push((
+                format!("per packet, {path}: trie of {n} prefixes vs empty"),
+                format!(
+                    "{full_ns:.0} ns vs {empty_ns:.0} ns = {:.2}x",
+                    full_ns / empty_ns
+                ),
+            ));
+        }
+    }
 }

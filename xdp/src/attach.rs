@@ -37,6 +37,25 @@ pub enum AttachMode {
     Skb,
 }
 
+/// The sizes of the maps that can be set at load (the rest are fixed in
+/// the object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Entries the prefix trie may hold: time-outs that are not one
+    /// address (aggregated IPv6 /64s, admins' CIDRs, widened prefixes,
+    /// blocklist feeds). An LPM trie allocates per entry, so a large bound
+    /// costs nothing until it is used.
+    pub prefixes: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        MapSizes {
+            prefixes: ebpf_common::MAX_PREFIXES,
+        }
+    }
+}
+
 /// Every map of the programs and the file it is pinned as.
 const PINNED_MAPS: [(&str, &str); 9] = [
     (ebpf_common::ADDRS_MAP, PIN_ADDRS),
@@ -53,7 +72,17 @@ const PINNED_MAPS: [(&str, &str); 9] = [
 /// Loads the embedded object, attaches its program to `iface`, and pins
 /// link and maps in `pin_dir`.
 pub fn attach(iface: &str, mode: AttachMode, pin_dir: &Path) -> Result<(), XdpError> {
-    attach_object(iface, mode, pin_dir, OBJECT, ebpf_common::PROGRAM)
+    attach_sized(iface, mode, pin_dir, MapSizes::default())
+}
+
+/// [`attach`] with maps of the sizes given.
+pub fn attach_sized(
+    iface: &str,
+    mode: AttachMode,
+    pin_dir: &Path,
+    sizes: MapSizes,
+) -> Result<(), XdpError> {
+    attach_object(iface, mode, pin_dir, OBJECT, ebpf_common::PROGRAM, sizes)
 }
 
 /// [`attach`] for another object with the same maps (the XDP bench's
@@ -64,6 +93,7 @@ pub fn attach_object(
     pin_dir: &Path,
     object: &[u8],
     program: &str,
+    sizes: MapSizes,
 ) -> Result<(), XdpError> {
     ensure_bpffs(pin_dir)?;
     if pin_dir.join(PIN_LINK).exists() {
@@ -79,7 +109,7 @@ pub fn attach_object(
     std::fs::create_dir_all(pin_dir)
         .map_err(|e| XdpError::from_os(format!("create {}", pin_dir.display()), &e))?;
 
-    let mut ebpf = load_program(object, program)?;
+    let mut ebpf = load_program(object, program, sizes)?;
     let xdp = xdp_program(&mut ebpf, program)?;
     let attempt = |xdp: &mut Xdp, mode| {
         xdp.attach(iface, mode).map_err(|e| match e {
@@ -155,11 +185,17 @@ pub(crate) fn egress_program(ebpf: &mut aya::Ebpf) -> Result<&mut SchedClassifie
         .map_err(|e: ProgramError| XdpError::from_os("load the egress program", &e))
 }
 
-/// Loads `object` and its XDP program `program` into the kernel (the
-/// verifier's pass), attached to nothing yet.
-pub(crate) fn load_program(object: &[u8], program: &str) -> Result<aya::Ebpf, XdpError> {
-    let mut ebpf =
-        aya::Ebpf::load(object).map_err(|e| XdpError::from_os("load the XDP object", &e))?;
+/// Loads `object` (its maps of `sizes`) and its XDP program `program`
+/// into the kernel (the verifier's pass), attached to nothing yet.
+pub(crate) fn load_program(
+    object: &[u8],
+    program: &str,
+    sizes: MapSizes,
+) -> Result<aya::Ebpf, XdpError> {
+    let mut ebpf = aya::EbpfLoader::new()
+        .map_max_entries(ebpf_common::PREFIXES_MAP, sizes.prefixes)
+        .load(object)
+        .map_err(|e| XdpError::from_os("load the XDP object", &e))?;
     let xdp = xdp_program(&mut ebpf, program)?;
     crate::verified(xdp.load(), "load the XDP program")?;
     Ok(ebpf)

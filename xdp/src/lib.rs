@@ -26,8 +26,8 @@ pub mod test_run;
 use std::path::PathBuf;
 
 pub use attach::{
-    AttachMode, Counters, DetectorCounters, Status, attach, attach_object, check_pins_outlive_us,
-    counters, detach, expire_stray_hint, status,
+    AttachMode, Counters, DetectorCounters, MapSizes, Status, attach, attach_object, attach_sized,
+    check_pins_outlive_us, counters, detach, expire_stray_hint, status,
 };
 pub use detect::{Detected, Detection, DetectionError, Detector, EventReader};
 pub use ebpf_common::{EGRESS_PROGRAM, PIN_EGRESS_LINK, PIN_LINK, PROGRAM};

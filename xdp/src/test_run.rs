@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 
-use crate::attach::{egress_program, ensure_bpffs, load_program, pin_maps, unpin_maps};
+use crate::attach::{MapSizes, egress_program, ensure_bpffs, load_program, pin_maps, unpin_maps};
 use crate::{OBJECT, XdpError};
 
 /// A loaded, unattached copy of a program; unpinned on drop.
@@ -25,15 +25,25 @@ impl TestProgram {
     /// Loads the embedded program and pins its maps under `pin_dir` (which
     /// must not exist yet).
     pub fn load(pin_dir: &Path) -> Result<Self, XdpError> {
-        Self::load_object(pin_dir, OBJECT, ebpf_common::PROGRAM)
+        Self::load_sized(pin_dir, MapSizes::default())
+    }
+
+    /// [`TestProgram::load`] with maps of the sizes given.
+    pub fn load_sized(pin_dir: &Path, sizes: MapSizes) -> Result<Self, XdpError> {
+        Self::load_object(pin_dir, OBJECT, ebpf_common::PROGRAM, sizes)
     }
 
     /// [`TestProgram::load`] for another object (the bench's) and program.
-    pub fn load_object(pin_dir: &Path, object: &[u8], program: &str) -> Result<Self, XdpError> {
+    pub fn load_object(
+        pin_dir: &Path,
+        object: &[u8],
+        program: &str,
+        sizes: MapSizes,
+    ) -> Result<Self, XdpError> {
         ensure_bpffs(pin_dir)?;
         std::fs::create_dir_all(pin_dir)
             .map_err(|e| XdpError::from_os(format!("create {}", pin_dir.display()), &e))?;
-        let mut ebpf = load_program(object, program)?;
+        let mut ebpf = load_program(object, program, sizes)?;
         let egress = egress_program(&mut ebpf)?;
         crate::verified(egress.load(), "load the egress program")?;
         let loaded = TestProgram {
