@@ -127,6 +127,10 @@ fn every_bad_config_is_one_clear_error_naming_the_key_or_file() {
         ("[kernel]\nscan_window = \"0s\"\n", "kernel.scan_window"),
         ("[kernel]\ntrap_ports = [70000]\n", "trap_ports"),
         (
+            "[kernel]\nmax_prefixes = 0\n",
+            "kernel.max_prefixes: 0 is not in 1..=16777216",
+        ),
+        (
             "[bans]\nport_scan = \"2days\"\n",
             "bans.port_scan: 2days is longer than bans.max_duration",
         ),

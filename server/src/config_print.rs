@@ -181,6 +181,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     ("kernel.xdp_mode", "auto, driver or skb"),
     (
+        "kernel.max_prefixes",
+        "entries of the kernel's prefix map (time-outs wider than one address, blocklist feeds), set when xdp_iface attaches the program; memory only when used",
+    ),
+    (
         "kernel.detect",
         "the TCP detectors in the XDP program (port scan, SYN flood, bad flags)",
     ),

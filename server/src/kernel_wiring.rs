@@ -48,7 +48,10 @@ pub fn open(all: &Settings) -> Option<Attachment> {
             Ok(false) => {}
             Err(error) => log::warn!("cannot detach the old XDP program: {error}"),
         }
-        match xdp::attach(iface, settings.xdp_mode.get().into(), &table_path) {
+        let sizes = xdp::MapSizes {
+            prefixes: settings.max_prefixes,
+        };
+        match xdp::attach_sized(iface, settings.xdp_mode.get().into(), &table_path, sizes) {
             Ok(()) => log::info!(
                 "attached the XDP program to {iface}, pinned under {}",
                 table_path.display()

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use xdp::DEFAULT_PIN_DIR;
 
-use crate::settings::XdpMode;
+use crate::settings::{DEFAULT_MAX_PREFIXES, MAX_MAX_PREFIXES, XdpMode};
 
 #[derive(clap::Args)]
 pub struct XdpArgs {
@@ -27,6 +27,11 @@ enum XdpCommand {
         mode: XdpMode,
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// Entries the kernel's prefix map may hold (time-outs wider than
+        /// one address, blocklist feeds); memory is taken only when used.
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PREFIXES,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_MAX_PREFIXES)))]
+        max_prefixes: u32,
     },
     /// Where the program is attached, the banned entries and drop counters.
     Status {
@@ -50,9 +55,13 @@ pub fn run(args: XdpArgs) -> anyhow::Result<ExitCode> {
             iface,
             mode,
             pin_dir,
+            max_prefixes,
         } => {
             xdp::check_pins_outlive_us(&pin_dir)?;
-            xdp::attach(&iface, mode.into(), &pin_dir)?;
+            let sizes = xdp::MapSizes {
+                prefixes: max_prefixes,
+            };
+            xdp::attach_sized(&iface, mode.into(), &pin_dir, sizes)?;
             println!(
                 "attached to {iface}; ban table pinned at {} (serve -B {})",
                 pin_dir.display(),

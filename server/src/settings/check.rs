@@ -271,6 +271,13 @@ impl Settings {
         let k = &self.kernel;
         problems.note_some(k.xdp_mode.problem("kernel.xdp_mode"));
         problems.note_some(k.drop_scope.problem("kernel.drop_scope"));
+        if !(1..=super::MAX_MAX_PREFIXES).contains(&k.max_prefixes) {
+            problems.note(Err(anyhow!(
+                "kernel.max_prefixes: {} is not in 1..={}",
+                k.max_prefixes,
+                super::MAX_MAX_PREFIXES
+            )));
+        }
         let mut detection = self.detection();
         if k.bpf_table.is_none() && k.xdp_iface.is_none() {
             // No kernel tier: how many ports we listen on is no concern.

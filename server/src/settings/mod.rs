@@ -206,6 +206,12 @@ impl Default for ServiceSettings {
     }
 }
 
+/// Room for a million-entry blocklist feed beside the table's own
+/// prefixes.
+pub const DEFAULT_MAX_PREFIXES: u32 = 1 << 20;
+/// At most: about 100 bytes of kernel memory an entry in use.
+pub const MAX_MAX_PREFIXES: u32 = 1 << 24;
+
 /// The kernel tier (XDP). Off unless `table` or `xdp_iface` is set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -220,6 +226,12 @@ pub struct KernelSettings {
     /// pinned there already).
     pub xdp_iface: Option<String>,
     pub xdp_mode: Choice<XdpMode>,
+    /// Entries the kernel's prefix map may hold when `xdp_iface` attaches
+    /// the program: time-outs wider than one address (IPv6 /64s, widened
+    /// prefixes, admins' CIDRs) and every feed's entries. The kernel
+    /// allocates an entry when it is written, so the bound costs nothing
+    /// until used. Read at attach (a restart, or `xdp attach`).
+    pub max_prefixes: u32,
     /// The TCP detectors in the XDP program (port scan, SYN flood, bad
     /// flags); off: the kernel tier only drops what userspace timed out.
     pub detect: bool,
@@ -251,6 +263,7 @@ impl Default for KernelSettings {
             bpf_table: None,
             xdp_iface: None,
             xdp_mode: Choice::default(),
+            max_prefixes: DEFAULT_MAX_PREFIXES,
             detect: detection.enabled,
             scan_ports: detection.scan_ports,
             scan_window: Dur(detection.scan_window),
