@@ -234,7 +234,10 @@ impl BanTable {
     /// The expiry of the entry of exactly `prefix`, if it is in the table
     /// (live, or ended and not swept yet).
     pub fn expiry(&self, prefix: &Cidr) -> Option<u64> {
-        self.view.expiry(prefix)
+        let written = self.view.expiry(prefix)?;
+        // A feed's entry is written with a margin (`feeds.rs`); its own
+        // expiry is the feed's to say.
+        Some(self.feeds.expiry_of(prefix).unwrap_or(written))
     }
 
     pub fn len(&self) -> usize {
@@ -593,11 +596,8 @@ impl BanTable {
                 .map(|_| target)
         };
         let covering = match covering_prefix {
-            Some(prefix) => match self.feeds.feed_of(&prefix) {
-                Some(feed) => {
-                    let expires = self.view.expiry(&prefix).unwrap_or(now_ms);
-                    Some(feeds::feed_record(feed, prefix, now_ms, expires))
-                }
+            Some(prefix) => match self.feeds.record_of(&prefix) {
+                Some(record) => Some(record),
                 None => self.store.bans().get(&prefix)?,
             },
             // Offline the view is empty: ask the stored table itself.

@@ -47,4 +47,12 @@ pub trait KernelTable: Send + 'static {
             })
             .collect()
     }
+    /// Many removals at once (a feed's entries that left it); returns the
+    /// failures.
+    fn remove_all(&mut self, prefixes: &[Cidr]) -> Vec<(Cidr, KernelError)> {
+        prefixes
+            .iter()
+            .filter_map(|prefix| self.remove(prefix).err().map(|e| (*prefix, e)))
+            .collect()
+    }
 }

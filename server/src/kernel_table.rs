@@ -41,11 +41,23 @@ impl KernelTable for Pinned {
     }
 
     fn insert_all(&mut self, entries: &[(Cidr, u64)], now_ms: u64) -> Vec<(Cidr, KernelError)> {
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        self.0
-            .insert_all(entries, now_ms, threads)
+        let failures = self.0.insert_all(entries, now_ms, threads());
+        failures
             .into_iter()
             .map(|(prefix, error)| (prefix, KernelError::new(error)))
             .collect()
     }
+
+    fn remove_all(&mut self, prefixes: &[Cidr]) -> Vec<(Cidr, KernelError)> {
+        let failures = self.0.remove_all(prefixes, threads());
+        failures
+            .into_iter()
+            .map(|(prefix, error)| (prefix, KernelError::new(error)))
+            .collect()
+    }
+}
+
+/// One writer thread a core: the maps' syscalls are the cost.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }

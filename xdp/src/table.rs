@@ -174,14 +174,40 @@ impl PinnedMaps {
         now_ms: u64,
         threads: usize,
     ) -> Vec<(Cidr, XdpError)> {
-        let chunk = entries.len().div_ceil(threads.max(1)).max(1);
+        self.on_threads(entries, threads, "replay", |table, part| {
+            table.insert_chunk(part, now_ms)
+        })
+    }
+
+    /// Removes many prefixes on `threads` threads (a blocklist feed's
+    /// entries that left its list: the prefix trie has no batch delete).
+    /// Returns the prefixes that failed; absent ones did not.
+    pub fn remove_all(&self, prefixes: &[Cidr], threads: usize) -> Vec<(Cidr, XdpError)> {
+        self.on_threads(prefixes, threads, "remove", |table, part| {
+            part.iter()
+                .filter_map(|prefix| table.remove(prefix).err().map(|e| (*prefix, e)))
+                .collect()
+        })
+    }
+
+    /// Splits `items` over `threads` threads, each running `work` on its
+    /// part with its own handle on the pinned maps; the failures of all.
+    fn on_threads<T: Sync + PrefixOf>(
+        &self,
+        items: &[T],
+        threads: usize,
+        what: &str,
+        work: impl Fn(&mut PinnedMaps, &[T]) -> Vec<(Cidr, XdpError)> + Sync,
+    ) -> Vec<(Cidr, XdpError)> {
+        let chunk = items.len().div_ceil(threads.max(1)).max(1);
+        let work = &work;
         std::thread::scope(|scope| {
-            let workers: Vec<_> = entries
+            let workers: Vec<_> = items
                 .chunks(chunk)
                 .map(|part| {
                     let worker = scope.spawn(move || -> Result<_, XdpError> {
                         let mut table = PinnedMaps::open(&self.location)?;
-                        Ok(table.insert_chunk(part, now_ms))
+                        Ok(work(&mut table, part))
                     });
                     (part, worker)
                 })
@@ -190,24 +216,21 @@ impl PinnedMaps {
                 .into_iter()
                 .flat_map(|(part, worker)| {
                     // A worker that could not open the table, or panicked,
-                    // inserted nothing we can vouch for: its whole part failed.
+                    // did nothing we can vouch for: its whole part failed.
                     let failed_whole = |detail: String| {
                         part.iter()
-                            .map(|(prefix, _)| {
-                                (
-                                    *prefix,
-                                    XdpError::Kernel {
-                                        what: format!("kernel table: replay {prefix}"),
-                                        detail: detail.clone(),
-                                    },
-                                )
+                            .map(|item| {
+                                let prefix = item.prefix();
+                                let what = format!("kernel table: {what} {prefix}");
+                                let detail = detail.clone();
+                                (prefix, XdpError::Kernel { what, detail })
                             })
                             .collect::<Vec<_>>()
                     };
                     match worker.join() {
                         Ok(Ok(failures)) => failures,
                         Ok(Err(error)) => failed_whole(error.to_string()),
-                        Err(_) => failed_whole("the replay thread panicked".into()),
+                        Err(_) => failed_whole(format!("the {what} thread panicked")),
                     }
                 })
                 .collect()
@@ -588,6 +611,23 @@ fn cidr_of(bytes: &AddrKey, len: u32) -> Option<Cidr> {
         _ => Cidr::new(IpAddr::V6(v6), len),
     }
     .ok()
+}
+
+/// What [`PinnedMaps::on_threads`] names a failed item by.
+trait PrefixOf {
+    fn prefix(&self) -> Cidr;
+}
+
+impl PrefixOf for Cidr {
+    fn prefix(&self) -> Cidr {
+        *self
+    }
+}
+
+impl PrefixOf for (Cidr, u64) {
+    fn prefix(&self) -> Cidr {
+        self.0
+    }
 }
 
 #[cfg(test)]

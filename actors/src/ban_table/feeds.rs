@@ -20,7 +20,7 @@
 //! allow-list entry is skipped. Feed entries are not shared with the fleet:
 //! each node reads its own feeds.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use model::Cidr;
@@ -50,27 +50,29 @@ pub(crate) fn entry_expiry(applied_at_ms: u64, refresh_ms: u64, prefix: &Cidr) -
         .saturating_add(hasher.finish() % spread)
 }
 
-/// How much longer than in the view a feed's entry lasts in the kernel
-/// map, in refresh intervals. A refresh then rewrites in the kernel only
-/// what it added, and every kept entry only once in this many intervals:
-/// the kernel's prefix trie has no batch update, so rewriting a million
-/// kept entries at every refresh would cost more than the refresh itself.
-/// Entries the view releases (left the list, or a feed that stopped) are
-/// removed from the kernel at once, so they never outlive the view there
-/// while the server runs.
-const KERNEL_MARGIN_REFRESHES: u64 = 2;
+/// How much longer than its expiry a feed's entry is written for, in the
+/// view and the kernel map, in refresh intervals. A refresh then writes
+/// only what it added, and every kept entry only once in this many
+/// intervals: the kernel's prefix trie has no batch update, and a million
+/// kept entries rewritten at every refresh would cost more than the rest
+/// of it. The feed releases its entries itself, at their expiry, from both
+/// (`release_expired_feed_entries`), and what leaves its list at once, so
+/// the margin never keeps a source out while the server runs.
+const WRITTEN_MARGIN_REFRESHES: u64 = 2;
 
 /// One feed's entries in force.
 struct FeedSet {
-    entries: HashSet<Cidr>,
+    /// Each entry with the generation of the refresh that last listed it.
+    entries: HashMap<Cidr, u32>,
+    generation: u32,
     /// When the list in force was applied, and its refresh interval: every
     /// entry's expiry follows from them ([`entry_expiry`]).
     applied_at_ms: u64,
     refresh_ms: u64,
-    /// When every entry was last written to the kernel, and with which
-    /// interval (0: not since the kernel table was filled from the view).
-    kernel_written_at_ms: u64,
-    kernel_refresh_ms: u64,
+    /// When every entry was last written to the view and the kernel, and
+    /// with which interval (0: not with its margin, as after a restore).
+    written_at_ms: u64,
+    written_refresh_ms: u64,
     /// Once the feed is overdue: its entries by expiry, latest first, so
     /// the ones that end pop off the end.
     draining: Option<Vec<(u64, Cidr)>>,
@@ -79,24 +81,22 @@ struct FeedSet {
 impl FeedSet {
     fn new(applied_at_ms: u64, refresh_ms: u64) -> Self {
         FeedSet {
-            entries: HashSet::new(),
+            entries: HashMap::new(),
+            generation: 0,
             applied_at_ms,
             refresh_ms,
-            kernel_written_at_ms: 0,
-            kernel_refresh_ms: refresh_ms,
+            written_at_ms: 0,
+            written_refresh_ms: refresh_ms,
             draining: None,
         }
     }
 
-    /// Whether a refresh at `now_ms` must write every entry to the kernel
-    /// again: the last full write is about to end there, or was made for
+    /// Whether a refresh at `now_ms` must write every entry again: the
+    /// last full write's margin is running out, or it was made for
     /// another interval.
-    fn kernel_due(&self, refresh_ms: u64, now_ms: u64) -> bool {
-        self.kernel_refresh_ms != refresh_ms
-            || now_ms
-                >= self
-                    .kernel_written_at_ms
-                    .saturating_add(refresh_ms.saturating_mul(KERNEL_MARGIN_REFRESHES))
+    fn write_due(&self, refresh_ms: u64, now_ms: u64) -> bool {
+        let margin = refresh_ms.saturating_mul(WRITTEN_MARGIN_REFRESHES);
+        self.written_refresh_ms != refresh_ms || now_ms >= self.written_at_ms.saturating_add(margin)
     }
 
     /// The earliest expiry of any of its entries.
@@ -104,11 +104,19 @@ impl FeedSet {
         self.applied_at_ms
             .saturating_add(self.refresh_ms.saturating_mul(2))
     }
+
+    /// `prefix`'s entry as a time-out record, if it holds one.
+    fn record(&self, name: &str, prefix: &Cidr) -> Option<BanInfo> {
+        self.entries.contains_key(prefix).then(|| {
+            let expires = entry_expiry(self.applied_at_ms, self.refresh_ms, prefix);
+            feed_record(name, *prefix, self.applied_at_ms, expires)
+        })
+    }
 }
 
-/// The expiry of a feed entry in the kernel map ([`KERNEL_MARGIN_REFRESHES`]).
-fn kernel_expiry(view_expiry_ms: u64, refresh_ms: u64) -> u64 {
-    view_expiry_ms.saturating_add(refresh_ms.saturating_mul(KERNEL_MARGIN_REFRESHES))
+/// The expiry an entry is written with ([`WRITTEN_MARGIN_REFRESHES`]).
+fn written_expiry(expires_at_ms: u64, refresh_ms: u64) -> u64 {
+    expires_at_ms.saturating_add(refresh_ms.saturating_mul(WRITTEN_MARGIN_REFRESHES))
 }
 
 /// Every feed's entries.
@@ -125,18 +133,34 @@ impl FeedEntries {
         self.count
     }
 
-    /// The feed that holds `prefix`, if one does (for `bans show`).
-    pub(crate) fn feed_of(&self, prefix: &Cidr) -> Option<&str> {
+    /// The feed that holds `prefix`, if one does.
+    fn feed_of(&self, prefix: &Cidr) -> Option<&str> {
         self.by_name
             .iter()
-            .find(|(_, set)| set.entries.contains(prefix))
+            .find(|(_, set)| set.entries.contains_key(prefix))
             .map(|(name, _)| name.as_str())
+    }
+
+    /// When `prefix`'s feed entry ends, if a feed holds it.
+    pub(crate) fn expiry_of(&self, prefix: &Cidr) -> Option<u64> {
+        self.by_name.values().find_map(|set| {
+            set.entries
+                .contains_key(prefix)
+                .then(|| entry_expiry(set.applied_at_ms, set.refresh_ms, prefix))
+        })
+    }
+
+    /// `prefix`'s feed entry as a time-out record (for `bans show`).
+    pub(crate) fn record_of(&self, prefix: &Cidr) -> Option<BanInfo> {
+        self.by_name
+            .iter()
+            .find_map(|(name, set)| set.record(name, prefix))
     }
 
     /// `prefix` is no feed's any more (another time-out replaced it).
     pub(crate) fn disown(&mut self, prefix: &Cidr) {
         for set in self.by_name.values_mut() {
-            if set.entries.remove(prefix) {
+            if set.entries.remove(prefix).is_some() {
                 self.count -= 1;
                 return;
             }
@@ -147,7 +171,7 @@ impl FeedEntries {
     /// next refresh writes every entry with its margin again.
     pub(crate) fn kernel_replaced(&mut self) {
         for set in self.by_name.values_mut() {
-            set.kernel_written_at_ms = 0;
+            set.written_at_ms = 0;
         }
     }
 
@@ -174,9 +198,10 @@ pub struct FeedApplied {
     pub held: usize,
     /// Listed, but inside an allow-list entry.
     pub allow_listed: usize,
-    /// Entries written to the kernel map: the added ones, and every one
-    /// when the last full write is due ([`KERNEL_MARGIN_REFRESHES`]).
-    pub kernel_written: usize,
+    /// Entries written to the view and the kernel map: the added ones,
+    /// and every one when the last full write's margin runs out
+    /// ([`WRITTEN_MARGIN_REFRESHES`]).
+    pub written: usize,
 }
 
 impl BanTable {
@@ -199,11 +224,18 @@ impl BanTable {
             .remove(name)
             .unwrap_or_else(|| FeedSet::new(now_ms, refresh_ms));
         let before = set.entries.len();
-        let kernel_due = set.kernel_due(refresh_ms, now_ms);
-        let mut kernel = Vec::with_capacity(if kernel_due { entries.len() } else { 0 });
+        let due = set.write_due(refresh_ms, now_ms);
+        set.generation = set.generation.wrapping_add(1);
+        let mut written = Vec::with_capacity(if due { entries.len() } else { 0 });
         let mut in_force = Vec::with_capacity(entries.len());
         for prefix in entries {
-            let owned = set.entries.contains(prefix);
+            let owned = match set.entries.get_mut(prefix) {
+                Some(generation) => {
+                    *generation = set.generation;
+                    true
+                }
+                None => false,
+            };
             if !owned {
                 if self.allow.covering(prefix).is_some() {
                     applied.allow_listed += 1;
@@ -215,47 +247,48 @@ impl BanTable {
                     applied.held += 1;
                     continue;
                 }
-            }
-            let expires_at_ms = entry_expiry(now_ms, refresh_ms, prefix);
-            self.view.insert(*prefix, expires_at_ms);
-            in_force.push(*prefix);
-            if kernel_due || !owned {
-                kernel.push((*prefix, kernel_expiry(expires_at_ms, refresh_ms)));
-            }
-            if owned {
-                applied.kept += 1;
-            } else {
-                set.entries.insert(*prefix);
+                set.entries.insert(*prefix, set.generation);
                 applied.added += 1;
+            } else {
+                applied.kept += 1;
+            }
+            in_force.push(*prefix);
+            // A kept entry's written expiry outlasts its new one until the
+            // next full write (`WRITTEN_MARGIN_REFRESHES`).
+            if due || !owned {
+                let expires = written_expiry(entry_expiry(now_ms, refresh_ms, prefix), refresh_ms);
+                self.view.insert(*prefix, expires);
+                written.push((*prefix, expires));
             }
         }
         // Only now what left the list: nothing listed twice was ever out.
-        let gone: Vec<Cidr> = if applied.kept == before {
-            Vec::new() // every entry before is listed still
-        } else {
-            set.entries
-                .iter()
-                .filter(|prefix| entries.binary_search(prefix).is_err())
-                .copied()
-                .collect()
-        };
+        let mut gone = Vec::new();
+        if applied.kept < before {
+            let generation = set.generation;
+            set.entries.retain(|prefix, listed| {
+                let kept = *listed == generation;
+                if !kept {
+                    gone.push(*prefix);
+                }
+                kept
+            });
+        }
         for prefix in &gone {
-            set.entries.remove(prefix);
             self.view.remove(prefix);
         }
         applied.released = gone.len();
-        applied.kernel_written = kernel.len();
+        applied.written = written.len();
         self.feeds.count = self.feeds.count + set.entries.len() - before;
         set.applied_at_ms = now_ms;
         set.refresh_ms = refresh_ms;
         set.draining = None;
-        if kernel_due {
-            set.kernel_written_at_ms = now_ms;
-            set.kernel_refresh_ms = refresh_ms;
+        if due {
+            set.written_at_ms = now_ms;
+            set.written_refresh_ms = refresh_ms;
         }
         self.feeds.by_name.insert(name.to_owned(), set);
         self.stats.feed_entries(&self.feeds.sizes());
-        self.feed_to_kernel(&kernel, &gone, now_ms);
+        self.feed_to_kernel(&written, &gone, now_ms);
         // `in_force` is in `entries`' order: sorted, as the record wants.
         if let Err(error) = self.store.feeds().put(name, now_ms, refresh_ms, &in_force) {
             self.storage_errors.failed(
@@ -278,7 +311,7 @@ impl BanTable {
             let draining = set.draining.get_or_insert_with(|| {
                 let mut by_expiry: Vec<(u64, Cidr)> = set
                     .entries
-                    .iter()
+                    .keys()
                     .map(|prefix| (entry_expiry(applied_at_ms, refresh_ms, prefix), *prefix))
                     .collect();
                 by_expiry.sort_unstable_by(|a, b| b.cmp(a));
@@ -290,7 +323,7 @@ impl BanTable {
                 }
                 draining.pop();
                 // Skipped if replaced by another time-out meanwhile.
-                if set.entries.remove(&prefix) {
+                if set.entries.remove(&prefix).is_some() {
                     ended.push(prefix);
                 }
             }
@@ -316,18 +349,13 @@ impl BanTable {
         let Some(kernel) = self.kernel.as_mut() else {
             return;
         };
-        let mut failed = kernel.insert_all(upserts, now_ms).len();
-        for prefix in removals {
-            if kernel.remove(prefix).is_err() {
-                failed += 1;
-            }
-        }
+        let failed = kernel.insert_all(upserts, now_ms).len() + kernel.remove_all(removals).len();
         if failed > 0 {
             self.stats
                 .kernel_errors
                 .fetch_add(failed as u64, std::sync::atomic::Ordering::Relaxed);
             log::warn!(
-                "kernel table: {failed} feed entries could not be written (the userspace time-outs stand)"
+                "kernel table: {failed} feed entries could not be written or removed (the userspace table stands)"
             );
         }
     }
@@ -351,7 +379,7 @@ impl BanTable {
                     continue;
                 }
                 self.view.insert(prefix, expires);
-                set.entries.insert(prefix);
+                set.entries.insert(prefix, 0);
                 live.push((prefix, expires));
             }
             self.feeds.count += set.entries.len();

@@ -428,31 +428,30 @@ fn monitor_mode_applies_no_feed_and_an_import_refuses_what_the_allow_list_holds(
 }
 
 #[test]
-fn a_refresh_writes_kept_entries_to_the_kernel_only_when_their_margin_runs_out() {
+fn a_refresh_writes_kept_entries_only_when_their_margin_runs_out_and_they_end_on_time() {
     let mut bed = Bed::new(BanPolicy::default());
     let in_kernel = |bed: &Bed, prefix: &str| {
         bed.kernel.entries.lock().unwrap()[&prefix.parse::<Cidr>().unwrap()]
     };
     let listed = ["198.18.0.0/24", "198.18.1.0/24"];
     let applied = bed.core.apply_feed(feed("drop", &listed), NOW);
-    assert_eq!(applied.kernel_written, 2);
+    assert_eq!(applied.written, 2);
     let written = in_kernel(&bed, "198.18.0.0/24");
 
     // One refresh later: only the new entry is written; the kept one keeps
-    // its kernel expiry, which still outlasts its moved view expiry.
+    // its written expiry, which still outlasts its moved own one.
     let more = ["198.18.0.0/24", "198.18.1.0/24", "198.18.2.0/24"];
     let applied = bed.core.apply_feed(feed("drop", &more), NOW + 60 * MIN);
-    assert_eq!(
-        (applied.kept, applied.added, applied.kernel_written),
-        (2, 1, 1)
-    );
+    assert_eq!((applied.kept, applied.added, applied.written), (2, 1, 1));
     assert_eq!(in_kernel(&bed, "198.18.0.0/24"), written);
-    let view = bed.core.expiry(&"198.18.0.0/24".parse().unwrap()).unwrap();
-    assert!(written > view, "kernel {written} view {view}");
+    let kept: Cidr = "198.18.0.0/24".parse().unwrap();
+    assert_eq!(bed.core.view().expiry(&kept), Some(written));
+    let own = bed.core.expiry(&kept).unwrap();
+    assert!(written > own, "written {written}, its own {own}");
 
     // Two refreshes after the full write: every entry written again.
     let applied = bed.core.apply_feed(feed("drop", &more), NOW + 120 * MIN);
-    assert_eq!(applied.kernel_written, 3);
+    assert_eq!(applied.written, 3);
     assert!(in_kernel(&bed, "198.18.0.0/24") > written);
 
     // What left the list leaves the kernel at once, margin or not.
@@ -460,4 +459,11 @@ fn a_refresh_writes_kept_entries_to_the_kernel_only_when_their_margin_runs_out()
         .apply_feed(feed("drop", &["198.18.2.0/24"]), NOW + 130 * MIN);
     assert!(!bed.kernel.holds("198.18.0.0/24"));
     assert!(bed.kernel.holds("198.18.2.0/24"));
+
+    // Not refreshed again: it ends at its own expiry, not its written one,
+    // in the view and the kernel alike.
+    let end = NOW + 130 * MIN + 136 * MIN;
+    assert_eq!(bed.core.release_expired(end), 1);
+    assert!(!bed.core.view().is_banned(ip("198.18.2.1"), end));
+    assert!(!bed.kernel.holds("198.18.2.0/24"));
 }
