@@ -724,6 +724,55 @@ fn feed_prefixes(range: std::ops::Range<usize>) -> Vec<Cidr> {
     prefixes
 }
 
+/// A feed's text: one prefix a line, with a header comment.
+fn feed_text(prefixes: &[Cidr]) -> String {
+    let mut text = String::from("# documentation prefixes\n");
+    for prefix in prefixes {
+        text.push_str(&prefix.to_string());
+        text.push('\n');
+    }
+    text
+}
+
+/// Loads the prefixes of `text` into an nftables interval set in a network
+/// namespace of its own (removed after), as a firewall bouncer would; how
+/// long `nft -f` took, or `None` without nft.
+fn nft_interval_set_load(text: &str) -> Option<Duration> {
+    let found = std::process::Command::new("sh")
+        .args(["-c", "command -v nft"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !found {
+        return None;
+    }
+    let ns = format!("pb-nft-{}", std::process::id());
+    let file = std::env::temp_dir().join(format!("{ns}.nft"));
+    let elements: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    let script = format!(
+        "table inet pb {{\n set feed {{ type ipv6_addr; flags interval; }}\n}}\nadd element inet pb feed {{ {} }}\n",
+        elements.join(", ")
+    );
+    std::fs::write(&file, script).unwrap();
+    let ip = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap()
+    };
+    assert!(ip(&["netns", "add", &ns]).success());
+    let started = Instant::now();
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "nft", "-f"])
+        .arg(&file)
+        .status()
+        .unwrap();
+    let took = started.elapsed();
+    ip(&["netns", "del", &ns]);
+    let _ = std::fs::remove_file(&file);
+    assert!(status.success(), "nft -f failed");
+    Some(took)
+}
+
 /// A ban core over a fresh database and the program at `pin_dir`.
 fn feed_core(pin_dir: &Path, db: &Path) -> BanCore {
     let store = Store::open(db, &StoreOptions::default()).unwrap();
@@ -772,19 +821,39 @@ fn feeds_at_scale(rows: &mut Vec<(String, String)>, quick: bool) {
         ));
         let program = xdp::TestProgram::load_sized(&pin, sizes).unwrap();
         let mut core = feed_core(&pin, &dir.path().join(format!("db-{count}")));
-        let list = feed_list(feed_prefixes(0..count));
+        let text = feed_text(&feed_prefixes(0..count));
+        let started = Instant::now();
+        let parsed = feeds::parse(text.as_bytes(), count).unwrap();
+        let parse_took = started.elapsed();
+        let list = feed_list(parsed.entries);
         let started = Instant::now();
         let applied = core.apply_feed(list, actors::now_ms());
         let took = started.elapsed();
         assert_eq!(applied.added, count, "{applied:?}");
+        let whole = parse_took + took;
         rows.push((
-            format!("feed: import of {count} prefixes (table, sled, kernel trie)"),
+            format!("feed: import of {count} prefixes (parse; table, sled, kernel trie)"),
             format!(
-                "{:.0} ms  ({:.2} M prefixes/s)",
+                "{:.0} ms; {:.0} ms  ({:.2} M prefixes/s in all)",
+                parse_took.as_secs_f64() * 1e3,
                 took.as_secs_f64() * 1e3,
-                count as f64 / took.as_secs_f64() / 1e6
+                count as f64 / whole.as_secs_f64() / 1e6
             ),
         ));
+        if count == 100_000 {
+            // The peer's way: the same list as an nftables interval set.
+            rows.push((
+                format!("peer: nftables interval set, `nft -f` of the same {count}"),
+                match nft_interval_set_load(&text) {
+                    Some(peer) => format!(
+                        "{:.0} ms  (penaltybox in all {:.2}x faster)",
+                        peer.as_secs_f64() * 1e3,
+                        peer.as_secs_f64() / whole.as_secs_f64()
+                    ),
+                    None => "nft not installed (apt install nftables)".into(),
+                },
+            ));
+        }
         // Its parts alone: the kernel trie, and sled.
         let part_pin = PathBuf::from(format!(
             "/sys/fs/bpf/penaltybox-feed-part-{}",
