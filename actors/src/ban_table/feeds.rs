@@ -226,6 +226,8 @@ impl BanTable {
         let before = set.entries.len();
         let due = set.write_due(refresh_ms, now_ms);
         set.generation = set.generation.wrapping_add(1);
+        // Grown once, not by doubling through a million-entry import.
+        set.entries.reserve(entries.len().saturating_sub(before));
         let mut written = Vec::with_capacity(if due { entries.len() } else { 0 });
         let mut in_force = Vec::with_capacity(entries.len());
         for prefix in entries {
@@ -257,10 +259,10 @@ impl BanTable {
             // next full write (`WRITTEN_MARGIN_REFRESHES`).
             if due || !owned {
                 let expires = written_expiry(entry_expiry(now_ms, refresh_ms, prefix), refresh_ms);
-                self.view.insert(*prefix, expires);
                 written.push((*prefix, expires));
             }
         }
+        self.write_feed_entries(&written, now_ms);
         // Only now what left the list: nothing listed twice was ever out.
         let mut gone = Vec::new();
         if applied.kept < before {
@@ -288,7 +290,7 @@ impl BanTable {
         }
         self.feeds.by_name.insert(name.to_owned(), set);
         self.stats.feed_entries(&self.feeds.sizes());
-        self.feed_to_kernel(&written, &gone, now_ms);
+        self.remove_from_kernel(&gone);
         // `in_force` is in `entries`' order: sorted, as the record wants.
         if let Err(error) = self.store.feeds().put(name, now_ms, refresh_ms, &in_force) {
             self.storage_errors.failed(
@@ -337,7 +339,7 @@ impl BanTable {
         }
         // Their stored list computes the same expiries: nothing to write.
         self.stats.feed_entries(&self.feeds.sizes());
-        self.feed_to_kernel(&[], &ended, now_ms);
+        self.remove_from_kernel(&ended);
         log::info!(
             "released {} feed entries: their feed was not refreshed in time",
             ended.len()
@@ -345,11 +347,35 @@ impl BanTable {
         ended.len()
     }
 
-    fn feed_to_kernel(&mut self, upserts: &[(Cidr, u64)], removals: &[Cidr], now_ms: u64) {
+    /// Writes `entries` to the view and the kernel table at once: the
+    /// kernel's share (its prefix trie, one syscall an entry) on threads
+    /// of its own while this one fills the view.
+    fn write_feed_entries(&mut self, entries: &[(Cidr, u64)], now_ms: u64) {
+        if entries.is_empty() {
+            return;
+        }
+        let view = &self.view;
+        let kernel = self.kernel.as_mut();
+        let failed = std::thread::scope(|scope| {
+            let kernel =
+                kernel.map(|kernel| scope.spawn(move || kernel.insert_all(entries, now_ms)));
+            for (prefix, expires) in entries {
+                view.insert(*prefix, *expires);
+            }
+            kernel.map_or(0, |writer| writer.join().map_or(entries.len(), |f| f.len()))
+        });
+        self.count_kernel_failures(failed);
+    }
+
+    fn remove_from_kernel(&mut self, prefixes: &[Cidr]) {
         let Some(kernel) = self.kernel.as_mut() else {
             return;
         };
-        let failed = kernel.insert_all(upserts, now_ms).len() + kernel.remove_all(removals).len();
+        let failed = kernel.remove_all(prefixes).len();
+        self.count_kernel_failures(failed);
+    }
+
+    fn count_kernel_failures(&mut self, failed: usize) {
         if failed > 0 {
             self.stats
                 .kernel_errors
