@@ -32,6 +32,13 @@ command -v nats-server >/dev/null || { echo "nats-server not on PATH after pip i
 # The metrics test parses /metrics with the official Prometheus client's
 # OpenMetrics parser.
 python3 -c "import prometheus_client" 2>/dev/null || pip install -q prometheus_client
+# The alert rules and the dashboard are tested with promtool and a real
+# Prometheus (Debian's; the tests start their own on loopback, so the
+# package's service is stopped where systemd runs it).
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
 # The pinned nightly (eBPF program, fuzzing) and bpf-linker.
 ebpf-prog/toolchain.sh
 NIGHTLY="$(sed -n 's/^channel = "\(.*\)"/\1/p' ebpf-prog/program/rust-toolchain.toml)"

@@ -14,7 +14,14 @@
 #    and the host's bpffs, a client from the host is served, a garbage
 #    sender is timed out (dropped by XDP); after `docker restart` the ban is
 #    still in force and back in the kernel map; without the capabilities the
-#    server still serves, userspace tier only.
+#    server still serves, userspace tier only;
+#  - behind Docker's userland proxy every client is the bridge's gateway:
+#    one garbage sender on the host times out another client on the host
+#    (the README's "Behind Docker" case, shown as the behaviour to avoid);
+#  - contrib/docker-compose.yml brought up with Debian 13's Compose plugin
+#    (host network, XDP on a veth this test makes): healthy, serving, a
+#    garbage source timed out and still after `down` and `up`, /metrics on
+#    the host's loopback.
 #
 # Everything it made (containers, images, volumes, dockerd, bridge, mounts,
 # pins) is removed on exit, also on failure.
@@ -38,9 +45,10 @@ export DOCKER_HOST="unix://$work/docker.sock" DOCKER_CONFIG="$work/config"
 cleanup() {
   set +e
   if [ -S "$work/docker.sock" ]; then
-    "$DK" rm -f pbx-caps pbx-nocaps >/dev/null 2>&1
-    "$DK" volume rm -f pbx-data pbx-data2 >/dev/null 2>&1
-    "$DK" rmi -f penaltybox:test rust:1.95-slim-bookworm debian:bookworm-slim >/dev/null 2>&1
+    [ -f "$work/compose/admins/admins" ] && compose down -v >/dev/null 2>&1
+    "$DK" rm -f pbx-caps pbx-nocaps pbx-gw >/dev/null 2>&1
+    "$DK" volume rm -f pbx-data pbx-data2 pbx-data3 >/dev/null 2>&1
+    "$DK" rmi -f penaltybox:test penaltybox:latest rust:1.95-slim-bookworm debian:bookworm-slim >/dev/null 2>&1
   fi
   if [ -f "$work/dockerd.pid" ]; then
     local pid
@@ -49,7 +57,8 @@ cleanup() {
     for _ in $(seq 1 40); do [ -e "/proc/$pid" ] || break; sleep 0.5; done
   fi
   ip link del docker0 2>/dev/null
-  rm -rf "$pin"
+  ip link del pbxc0 2>/dev/null
+  rm -rf "$pin" "$pin-compose"
   grep -o " $work[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m"; done
   rm -rf "$work"
   log "cleaned up"
@@ -67,13 +76,17 @@ echo "deb $mirror trixie main" > "$work/apt/sources.list"
 apt_private=(-o APT::Sandbox::User=root -o "Dir::Etc::SourceList=$work/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
              -o "Dir::State::Lists=$work/apt/lists" -o "Dir::Cache=$work/apt/cache")
 apt-get "${apt_private[@]}" update -q >/dev/null
-(cd "$work/apt" && apt-get "${apt_private[@]}" download docker.io docker-cli docker-buildx >/dev/null 2>&1)
+(cd "$work/apt" && apt-get "${apt_private[@]}" download docker.io docker-cli docker-buildx docker-compose >/dev/null 2>&1)
 if ! /usr/sbin/dockerd --version 2>/dev/null | grep -q ' 26\.'; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$work"/apt/docker.io_*.deb >/dev/null
 fi
 dpkg-deb -x "$work"/apt/docker-cli_*.deb "$work/cli"
 dpkg-deb -x "$work"/apt/docker-buildx_*.deb "$work/buildx"
 cp "$work/buildx/usr/libexec/docker/cli-plugins/docker-buildx" "$work/config/cli-plugins/"
+dpkg-deb -x "$work"/apt/docker-compose_*.deb "$work/compose-pkg"
+compose_bin="$(find "$work/compose-pkg" -type f -name docker-compose | head -1)"
+[ -n "$compose_bin" ] || fail "no docker-compose binary in Debian 13's docker-compose package"
+cp "$compose_bin" "$work/config/cli-plugins/docker-compose"
 log "$("$DK" --version); $(/usr/sbin/dockerd --version)"
 
 /usr/sbin/dockerd --data-root "$work/root" --exec-root "$work/exec" --pidfile "$work/dockerd.pid" \
@@ -164,5 +177,61 @@ sleep 0.5
 ping_from 10.99.0.202 "$ip_nocaps" "$key_nocaps" | grep -q "closed the connection during the handshake" \
   || fail "the userspace tier did not refuse the timed-out source"
 log "no capabilities: still serving; the garbage sender is refused at accept"
+
+# --- behind Docker's userland proxy: every client is the gateway ------------------------
+# dockerd runs without iptables here, so -p is served by docker-proxy, which
+# connects to the container from the bridge's gateway: as rootless Docker's
+# port driver, or any port forwarder, does.
+"$DK" run -d --name pbx-gw -p 127.0.0.1:15000:5000 -v pbx-data3:/var/lib/penaltybox penaltybox:test >/dev/null
+wait_listening pbx-gw 1
+key_gw=$("$DK" exec pbx-gw cat /var/lib/penaltybox/server.pub)
+"$pb" client --server 127.0.0.1:15000 --server-key "$key_gw" --bind 127.0.0.3 --timeout 2 ping 2>&1 | grep -q pong \
+  || fail "a client on the host is not served through the userland proxy"
+"$pb" replay fixtures/http-get.pcap --server 127.0.0.1:15000 --bind 127.0.0.1 >/dev/null
+for _ in $(seq 1 20); do "$DK" logs pbx-gw 2>&1 | grep -q "timed out $subnet_gw/32" && break; sleep 0.25; done
+"$DK" logs pbx-gw 2>&1 | grep -q "timed out $subnet_gw/32" || { "$DK" logs pbx-gw 2>&1 | tail; fail "the gateway was not timed out"; }
+if "$pb" client --server 127.0.0.1:15000 --server-key "$key_gw" --bind 127.0.0.3 --timeout 2 ping 2>&1 | grep -q pong; then
+  fail "the other client was served: expected it refused with the gateway"
+fi
+log "userland proxy: a garbage sender on 127.0.0.1 timed out the gateway $subnet_gw, and with it the client on 127.0.0.3 (the case to avoid)"
+
+# --- contrib/docker-compose.yml, with Debian 13's Compose plugin --------------------------
+compose() {
+  PENALTYBOX_XDP_IFACE=pbxc0 PENALTYBOX_BPF_TABLE="$pin-compose" \
+    "$DK" compose -f "$root/contrib/docker-compose.yml" --project-directory "$work/compose" -p pbxc "$@"
+}
+ip link add pbxc0 type veth peer name pbxc1
+ip link set pbxc0 up && ip link set pbxc1 up
+mkdir -p "$work/compose/admins"
+"$pb" keygen --out "$work/compose/admin.key" >/dev/null
+cp "$work/compose/admin.pub" "$work/compose/admins/admins"
+chmod 644 "$work/compose/admins/admins"
+"$DK" tag penaltybox:test penaltybox:latest
+log "$("$DK" compose version)"
+compose up -d --no-build >"$work/compose.log" 2>&1 || { cat "$work/compose.log"; fail "compose up"; }
+cid=$(compose ps -q penaltybox)
+wait_listening "$cid" 1
+"$DK" logs "$cid" 2>&1 | grep -q "kernel tier on" || { "$DK" logs "$cid" 2>&1 | tail; fail "compose: kernel tier not on"; }
+for _ in $(seq 1 90); do [ "$("$DK" inspect -f '{{.State.Health.Status}}' "$cid")" = healthy ] && break; sleep 1; done
+[ "$("$DK" inspect -f '{{.State.Health.Status}}' "$cid")" = healthy ] || fail "compose: not healthy"
+key_c=$("$DK" exec "$cid" cat /var/lib/penaltybox/server.pub)
+ping_from 127.0.0.1 127.0.0.1 "$key_c" | grep -q pong || fail "compose: a client on the host is not served"
+"$pb" replay fixtures/http-get.pcap --server 127.0.0.1:5000 --bind 127.0.0.3 >/dev/null
+for _ in $(seq 1 20); do "$DK" logs "$cid" 2>&1 | grep -q "timed out 127.0.0.3/32" && break; sleep 0.25; done
+ping_from 127.0.0.3 127.0.0.1 "$key_c" | grep -q "closed the connection during the handshake" \
+  || fail "compose: the garbage source was not refused"
+metrics() { python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5).read().decode())'; }
+metrics | grep -q '^penaltybox_timeouts_active{family="ipv4"} 1' || fail "compose: /metrics on the host's loopback"
+log "compose: healthy, serving, 127.0.0.3 timed out, /metrics answers on 127.0.0.1:9464"
+compose down >/dev/null 2>&1
+compose up -d --no-build >/dev/null 2>&1 || fail "compose up again"
+cid=$(compose ps -q penaltybox)
+wait_listening "$cid" 1
+"$DK" logs "$cid" 2>&1 | grep "bans restored" | tail -1 | grep -q "1 bans restored" || { "$DK" logs "$cid" 2>&1 | tail; fail "compose: the time-out did not survive down and up"; }
+ping_from 127.0.0.3 127.0.0.1 "$key_c" | grep -q "closed the connection during the handshake" \
+  || fail "compose: the time-out is not in force after down and up"
+ping_from 127.0.0.1 127.0.0.1 "$key_c" | grep -q pong || fail "compose: not serving after down and up"
+compose down -v >/dev/null 2>&1
+log "compose: down and up kept the time-out (the volume); down -v removed it all"
 
 log "docker test passed ($(( size / 1024 / 1024 )) MiB image)"

@@ -474,11 +474,16 @@ fn encode_fleet(
 }
 
 fn encode_kernel(e: &mut DescriptorEncoder, pin_dir: Option<&std::path::Path>) -> std::fmt::Result {
-    let counters = pin_dir.and_then(|dir| xdp::counters(dir).ok());
+    // Absent without a kernel tier, as the fleet's are without a fleet: an
+    // alert on `kernel_tier_up == 0` then pages only where one is meant to run.
+    let Some(pin_dir) = pin_dir else {
+        return Ok(());
+    };
+    let counters = xdp::counters(pin_dir).ok();
     gauge(
         e,
         "kernel_tier_up",
-        "1 when the kernel tier is configured and its pinned maps answer",
+        "1 when the kernel tier's pinned maps answer, 0 when they do not",
         i64::from(counters.is_some()),
     )?;
     let Some(c) = counters else {
