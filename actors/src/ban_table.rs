@@ -286,6 +286,7 @@ impl BanTable {
         }
         bump(&self.stats.bans_total);
         self.stats.count_ban(record.cause.as_str().parse().ok());
+        self.stats.note_recent(record);
         if record.origin.is_empty() {
             self.share(FleetChange::Put(record.clone()));
         }

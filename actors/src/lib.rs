@@ -54,7 +54,7 @@ pub use fleet_outlet::FleetOutlet;
 pub use kernel_table::{KernelError, KernelTable};
 pub use listener::bind;
 pub use policy::{AdminBan, BanPolicy, Durations, expiry_after};
-pub use shared::{Deadlines, ReloadError, Reloader, ServiceConfig};
+pub use shared::{Deadlines, ReloadError, Reloader, ServiceConfig, TierStatus};
 pub use startup::{RunningServer, ServerConfig, ServerHandle, StartError, start};
 pub use stats::{HistogramSnapshot, LATENCY_BUCKETS, MetricsSnapshot, Stats};
 pub use view::BanView;

@@ -201,6 +201,9 @@ async fn handle_admin(shared: &Shared, requester: Requester, request: AdminReque
                 })
             }),
         AdminRequest::Feeds => return Response::Feeds(shared.stats.feeds()),
+        AdminRequest::Top { recent } => {
+            return Response::Top(Box::new(shared.top(usize::from(recent))));
+        }
         AdminRequest::ListBansByCause {
             cause,
             after,
@@ -352,6 +355,7 @@ mod tests {
                 allow: Default::default(),
                 proxy_trusted: Vec::new(),
                 reloader: Default::default(),
+                tiers: Default::default(),
                 aggregation: (32, 64),
                 deadlines: std::sync::RwLock::new(crate::Deadlines {
                     handshake: Duration::from_secs(5),

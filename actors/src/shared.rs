@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix::Addr;
 use model::Cidr;
 use protocol::Responder;
-use protocol::message::ServerStats;
+use protocol::message::{CauseCount, KernelTierView, ServerStats, TopView};
 use storage::Store;
 
 use crate::admission::Admission;
@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub proxy_trusted: Vec<Cidr>,
     /// The admin `Reload` request's handler (the binary's).
     pub reloader: OnceLock<Arc<dyn Reloader>>,
+    /// The kernel tier's and the fleet's state for `top` (the binary's).
+    pub tiers: OnceLock<Arc<dyn TierStatus>>,
     /// The time-out prefix lengths, for per-source admission.
     pub aggregation: (u8, u8),
     /// Replaced by a reload; each connection reads them as it needs them.
@@ -80,6 +82,15 @@ pub trait Reloader: Send + Sync {
     fn reload(&self) -> Result<String, ReloadError>;
 }
 
+/// What the binary knows of the tiers around the actors (the kernel's maps,
+/// the fleet's link), for the admin `Top` request.
+pub trait TierStatus: Send + Sync {
+    /// `None`: no kernel tier configured.
+    fn kernel(&self) -> Option<KernelTierView>;
+    /// `None`: no fleet configured.
+    fn fleet_connected(&self) -> Option<bool>;
+}
+
 /// Why a reload changed nothing (the running settings are kept).
 #[derive(Debug, thiserror::Error)]
 #[error("{reason}")]
@@ -110,5 +121,36 @@ impl Shared {
 
     pub fn metrics(&self) -> crate::MetricsSnapshot {
         self.stats.metrics(self.stats(), self.view.len_by_family())
+    }
+
+    /// The admin `Top` answer: counters, causes, the newest `recent`
+    /// time-outs, and the tiers.
+    pub fn top(&self, recent: usize) -> TopView {
+        let metrics = self.metrics();
+        let tiers = self.tiers.get();
+        TopView {
+            now_ms: crate::now_ms(),
+            active_ipv4: metrics.bans_active_ipv4,
+            active_ipv6: metrics.bans_active_ipv6,
+            by_cause: metrics
+                .bans_by_cause
+                .iter()
+                .map(|(cause, total)| CauseCount {
+                    cause: (*cause).to_owned(),
+                    total: *total,
+                })
+                .collect(),
+            // Those still in force: released or replaced ones are not.
+            recent: self
+                .stats
+                .recent(usize::from(protocol::message::MAX_TOP_RECENT))
+                .into_iter()
+                .filter(|ban| self.view.expiry(&ban.prefix) == Some(ban.expires_at_ms))
+                .take(recent)
+                .collect(),
+            kernel: tiers.and_then(|tiers| tiers.kernel()),
+            fleet_connected: tiers.and_then(|tiers| tiers.fleet_connected()),
+            stats: metrics.stats,
+        }
     }
 }

@@ -109,6 +109,7 @@ pub fn start(config: ServerConfig, store: Store) -> Result<RunningServer, StartE
         allow,
         proxy_trusted: config.proxy_trusted,
         reloader: std::sync::OnceLock::new(),
+        tiers: std::sync::OnceLock::new(),
         aggregation,
         deadlines: std::sync::RwLock::new(config.deadlines),
         service: config.service,
@@ -234,6 +235,11 @@ impl ServerHandle {
 
     /// What `penaltybox reload` over the admin connection runs (the
     /// binary's settings reload); set once the server runs.
+    /// What the admin `Top` request says of the kernel tier and the fleet.
+    pub fn set_tier_status(&self, tiers: Arc<dyn crate::shared::TierStatus>) {
+        let _ = self.shared.tiers.set(tiers);
+    }
+
     pub fn set_reloader(&self, reloader: Arc<dyn Reloader>) {
         let _ = self.shared.reloader.set(reloader);
     }

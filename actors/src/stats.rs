@@ -4,13 +4,13 @@
 //! binary's Prometheus endpoint encodes ([`crate::ServerHandle::metrics`]).
 //! Everything is a relaxed atomic: recording costs the hot path one add.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use model::BanCause;
-use protocol::message::{FeedStat, ServerStats};
+use model::{BanCause, BanInfo};
+use protocol::message::{FeedStat, MAX_TOP_RECENT, ServerStats};
 
 /// The counters themselves; opaque outside this crate (read them through
 /// a [`ServerStats`] or a [`MetricsSnapshot`]).
@@ -56,6 +56,8 @@ pub struct Stats {
     pub(crate) time_to_ban_seconds: LatencyHistogram,
     /// Blocklist feeds by name (a handful; written once a refresh).
     feeds: Mutex<BTreeMap<String, FeedStat>>,
+    /// The newest time-outs put in the table, newest last (for `top`).
+    recent: Mutex<VecDeque<BanInfo>>,
 }
 
 const CAUSE_SLOTS: usize = BanCause::ALL.len() + 1;
@@ -171,6 +173,7 @@ impl Default for Stats {
             handshake_seconds: LatencyHistogram::default(),
             time_to_ban_seconds: LatencyHistogram::default(),
             feeds: Mutex::default(),
+            recent: Mutex::default(),
         }
     }
 }
@@ -231,6 +234,22 @@ impl Stats {
     /// Counts a time-out made: `None` for an admin's (its cause is free text).
     pub(crate) fn count_ban(&self, cause: Option<BanCause>) {
         bump(&self.bans_by_cause[cause_slot(cause)]);
+    }
+
+    /// Keeps `record` among the newest time-outs (at most
+    /// [`MAX_TOP_RECENT`]; one lock a time-out, never on the accept path).
+    pub(crate) fn note_recent(&self, record: &BanInfo) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == usize::from(MAX_TOP_RECENT) {
+            recent.pop_front();
+        }
+        recent.push_back(record.clone());
+    }
+
+    /// The newest `n` time-outs, newest first.
+    pub(crate) fn recent(&self, n: usize) -> Vec<BanInfo> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().rev().take(n).cloned().collect()
     }
 
     /// Counts a time-out monitor mode did not make.

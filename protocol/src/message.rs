@@ -86,7 +86,16 @@ pub enum AdminRequest {
         cause: Cause,
         force: bool,
     },
+    /// What `penaltybox top` shows, in one bounded answer: the counters,
+    /// time-outs by cause, the newest `recent` time-outs (at most
+    /// [`MAX_TOP_RECENT`]), the kernel tier and the fleet.
+    Top {
+        recent: u16,
+    },
 }
+
+/// Time-outs one `Top` answer may carry (about 12 KB encoded).
+pub const MAX_TOP_RECENT: u16 = 100;
 
 /// Prefixes one `ImportBans` request may carry (about 40 KB encoded).
 pub const MAX_IMPORT: usize = 2048;
@@ -148,6 +157,41 @@ pub enum Response {
         refused: u32,
         first_refusal: String,
     },
+    Top(Box<TopView>),
+}
+
+/// One `Top` answer: what the server counts now. Rates are the client's
+/// to compute, from two answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub struct TopView {
+    /// The server's clock (Unix ms), for the time-outs' remaining time.
+    pub now_ms: u64,
+    pub stats: ServerStats,
+    pub active_ipv4: u64,
+    pub active_ipv6: u64,
+    /// Time-outs made since start, by cause.
+    pub by_cause: Vec<CauseCount>,
+    /// The newest time-outs made here or applied from the fleet, newest
+    /// first.
+    pub recent: Vec<BanInfo>,
+    /// `None`: no kernel tier configured.
+    pub kernel: Option<KernelTierView>,
+    /// `None`: no fleet configured.
+    pub fleet_connected: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub struct CauseCount {
+    pub cause: String,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Encode, Decode)]
+pub struct KernelTierView {
+    /// Its pinned maps answer.
+    pub up: bool,
+    /// Packets dropped for a time-out since the program was attached.
+    pub dropped: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -236,6 +280,12 @@ impl Request {
                 | AdminRequest::Reload
                 | AdminRequest::Feeds,
             ) => Ok(()),
+            Request::Admin(AdminRequest::Top { recent }) => {
+                if *recent > MAX_TOP_RECENT {
+                    return Err(InvalidRequest::TopRecent(*recent));
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -249,6 +299,8 @@ pub enum InvalidRequest {
     PageLimit(u16),
     #[error("an import carries 1..={MAX_IMPORT} prefixes, got {0}")]
     ImportSize(usize),
+    #[error("top shows 0..={MAX_TOP_RECENT} recent time-outs, got {0}")]
+    TopRecent(u16),
 }
 
 fn check_page(limit: u16) -> Result<(), InvalidRequest> {
@@ -261,6 +313,50 @@ fn check_page(limit: u16) -> Result<(), InvalidRequest> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The largest `Top` answer fits one frame, and a request for more
+    /// than it carries is refused.
+    #[test]
+    fn a_full_top_answer_fits_one_frame() {
+        let long = |c: char| c.to_string().repeat(model::ban::MAX_CAUSE_LEN);
+        let ban = BanInfo {
+            prefix: "2001:db8::/64".parse().unwrap(),
+            cause: long('c').parse().unwrap(),
+            first_bytes: model::ban::FirstBytes::truncated(&[0xff; 64]),
+            banned_at_ms: u64::MAX,
+            expires_at_ms: u64::MAX,
+            repeat: u32::MAX,
+            origin: long('o').parse().unwrap(),
+        };
+        let view = TopView {
+            by_cause: vec![
+                CauseCount {
+                    cause: long('x'),
+                    total: u64::MAX,
+                };
+                32
+            ],
+            recent: vec![ban; usize::from(MAX_TOP_RECENT)],
+            kernel: Some(KernelTierView::default()),
+            fleet_connected: Some(true),
+            ..TopView::default()
+        };
+        let encoded =
+            bincode::encode_to_vec(Response::Top(Box::new(view)), crate::frame::wire_config())
+                .unwrap();
+        assert!(
+            encoded.len() < crate::frame::MAX_MESSAGE_LEN,
+            "{}",
+            encoded.len()
+        );
+        let too_many = Request::Admin(AdminRequest::Top {
+            recent: MAX_TOP_RECENT + 1,
+        });
+        assert_eq!(
+            too_many.validate(),
+            Err(InvalidRequest::TopRecent(MAX_TOP_RECENT + 1))
+        );
+    }
 
     #[test]
     fn validation_names_the_field() {

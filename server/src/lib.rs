@@ -23,4 +23,7 @@ pub mod reload;
 pub mod replay_cmd;
 pub mod serve;
 pub mod settings;
+pub mod tier_status;
+pub mod top_cmd;
+pub mod top_view;
 pub mod xdp_cmd;

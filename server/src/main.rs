@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use penaltybox::{
     bans_cmd, capabilities, client_cmd, config_print, db_cmd, keygen, logging, replay_cmd, serve,
-    xdp_cmd,
+    top_cmd, xdp_cmd,
 };
 
 #[derive(Parser)]
@@ -48,6 +48,9 @@ enum Command {
     Bans(bans_cmd::BansArgs),
     /// Make a running server re-read its settings, as SIGHUP does (admin key).
     Reload(bans_cmd::ReloadArgs),
+    /// A live view of a running server: rates, time-outs by cause, the newest
+    /// time-outs (q quits, p pauses, / filters, Enter shows, r releases; admin key).
+    Top(top_cmd::TopArgs),
     /// The kernel tier: attach, inspect or detach the XDP program (Linux, CAP_BPF + CAP_NET_ADMIN).
     Xdp(xdp_cmd::XdpArgs),
     /// Replay the client side of a capture's TCP streams against a live server.
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Bans(args) => bans_cmd::run(args),
         Command::Reload(args) => bans_cmd::run_reload(args),
+        Command::Top(args) => top_cmd::run(args),
         Command::Db(args) => db_cmd::run(args),
         Command::Xdp(args) => xdp_cmd::run(args),
         Command::Replay(args) => replay_cmd::run(args),

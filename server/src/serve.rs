@@ -285,6 +285,12 @@ async fn serve(
         );
     }
     log_started(&plan, &running);
+    running
+        .handle()
+        .set_tier_status(std::sync::Arc::new(crate::tier_status::Tiers {
+            kernel: kernel_pins.clone(),
+            fleet: tiers.fleet.as_ref().map(|f| f.stats()),
+        }));
     if let Some(metrics) = &tiers.metrics {
         let fleet = tiers
             .fleet

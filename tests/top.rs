@@ -1,0 +1,154 @@
+//! `penaltybox top` in a real terminal (tmux, on a server socket of its
+//! own) against a real server while garbage sources are timed out: the
+//! screen shows their causes and prefixes (read with `capture-pane`), a
+//! release asked with `r` and confirmed with `y` ends one, `q` exits 0 and
+//! gives the terminal back (the alternate screen left, the cursor shown),
+//! and a server that goes away is one line on the screen, not a crash.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// A tmux server of its own, killed (by pid) when dropped.
+struct Tmux {
+    socket: String,
+    pid: Option<u32>,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Tmux {
+        let socket = format!("penaltybox-top-{}", std::process::id());
+        let mut tmux = Tmux { socket, pid: None };
+        let status = tmux
+            .cmd(&[
+                "new-session",
+                "-d",
+                "-s",
+                "top",
+                "-x",
+                "160",
+                "-y",
+                "45",
+                command,
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let pid = tmux.output(&["display-message", "-p", "#{pid}"]);
+        tmux.pid = pid.trim().parse().ok();
+        tmux
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("tmux");
+        command.args(["-L", &self.socket]).args(args);
+        command
+    }
+
+    fn output(&self, args: &[&str]) -> String {
+        let output = self.cmd(args).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.output(&["capture-pane", "-p", "-t", "top"])
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "top"];
+        args.extend_from_slice(keys);
+        assert!(self.cmd(&args).status().unwrap().success());
+    }
+
+    fn wait_for(&self, text: &str) -> String {
+        let mut screen = String::new();
+        let shown = eventually(Duration::from_secs(15), || {
+            screen = self.screen();
+            screen.contains(text)
+        });
+        assert!(shown, "{text:?} not on the screen:\n{screen}");
+        screen
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]).status();
+        if let Some(pid) = self.pid {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+    }
+}
+
+#[test]
+fn top_shows_time_outs_live_releases_one_and_gives_the_terminal_back() {
+    let have_tmux = Command::new("tmux").arg("-V").output().is_ok();
+    if !have_tmux {
+        skip_or_fail("tmux is not installed (apt install tmux)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let top = format!(
+        "{BIN} top --server {} --server-key {} --key {} --interval 200ms; echo top-exited=$?; sleep 60",
+        server.addr,
+        server.data_dir.join("server.pub").display(),
+        server.admin_key.display()
+    );
+    let tmux = Tmux::start(&top);
+    tmux.wait_for("q quit");
+
+    let sources = ["127.0.66.1", "127.0.66.2", "127.0.66.3"];
+    for source in sources {
+        send_raw(
+            source,
+            server.addr,
+            b"GET / HTTP/1.1\r\n\r\n",
+            Duration::from_secs(2),
+        );
+    }
+    let screen = tmux.wait_for("127.0.66.3/32");
+    assert!(screen.contains("127.0.66.1/32"), "{screen}");
+    assert!(screen.contains("bad-magic"), "{screen}");
+    assert!(screen.contains("GET / HT"), "{screen}");
+    assert!(screen.contains("3 timed out (IPv4 3, IPv6 0)"), "{screen}");
+    assert!(
+        screen.contains("kernel tier off") && screen.contains("alone"),
+        "{screen}"
+    );
+
+    // The newest is selected: r asks, y releases it.
+    tmux.keys(&["r"]);
+    tmux.wait_for("release 127.0.66.3/32? y/n");
+    tmux.keys(&["y"]);
+    tmux.wait_for("released 127.0.66.3/32");
+    assert!(eventually(Duration::from_secs(5), || server
+        .stats()
+        .bans_active
+        == 2));
+    assert!(server.served_from("127.0.66.3"));
+
+    // A filter by cause, and Enter shows the selected one.
+    tmux.keys(&["/", "bad", "Enter"]);
+    tmux.wait_for("matching \"bad\"");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("bans show (any key closes)");
+    tmux.keys(&["Escape"]);
+
+    // The server goes away: one line, and the view stays.
+    assert!(server.stop().success());
+    tmux.wait_for("connection lost");
+
+    tmux.keys(&["q"]);
+    let screen = tmux.wait_for("top-exited=0");
+    assert!(!screen.contains("newest time-outs"), "{screen}");
+    assert_eq!(
+        tmux.output(&["display-message", "-p", "#{alternate_on} #{cursor_flag}"])
+            .trim(),
+        "0 1",
+        "the alternate screen left, the cursor shown"
+    );
+}
