@@ -153,7 +153,9 @@ impl BanTable {
         while table.bounded_len() > table.max_entries {
             table.evict_one(now_ms);
         }
-        if live.len() > table.view.len() {
+        // Feed entries are in the view but not in `live`: compare with
+        // the bounded part alone, or evicted bans would reach the kernel.
+        if live.len() > table.bounded_len() {
             live.retain(|(prefix, _)| table.view.expiry(prefix).is_some());
         }
         let restored = live.len();

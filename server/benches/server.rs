@@ -98,6 +98,12 @@ fn run_section(section: &str, quick: bool) -> Vec<(String, String)> {
 }
 
 /// Starts the real server (actors) in its own actix System thread.
+/// The admin key of every bench server (the `top` poller's).
+fn bench_admin() -> &'static PrivateKey {
+    static KEY: std::sync::OnceLock<PrivateKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(PrivateKey::generate)
+}
+
 fn start_server(dir: &std::path::Path) -> (SocketAddr, PublicKey, ServerHandle) {
     let (addrs, public, handle) = start_server_on(dir, vec!["127.0.0.1:0".parse().unwrap()]);
     (addrs[0], public, handle)
@@ -113,7 +119,10 @@ fn start_server_on(
     let config = ServerConfig {
         listen,
         server_key: key,
-        access: AccessPolicy::default(),
+        access: AccessPolicy {
+            authorized: None,
+            admins: [bench_admin().public_key()].into(),
+        },
         // Every attacker source its own time-out, as before widening: the
         // sections measure the per-source path (loopback sources share a /24).
         policy: BanPolicy {
@@ -147,6 +156,36 @@ fn start_server_on(
     });
     let (addrs, context) = rx.recv().unwrap();
     (addrs, public, context)
+}
+
+/// An admin session asking `Top` every 200 ms until `stop`, from an
+/// address of its own; how many answers it got.
+fn top_poller(
+    addr: SocketAddr,
+    key: PublicKey,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut config = ClientConfig::new(key);
+            config.client_key = Some(bench_admin().clone());
+            config.bind = Some("127.0.10.2".parse().unwrap());
+            let mut client = Client::connect(&addr.to_string(), &config).await.unwrap();
+            let request = Request::Admin(protocol::AdminRequest::Top { recent: 100 });
+            let mut answers = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(protocol::Response::Top(_)) = client.call(&request).await {
+                    answers += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            answers
+        })
+    })
 }
 
 /// Fresh-session connect + NK handshake + ping, `n` times; the sorted
@@ -590,6 +629,23 @@ fn flood_and_latency(options: &Options, rows: &mut Vec<(String, String)>) {
     let (off, on) = (median(off), median(on));
     rows.push((
         "banned-source rejections/s, metrics scraped 10/s vs not".into(),
+        format!("{on:.0} vs {off:.0}  ({:.1} %)", 100.0 * (on - off) / off),
+    ));
+
+    // The same flood with `penaltybox top` asking every 200 ms (five
+    // times its default), alternating with none, 5 rounds.
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        off.push(flood(addr, &flooders, 2, options.flood, None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = top_poller(addr, key, stop.clone());
+        on.push(flood(addr, &flooders, 2, options.flood, None));
+        stop.store(true, Ordering::Relaxed);
+        assert!(poller.join().unwrap() > 0, "the top poller got nothing");
+    }
+    let (off, on) = (median(off), median(on));
+    rows.push((
+        "banned-source rejections/s, top polling every 200 ms vs not".into(),
         format!("{on:.0} vs {off:.0}  ({:.1} %)", 100.0 * (on - off) / off),
     ));
     rows.push((

@@ -82,20 +82,25 @@ async fn watch(
         if Instant::now() >= next_poll {
             next_poll = Instant::now() + args.interval;
             if client.is_none() {
-                client = connect(args).await.map_err(|e| lost(&mut state, &e)).ok();
+                let connected = within(connect(args)).await.and_then(|result| result);
+                client = connected.map_err(|e| lost(&mut state, &e)).ok();
             }
             if let Some(live) = client.as_mut().filter(|_| !state.paused) {
                 let request = Request::Admin(AdminRequest::Top {
                     recent: MAX_TOP_RECENT,
                 });
-                match live.call(&request).await {
-                    Ok(Response::Top(view)) => {
+                match within(live.call(&request)).await {
+                    Ok(Ok(Response::Top(view))) => {
                         state.update(*view, last_answer.elapsed());
                         last_answer = Instant::now();
                     }
-                    Ok(other) => state.status = Some(format!("unexpected answer: {other:?}")),
-                    Err(error) => {
+                    Ok(Ok(other)) => state.status = Some(format!("unexpected answer: {other:?}")),
+                    Ok(Err(error)) => {
                         lost(&mut state, &error.into());
+                        client = None;
+                    }
+                    Err(error) => {
+                        lost(&mut state, &error);
                         client = None;
                     }
                 }
@@ -124,6 +129,16 @@ async fn watch(
     }
 }
 
+/// What the screen waits for an answer: a server that does not answer
+/// leaves the keys (q, Ctrl-C) working within this.
+const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+
+async fn within<T>(future: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+    tokio::time::timeout(ANSWER_WITHIN, future)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {}s", ANSWER_WITHIN.as_secs()))
+}
+
 fn lost(state: &mut TopState, error: &anyhow::Error) {
     state.lost = Some(format!(
         "connection lost: {error:#}; trying again every second"
@@ -135,7 +150,10 @@ async fn show(client: Option<&mut Client>, prefix: Cidr) -> String {
         return "not connected".into();
     };
     let request = Request::Admin(AdminRequest::ShowBan { target: prefix });
-    match client.call(&request).await {
+    match within(client.call(&request))
+        .await
+        .and_then(|answer| answer.map_err(Into::into))
+    {
         Ok(Response::BanShown(report)) => {
             crate::display::report_text(&prefix, &report, actors::now_ms())
         }
@@ -149,7 +167,10 @@ async fn release(client: Option<&mut Client>, prefix: Cidr) -> String {
         return format!("{prefix} not released: not connected");
     };
     let request = Request::Admin(AdminRequest::RemoveBan { prefix });
-    match client.call(&request).await {
+    match within(client.call(&request))
+        .await
+        .and_then(|answer| answer.map_err(Into::into))
+    {
         Ok(Response::BanRemoved { existed: true, .. }) => format!("released {prefix}"),
         Ok(Response::BanRemoved { existed: false, .. }) => format!("{prefix} was not timed out"),
         Ok(Response::Error { message, .. }) => format!("{prefix} not released: {message}"),

@@ -92,16 +92,23 @@ impl FeedStore {
     }
 
     /// Every stored feed (boot).
+    ///
+    /// A record that does not decode is skipped with one warning: a feed's
+    /// list is fetched again at its next refresh, so it must not stop a
+    /// start. A read error of the tree still does.
     pub fn load(&self) -> Result<Vec<StoredFeed>> {
         self.shared.with(|trees| {
-            trees
-                .feeds
-                .iter()
-                .map(|entry| {
-                    let (key, value) = entry?;
-                    decode(&key, &value)
-                })
-                .collect()
+            let mut feeds = Vec::new();
+            for entry in trees.feeds.iter() {
+                let (key, value) = entry?;
+                match decode(&key, &value) {
+                    Ok(feed) => feeds.push(feed),
+                    Err(error) => log::warn!(
+                        "skipped a stored feed list (read again at its next refresh): {error}"
+                    ),
+                }
+            }
+            Ok(feeds)
         })
     }
 }

@@ -71,6 +71,7 @@ pub(crate) fn open(dir: &Path, options: &StoreOptions) -> Result<Opened> {
     let aside = Aside::make(dir)?;
     let log_note = aside.take_snapshot_and_conf()?;
     let mut tries = 0;
+    let mut before: Option<StorageError> = None;
     let (again, readable) = loop {
         tries += 1;
         let mut bans = BansRead::default();
@@ -92,9 +93,25 @@ pub(crate) fn open(dir: &Path, options: &StoreOptions) -> Result<Opened> {
             },
             Err(error) => (error, None),
         };
+        if let Some(earlier) = before.take() {
+            // A retry that could not even try (sled's lock still held by
+            // the attempt that panicked, say): the failure before it stands.
+            if !matches!(failed.0, StorageError::Damaged { .. }) {
+                break (earlier, None);
+            }
+        }
         if tries >= REBUILD_TRIES || !panicked(&failed.0) {
             break failed;
         }
+        let (error, trees) = failed;
+        if let Some(trees) = trees {
+            // sled flushes when dropped: that may panic too.
+            let _ = attempt(dir, move || {
+                drop(trees);
+                Ok(())
+            });
+        }
+        before = Some(error);
     };
     let StorageError::Damaged { detail: again, .. } = again else {
         return Err(again);

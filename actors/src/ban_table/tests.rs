@@ -144,15 +144,23 @@ fn restore_holds_a_smaller_bound_than_the_table_was_stored_with() {
         max_entries: 2,
         ..BanPolicy::default()
     };
+    // A feed's entries beside them, in the view but outside the bound.
+    let listed: Vec<Cidr> = (0..5)
+        .map(|i| format!("198.18.{i}.0/24").parse().unwrap())
+        .collect();
+    store.feeds().put("drop", NOW, 3_600_000, &listed).unwrap();
     let kernel = FakeKernel::default();
     let stats = Arc::new(Stats::default());
     let (core, report) = restore(policy, &AllowList::default(), store, &stats, &kernel, NOW);
-    assert_eq!((core.len(), report.restored), (2, 2));
+    assert_eq!((core.len(), report.restored), (2 + 5, 2));
+    assert_eq!(report.feed_entries, 5);
     assert!(
         !core.view().is_banned(ip("192.0.2.2"), NOW),
         "the closest to expiry went"
     );
+    // The evicted one is not replayed into the kernel, feed or no feed.
     assert!(!kernel.holds("192.0.2.2/32") && kernel.holds("192.0.2.1/32"));
+    assert!(kernel.holds("198.18.4.0/24"));
 }
 
 #[test]
