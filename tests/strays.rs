@@ -217,8 +217,17 @@ fn sockets_killed_under_live_clients_time_none_of_them_out() {
     let sessions = bed.sessions(source, server.client_config(), 50, Duration::ZERO);
     assert!(sessions.wait_connected(50, Duration::from_secs(30)));
     let before = bed.detectors();
-    for _ in 0..3 {
+    for round in 1..=3u64 {
         bed.kill_sockets_to(source);
+        // All 50 broke before they are counted back: right after the kill
+        // the connected count may not have dropped yet, and a kill while
+        // some still reconnect would break fewer than 50.
+        let broken_now = || sessions.broken.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            eventually(Duration::from_secs(30), || broken_now() >= 50 * round),
+            "round {round}: {} sessions broke",
+            broken_now()
+        );
         assert!(sessions.wait_connected(50, Duration::from_secs(30)));
         assert!(sessions.wait_answered(500, Duration::from_secs(30)));
     }
