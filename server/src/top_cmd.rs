@@ -2,8 +2,8 @@
 //! connection (the same keys as `bans`). One `Top` request a second, drawn
 //! by `top_view.rs`; a lost connection is one line on the screen and is
 //! made again each second. The terminal is always given back: on `q`, on
-//! Ctrl-C (a key in raw mode), on an error, and on a panic (ratatui's
-//! `init` installs a hook that restores it first).
+//! Ctrl-C (a key in raw mode), on SIGTERM and SIGHUP, on an error, and on a
+//! panic (ratatui's `init` installs a hook that restores it first).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -74,11 +74,20 @@ async fn watch(
     args: &TopArgs,
     client: Box<Client>,
 ) -> anyhow::Result<()> {
+    use actix_rt::signal::unix::{SignalKind, signal};
+    use futures_util::FutureExt;
+    // SIGTERM and SIGHUP (a closed terminal) end the view as q does, so the
+    // terminal is given back; they are seen at the next request at most.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     let mut state = TopState::default();
     let mut client = Some(client);
     let mut last_answer = Instant::now();
     let mut next_poll = Instant::now();
     loop {
+        if terminate.recv().now_or_never().is_some() || hangup.recv().now_or_never().is_some() {
+            return Ok(());
+        }
         if Instant::now() >= next_poll {
             next_poll = Instant::now() + args.interval;
             if client.is_none() {

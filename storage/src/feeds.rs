@@ -201,4 +201,25 @@ mod tests {
         assert!(decode(b"drop", &[2; HEADER]).is_err());
         assert!(decode(b"drop", b"short").is_err());
     }
+
+    /// A record that does not decode (a newer format after a downgrade, a
+    /// damaged value) is skipped: the start goes on with the other feeds.
+    #[test]
+    fn a_record_that_does_not_decode_is_skipped_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let entries: Vec<Cidr> = vec!["198.18.0.0/24".parse().unwrap()];
+        store.feeds().put("good", 1, 2, &entries).unwrap();
+        store
+            .feeds()
+            .shared
+            .with(|trees| {
+                trees.feeds.insert("newer", &[9u8; HEADER][..])?;
+                Ok(())
+            })
+            .unwrap();
+        let stored = store.feeds().load().unwrap();
+        let names: Vec<&str> = stored.iter().map(|feed| feed.name.as_str()).collect();
+        assert_eq!(names, ["good"]);
+    }
 }
