@@ -171,6 +171,22 @@ fn top_shows_time_outs_live_releases_one_and_gives_the_terminal_back() {
     );
 }
 
+/// The pid of the `top` talking to `server` (anchored: tmux's own command
+/// line holds the same words).
+fn top_pid(server: &Server) -> u32 {
+    let pattern = format!("^{BIN} top --server {}", server.addr);
+    let output = Command::new("pgrep")
+        .args(["-f", &pattern])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no one top process matched {pattern}: {text:?}"))
+}
+
+/// The server gone first (every connect fails at once, so nothing in top
+/// waits), then SIGTERM: top still ends and gives the terminal back.
 #[test]
 fn sigterm_ends_top_and_gives_the_terminal_back() {
     if Command::new("tmux").arg("-V").output().is_err() {
@@ -187,18 +203,49 @@ fn sigterm_ends_top_and_gives_the_terminal_back() {
     );
     let tmux = Tmux::start("term", &top);
     tmux.wait_for("q quit");
-    // Anchored: tmux's own command line holds the same words.
-    let pattern = format!("^{BIN} top --server {}", server.addr);
-    let status = Command::new("pkill")
-        .args(["-TERM", "-f", &pattern])
+    let pid = top_pid(&server);
+    assert!(server.stop().success());
+    tmux.wait_for("connection lost");
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
-    assert!(status.success(), "no top process matched {pattern}");
+    assert!(status.success());
     tmux.wait_for("top-exited=0");
     assert_eq!(
         tmux.output(&["display-message", "-p", "#{alternate_on} #{cursor_flag}"])
             .trim(),
         "0 1"
     );
+}
+
+/// Its terminal closed under it (tmux killed, as an ssh session that
+/// drops): top ends instead of spinning on a terminal that reads as
+/// end-of-file forever.
+#[test]
+fn a_closed_terminal_ends_top() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        skip_or_fail("tmux is not installed (apt install tmux)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let top = format!(
+        "{BIN} top --server {} --server-key {} --key {}",
+        server.addr,
+        server.data_dir.join("server.pub").display(),
+        server.admin_key.display()
+    );
+    let tmux = Tmux::start("closed", &top);
+    tmux.wait_for("q quit");
+    let pid = top_pid(&server);
+    drop(tmux);
+    let gone = eventually(Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    if !gone {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    assert!(gone, "top {pid} still runs without its terminal");
     assert!(server.stop().success());
 }

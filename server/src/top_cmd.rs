@@ -2,8 +2,9 @@
 //! connection (the same keys as `bans`). One `Top` request a second, drawn
 //! by `top_view.rs`; a lost connection is one line on the screen and is
 //! made again each second. The terminal is always given back: on `q`, on
-//! Ctrl-C (a key in raw mode), on SIGTERM and SIGHUP, on an error, and on a
-//! panic (ratatui's `init` installs a hook that restores it first).
+//! Ctrl-C (a key in raw mode), on SIGTERM, on an error, and on a panic
+//! (ratatui's `init` installs a hook that restores it first). A closed
+//! terminal (SIGHUP) ends it by the signal's default action.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -76,16 +77,20 @@ async fn watch(
 ) -> anyhow::Result<()> {
     use actix_rt::signal::unix::{SignalKind, signal};
     use futures_util::FutureExt;
-    // SIGTERM and SIGHUP (a closed terminal) end the view as q does, so the
-    // terminal is given back; they are seen at the next request at most.
+    // SIGTERM ends the view as q does, so the terminal is given back.
+    // SIGHUP keeps its default: the terminal is gone, nothing to give back,
+    // and a closed terminal reads as end-of-file forever, which crossterm
+    // 0.28 spins on inside its poll.
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     let mut state = TopState::default();
     let mut client = Some(client);
     let mut last_answer = Instant::now();
     let mut next_poll = Instant::now();
     loop {
-        if terminate.recv().now_or_never().is_some() || hangup.recv().now_or_never().is_some() {
+        // Lets the runtime take in a signal even when nothing else here
+        // waits (the server is gone and every connect fails at once).
+        tokio::task::yield_now().await;
+        if terminate.recv().now_or_never().is_some() {
             return Ok(());
         }
         if Instant::now() >= next_poll {
