@@ -77,7 +77,7 @@ apt_private=(-o APT::Sandbox::User=root -o "Dir::Etc::SourceList=$work/apt/sourc
              -o "Dir::State::Lists=$work/apt/lists" -o "Dir::Cache=$work/apt/cache")
 apt-get "${apt_private[@]}" update -q >/dev/null
 (cd "$work/apt" && apt-get "${apt_private[@]}" download docker.io docker-cli docker-buildx docker-compose >/dev/null 2>&1)
-if ! /usr/sbin/dockerd --version 2>/dev/null | grep -q ' 26\.'; then
+if ! /usr/sbin/dockerd --version 2>/dev/null | grep ' 26\.' >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$work"/apt/docker.io_*.deb >/dev/null
 fi
 dpkg-deb -x "$work"/apt/docker-cli_*.deb "$work/cli"
@@ -138,26 +138,26 @@ ping_from() { # source ip server-ip key -> output of the client
   -v pbx-data:/var/lib/penaltybox -e PENALTYBOX_KERNEL__XDP_IFACE=eth0 -e "PENALTYBOX_KERNEL__TABLE=$pin" \
   --health-interval 2s penaltybox:test >/dev/null
 wait_listening pbx-caps 1
-"$DK" logs pbx-caps 2>&1 | grep -q "kernel tier on" || { "$DK" logs pbx-caps; fail "kernel tier not on"; }
+"$DK" logs pbx-caps 2>&1 | grep "kernel tier on" >/dev/null || { "$DK" logs pbx-caps; fail "kernel tier not on"; }
 [ "$("$DK" exec pbx-caps id -u)" = 10001 ] || fail "the server does not run as the unprivileged user"
 ip_caps=$("$DK" inspect -f '{{.NetworkSettings.IPAddress}}' pbx-caps)
 key_caps=$("$DK" exec pbx-caps cat /var/lib/penaltybox/server.pub)
-ping_from "$subnet_gw" "$ip_caps" "$key_caps" | grep -q "pong" || fail "a client from the host is not served"
+ping_from "$subnet_gw" "$ip_caps" "$key_caps" | grep "pong" >/dev/null || fail "a client from the host is not served"
 log "served a client from the host ($ip_caps, user 10001, kernel tier on)"
 
 ip addr add 10.99.0.201/24 dev docker0
 "$pb" replay fixtures/http-get.pcap --server "$ip_caps:5000" --bind 10.99.0.201 >/dev/null
 sleep 0.5
-ping_from 10.99.0.201 "$ip_caps" "$key_caps" | grep -q "no answer within" || fail "the garbage sender's SYN was not dropped"
-"$DK" exec pbx-caps penaltybox xdp status --pin-dir "$pin" | grep -q "10.99.0.201/32" || fail "ban not in the kernel map"
+ping_from 10.99.0.201 "$ip_caps" "$key_caps" | grep "no answer within" >/dev/null || fail "the garbage sender's SYN was not dropped"
+"$DK" exec pbx-caps penaltybox xdp status --pin-dir "$pin" | grep "10.99.0.201/32" >/dev/null || fail "ban not in the kernel map"
 log "garbage sender 10.99.0.201 timed out, its SYNs dropped by XDP"
 
 "$DK" restart pbx-caps >/dev/null
 wait_listening pbx-caps 2
-"$DK" logs pbx-caps 2>&1 | grep "bans restored" | tail -1 | grep -q "1 bans restored" || fail "the ban was not restored"
-"$DK" exec pbx-caps penaltybox xdp status --pin-dir "$pin" | grep -q "10.99.0.201/32" || fail "ban not back in the kernel map"
-ping_from 10.99.0.201 "$ip_caps" "$key_caps" | grep -q "no answer within" || fail "the ban is not in force after restart"
-ping_from "$subnet_gw" "$ip_caps" "$key_caps" | grep -q "pong" || fail "not serving after restart"
+"$DK" logs pbx-caps 2>&1 | grep "bans restored" | tail -1 | grep "1 bans restored" >/dev/null || fail "the ban was not restored"
+"$DK" exec pbx-caps penaltybox xdp status --pin-dir "$pin" | grep "10.99.0.201/32" >/dev/null || fail "ban not back in the kernel map"
+ping_from 10.99.0.201 "$ip_caps" "$key_caps" | grep "no answer within" >/dev/null || fail "the ban is not in force after restart"
+ping_from "$subnet_gw" "$ip_caps" "$key_caps" | grep "pong" >/dev/null || fail "not serving after restart"
 for _ in $(seq 1 30); do [ "$("$DK" inspect -f '{{.State.Health.Status}}' pbx-caps)" = healthy ] && break; sleep 1; done
 [ "$("$DK" inspect -f '{{.State.Health.Status}}' pbx-caps)" = healthy ] || fail "HEALTHCHECK not healthy"
 log "after docker restart: ban restored from the volume and back in the kernel map; healthy"
@@ -170,11 +170,11 @@ warning=$("$DK" logs pbx-nocaps 2>&1 | grep "kernel tier off" || true)
 log "no capabilities: $(printf '%s' "$warning" | sed 's/.*\] //')"
 ip_nocaps=$("$DK" inspect -f '{{.NetworkSettings.IPAddress}}' pbx-nocaps)
 key_nocaps=$("$DK" exec pbx-nocaps cat /var/lib/penaltybox/server.pub)
-ping_from "$subnet_gw" "$ip_nocaps" "$key_nocaps" | grep -q "pong" || fail "not serving without capabilities"
+ping_from "$subnet_gw" "$ip_nocaps" "$key_nocaps" | grep "pong" >/dev/null || fail "not serving without capabilities"
 ip addr add 10.99.0.202/24 dev docker0
 "$pb" replay fixtures/http-get.pcap --server "$ip_nocaps:5000" --bind 10.99.0.202 >/dev/null
 sleep 0.5
-ping_from 10.99.0.202 "$ip_nocaps" "$key_nocaps" | grep -q "closed the connection during the handshake" \
+ping_from 10.99.0.202 "$ip_nocaps" "$key_nocaps" | grep "closed the connection during the handshake" >/dev/null \
   || fail "the userspace tier did not refuse the timed-out source"
 log "no capabilities: still serving; the garbage sender is refused at accept"
 
@@ -191,8 +191,8 @@ gw_ping() { # output captured first: a grep -q that quits early must not SIGPIPE
 }
 gw_ping || fail "a client on the host is not served through the userland proxy"
 "$pb" replay fixtures/http-get.pcap --server 127.0.0.1:15000 --bind 127.0.0.1 >/dev/null
-for _ in $(seq 1 20); do "$DK" logs pbx-gw 2>&1 | grep -q "timed out $subnet_gw/32" && break; sleep 0.25; done
-"$DK" logs pbx-gw 2>&1 | grep -q "timed out $subnet_gw/32" || { "$DK" logs pbx-gw 2>&1 | tail; fail "the gateway was not timed out"; }
+for _ in $(seq 1 20); do "$DK" logs pbx-gw 2>&1 | grep "timed out $subnet_gw/32" >/dev/null && break; sleep 0.25; done
+"$DK" logs pbx-gw 2>&1 | grep "timed out $subnet_gw/32" >/dev/null || { "$DK" logs pbx-gw 2>&1 | tail; fail "the gateway was not timed out"; }
 if gw_ping; then
   fail "the other client was served: expected it refused with the gateway"
 fi
@@ -214,26 +214,26 @@ log "$("$DK" compose version)"
 compose up -d --no-build >"$work/compose.log" 2>&1 || { cat "$work/compose.log"; fail "compose up"; }
 cid=$(compose ps -q penaltybox)
 wait_listening "$cid" 1
-"$DK" logs "$cid" 2>&1 | grep -q "kernel tier on" || { "$DK" logs "$cid" 2>&1 | tail; fail "compose: kernel tier not on"; }
+"$DK" logs "$cid" 2>&1 | grep "kernel tier on" >/dev/null || { "$DK" logs "$cid" 2>&1 | tail; fail "compose: kernel tier not on"; }
 for _ in $(seq 1 90); do [ "$("$DK" inspect -f '{{.State.Health.Status}}' "$cid")" = healthy ] && break; sleep 1; done
 [ "$("$DK" inspect -f '{{.State.Health.Status}}' "$cid")" = healthy ] || fail "compose: not healthy"
 key_c=$("$DK" exec "$cid" cat /var/lib/penaltybox/server.pub)
-ping_from 127.0.0.1 127.0.0.1 "$key_c" | grep -q pong || fail "compose: a client on the host is not served"
+ping_from 127.0.0.1 127.0.0.1 "$key_c" | grep pong >/dev/null || fail "compose: a client on the host is not served"
 "$pb" replay fixtures/http-get.pcap --server 127.0.0.1:5000 --bind 127.0.0.3 >/dev/null
-for _ in $(seq 1 20); do "$DK" logs "$cid" 2>&1 | grep -q "timed out 127.0.0.3/32" && break; sleep 0.25; done
-ping_from 127.0.0.3 127.0.0.1 "$key_c" | grep -q "closed the connection during the handshake" \
+for _ in $(seq 1 20); do "$DK" logs "$cid" 2>&1 | grep "timed out 127.0.0.3/32" >/dev/null && break; sleep 0.25; done
+ping_from 127.0.0.3 127.0.0.1 "$key_c" | grep "closed the connection during the handshake" >/dev/null \
   || fail "compose: the garbage source was not refused"
 metrics() { python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5).read().decode())'; }
-metrics | grep -q '^penaltybox_timeouts_active{family="ipv4"} 1' || fail "compose: /metrics on the host's loopback"
+metrics | grep '^penaltybox_timeouts_active{family="ipv4"} 1' >/dev/null || fail "compose: /metrics on the host's loopback"
 log "compose: healthy, serving, 127.0.0.3 timed out, /metrics answers on 127.0.0.1:9464"
 compose down >/dev/null 2>&1
 compose up -d --no-build >/dev/null 2>&1 || fail "compose up again"
 cid=$(compose ps -q penaltybox)
 wait_listening "$cid" 1
-"$DK" logs "$cid" 2>&1 | grep "bans restored" | tail -1 | grep -q "1 bans restored" || { "$DK" logs "$cid" 2>&1 | tail; fail "compose: the time-out did not survive down and up"; }
-ping_from 127.0.0.3 127.0.0.1 "$key_c" | grep -q "closed the connection during the handshake" \
+"$DK" logs "$cid" 2>&1 | grep "bans restored" | tail -1 | grep "1 bans restored" >/dev/null || { "$DK" logs "$cid" 2>&1 | tail; fail "compose: the time-out did not survive down and up"; }
+ping_from 127.0.0.3 127.0.0.1 "$key_c" | grep "closed the connection during the handshake" >/dev/null \
   || fail "compose: the time-out is not in force after down and up"
-ping_from 127.0.0.1 127.0.0.1 "$key_c" | grep -q pong || fail "compose: not serving after down and up"
+ping_from 127.0.0.1 127.0.0.1 "$key_c" | grep pong >/dev/null || fail "compose: not serving after down and up"
 compose down -v >/dev/null 2>&1
 log "compose: down and up kept the time-out (the volume); down -v removed it all"
 
