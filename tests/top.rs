@@ -96,19 +96,12 @@ impl Drop for Tmux {
 
 #[test]
 fn top_shows_time_outs_live_releases_one_and_gives_the_terminal_back() {
-    let have_tmux = Command::new("tmux").arg("-V").output().is_ok();
-    if !have_tmux {
-        skip_or_fail("tmux is not installed (apt install tmux)");
+    if !have_tmux() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
-    let top = format!(
-        "{BIN} top --server {} --server-key {} --key {} --interval 200ms; echo top-exited=$?; sleep 60",
-        server.addr,
-        server.data_dir.join("server.pub").display(),
-        server.admin_key.display()
-    );
+    let top = format!("{} {WATCHED}", top_command(&server));
     let tmux = Tmux::start("live", &top);
     tmux.wait_for("q quit");
 
@@ -171,6 +164,28 @@ fn top_shows_time_outs_live_releases_one_and_gives_the_terminal_back() {
     );
 }
 
+/// Whether tmux runs here; says so (and fails under CI) when not.
+fn have_tmux() -> bool {
+    let found = Command::new("tmux").arg("-V").output().is_ok();
+    if !found {
+        skip_or_fail("tmux is not installed (apt install tmux)");
+    }
+    found
+}
+
+/// `penaltybox top` against `server` with its admin key.
+fn top_command(server: &Server) -> String {
+    format!(
+        "{BIN} top --server {} --server-key {} --key {}",
+        server.addr,
+        server.data_dir.join("server.pub").display(),
+        server.admin_key.display()
+    )
+}
+
+/// What follows the command when its exit status is read off the pane.
+const WATCHED: &str = "--interval 200ms; echo top-exited=$?; sleep 60";
+
 /// The pid of the `top` talking to `server` (anchored: tmux's own command
 /// line holds the same words).
 fn top_pid(server: &Server) -> u32 {
@@ -189,18 +204,12 @@ fn top_pid(server: &Server) -> u32 {
 /// waits), then SIGTERM: top still ends and gives the terminal back.
 #[test]
 fn sigterm_ends_top_and_gives_the_terminal_back() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        skip_or_fail("tmux is not installed (apt install tmux)");
+    if !have_tmux() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
-    let top = format!(
-        "{BIN} top --server {} --server-key {} --key {} --interval 200ms; echo top-exited=$?; sleep 60",
-        server.addr,
-        server.data_dir.join("server.pub").display(),
-        server.admin_key.display()
-    );
+    let top = format!("{} {WATCHED}", top_command(&server));
     let tmux = Tmux::start("term", &top);
     tmux.wait_for("q quit");
     let pid = top_pid(&server);
@@ -224,18 +233,12 @@ fn sigterm_ends_top_and_gives_the_terminal_back() {
 /// end-of-file forever.
 #[test]
 fn a_closed_terminal_ends_top() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        skip_or_fail("tmux is not installed (apt install tmux)");
+    if !have_tmux() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
-    let top = format!(
-        "{BIN} top --server {} --server-key {} --key {}",
-        server.addr,
-        server.data_dir.join("server.pub").display(),
-        server.admin_key.display()
-    );
+    let top = top_command(&server);
     let tmux = Tmux::start("closed", &top);
     tmux.wait_for("q quit");
     let pid = top_pid(&server);

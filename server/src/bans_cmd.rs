@@ -197,6 +197,13 @@ pub fn run(args: BansArgs) -> anyhow::Result<ExitCode> {
 /// SIGHUP) and answers what changed.
 #[derive(clap::Args)]
 pub struct ReloadArgs {
+    #[command(flatten)]
+    session: AdminSession,
+}
+
+/// A running server and the admin key to talk to it with (`reload`, `top`).
+#[derive(clap::Args)]
+pub struct AdminSession {
     /// The running server, HOST:PORT.
     #[arg(long, short, env = "PENALTYBOX_SERVER")]
     server: String,
@@ -211,17 +218,23 @@ pub struct ReloadArgs {
     bind: Option<IpAddr>,
 }
 
+impl AdminSession {
+    /// A session with the server, authenticated with the admin key.
+    pub(crate) async fn connect(&self) -> anyhow::Result<Box<Client>> {
+        match connect_admin(&self.server, self.server_key, &self.key, self.bind).await? {
+            Backend::Online(client) => Ok(client),
+            Backend::Offline(_) => unreachable!("connect_admin connects"),
+        }
+    }
+}
+
 pub fn run_reload(args: ReloadArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let Backend::Online(mut client) =
-            connect_admin(&args.server, args.server_key, &args.key, args.bind).await?
-        else {
-            unreachable!("connect_admin connects");
-        };
+        let mut client = args.session.connect().await?;
         match client.call(&Request::Admin(AdminRequest::Reload)).await? {
             Response::Reloaded { summary } => {
                 println!("{summary}");

@@ -6,36 +6,23 @@
 //! (ratatui's `init` installs a hook that restores it first). A closed
 //! terminal (SIGHUP) ends it by the signal's default action.
 
-use std::net::IpAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use model::Cidr;
 use protocol::message::MAX_TOP_RECENT;
-use protocol::{AdminRequest, Client, PublicKey, Request, Response};
+use protocol::{AdminRequest, Client, Request, Response};
 use ratatui::DefaultTerminal;
 use ratatui::crossterm::event::{self, Event, KeyEventKind};
 
-use crate::bans_cmd::{Backend, connect_admin};
-use crate::client_cmd::parse_server_key;
+use crate::bans_cmd::AdminSession;
 use crate::top_view::{Action, TopState};
 
 #[derive(clap::Args)]
 pub struct TopArgs {
-    /// The running server, HOST:PORT.
-    #[arg(long, short, env = "PENALTYBOX_SERVER")]
-    server: String,
-    /// The server's public key (base64) or its server.pub file.
-    #[arg(long, value_parser = parse_server_key, env = "PENALTYBOX_SERVER_KEY")]
-    server_key: PublicKey,
-    /// An admin private key file (listed in keys.admin_keys).
-    #[arg(long, short, env = "PENALTYBOX_KEY")]
-    key: PathBuf,
-    /// Local address to connect from.
-    #[arg(long)]
-    bind: Option<IpAddr>,
+    #[command(flatten)]
+    session: AdminSession,
     /// How often the view asks the server (at least 100ms).
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     interval: Duration,
@@ -56,18 +43,11 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     // The first connection is made before the screen is taken, so that a
     // wrong key or address is one plain line.
-    let client = runtime.block_on(connect(&args))?;
+    let client = runtime.block_on(args.session.connect())?;
     let mut terminal = ratatui::try_init().context("cannot take the terminal")?;
     let result = runtime.block_on(watch(&mut terminal, &args, client));
     ratatui::restore();
     result.map(|()| ExitCode::SUCCESS)
-}
-
-async fn connect(args: &TopArgs) -> anyhow::Result<Box<Client>> {
-    match connect_admin(&args.server, args.server_key, &args.key, args.bind).await? {
-        Backend::Online(client) => Ok(client),
-        Backend::Offline(_) => unreachable!("connect_admin connects"),
-    }
 }
 
 async fn watch(
@@ -96,7 +76,9 @@ async fn watch(
         if Instant::now() >= next_poll {
             next_poll = Instant::now() + args.interval;
             if client.is_none() {
-                let connected = within(connect(args)).await.and_then(|result| result);
+                let connected = within(args.session.connect())
+                    .await
+                    .and_then(|result| result);
                 client = connected.map_err(|e| lost(&mut state, &e)).ok();
             }
             if let Some(live) = client.as_mut().filter(|_| !state.paused) {
