@@ -39,6 +39,24 @@ fn start_node(dir: &std::path::Path, config: &str) -> Server {
     ServerSpec::new(dir).config(config).start()
 }
 
+/// Data directories under `root` for the nodes `names`, each with its
+/// node key made and a `trusted_nodes` listing every one of them (so the
+/// fleet trusts itself, as the README sets it up).
+fn trusting_each_other(root: &Path, names: &[&str]) -> Vec<PathBuf> {
+    let dirs: Vec<PathBuf> = names.iter().map(|name| root.join(name)).collect();
+    let mut lines = String::new();
+    for (dir, name) in dirs.iter().zip(names) {
+        std::fs::create_dir_all(dir).unwrap();
+        let key = fleet::NodeKey::generate();
+        key.write_new(&dir.join("node.key")).unwrap();
+        lines += &format!("{} {name}\n", key.public_key());
+    }
+    for dir in &dirs {
+        std::fs::write(dir.join("trusted_nodes"), &lines).unwrap();
+    }
+    dirs
+}
+
 /// Times `source` out on `server` (garbage) and waits until it is in
 /// its table.
 fn time_out_on(server: &Server, source: &str) {
@@ -88,8 +106,9 @@ fn time_outs_cross_the_fleet_through_restarts_and_outages() {
     let dir = tempfile::tempdir().unwrap();
     let a_config = node_config(&cluster, "node-a", &[]);
     let b_config = node_config(&cluster, "node-b", &["127.0.3.200/32"]);
-    let a = start_node(&dir.path().join("a"), &a_config);
-    let mut b = start_node(&dir.path().join("b"), &b_config);
+    let dirs = trusting_each_other(dir.path(), &["node-a", "node-b"]);
+    let a = start_node(&dirs[0], &a_config);
+    let mut b = start_node(&dirs[1], &b_config);
     wait_fleet_up(&a);
     wait_fleet_up(&b);
 
@@ -180,7 +199,8 @@ fn the_outbox_survives_a_restart_while_the_engine_is_down() {
         fleet_config(&cluster, "node-a"),
         fleet_config(&cluster, "node-b"),
     );
-    let a = start_node(&dir.path().join("a"), &a_config);
+    let dirs = trusting_each_other(dir.path(), &["node-a", "node-b"]);
+    let a = start_node(&dirs[0], &a_config);
     wait_fleet_up(&a);
     cluster.stop(0);
     assert!(
@@ -205,7 +225,7 @@ fn the_outbox_survives_a_restart_while_the_engine_is_down() {
     );
     cluster.restart(0);
     cluster.wait_ready(0);
-    let b = start_node(&dir.path().join("b"), &b_config);
+    let b = start_node(&dirs[1], &b_config);
     wait_refused(&b, "127.0.5.1", "the outbox after A's restart");
     assert_eq!(b.ban_of("127.0.5.1/32").unwrap().origin.as_str(), "node-a");
     drop(a);
@@ -225,8 +245,9 @@ fn a_node_that_lost_its_database_takes_its_own_time_outs_back_from_the_bucket() 
         fleet_config(&cluster, "node-a"),
         fleet_config(&cluster, "node-b"),
     );
-    let a = start_node(&dir.path().join("a"), &a_config);
-    let b = start_node(&dir.path().join("b"), &b_config);
+    let dirs = trusting_each_other(dir.path(), &["node-a", "node-b"]);
+    let a = start_node(&dirs[0], &a_config);
+    let b = start_node(&dirs[1], &b_config);
     wait_fleet_up(&a);
     wait_fleet_up(&b);
     for source in ["127.0.5.21", "127.0.5.22"] {
@@ -265,7 +286,7 @@ fn a_node_that_lost_its_database_takes_its_own_time_outs_back_from_the_bucket() 
     let a_dir = a.data_dir.clone();
     assert!(a.stop().success());
 
-    // A's database is gone; its server key is kept, its node id the same.
+    // A's database is gone; its keys are kept, its node id the same.
     std::fs::remove_dir_all(a_dir.join("db")).unwrap();
     let a = start_node(&a_dir, &a_config);
     let merged = a
@@ -301,8 +322,9 @@ fn the_readme_permissions_are_enough_and_the_fleet_works_with_them() {
     let config = |id: &str| {
         fleet_config(&cluster, id) + "user = \"penaltybox\"\npassword = \"s3cret-for-test\"\n"
     };
-    let a = start_node(&dir.path().join("a"), &config("node-a"));
-    let b = start_node(&dir.path().join("b"), &config("node-b"));
+    let dirs = trusting_each_other(dir.path(), &["node-a", "node-b"]);
+    let a = start_node(&dirs[0], &config("node-a"));
+    let b = start_node(&dirs[1], &config("node-b"));
     wait_fleet_up(&a);
     wait_fleet_up(&b);
     time_out_on(&a, "127.0.6.1");
@@ -314,10 +336,227 @@ fn the_readme_permissions_are_enough_and_the_fleet_works_with_them() {
         "release with the README's permissions; log:\n{}",
         a.log_text()
     );
+    // B restarts against a bucket that holds a time-out it has not seen:
+    // the catch-up's reads are permitted too.
+    let b_dir = b.data_dir.clone();
+    let log = b.log_text();
+    assert!(!log.contains("Permissions Violation"), "{log}");
+    assert!(b.stop().success());
+    time_out_on(&a, "127.0.6.2");
+    let b = start_node(&b_dir, &config("node-b"));
+    wait_refused(&b, "127.0.6.2", "caught up with the README's permissions");
     for server in [&a, &b] {
         let log = server.log_text();
         assert!(!log.contains("Permissions Violation"), "{log}");
     }
+}
+
+/// A NATS user with write access to the bucket and no node key: what a
+/// leaked password or a misconfigured account gives an attacker.
+struct BucketWriter {
+    kv: async_nats::jetstream::kv::Store,
+}
+
+impl BucketWriter {
+    fn connect(cluster: &NatsCluster) -> BucketWriter {
+        let kv = block_on(async {
+            let servers: Vec<async_nats::ServerAddr> =
+                cluster.urls().iter().map(|u| u.parse().unwrap()).collect();
+            let client = async_nats::connect(servers).await.unwrap();
+            async_nats::jetstream::new(client)
+                .get_key_value("penaltybox_bans")
+                .await
+                .unwrap()
+        });
+        BucketWriter { kv }
+    }
+
+    fn key(prefix: &str) -> String {
+        fleet::key::key_of(&prefix.parse().unwrap())
+    }
+
+    fn get(&self, prefix: &str) -> Vec<u8> {
+        block_on(self.kv.get(Self::key(prefix)))
+            .unwrap()
+            .expect("in the bucket")
+            .to_vec()
+    }
+
+    fn put(&self, prefix: &str, value: Vec<u8>) {
+        block_on(self.kv.put(Self::key(prefix), value.into())).unwrap();
+    }
+
+    fn delete(&self, prefix: &str) {
+        block_on(self.kv.delete(Self::key(prefix))).unwrap();
+    }
+}
+
+/// A time-out of `prefix` for an hour from now, claiming `origin`.
+fn forged_ban(prefix: &str, origin: &str) -> model::BanInfo {
+    let now = actors::now_ms();
+    model::BanInfo {
+        prefix: prefix.parse().unwrap(),
+        cause: "bad-magic".parse().unwrap(),
+        first_bytes: Default::default(),
+        banned_at_ms: now,
+        expires_at_ms: now + 3_600_000,
+        repeat: 1,
+        origin: model::ban::Origin::new(origin).unwrap(),
+    }
+}
+
+fn signed_by(prefix: &str, origin: &str, key: &fleet::NodeKey) -> Vec<u8> {
+    fleet::record::encode_signed(
+        &BucketWriter::key(prefix),
+        &fleet::record::Change::TimeOut(forged_ban(prefix, origin)),
+        key,
+    )
+}
+
+/// `penaltybox_fleet_rejected_total{reason}` on `server`.
+fn rejected(server: &Server, reason: &str) -> u64 {
+    let metrics = http_get(server.metrics.unwrap(), "/metrics");
+    let line = format!("penaltybox_fleet_rejected_total{{reason=\"{reason}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .unwrap_or_else(|| panic!("no {line:?} in\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Waits until `server` has rejected at least `at_least` entries for
+/// `reason`.
+fn wait_rejected(server: &Server, reason: &str, at_least: u64) {
+    assert!(
+        eventually(PROPAGATION, || rejected(server, reason) >= at_least),
+        "{reason}: {} rejected, expected {at_least}; log:\n{}",
+        rejected(server, reason),
+        server.log_text()
+    );
+}
+
+/// Three nodes that trust each other on a 3-node cluster, and a writer of
+/// the bucket without a node key: forged, moved, unsigned and mis-signed
+/// records, bare deletes and replays apply nowhere; a trusted node cannot
+/// sign for another; a node added to trusted_nodes by a reload is applied
+/// from then on.
+#[test]
+fn only_trusted_nodes_time_out_or_release_and_nothing_replays() {
+    if !fleet_ready() {
+        return;
+    }
+    let cluster = NatsCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["node-a", "node-b", "node-c"];
+    let dirs = trusting_each_other(dir.path(), &names);
+    let nodes: Vec<Server> = dirs
+        .iter()
+        .zip(names)
+        .map(|(dir, name)| start_node(dir, &node_config(&cluster, name, &[])))
+        .collect();
+    let [a, b, c] = &nodes[..] else {
+        unreachable!()
+    };
+    for node in &nodes {
+        wait_fleet_up(node);
+    }
+    let others = [b, c];
+
+    // Trusted nodes share time-outs as before.
+    time_out_on(a, "127.0.7.1");
+    for node in others {
+        wait_refused(node, "127.0.7.1", "A's signed time-out");
+    }
+
+    let writer = BucketWriter::connect(&cluster);
+    let a_record = writer.get("127.0.7.1/32");
+    // Unsigned (the previous release's format), claiming A.
+    writer.put(
+        "127.0.7.2/32",
+        fleet::record::encode_unsigned(&forged_ban("127.0.7.2/32", "node-a")),
+    );
+    // Signed with a key of the writer's own, claiming A.
+    writer.put(
+        "127.0.7.3/32",
+        signed_by("127.0.7.3/32", "node-a", &fleet::NodeKey::generate()),
+    );
+    // A's genuine record, moved to another prefix.
+    writer.put("127.0.7.4/32", a_record.clone());
+    // C is trusted, but signs claiming A.
+    let c_key = fleet::NodeKey::read(&dirs[2].join("node.key")).unwrap();
+    writer.put("127.0.7.5/32", signed_by("127.0.7.5/32", "node-a", &c_key));
+    // A bare delete of A's live time-out.
+    writer.delete("127.0.7.1/32");
+    for node in others {
+        wait_rejected(node, "unsigned", 2);
+        wait_rejected(node, "unknown key", 1);
+        wait_rejected(node, "bad signature", 1);
+    }
+    wait_rejected(b, "origin mismatch", 1);
+    for node in others {
+        for forged in ["127.0.7.2", "127.0.7.3", "127.0.7.4", "127.0.7.5"] {
+            assert!(
+                node.ban_of(&format!("{forged}/32")).is_none(),
+                "{forged} applied"
+            );
+        }
+        assert!(
+            node.ban_of("127.0.7.1/32").is_some(),
+            "a bare delete released A's time-out"
+        );
+        assert!(refused_at_accept("127.0.7.1", node.addr));
+    }
+    assert!(
+        b.log_text().contains("not applying bucket entry"),
+        "{}",
+        b.log_text()
+    );
+
+    // A releases it (a signed tombstone): released everywhere. Then the
+    // writer replays A's earlier record: nothing comes back.
+    let (code, out, err) = a.bans_cli(&["remove", "127.0.7.1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for node in others {
+        assert!(
+            eventually(PROPAGATION, || node.ban_of("127.0.7.1/32").is_none()),
+            "A's release did not reach {}; log:\n{}",
+            node.addr,
+            node.log_text()
+        );
+    }
+    let stale_before: Vec<u64> = others.iter().map(|n| rejected(n, "stale")).collect();
+    writer.put("127.0.7.1/32", a_record);
+    for (node, before) in others.iter().zip(stale_before) {
+        wait_rejected(node, "stale", before + 1);
+        assert!(node.ban_of("127.0.7.1/32").is_none(), "the replay applied");
+        assert!(node.served_from("127.0.7.1"));
+    }
+
+    // D is not in B's trusted_nodes: its time-outs are rejected on B; a
+    // reload that lists it applies them from then on.
+    let d_dir = trusting_each_other(&dir.path().join("d-side"), &["node-d"]).remove(0);
+    let d = start_node(&d_dir, &node_config(&cluster, "node-d", &[]));
+    wait_fleet_up(&d);
+    let unknown_before = rejected(b, "unknown key");
+    time_out_on(&d, "127.0.7.9");
+    wait_rejected(b, "unknown key", unknown_before + 1);
+    assert!(b.ban_of("127.0.7.9/32").is_none());
+    let d_public = std::fs::read_to_string(d_dir.join("node.pub")).unwrap();
+    let d_line = format!(
+        "{} node-d\n",
+        fleet::NodePublicKey::parse(&d_public, "node.pub").unwrap()
+    );
+    let trusted = dirs[1].join("trusted_nodes");
+    let listed = std::fs::read_to_string(&trusted).unwrap();
+    std::fs::write(&trusted, listed + &d_line).unwrap();
+    let (code, out, err) = b.admin_cli("reload", &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("4 trusted fleet node keys"), "{out}");
+    time_out_on(&d, "127.0.7.10");
+    wait_refused(b, "127.0.7.10", "D's time-out after B's reload");
+    assert_eq!(b.ban_of("127.0.7.10/32").unwrap().origin.as_str(), "node-d");
 }
 
 /// A test CA, and a server certificate for 127.0.0.1 and a client one
@@ -445,8 +684,9 @@ fn the_fleet_works_over_tls_with_client_certificates_and_a_node_without_one_work
         toml
     };
     let dir = tempfile::tempdir().unwrap();
-    let a = start_node(&dir.path().join("a"), &config("node-a", true));
-    let b = start_node(&dir.path().join("b"), &config("node-b", true));
+    let dirs = trusting_each_other(dir.path(), &["node-a", "node-b"]);
+    let a = start_node(&dirs[0], &config("node-a", true));
+    let b = start_node(&dirs[1], &config("node-b", true));
     wait_fleet_up(&a);
     wait_fleet_up(&b);
     time_out_on(&a, "127.0.5.31");

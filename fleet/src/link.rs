@@ -37,8 +37,11 @@ use storage::{FleetChange, OutboxStore, Pending};
 use tokio::sync::Notify;
 
 use crate::FleetError;
+use crate::freshness::Freshness;
 use crate::key::{key_of, prefix_of};
-use crate::record;
+use crate::node_key::NodeKey;
+use crate::record::{self, Change};
+use crate::trust::{Rejection, Trust};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -69,6 +72,15 @@ pub struct FleetConfig {
     pub replicas: usize,
     pub auth: Auth,
     pub tls: Option<Tls>,
+    /// Signs every record this node writes (format 2). `None` writes the
+    /// previous release's unsigned records (format 1): benches measuring
+    /// what signing costs, and tests of a fleet being upgraded.
+    pub node_key: Option<Arc<NodeKey>>,
+    /// The keys whose records are applied (replaced by a reload).
+    pub trust: Trust,
+    /// Unsigned records (format 1, bare deletes) are rejected. Off only
+    /// while a fleet is upgraded.
+    pub require_signatures: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -115,6 +127,8 @@ pub struct FleetStats {
     pub skipped: AtomicU64,
     /// Times the engine was lost.
     pub outages: AtomicU64,
+    /// Entries not applied, by [`Rejection::index`].
+    pub rejected: [AtomicU64; Rejection::ALL.len()],
 }
 
 pub struct FleetLink {
@@ -193,10 +207,18 @@ async fn run(inner: Arc<Inner>) {
     let bucket = open_until_up(&inner).await;
     inner.stats.connected.store(true, Ordering::Relaxed);
     log::info!(
-        "fleet: connected to {}, bucket {} (node {})",
+        "fleet: connected to {}, bucket {} (node {}, {})",
         inner.config.servers.join(","),
         inner.config.bucket,
-        inner.config.node_id
+        inner.config.node_id,
+        match (&inner.config.node_key, inner.config.require_signatures) {
+            (Some(_), true) => "signing its records; applying only signed ones from trusted nodes",
+            (Some(_), false) =>
+                "signing its records; fleet.require_signatures is off: UNSIGNED records are applied too",
+            (None, true) => "not signing; applying only signed records from trusted nodes",
+            (None, false) =>
+                "not signing; fleet.require_signatures is off: UNSIGNED records are applied too",
+        }
     );
     tokio::spawn(watch(inner.clone(), bucket.store.clone()));
     publish_forever(&inner, &bucket).await;
@@ -434,9 +456,10 @@ async fn publish(
     );
     let mut headers = HeaderMap::new();
     let origin = inner.config.node_id;
-    let payload = match &entry.change {
-        FleetChange::Put(ban) => {
-            let left_ms = ban.expires_at_ms.saturating_sub(crate_now_ms());
+    let now_ms = crate_now_ms();
+    let payload = match (&entry.change, &inner.config.node_key) {
+        (FleetChange::Put(ban), node_key) => {
+            let left_ms = ban.expires_at_ms.saturating_sub(now_ms);
             if left_ms == 0 {
                 return Ok(None);
             }
@@ -445,9 +468,31 @@ async fn publish(
                 async_nats::header::NATS_MESSAGE_TTL,
                 HeaderValue::from(left_ms.div_ceil(1000)),
             );
-            record::encode(ban, origin)
+            let ban = BanInfo {
+                origin,
+                ..ban.clone()
+            };
+            match node_key {
+                Some(node_key) => record::encode_signed(&key, &Change::TimeOut(ban), node_key),
+                None => record::encode_unsigned(&ban),
+            }
         }
-        FleetChange::Delete(_) => {
+        (FleetChange::Delete(prefix), Some(node_key)) => {
+            // A signed tombstone: a put the TTL purges, which only this
+            // node's key can have made.
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_TTL,
+                HeaderValue::from(TOMBSTONE_TTL_SECS),
+            );
+            let release = Change::Release {
+                prefix: *prefix,
+                released_at_ms: now_ms,
+                until_ms: now_ms.saturating_add(TOMBSTONE_TTL_SECS * 1000),
+                origin,
+            };
+            record::encode_signed(&key, &release, node_key)
+        }
+        (FleetChange::Delete(_), None) => {
             headers.insert("KV-Operation", "DEL");
             headers.insert(
                 async_nats::header::NATS_MESSAGE_TTL,
@@ -467,101 +512,245 @@ async fn publish(
     Ok(Some(ack))
 }
 
-/// Watches the bucket for good: a broken watch resumes after the last
-/// revision it delivered.
+/// What the watch keeps between entries: the newest change applied per
+/// prefix (no replay), the rejection log's pace, the catch-up's counts.
+struct Receiver {
+    freshness: Freshness,
+    log: PacedLog,
+    merged: u64,
+    own: u64,
+}
+
+/// Warnings about entries not applied: at most one a second, saying how
+/// many were not logged since, so a writer flooding the bucket with
+/// forgeries cannot flood the log too.
+#[derive(Default)]
+struct PacedLog {
+    last: Option<std::time::Instant>,
+    quiet: u64,
+}
+
+impl PacedLog {
+    fn warn(&mut self, key: &str, why: &dyn std::fmt::Display) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        {
+            self.quiet += 1;
+            return;
+        }
+        let quiet = std::mem::take(&mut self.quiet);
+        self.last = Some(now);
+        if quiet > 0 {
+            log::warn!(
+                "fleet: not applying bucket entry {key:?}: {why} (and {quiet} more entries not applied in the last second)"
+            );
+        } else {
+            log::warn!("fleet: not applying bucket entry {key:?}: {why}");
+        }
+    }
+}
+
+/// Bucket entries read at once while catching up.
+const CATCH_UP_BATCH: usize = 8192;
+
+/// Catches up with the bucket (its live values, read in batches), then
+/// watches it for good: a broken watch resumes after the last revision
+/// it delivered.
 async fn watch(inner: Arc<Inner>, store: kv::Store) {
-    let mut last_revision = 0u64;
+    let mut receiver = Receiver {
+        freshness: Freshness::default(),
+        log: PacedLog::default(),
+        merged: 0,
+        own: 0,
+    };
     let mut backoff = MIN_BACKOFF;
-    let (mut merged, mut own) = (0u64, 0u64);
-    // The live values have been delivered once: later watches resume
-    // after a revision and bring only updates.
-    let mut history_done = false;
     // The first failure of a run of them is a warning (a permission
     // missing, say); the retries after it are debug.
     let mut failing = false;
-    match store.status().await {
-        Ok(status) if status.values() == 0 => {
-            inner.stats.caught_up.store(true, Ordering::Relaxed);
-            history_done = true;
-        }
-        _ => {}
-    }
-    loop {
-        let watched = if last_revision == 0 {
-            // The live value of every key first (`watch_all` would only
-            // give what comes after), then every update.
-            store.watch_with_history(">").await
+    let warn_once = |failing: &mut bool, error: FleetError| {
+        if *failing {
+            log::debug!("fleet: {error}");
         } else {
-            store.watch_all_from_revision(last_revision + 1).await
-        };
-        match watched {
-            Ok(entries) => {
-                let mut chunks = entries.ready_chunks(APPLY_BATCH);
-                'watching: while let Some(chunk) = chunks.next().await {
-                    let mut batch = Vec::with_capacity(chunk.len());
-                    let mut caught_up = false;
-                    // The live values of a fresh watch: until the entry
-                    // with nothing after it (delta 0), included.
-                    let reclaim_own = !history_done;
-                    for entry in chunk {
-                        let entry = match entry {
-                            Ok(entry) => entry,
-                            Err(error) => {
-                                log::debug!("fleet: watch: {error}");
-                                inner.target.apply(std::mem::take(&mut batch));
-                                break 'watching;
-                            }
-                        };
-                        backoff = MIN_BACKOFF;
-                        failing = false;
-                        last_revision = last_revision.max(entry.revision);
-                        let reclaim_own = reclaim_own && !caught_up;
-                        caught_up |= entry.delta == 0;
-                        match receive(&inner, &entry, reclaim_own) {
-                            Received::Apply(record) => {
-                                if record.origin == inner.config.node_id {
-                                    own += 1;
-                                } else {
-                                    merged += 1;
-                                }
-                                batch.push(record);
-                            }
-                            Received::Release(prefix) => {
-                                // In order: what came before it first.
-                                inner.target.apply(std::mem::take(&mut batch));
-                                inner.target.release(prefix);
-                            }
-                            Received::Nothing => {}
-                        }
-                    }
-                    if !batch.is_empty() {
-                        inner.target.apply(batch);
-                    }
-                    history_done |= caught_up;
-                    if caught_up && !inner.stats.caught_up.swap(true, Ordering::Relaxed) {
-                        log::info!(
-                            "fleet: merged the bucket: {merged} time-outs from other nodes, and {own} of this node's own (applied where it no longer held them)"
-                        );
-                    }
-                }
-            }
-            Err(error) => {
-                let error = FleetError::Watch {
-                    bucket: inner.config.bucket.clone(),
-                    detail: error.to_string(),
-                };
-                if failing {
-                    log::debug!("fleet: {error}");
-                } else {
-                    log::warn!(
-                        "fleet: {error}; retrying (other nodes' time-outs arrive once it works)"
-                    );
-                    failing = true;
-                }
-            }
+            log::warn!("fleet: {error}; retrying (other nodes' time-outs arrive once it works)");
+            *failing = true;
+        }
+    };
+    let mut last_revision = loop {
+        match catch_up(&inner, &store, &mut receiver).await {
+            Ok(last_revision) => break last_revision,
+            Err(error) => warn_once(&mut failing, error),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    };
+    inner.stats.caught_up.store(true, Ordering::Relaxed);
+    log::info!(
+        "fleet: merged the bucket: {} time-outs from other nodes, and {} of this node's own (applied where it no longer held them)",
+        receiver.merged,
+        receiver.own
+    );
+    backoff = MIN_BACKOFF;
+    loop {
+        match store.watch_all_from_revision(last_revision + 1).await {
+            Ok(entries) => {
+                let mut chunks = entries.ready_chunks(APPLY_BATCH);
+                while let Some(chunk) = chunks.next().await {
+                    let mut entries = Vec::with_capacity(chunk.len());
+                    let mut broken = false;
+                    for entry in chunk {
+                        match entry {
+                            Ok(entry) => entries.push(entry),
+                            Err(error) => {
+                                log::debug!("fleet: watch: {error}");
+                                broken = true;
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(last) = entries.last() {
+                        backoff = MIN_BACKOFF;
+                        failing = false;
+                        last_revision = last_revision.max(last.revision);
+                    }
+                    hand_over(&inner, &mut receiver, &entries, false);
+                    if broken {
+                        break;
+                    }
+                }
+            }
+            Err(error) => warn_once(
+                &mut failing,
+                FleetError::Watch {
+                    bucket: inner.config.bucket.clone(),
+                    detail: error.to_string(),
+                },
+            ),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Reads the live value of every key in batches of [`CATCH_UP_BATCH`]
+/// (an ephemeral pull consumer, last value per subject, no acks) and
+/// hands them over, this node's own included where it no longer holds
+/// them. Answers the last revision read: the watch goes on after it.
+async fn catch_up(
+    inner: &Arc<Inner>,
+    store: &kv::Store,
+    receiver: &mut Receiver,
+) -> Result<u64, FleetError> {
+    use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    let failed = |detail: String| FleetError::Watch {
+        bucket: inner.config.bucket.clone(),
+        detail,
+    };
+    let stream = store.stream.clone();
+    let consumer = stream
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ack_policy: AckPolicy::None,
+            filter_subject: format!("{}>", store.prefix),
+            inactive_threshold: Duration::from_secs(30),
+            memory_storage: true,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| failed(format!("cannot read the bucket: {error}")))?;
+    let name = consumer.cached_info().name.clone();
+    let read = async {
+        let pending = consumer.cached_info().num_pending;
+        // Nothing live: the watch starts after the last revision.
+        let mut last_revision = consumer.cached_info().delivered.stream_sequence;
+        if pending == 0 {
+            let status = store.status().await.map_err(|e| failed(e.to_string()))?;
+            return Ok(status.info.state.last_sequence);
+        }
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(CATCH_UP_BATCH)
+            .messages()
+            .await
+            .map_err(|error| failed(error.to_string()))?;
+        let mut chunks = messages.ready_chunks(APPLY_BATCH);
+        while let Some(chunk) = chunks.next().await {
+            let mut entries = Vec::with_capacity(chunk.len());
+            let mut done = false;
+            for message in chunk {
+                let message = message.map_err(|error| failed(error.to_string()))?;
+                let info = message.info().map_err(|error| failed(error.to_string()))?;
+                last_revision = last_revision.max(info.stream_sequence);
+                done |= info.pending == 0;
+                let key = message
+                    .subject
+                    .strip_prefix(store.prefix.as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                let operation = message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| {
+                        headers
+                            .get("KV-Operation")
+                            .map(|op| op.as_str().parse().ok())
+                            .or_else(|| {
+                                headers
+                                    .get(async_nats::header::NATS_MARKER_REASON)
+                                    .map(|_| Some(kv::Operation::Purge))
+                            })
+                    })
+                    .unwrap_or(Some(kv::Operation::Put))
+                    .unwrap_or(kv::Operation::Purge);
+                entries.push(kv::Entry {
+                    bucket: inner.config.bucket.clone(),
+                    key,
+                    value: message.payload.clone(),
+                    revision: info.stream_sequence,
+                    delta: info.pending,
+                    created: info.published,
+                    operation,
+                    seen_current: done,
+                });
+            }
+            hand_over(inner, receiver, &entries, true);
+            if done {
+                break;
+            }
+        }
+        Ok(last_revision)
+    };
+    let outcome = read.await;
+    // Best effort: the engine drops it after `inactive_threshold` anyway.
+    let _ = stream.delete_consumer(&name).await;
+    outcome
+}
+
+/// Hands `entries` to the target in bucket order: runs of time-outs as
+/// one batch, each release after what came before it.
+fn hand_over(inner: &Inner, receiver: &mut Receiver, entries: &[kv::Entry], reclaim_own: bool) {
+    let mut batch = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match receive(inner, receiver, entry, reclaim_own) {
+            Received::Apply(record) => {
+                if record.origin == inner.config.node_id {
+                    receiver.own += 1;
+                } else {
+                    receiver.merged += 1;
+                }
+                batch.push(record);
+            }
+            Received::Release(prefix) => {
+                inner.target.apply(std::mem::take(&mut batch));
+                inner.target.release(prefix);
+            }
+            Received::Nothing => {}
+        }
+    }
+    if !batch.is_empty() {
+        inner.target.apply(batch);
     }
 }
 
@@ -573,43 +762,101 @@ enum Received {
 }
 
 /// Reads one bucket entry: another node's time-out or release, or nothing
-/// (ours coming back, an expiry marker, or not ours to read). With
+/// (ours coming back, an expiry marker, or not to be applied). With
 /// `reclaim_own` (the live values at start), our own time-outs too, unless
 /// the outbox holds a newer change of the prefix.
-fn receive(inner: &Inner, entry: &kv::Entry, reclaim_own: bool) -> Received {
-    let skip = |why: &str| {
-        inner.stats.skipped.fetch_add(1, Ordering::Relaxed);
-        log::warn!("fleet: skipping bucket entry {:?}: {why}", entry.key);
+///
+/// A record is applied only if a trusted key signed it for its origin
+/// (unsigned ones too while signatures are not required), it has not
+/// expired, and it is newer than any change of its prefix applied before.
+fn receive(
+    inner: &Inner,
+    receiver: &mut Receiver,
+    entry: &kv::Entry,
+    reclaim_own: bool,
+) -> Received {
+    let stats = &inner.stats;
+    let mut skip = |why: &dyn std::fmt::Display| {
+        stats.skipped.fetch_add(1, Ordering::Relaxed);
+        receiver.log.warn(&entry.key, why);
         Received::Nothing
     };
     let Some(prefix) = prefix_of(&entry.key) else {
-        return skip("not a prefix key");
+        return skip(&"not a prefix key");
     };
-    let own = inner.config.node_id.as_str().as_bytes();
-    let received = match entry.operation {
-        kv::Operation::Put => match record::decode(prefix, &entry.value) {
-            Ok(ban) if ban.origin == inner.config.node_id => {
-                // Unknown (a storage error) counts as held: the other
-                // nodes still enforce it, and nothing stale comes back.
-                if reclaim_own && !inner.outbox.holds(&prefix).unwrap_or(true) {
-                    Received::Apply(ban)
-                } else {
-                    Received::Nothing
-                }
-            }
-            Ok(ban) => Received::Apply(ban),
-            Err(error) => return skip(&error.to_string()),
+    let own_name = inner.config.node_id;
+    let record = match entry.operation {
+        kv::Operation::Put => match record::decode(&entry.key, prefix, &entry.value) {
+            Ok(record) => record,
+            Err(error) => return skip(&error),
         },
-        kv::Operation::Delete if entry.value.as_ref() == own => Received::Nothing,
-        kv::Operation::Delete => Received::Release(prefix),
+        // A bare delete cannot be signed: a release of the previous
+        // release, or anyone with write access to the bucket.
+        kv::Operation::Delete => {
+            if entry.value.as_ref() == own_name.as_str().as_bytes() {
+                return Received::Nothing;
+            }
+            if inner.config.require_signatures {
+                return reject(inner, receiver, entry, Rejection::Unsigned);
+            }
+            stats.received.fetch_add(1, Ordering::Relaxed);
+            return Received::Release(prefix);
+        }
         // The engine's marker of a TTL that ran out (or an operator's
         // purge): every node ends its time-outs by its own clock.
-        kv::Operation::Purge => Received::Nothing,
+        kv::Operation::Purge => return Received::Nothing,
     };
-    if !matches!(received, Received::Nothing) {
-        inner.stats.received.fetch_add(1, Ordering::Relaxed);
+    if let Err(rejection) = inner
+        .config
+        .trust
+        .get()
+        .check(&record, inner.config.require_signatures)
+    {
+        return reject(inner, receiver, entry, rejection);
     }
-    received
+    let change = record.change;
+    if change.origin() == own_name {
+        // Unknown (a storage error) counts as held: the other nodes still
+        // enforce it, and nothing stale comes back.
+        let take_back = reclaim_own && !inner.outbox.holds(&prefix).unwrap_or(true);
+        return match change {
+            Change::TimeOut(ban) if take_back && ban.expires_at_ms > crate_now_ms() => {
+                stats.received.fetch_add(1, Ordering::Relaxed);
+                Received::Apply(ban)
+            }
+            _ => Received::Nothing,
+        };
+    }
+    let now_ms = crate_now_ms();
+    if change.until_ms() <= now_ms {
+        // Ordinary: the engine purges by whole seconds, a node ends a
+        // time-out by the millisecond. Counted, not worth a warning.
+        inner.stats.rejected[Rejection::Stale.index()].fetch_add(1, Ordering::Relaxed);
+        return Received::Nothing;
+    }
+    if !receiver
+        .freshness
+        .admit(prefix, change.changed_at_ms(), change.until_ms(), now_ms)
+    {
+        // A record older than a change applied: a replay.
+        return reject(inner, receiver, entry, Rejection::Stale);
+    }
+    stats.received.fetch_add(1, Ordering::Relaxed);
+    match change {
+        Change::TimeOut(ban) => Received::Apply(ban),
+        Change::Release { prefix, .. } => Received::Release(prefix),
+    }
+}
+
+fn reject(
+    inner: &Inner,
+    receiver: &mut Receiver,
+    entry: &kv::Entry,
+    rejection: Rejection,
+) -> Received {
+    inner.stats.rejected[rejection.index()].fetch_add(1, Ordering::Relaxed);
+    receiver.log.warn(&entry.key, &rejection.label());
+    Received::Nothing
 }
 
 fn crate_now_ms() -> u64 {
@@ -640,6 +887,7 @@ pub struct BadServerUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trust::TrustedNodes;
 
     struct Nowhere;
 
@@ -648,15 +896,40 @@ mod tests {
         fn release(&self, _: Cidr) {}
     }
 
-    fn inner(store: &storage::Store) -> Inner {
+    struct Nodes {
+        a: Arc<NodeKey>,
+        b: NodeKey,
+        c: NodeKey,
+    }
+
+    /// Node a, trusting b and c under their names.
+    fn inner(store: &storage::Store, nodes: &Nodes, require_signatures: bool) -> Inner {
+        let a = Origin::new("node-a").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trusted");
+        std::fs::write(
+            &path,
+            format!(
+                "{} node-b\n{} node-c\n",
+                nodes.b.public_key(),
+                nodes.c.public_key()
+            ),
+        )
+        .unwrap();
+        let trusted = TrustedNodes::own(nodes.a.public_key(), a)
+            .read(&path)
+            .unwrap();
         Inner {
             config: FleetConfig {
                 servers: Vec::new(),
                 bucket: "penaltybox".into(),
-                node_id: Origin::new("node-a").unwrap(),
+                node_id: a,
                 replicas: 1,
                 auth: Auth::None,
                 tls: None,
+                node_key: Some(nodes.a.clone()),
+                trust: Trust::new(trusted),
+                require_signatures,
             },
             outbox: store.outbox().clone(),
             target: Arc::new(Nowhere),
@@ -665,50 +938,209 @@ mod tests {
         }
     }
 
-    fn put_from(origin: &str, prefix: &str) -> kv::Entry {
-        let prefix: Cidr = prefix.parse().unwrap();
-        let ban = BanInfo {
-            prefix,
+    fn nodes() -> Nodes {
+        Nodes {
+            a: Arc::new(NodeKey::generate()),
+            b: NodeKey::generate(),
+            c: NodeKey::generate(),
+        }
+    }
+
+    fn receiver() -> Receiver {
+        Receiver {
+            freshness: Freshness::default(),
+            log: PacedLog::default(),
+            merged: 0,
+            own: 0,
+        }
+    }
+
+    fn ban(origin: &str, prefix: &str, banned_at_ms: u64) -> BanInfo {
+        BanInfo {
+            prefix: prefix.parse().unwrap(),
             cause: "bad-magic".parse().unwrap(),
             first_bytes: Default::default(),
-            banned_at_ms: 1,
+            banned_at_ms,
             expires_at_ms: u64::MAX / 2,
             repeat: 1,
-            origin: Default::default(),
-        };
+            origin: Origin::new(origin).unwrap(),
+        }
+    }
+
+    fn entry(prefix: &str, value: Vec<u8>, operation: kv::Operation) -> kv::Entry {
         kv::Entry {
             bucket: "penaltybox".into(),
-            key: key_of(&prefix),
-            value: record::encode(&ban, Origin::new(origin).unwrap()).into(),
+            key: key_of(&prefix.parse().unwrap()),
+            value: value.into(),
             revision: 1,
             delta: 0,
             created: async_nats::datetime::parse_rfc3339("2026-12-01T00:00:00Z").unwrap(),
-            operation: kv::Operation::Put,
+            operation,
             seen_current: false,
         }
+    }
+
+    fn signed(change: Change, by: &NodeKey) -> kv::Entry {
+        let prefix = match &change {
+            Change::TimeOut(ban) => ban.prefix,
+            Change::Release { prefix, .. } => *prefix,
+        };
+        entry(
+            &prefix.to_string(),
+            record::encode_signed(&key_of(&prefix), &change, by),
+            kv::Operation::Put,
+        )
+    }
+
+    fn rejected(inner: &Inner, why: Rejection) -> u64 {
+        inner.stats.rejected[why.index()].load(Ordering::Relaxed)
     }
 
     #[test]
     fn own_records_are_taken_back_only_at_start_and_never_over_a_pending_change() {
         let dir = tempfile::tempdir().unwrap();
         let store = storage::Store::open(dir.path(), &Default::default()).unwrap();
-        let inner = inner(&store);
-        let own = put_from("node-a", "192.0.2.1/32");
+        let nodes = nodes();
+        let inner = inner(&store, &nodes, true);
+        let mut rx = receiver();
+        let own = signed(Change::TimeOut(ban("node-a", "192.0.2.1/32", 1)), &nodes.a);
         // An echo of our own publish, while watching: skipped.
-        assert!(matches!(receive(&inner, &own, false), Received::Nothing));
+        assert!(matches!(
+            receive(&inner, &mut rx, &own, false),
+            Received::Nothing
+        ));
         // The live values at start: taken back.
         assert!(
-            matches!(receive(&inner, &own, true), Received::Apply(ban) if ban.origin.as_str() == "node-a")
+            matches!(receive(&inner, &mut rx, &own, true), Received::Apply(ban) if ban.origin.as_str() == "node-a")
         );
         // A release made here and not yet published is newer: not taken back.
         store
             .outbox()
             .push(&FleetChange::Delete("192.0.2.1/32".parse().unwrap()))
             .unwrap();
-        assert!(matches!(receive(&inner, &own, true), Received::Nothing));
+        assert!(matches!(
+            receive(&inner, &mut rx, &own, true),
+            Received::Nothing
+        ));
         // Another node's record is applied either way.
-        let other = put_from("node-b", "192.0.2.1/32");
-        assert!(matches!(receive(&inner, &other, false), Received::Apply(_)));
-        assert!(matches!(receive(&inner, &other, true), Received::Apply(_)));
+        let other = signed(Change::TimeOut(ban("node-b", "192.0.2.2/32", 1)), &nodes.b);
+        assert!(matches!(
+            receive(&inner, &mut rx, &other, true),
+            Received::Apply(_)
+        ));
+    }
+
+    #[test]
+    fn only_trusted_signed_fresh_records_are_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = storage::Store::open(dir.path(), &Default::default()).unwrap();
+        let nodes = nodes();
+        let inner = inner(&store, &nodes, true);
+        let mut rx = receiver();
+        let p = "198.18.0.1/32";
+        // Unsigned (format 1) and bare deletes: rejected.
+        let unsigned = entry(
+            p,
+            record::encode_unsigned(&ban("node-b", p, 10)),
+            kv::Operation::Put,
+        );
+        assert!(matches!(
+            receive(&inner, &mut rx, &unsigned, false),
+            Received::Nothing
+        ));
+        let delete = entry(p, b"node-b".to_vec(), kv::Operation::Delete);
+        assert!(matches!(
+            receive(&inner, &mut rx, &delete, false),
+            Received::Nothing
+        ));
+        assert_eq!(rejected(&inner, Rejection::Unsigned), 2);
+        // A key not trusted.
+        let stranger = signed(Change::TimeOut(ban("node-b", p, 10)), &NodeKey::generate());
+        assert!(matches!(
+            receive(&inner, &mut rx, &stranger, false),
+            Received::Nothing
+        ));
+        assert_eq!(rejected(&inner, Rejection::UnknownKey), 1);
+        // A changed byte.
+        let mut forged = signed(Change::TimeOut(ban("node-b", p, 10)), &nodes.b);
+        let mut bytes = forged.value.to_vec();
+        bytes[3] ^= 1;
+        forged.value = bytes.into();
+        assert!(matches!(
+            receive(&inner, &mut rx, &forged, false),
+            Received::Nothing
+        ));
+        assert_eq!(rejected(&inner, Rejection::BadSignature), 1);
+        // c signing for b.
+        let posing = signed(Change::TimeOut(ban("node-b", p, 10)), &nodes.c);
+        assert!(matches!(
+            receive(&inner, &mut rx, &posing, false),
+            Received::Nothing
+        ));
+        assert_eq!(rejected(&inner, Rejection::OriginMismatch), 1);
+        // b's own: applied; its release: applied; the time-out replayed: stale.
+        let timeout = signed(Change::TimeOut(ban("node-b", p, 10)), &nodes.b);
+        assert!(matches!(
+            receive(&inner, &mut rx, &timeout, false),
+            Received::Apply(_)
+        ));
+        let release = signed(
+            Change::Release {
+                prefix: p.parse().unwrap(),
+                released_at_ms: 20,
+                until_ms: u64::MAX / 2,
+                origin: Origin::new("node-b").unwrap(),
+            },
+            &nodes.b,
+        );
+        assert!(matches!(
+            receive(&inner, &mut rx, &release, false),
+            Received::Release(_)
+        ));
+        assert!(matches!(
+            receive(&inner, &mut rx, &timeout, false),
+            Received::Nothing
+        ));
+        assert_eq!(rejected(&inner, Rejection::Stale), 1);
+        // An expired record: never applied.
+        let mut old = ban("node-c", "198.18.0.2/32", 10);
+        old.expires_at_ms = 11;
+        let expired = signed(Change::TimeOut(old), &nodes.c);
+        assert!(matches!(
+            receive(&inner, &mut rx, &expired, false),
+            Received::Nothing
+        ));
+        assert_eq!(rejected(&inner, Rejection::Stale), 2);
+        assert_eq!(inner.stats.received.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn unsigned_records_pass_while_signatures_are_not_required() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = storage::Store::open(dir.path(), &Default::default()).unwrap();
+        let nodes = nodes();
+        let inner = inner(&store, &nodes, false);
+        let mut rx = receiver();
+        let p = "198.18.0.1/32";
+        let unsigned = entry(
+            p,
+            record::encode_unsigned(&ban("node-b", p, 10)),
+            kv::Operation::Put,
+        );
+        assert!(matches!(
+            receive(&inner, &mut rx, &unsigned, false),
+            Received::Apply(_)
+        ));
+        let delete = entry(p, b"node-b".to_vec(), kv::Operation::Delete);
+        assert!(matches!(
+            receive(&inner, &mut rx, &delete, false),
+            Received::Release(_)
+        ));
+        // Signed ones are still checked.
+        let stranger = signed(Change::TimeOut(ban("node-b", p, 30)), &NodeKey::generate());
+        assert!(matches!(
+            receive(&inner, &mut rx, &stranger, false),
+            Received::Nothing
+        ));
     }
 }

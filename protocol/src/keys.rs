@@ -72,7 +72,7 @@ fn kind_of(text: &str) -> KeyKind {
 }
 
 /// The key line of a key file: the first line that is not a comment.
-fn key_line(text: &str) -> &str {
+pub fn key_line(text: &str) -> &str {
     text.lines()
         .map(str::trim)
         .find(|line| !line.is_empty() && !line.starts_with('#'))
@@ -82,7 +82,7 @@ fn key_line(text: &str) -> &str {
 /// Reads a public key file (`server.pub`, a `.pub` keygen wrote): refuses
 /// a private key file.
 pub fn read_public_key_file(path: &Path) -> Result<PublicKey, KeyError> {
-    let text = read_small(path)?;
+    let text = read_key_text(path)?;
     parse_public_key_text(&text, &path.display().to_string()).map_err(|error| match error {
         KeyError::PrivateWherePublic { .. } => KeyError::PrivateWherePublic {
             path: path.to_owned(),
@@ -103,7 +103,7 @@ pub fn parse_public_key_text(text: &str, what: &str) -> Result<PublicKey, KeyErr
 }
 
 /// A key file is a few short lines; refuse to slurp anything large.
-fn read_small(path: &Path) -> Result<String, KeyError> {
+pub fn read_key_text(path: &Path) -> Result<String, KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_owned(),
         source,
@@ -119,11 +119,11 @@ fn read_small(path: &Path) -> Result<String, KeyError> {
 
 /// Writes a public key file (with its header). Never overwrites.
 pub fn write_public_key_file(key: &PublicKey, path: &Path) -> Result<(), KeyError> {
-    write_key_file(path, 0o644, &format!("{PUBLIC_HEADER}\n{key}\n"))
+    write_new_key_file(path, 0o644, &format!("{PUBLIC_HEADER}\n{key}\n"))
 }
 
 /// Creates `path` with `mode` and writes `text`, synced. Never overwrites.
-fn write_key_file(path: &Path, mode: u32, text: &str) -> Result<(), KeyError> {
+pub fn write_new_key_file(path: &Path, mode: u32, text: &str) -> Result<(), KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_owned(),
         source,
@@ -185,7 +185,7 @@ impl PrivateKey {
                 meta.permissions().mode() & 0o777
             );
         }
-        let text = read_small(path)?;
+        let text = read_key_text(path)?;
         let named_pub = path.extension().is_some_and(|e| e == "pub");
         if kind_of(&text) == KeyKind::Public || (kind_of(&text) == KeyKind::Unknown && named_pub) {
             return Err(KeyError::PublicWherePrivate {
@@ -201,7 +201,7 @@ impl PrivateKey {
     /// Writes the key to a new file with mode 0600. Never overwrites.
     pub fn write_new(&self, path: &Path) -> Result<(), KeyError> {
         let text = format!("{PRIVATE_HEADER}\n{}\n", B64.encode(self.to_bytes()));
-        write_key_file(path, 0o600, &text)
+        write_new_key_file(path, 0o600, &text)
     }
 }
 
@@ -254,7 +254,8 @@ impl FromStr for PublicKey {
     }
 }
 
-fn decode_key(text: &str) -> Option<[u8; KEY_LEN]> {
+/// 32 bytes from 44 characters of standard base64; `None` otherwise.
+pub fn decode_key(text: &str) -> Option<[u8; KEY_LEN]> {
     // 44 base64 characters encode 32 bytes; checking first bounds the decode.
     if text.len() != 44 {
         return None;

@@ -98,7 +98,62 @@ fn start_node_linked(dir: &Path, fleet: Option<fleet::FleetConfig>, link: bool) 
     rx.recv().unwrap()
 }
 
-fn fleet_config(cluster: &nats::NatsCluster, node: &str, bucket: &str) -> fleet::FleetConfig {
+/// The bench's nodes and their keys: every node trusts every other.
+struct Keys {
+    keys: Vec<(model::Origin, Arc<fleet::NodeKey>)>,
+}
+
+impl Keys {
+    fn new(names: &[&str]) -> Keys {
+        Keys {
+            keys: names
+                .iter()
+                .map(|name| {
+                    (
+                        model::Origin::new(name).unwrap(),
+                        Arc::new(fleet::NodeKey::generate()),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn trust(&self) -> fleet::Trust {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trusted_nodes");
+        let lines: String = self
+            .keys
+            .iter()
+            .map(|(name, key)| format!("{} {name}\n", key.public_key()))
+            .collect();
+        std::fs::write(&path, lines).unwrap();
+        let (name, key) = &self.keys[0];
+        fleet::Trust::new(
+            fleet::TrustedNodes::own(key.public_key(), *name)
+                .read(&path)
+                .unwrap(),
+        )
+    }
+
+    fn key(&self, node: &str) -> Arc<fleet::NodeKey> {
+        let (_, key) = self
+            .keys
+            .iter()
+            .find(|(name, _)| name.as_str() == node)
+            .unwrap();
+        key.clone()
+    }
+}
+
+/// `signed`: the node signs its records and applies only trusted signed
+/// ones (the default); otherwise it writes and reads the unsigned format
+/// of the release before (signatures not required).
+fn fleet_config(
+    cluster: &nats::NatsCluster,
+    node: &str,
+    bucket: &str,
+    keys: Option<&Keys>,
+) -> fleet::FleetConfig {
     fleet::FleetConfig {
         servers: cluster.urls(),
         bucket: bucket.into(),
@@ -106,6 +161,9 @@ fn fleet_config(cluster: &nats::NatsCluster, node: &str, bucket: &str) -> fleet:
         replicas: 3,
         auth: fleet::Auth::None,
         tls: None,
+        node_key: keys.map(|keys| keys.key(node)),
+        trust: keys.map(Keys::trust).unwrap_or_default(),
+        require_signatures: keys.is_some(),
     }
 }
 
@@ -160,40 +218,80 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let mut rows: Vec<(String, String)> = Vec::new();
 
-    // Propagation.
+    // Propagation, signed (the default) and unsigned (the release
+    // before), on buckets of their own, in alternating rounds.
+    let keys = Keys::new(&["a", "b", "d", "e", "q"]);
     let a = start_node(
         &dir.path().join("a"),
-        Some(fleet_config(&cluster, "a", "bench_prop")),
+        Some(fleet_config(&cluster, "a", "bench_prop", Some(&keys))),
     );
     let b = start_node(
         &dir.path().join("b"),
-        Some(fleet_config(&cluster, "b", "bench_prop")),
+        Some(fleet_config(&cluster, "b", "bench_prop", Some(&keys))),
     );
-    for node in [&a, &b] {
+    let ua = start_node(
+        &dir.path().join("ua"),
+        Some(fleet_config(&cluster, "ua", "bench_prop_unsigned", None)),
+    );
+    let ub = start_node(
+        &dir.path().join("ub"),
+        Some(fleet_config(&cluster, "ub", "bench_prop_unsigned", None)),
+    );
+    for node in [&a, &b, &ua, &ub] {
         let stats = node.fleet.as_ref().unwrap();
         wait_until(Duration::from_secs(30), "fleet up", || {
             stats.connected.load(Ordering::Relaxed) && stats.caught_up.load(Ordering::Relaxed)
         });
     }
-    let mut latencies = Vec::with_capacity(propagations);
-    for i in 0..propagations as u32 {
-        let ip = addr(i);
-        let started = Instant::now();
-        a.server
-            .report_detection(ip, BanCause::PortScan, Default::default(), "bench".into());
-        spin_until(Duration::from_secs(5), "propagation", || {
-            b.server.is_timed_out(ip)
-        });
-        latencies.push(started.elapsed());
+    let (mut signed, mut unsigned) = (Vec::new(), Vec::new());
+    const ROUNDS: u32 = 5;
+    let per_round = propagations as u32 / ROUNDS;
+    for round in 0..ROUNDS {
+        for (from, to, into) in [(&ua, &ub, &mut unsigned), (&a, &b, &mut signed)] {
+            for i in 0..per_round {
+                let ip = addr(round * per_round + i);
+                let started = Instant::now();
+                from.server.report_detection(
+                    ip,
+                    BanCause::PortScan,
+                    Default::default(),
+                    "bench".into(),
+                );
+                spin_until(Duration::from_secs(5), "propagation", || {
+                    to.server.is_timed_out(ip)
+                });
+                into.push(started.elapsed());
+            }
+        }
     }
-    latencies.sort();
+    for (what, latencies) in [("unsigned", &mut unsigned), ("signed", &mut signed)] {
+        latencies.sort();
+        rows.push((
+            format!("propagation A → refused on B, {what}, p50 ({propagations})"),
+            ms(percentile(latencies, 0.5)),
+        ));
+        rows.push((
+            format!("propagation A → refused on B, {what}, p99 ({propagations})"),
+            format!("{} (goal ≤ 10 ms)", ms(percentile(latencies, 0.99))),
+        ));
+    }
+    let rejected: u64 = b
+        .fleet
+        .as_ref()
+        .unwrap()
+        .rejected
+        .iter()
+        .map(|r| r.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(rejected, 0, "B rejected some of A's records");
+    let (sign, verify) = sign_and_verify_cost(&keys);
     rows.push((
-        format!("propagation A → refused on B, p50 ({propagations} time-outs)"),
-        ms(percentile(&latencies, 0.5)),
+        "one record: signing (median of 10,000)".into(),
+        format!("{:.1} µs", sign.as_secs_f64() * 1e6),
     ));
     rows.push((
-        format!("propagation A → refused on B, p99 ({propagations} time-outs)"),
-        format!("{} (goal ≤ 10 ms)", ms(percentile(&latencies, 0.99))),
+        "one record: decoding and verifying (median of 10,000)".into(),
+        format!("{:.1} µs", verify.as_secs_f64() * 1e6),
     ));
 
     // Storm: local time-to-ban at 10,000/s, fleet on (A publishing, B
@@ -203,7 +301,7 @@ fn main() {
     let c = start_node(&dir.path().join("c"), None);
     let q = start_node_linked(
         &dir.path().join("q"),
-        Some(fleet_config(&cluster, "q", "bench_unused")),
+        Some(fleet_config(&cluster, "q", "bench_unused", Some(&keys))),
         false,
     );
     let (mut on, mut off, mut queued) = (Vec::new(), Vec::new(), Vec::new());
@@ -240,7 +338,7 @@ fn main() {
     // against it. Baseline: F restores the same number from its sled.
     let d = start_node(
         &dir.path().join("d"),
-        Some(fleet_config(&cluster, "d", "bench_catchup")),
+        Some(fleet_config(&cluster, "d", "bench_catchup", Some(&keys))),
     );
     let d_stats = d.fleet.clone().unwrap();
     wait_until(Duration::from_secs(30), "fleet up", || {
@@ -259,7 +357,7 @@ fn main() {
     });
     let e = start_node(
         &dir.path().join("e"),
-        Some(fleet_config(&cluster, "e", "bench_catchup")),
+        Some(fleet_config(&cluster, "e", "bench_catchup", Some(&keys))),
     );
     let e_stats = e.fleet.clone().unwrap();
     wait_until(Duration::from_secs(300), "delivered", || {
@@ -285,7 +383,7 @@ fn main() {
         ms(delivered),
     ));
     rows.push((
-        format!("boot: catch-up from a bucket of {catch_up} time-outs"),
+        format!("boot: catch-up from a bucket of {catch_up} signed time-outs"),
         format!(
             "{} ({:.1}× sled; goal ≤ 3×)",
             ms(fleet_boot),
@@ -298,6 +396,44 @@ fn main() {
     for (name, value) in rows {
         println!("{name:<62} {value}");
     }
+}
+
+/// The median cost of signing one record, and of decoding and verifying
+/// one (what a node pays per record it receives), in batches of 100.
+fn sign_and_verify_cost(keys: &Keys) -> (Duration, Duration) {
+    let key = keys.key("a");
+    let trust = keys.trust().get();
+    let prefix: model::Cidr = "198.18.0.1/32".parse().unwrap();
+    let name = fleet::key::key_of(&prefix);
+    let ban = model::BanInfo {
+        prefix,
+        cause: "port-scan".parse().unwrap(),
+        first_bytes: Default::default(),
+        banned_at_ms: 1,
+        expires_at_ms: 2,
+        repeat: 1,
+        origin: model::Origin::new("a").unwrap(),
+    };
+    let change = fleet::record::Change::TimeOut(ban);
+    let bytes = fleet::record::encode_signed(&name, &change, &key);
+    let (mut sign, mut verify) = (Vec::new(), Vec::new());
+    for _ in 0..100 {
+        let started = Instant::now();
+        for _ in 0..100 {
+            std::hint::black_box(fleet::record::encode_signed(&name, &change, &key));
+        }
+        sign.push(started.elapsed() / 100);
+        let started = Instant::now();
+        for _ in 0..100 {
+            let record =
+                fleet::record::decode(&name, prefix, std::hint::black_box(&bytes)).unwrap();
+            assert!(trust.check(&record, true).is_ok());
+        }
+        verify.push(started.elapsed() / 100);
+    }
+    sign.sort();
+    verify.sort();
+    (sign[50], verify[50])
 }
 
 /// 10,000 time-outs in 1 s: 10 every millisecond, the last of each ten

@@ -243,6 +243,18 @@ pub const KEYS: &[(&str, &str)] = &[
     ("fleet.tls_cert", "TLS: client certificate (with tls_key)"),
     ("fleet.tls_key", "TLS: client key"),
     (
+        "fleet.node_key",
+        "this node's Ed25519 key, signing its records [default: <data_dir>/node.key, made on first start]",
+    ),
+    (
+        "fleet.trusted_nodes",
+        "`KEY node-name` lines: nodes whose records apply [default: <data_dir>/trusted_nodes; reload re-reads]",
+    ),
+    (
+        "fleet.require_signatures",
+        "apply only signed records from trusted nodes; false while upgrading a fleet",
+    ),
+    (
         "proxy.trusted",
         "load balancers that send the PROXY protocol (v1/v2); their header names the client",
     ),

@@ -5,9 +5,19 @@
 use std::sync::Arc;
 
 use actors::{FleetOutlet, ServerHandle};
-use fleet::{FleetConfig, FleetLink, FleetTarget};
+use fleet::{FleetConfig, FleetLink, FleetTarget, NodePublicKey, Trust};
+use model::ban::Origin;
 use model::{BanInfo, Cidr};
 use storage::Store;
+
+/// What a reload needs to replace the trusted node keys: the link's
+/// handle, and this node's own key and name (always trusted).
+#[derive(Clone)]
+pub struct TrustHandle {
+    pub trust: Trust,
+    pub own_key: NodePublicKey,
+    pub name: Origin,
+}
 
 /// The fleet of one server: its link (started once the server runs) and
 /// its outlet (handed to the ban core before).
@@ -21,6 +31,19 @@ impl Fleet {
         Fleet {
             config,
             link: FleetLink::new(),
+        }
+    }
+
+    pub fn trust_handle(&self) -> TrustHandle {
+        TrustHandle {
+            trust: self.config.trust.clone(),
+            own_key: self
+                .config
+                .node_key
+                .as_ref()
+                .map(|key| key.public_key())
+                .expect("a serving node has a node key"),
+            name: self.config.node_id,
         }
     }
 
@@ -44,6 +67,26 @@ impl Fleet {
                 String::new()
             }
         );
+        let trusted = self.config.trust.get().len();
+        match &self.config.node_key {
+            Some(key) => log::info!(
+                "fleet: signing as {} (node key {}); trusting {} node keys, this one included",
+                self.config.node_id,
+                key.public_key().fingerprint(),
+                trusted
+            ),
+            None => log::warn!("fleet: this node does not sign its records"),
+        }
+        if trusted <= 1 && self.config.require_signatures {
+            log::warn!(
+                "fleet: no other node is trusted (fleet.trusted_nodes lists none): other nodes' time-outs will be rejected (reason \"unknown key\")"
+            );
+        }
+        if !self.config.require_signatures {
+            log::warn!(
+                "fleet: fleet.require_signatures is false: UNSIGNED records are applied too (anyone who can write the bucket can time out or release anyone); set it true once every node signs"
+            );
+        }
         self.link.start(
             self.config.clone(),
             store.outbox().clone(),

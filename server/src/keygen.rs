@@ -19,13 +19,25 @@ pub struct KeygenArgs {
 /// key file.
 #[derive(clap::Subcommand)]
 pub enum KeyCommand {
-    /// Print the public key (base64) and fingerprint of a private key file.
+    /// Print the public key (base64) and fingerprint of a private key file:
+    /// the server's key, a client's, or a fleet node key (`node.key`, whose
+    /// public key goes into the other nodes' trusted_nodes with its name).
     Pub { file: PathBuf },
 }
 
 pub fn run_key(command: KeyCommand) -> anyhow::Result<ExitCode> {
     match command {
         KeyCommand::Pub { file } => {
+            let text = protocol::keys::read_key_text(&file)?;
+            if text.lines().next().map(str::trim) == Some(fleet::node_key::NODE_PRIVATE_HEADER) {
+                let public = fleet::NodeKey::read(&file)?.public_key();
+                println!("{public}");
+                println!("fingerprint {}", public.fingerprint());
+                eprintln!(
+                    "a fleet node key: list it in the other nodes' trusted_nodes as `{public} NODE-NAME`"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let key = PrivateKey::read(&file)?;
             let public = key.public_key();
             println!("{public}");

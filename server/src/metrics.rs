@@ -459,6 +459,17 @@ fn encode_fleet(
         "Bucket entries not ours to read (foreign keys, undecodable or newer records)",
         stats.skipped.load(Relaxed),
     )?;
+    let rejected: Vec<(&str, u64)> = fleet::Rejection::ALL
+        .iter()
+        .map(|why| (why.label(), stats.rejected[why.index()].load(Relaxed)))
+        .collect();
+    counters_by(
+        e,
+        "fleet_rejected",
+        "Bucket entries not applied: unsigned, unknown key, bad signature, origin mismatch (a trusted key signing for another node), stale (expired, or a replay of an older change)",
+        "reason",
+        &rejected,
+    )?;
     counter(
         e,
         "fleet_applied",

@@ -18,7 +18,9 @@
 //! - `log_level`;
 //! - `bans.widen`, from the next time-out on;
 //! - `feeds`: every feed is read again at once (a changed file applies
-//!   then), a new one starts, and a removed one's entries are released.
+//!   then), a new one starts, and a removed one's entries are released;
+//! - `fleet.trusted_nodes` (re-read even if the path is the same): the
+//!   fleet applies records of the keys it lists from the next record on.
 //!
 //! Everything else (listen addresses, data dir, workers, storage, metrics,
 //! the kernel table, the fleet, the proxies, aggregation) is named in the
@@ -56,6 +58,7 @@ const LIVE: &[&str] = &[
     "bans.mode",
     "bans.widen",
     "feeds",
+    "fleet.trusted_nodes",
     "keys.authorized_keys",
     "keys.admin_keys",
     "limits",
@@ -80,6 +83,8 @@ pub struct Reload {
     bound: Vec<std::net::SocketAddr>,
     /// The blocklist feeds' tasks, once they run.
     feeds: std::sync::OnceLock<std::sync::Arc<crate::feeds_wiring::FeedRunners>>,
+    /// The fleet's trusted keys, when the fleet is on.
+    fleet_trust: std::sync::OnceLock<crate::fleet_wiring::TrustHandle>,
 }
 
 impl Reload {
@@ -97,7 +102,13 @@ impl Reload {
             kernel_pins,
             bound,
             feeds: std::sync::OnceLock::new(),
+            fleet_trust: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The trusted node keys a reload reads again.
+    pub fn set_fleet_trust(&self, trust: crate::fleet_wiring::TrustHandle) {
+        let _ = self.fleet_trust.set(trust);
     }
 
     /// The feeds a reload restarts.
@@ -133,6 +144,15 @@ impl Reload {
         // live kept as it runs.
         let applied = live_applied(&current, &new).map_err(kept)?;
         let allow = applied.allow_list().map_err(kept)?;
+        // Read again even if the path is the same, as the key lists are.
+        let trusted = match self.fleet_trust.get() {
+            Some(handle) => Some(
+                applied
+                    .trusted_nodes(handle.own_key, handle.name)
+                    .map_err(kept)?,
+            ),
+            None => None,
+        };
         let detection = self.kernel_detection(&applied);
         if let (Some(pins), Some(detection)) = (&self.kernel_pins, &detection)
             && *detection != self.kernel_detection(&current).expect("same kernel tier")
@@ -150,6 +170,10 @@ impl Reload {
         );
         if let Some(feeds) = self.feeds.get() {
             feeds.replace(&applied.feeds);
+        }
+        let trusted_count = trusted.as_ref().map(fleet::TrustedNodes::len);
+        if let (Some(handle), Some(trusted)) = (self.fleet_trust.get(), trusted) {
+            handle.trust.set(trusted);
         }
         let log_level_changed = current.log_level != applied.log_level;
         *current = applied;
@@ -175,6 +199,9 @@ impl Reload {
                 None => "any client".to_owned(),
             }
         ));
+        if let Some(count) = trusted_count {
+            parts.push(format!("{count} trusted fleet node keys"));
+        }
         if current.bans.mode.get() == BanMode::Monitor {
             parts.push("monitor mode (nothing is timed out)".into());
         }

@@ -223,7 +223,9 @@ impl Tiers {
             events: attached.events,
             pins: attached.table_path,
         });
-        let fleet = settings.fleet()?.map(crate::fleet_wiring::Fleet::new);
+        let fleet = settings
+            .fleet_to_serve()?
+            .map(crate::fleet_wiring::Fleet::new);
         // Before the restore, so that /readyz can say "not yet" meanwhile.
         let metrics = settings
             .metrics_listen()?
@@ -260,6 +262,9 @@ async fn serve(
     reloader.set_feeds(std::sync::Arc::new(
         crate::feeds_wiring::FeedRunners::start(running.handle(), &plan.settings.feeds),
     ));
+    if let Some(fleet) = &tiers.fleet {
+        reloader.set_fleet_trust(fleet.trust_handle());
+    }
     if let Some(fleet) = &tiers.fleet
         && let Err(error) = fleet.start(&store, running.handle())
     {

@@ -134,6 +134,15 @@ pub struct FleetSettings {
     pub tls_ca_file: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// This node's Ed25519 key, which signs its records [default:
+    /// `<data_dir>/node.key`, generated on first start].
+    pub node_key: Option<PathBuf>,
+    /// `KEY node-name` lines: the nodes whose records are applied
+    /// [default: `<data_dir>/trusted_nodes`; re-read on reload].
+    pub trusted_nodes: Option<PathBuf>,
+    /// Apply only signed records [true]; false while a fleet is upgraded
+    /// from a release that did not sign.
+    pub require_signatures: bool,
 }
 
 impl Default for FleetSettings {
@@ -150,6 +159,9 @@ impl Default for FleetSettings {
             tls_ca_file: None,
             tls_cert: None,
             tls_key: None,
+            node_key: None,
+            trusted_nodes: None,
+            require_signatures: true,
         }
     }
 }
@@ -608,12 +620,28 @@ impl Settings {
         f.tls_ca_file = Some("/ca".into());
         f.tls_cert = Some("/cert".into());
         f.tls_key = Some("/key".into());
+        f.node_key = Some("/node.key".into());
+        f.trusted_nodes = Some("/trusted".into());
         settings
     }
 
     /// Where sled keeps its files, inside the data directory.
     pub fn database_dir(&self) -> PathBuf {
         self.data_dir.join("db")
+    }
+
+    pub fn node_key_path(&self) -> PathBuf {
+        self.fleet
+            .node_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("node.key"))
+    }
+
+    pub fn trusted_nodes_path(&self) -> PathBuf {
+        self.fleet
+            .trusted_nodes
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("trusted_nodes"))
     }
 
     pub fn server_key_path(&self) -> PathBuf {

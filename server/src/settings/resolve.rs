@@ -15,8 +15,35 @@ use super::Settings;
 use super::values::{BanMode, DropScope};
 
 impl Settings {
-    /// The fleet link's settings; `None` when the fleet is off.
+    /// The fleet link's settings, checked; `None` when the fleet is off.
+    /// A node key not made yet is not made here (`check`, offline
+    /// commands): a throwaway one stands in.
     pub fn fleet(&self) -> anyhow::Result<Option<fleet::FleetConfig>> {
+        self.fleet_with(false)
+    }
+
+    /// The fleet link's settings to serve with: the node key is made on
+    /// first start (with its `.pub`), as the server key is.
+    pub fn fleet_to_serve(&self) -> anyhow::Result<Option<fleet::FleetConfig>> {
+        self.fleet_with(true)
+    }
+
+    /// The nodes whose records apply: `fleet.trusted_nodes` and this node's
+    /// own key. A missing file at the default path trusts this node alone.
+    pub fn trusted_nodes(
+        &self,
+        own: fleet::NodePublicKey,
+        name: model::ban::Origin,
+    ) -> anyhow::Result<fleet::TrustedNodes> {
+        let path = self.trusted_nodes_path();
+        let own = fleet::TrustedNodes::own(own, name);
+        if self.fleet.trusted_nodes.is_none() && !path.exists() {
+            return Ok(own);
+        }
+        own.read(&path).context("fleet.trusted_nodes")
+    }
+
+    fn fleet_with(&self, make_node_key: bool) -> anyhow::Result<Option<fleet::FleetConfig>> {
         let f = &self.fleet;
         if f.servers.is_empty() {
             return Ok(None);
@@ -42,17 +69,31 @@ impl Settings {
             Some(id) => id.clone(),
             None => host_name(),
         };
-        let node_ok = !node_id.is_empty()
-            && node_id.len() <= model::ban::MAX_ORIGIN_LEN
-            && node_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !node_ok {
+        let Some(node_name) = fleet::trust::node_name(&node_id) else {
             bail!(
                 "fleet.node_id: {node_id:?} is not a node name (1 to {} letters, digits, -, _ and .)",
                 model::ban::MAX_ORIGIN_LEN
             );
-        }
+        };
+        let key_path = self.node_key_path();
+        let node_key = if key_path.exists() {
+            fleet::NodeKey::read(&key_path).context("fleet.node_key")?
+        } else if f.node_key.is_some() {
+            bail!("fleet.node_key: {} does not exist", key_path.display());
+        } else if make_node_key {
+            let key = fleet::NodeKey::generate();
+            let public = key.write_new(&key_path).context("fleet.node_key")?;
+            log::info!(
+                "generated a fleet node key pair: {} (0600) and {}; add `{} {node_id}` to the other nodes' trusted_nodes",
+                key_path.display(),
+                public.display(),
+                key.public_key()
+            );
+            key
+        } else {
+            fleet::NodeKey::generate()
+        };
+        let trusted = self.trusted_nodes(node_key.public_key(), node_name)?;
         let auth = match (&f.creds_file, &f.user, &f.password, &f.token) {
             (None, None, None, None) => fleet::Auth::None,
             (Some(path), None, None, None) => {
@@ -82,10 +123,13 @@ impl Settings {
         Ok(Some(fleet::FleetConfig {
             servers: f.servers.clone(),
             bucket: f.bucket.clone(),
-            node_id: model::ban::Origin::new(&node_id).expect("length checked"),
+            node_id: node_name,
             replicas: f.replicas,
             auth,
             tls,
+            node_key: Some(std::sync::Arc::new(node_key)),
+            trust: fleet::Trust::new(trusted),
+            require_signatures: f.require_signatures,
         }))
     }
 
