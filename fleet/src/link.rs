@@ -33,7 +33,7 @@ use async_nats::{ConnectOptions, Event, HeaderMap, HeaderValue};
 use futures_util::StreamExt;
 use model::Cidr;
 use model::ban::{BanInfo, Origin};
-use storage::{FleetChange, OutboxStore, Pending};
+use storage::{BanStore, FleetChange, OutboxStore, Pending};
 use tokio::sync::Notify;
 
 use crate::FleetError;
@@ -139,6 +139,8 @@ pub struct FleetLink {
 struct Inner {
     config: FleetConfig,
     outbox: OutboxStore,
+    /// The local table, read while catching up (what it holds already).
+    bans: BanStore,
     target: Arc<dyn FleetTarget>,
     wake: Arc<Notify>,
     stats: Arc<FleetStats>,
@@ -167,11 +169,13 @@ impl FleetLink {
         &self,
         config: FleetConfig,
         outbox: OutboxStore,
+        bans: BanStore,
         target: Arc<dyn FleetTarget>,
     ) -> std::io::Result<()> {
         let inner = Arc::new(Inner {
             config,
             outbox,
+            bans,
             target,
             wake: self.wake.clone(),
             stats: self.stats.clone(),
@@ -280,10 +284,7 @@ async fn open(inner: &Arc<Inner>) -> Result<Bucket, FleetError> {
         .name(format!("penaltybox {}", config.node_id))
         .connection_timeout(Duration::from_secs(2))
         .max_reconnects(None)
-        .reconnect_delay_callback(|attempts| {
-            let exp = u32::try_from(attempts.min(6)).unwrap_or(6);
-            (MIN_BACKOFF * 2u32.pow(exp)).min(MAX_BACKOFF)
-        })
+        .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
             let stats = stats.clone();
             async move { connection_event(&stats, event) }
@@ -309,6 +310,16 @@ async fn open(inner: &Arc<Inner>) -> Result<Bucket, FleetError> {
     context.set_timeout(ACK_TIMEOUT);
     let store = open_bucket(&context, config).await?;
     Ok(Bucket { context, store })
+}
+
+/// The client asks before every attempt, the first one included
+/// (`attempts` is 1 then): that one goes at once, the rest back off.
+fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = u32::try_from((attempts - 2).min(6)).unwrap_or(6);
+    (MIN_BACKOFF * 2u32.pow(exp)).min(MAX_BACKOFF)
 }
 
 fn connection_event(stats: &FleetStats, event: Event) {
@@ -519,6 +530,8 @@ struct Receiver {
     log: PacedLog,
     merged: u64,
     own: u64,
+    /// Time-outs the local table held as the bucket has them (catch-up).
+    held: u64,
 }
 
 /// Warnings about entries not applied: at most one a second, saying how
@@ -564,6 +577,7 @@ async fn watch(inner: Arc<Inner>, store: kv::Store) {
         log: PacedLog::default(),
         merged: 0,
         own: 0,
+        held: 0,
     };
     let mut backoff = MIN_BACKOFF;
     // The first failure of a run of them is a warning (a permission
@@ -587,9 +601,10 @@ async fn watch(inner: Arc<Inner>, store: kv::Store) {
     };
     inner.stats.caught_up.store(true, Ordering::Relaxed);
     log::info!(
-        "fleet: merged the bucket: {} time-outs from other nodes, and {} of this node's own (applied where it no longer held them)",
+        "fleet: merged the bucket: {} time-outs from other nodes, and {} of this node's own (applied where it no longer held them); {} held here already",
         receiver.merged,
-        receiver.own
+        receiver.own,
+        receiver.held
     );
     backoff = MIN_BACKOFF;
     loop {
@@ -728,12 +743,46 @@ async fn catch_up(
     outcome
 }
 
+/// Entries read on several threads at once while catching up (a
+/// signature costs more than everything else an entry asks).
+const PARALLEL_MIN: usize = 64;
+
 /// Hands `entries` to the target in bucket order: runs of time-outs as
-/// one batch, each release after what came before it.
+/// one batch, each release after what came before it. While catching up
+/// (`reclaim_own`), the entries are read and verified on every core first.
 fn hand_over(inner: &Inner, receiver: &mut Receiver, entries: &[kv::Entry], reclaim_own: bool) {
+    let reads: Vec<Read> = if reclaim_own && entries.len() >= PARALLEL_MIN {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let per_thread = entries.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = entries
+                .chunks(per_thread)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|entry| read_entry(inner, entry, true))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| {
+                    worker
+                        .join()
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+                })
+                .collect()
+        })
+    } else {
+        entries
+            .iter()
+            .map(|entry| read_entry(inner, entry, reclaim_own))
+            .collect()
+    };
     let mut batch = Vec::with_capacity(entries.len());
-    for entry in entries {
-        match receive(inner, receiver, entry, reclaim_own) {
+    for (entry, read) in entries.iter().zip(reads) {
+        match settle(inner, receiver, entry, read, reclaim_own) {
             Received::Apply(record) => {
                 if record.origin == inner.config.node_id {
                     receiver.own += 1;
@@ -761,61 +810,126 @@ enum Received {
     Nothing,
 }
 
-/// Reads one bucket entry: another node's time-out or release, or nothing
-/// (ours coming back, an expiry marker, or not to be applied). With
+/// One entry read, before this node's state is consulted: what it is, and
+/// whether a trusted node made it. No side effect but storage reads, so
+/// that a catch-up reads many at once.
+enum Read {
+    /// Not ours to read (a foreign key, a record that does not decode).
+    Skip(String),
+    Rejected(Rejection),
+    /// An expiry marker, or a release of our own coming back.
+    Nothing,
+    /// The local table holds exactly this time-out already (catching up
+    /// after a restart): applying it would change nothing, so it is not
+    /// verified either.
+    Held(Change),
+    /// A bare delete, while unsigned records are accepted.
+    UnsignedRelease(Cidr),
+    /// Signed by a trusted key for its origin (or unsigned, while that is
+    /// accepted).
+    Trusted(Change),
+}
+
+fn read_entry(inner: &Inner, entry: &kv::Entry, catching_up: bool) -> Read {
+    let Some(prefix) = prefix_of(&entry.key) else {
+        return Read::Skip("not a prefix key".into());
+    };
+    let own_name = inner.config.node_id;
+    let record = match entry.operation {
+        kv::Operation::Put => match record::decode(&entry.key, prefix, &entry.value) {
+            Ok(record) => record,
+            Err(error) => return Read::Skip(error.to_string()),
+        },
+        // A bare delete cannot be signed: a release of the previous
+        // release, or anyone with write access to the bucket.
+        kv::Operation::Delete => {
+            return if entry.value.as_ref() == own_name.as_str().as_bytes() {
+                Read::Nothing
+            } else if inner.config.require_signatures {
+                Read::Rejected(Rejection::Unsigned)
+            } else {
+                Read::UnsignedRelease(prefix)
+            };
+        }
+        // The engine's marker of a TTL that ran out (or an operator's
+        // purge): every node ends its time-outs by its own clock.
+        kv::Operation::Purge => return Read::Nothing,
+    };
+    if catching_up && holds(inner, &record.change) {
+        return Read::Held(record.change);
+    }
+    match inner
+        .config
+        .trust
+        .get()
+        .check(&record, inner.config.require_signatures)
+    {
+        Ok(()) => Read::Trusted(record.change),
+        Err(rejection) => Read::Rejected(rejection),
+    }
+}
+
+/// Whether the local table holds `change` as it is (the same time-out,
+/// from the same node, made and ending at the same moments).
+fn holds(inner: &Inner, change: &Change) -> bool {
+    let Change::TimeOut(ban) = change else {
+        return false;
+    };
+    let Ok(Some(local)) = inner.bans.get(&ban.prefix) else {
+        return false;
+    };
+    let same_origin = local.origin == ban.origin
+        || (local.origin.is_empty() && ban.origin == inner.config.node_id);
+    same_origin
+        && local.banned_at_ms == ban.banned_at_ms
+        && local.expires_at_ms == ban.expires_at_ms
+        && local.cause == ban.cause
+        && local.repeat == ban.repeat
+}
+
+/// What a read entry asks of this node, now: another node's time-out or
+/// release, or nothing (ours coming back, not to be applied). With
 /// `reclaim_own` (the live values at start), our own time-outs too, unless
 /// the outbox holds a newer change of the prefix.
 ///
 /// A record is applied only if a trusted key signed it for its origin
 /// (unsigned ones too while signatures are not required), it has not
 /// expired, and it is newer than any change of its prefix applied before.
-fn receive(
+fn settle(
     inner: &Inner,
     receiver: &mut Receiver,
     entry: &kv::Entry,
+    read: Read,
     reclaim_own: bool,
 ) -> Received {
     let stats = &inner.stats;
-    let mut skip = |why: &dyn std::fmt::Display| {
-        stats.skipped.fetch_add(1, Ordering::Relaxed);
-        receiver.log.warn(&entry.key, why);
-        Received::Nothing
-    };
-    let Some(prefix) = prefix_of(&entry.key) else {
-        return skip(&"not a prefix key");
-    };
-    let own_name = inner.config.node_id;
-    let record = match entry.operation {
-        kv::Operation::Put => match record::decode(&entry.key, prefix, &entry.value) {
-            Ok(record) => record,
-            Err(error) => return skip(&error),
-        },
-        // A bare delete cannot be signed: a release of the previous
-        // release, or anyone with write access to the bucket.
-        kv::Operation::Delete => {
-            if entry.value.as_ref() == own_name.as_str().as_bytes() {
-                return Received::Nothing;
-            }
-            if inner.config.require_signatures {
-                return reject(inner, receiver, entry, Rejection::Unsigned);
-            }
+    let change = match read {
+        Read::Skip(why) => {
+            stats.skipped.fetch_add(1, Ordering::Relaxed);
+            receiver.log.warn(&entry.key, &why);
+            return Received::Nothing;
+        }
+        Read::Rejected(rejection) => return reject(inner, receiver, entry, rejection),
+        Read::Nothing => return Received::Nothing,
+        Read::Held(change) => {
+            receiver.held += 1;
+            // Noted, so that an older record of the prefix is stale.
+            receiver.freshness.admit(
+                entry_prefix(&change),
+                change.changed_at_ms(),
+                change.until_ms(),
+                crate_now_ms(),
+            );
+            return Received::Nothing;
+        }
+        Read::UnsignedRelease(prefix) => {
             stats.received.fetch_add(1, Ordering::Relaxed);
             return Received::Release(prefix);
         }
-        // The engine's marker of a TTL that ran out (or an operator's
-        // purge): every node ends its time-outs by its own clock.
-        kv::Operation::Purge => return Received::Nothing,
+        Read::Trusted(change) => change,
     };
-    if let Err(rejection) = inner
-        .config
-        .trust
-        .get()
-        .check(&record, inner.config.require_signatures)
-    {
-        return reject(inner, receiver, entry, rejection);
-    }
-    let change = record.change;
-    if change.origin() == own_name {
+    let prefix = entry_prefix(&change);
+    if change.origin() == inner.config.node_id {
         // Unknown (a storage error) counts as held: the other nodes still
         // enforce it, and nothing stale comes back.
         let take_back = reclaim_own && !inner.outbox.holds(&prefix).unwrap_or(true);
@@ -831,7 +945,7 @@ fn receive(
     if change.until_ms() <= now_ms {
         // Ordinary: the engine purges by whole seconds, a node ends a
         // time-out by the millisecond. Counted, not worth a warning.
-        inner.stats.rejected[Rejection::Stale.index()].fetch_add(1, Ordering::Relaxed);
+        stats.rejected[Rejection::Stale.index()].fetch_add(1, Ordering::Relaxed);
         return Received::Nothing;
     }
     if !receiver
@@ -845,6 +959,13 @@ fn receive(
     match change {
         Change::TimeOut(ban) => Received::Apply(ban),
         Change::Release { prefix, .. } => Received::Release(prefix),
+    }
+}
+
+fn entry_prefix(change: &Change) -> Cidr {
+    match change {
+        Change::TimeOut(ban) => ban.prefix,
+        Change::Release { prefix, .. } => *prefix,
     }
 }
 
@@ -932,6 +1053,7 @@ mod tests {
                 require_signatures,
             },
             outbox: store.outbox().clone(),
+            bans: store.bans().clone(),
             target: Arc::new(Nowhere),
             wake: Arc::new(Notify::new()),
             stats: Arc::default(),
@@ -946,12 +1068,24 @@ mod tests {
         }
     }
 
+    /// One entry, read and settled, as the watch does.
+    fn receive(
+        inner: &Inner,
+        receiver: &mut Receiver,
+        entry: &kv::Entry,
+        reclaim_own: bool,
+    ) -> Received {
+        let read = read_entry(inner, entry, false);
+        settle(inner, receiver, entry, read, reclaim_own)
+    }
+
     fn receiver() -> Receiver {
         Receiver {
             freshness: Freshness::default(),
             log: PacedLog::default(),
             merged: 0,
             own: 0,
+            held: 0,
         }
     }
 
@@ -994,6 +1128,15 @@ mod tests {
 
     fn rejected(inner: &Inner, why: Rejection) -> u64 {
         inner.stats.rejected[why.index()].load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn the_first_connect_does_not_wait_and_retries_back_off() {
+        assert_eq!(reconnect_delay(0), Duration::ZERO);
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), MIN_BACKOFF);
+        assert_eq!(reconnect_delay(3), MIN_BACKOFF * 2);
+        assert_eq!(reconnect_delay(1_000), MAX_BACKOFF);
     }
 
     #[test]

@@ -220,7 +220,7 @@ fn main() {
 
     // Propagation, signed (the default) and unsigned (the release
     // before), on buckets of their own, in alternating rounds.
-    let keys = Keys::new(&["a", "b", "d", "e", "q"]);
+    let keys = Keys::new(&["a", "b", "d", "e", "g", "q"]);
     let a = start_node(
         &dir.path().join("a"),
         Some(fleet_config(&cluster, "a", "bench_prop", Some(&keys))),
@@ -334,41 +334,7 @@ fn main() {
         ),
     ));
 
-    // Catch-up: D fills a bucket with `catch_up` time-outs; E boots
-    // against it. Baseline: F restores the same number from its sled.
-    let d = start_node(
-        &dir.path().join("d"),
-        Some(fleet_config(&cluster, "d", "bench_catchup", Some(&keys))),
-    );
-    let d_stats = d.fleet.clone().unwrap();
-    wait_until(Duration::from_secs(30), "fleet up", || {
-        d_stats.caught_up.load(Ordering::Relaxed)
-    });
-    for i in 0..catch_up {
-        d.server.report_detection(
-            addr(i),
-            BanCause::PortScan,
-            Default::default(),
-            "bench".into(),
-        );
-    }
-    wait_until(Duration::from_secs(300), "bucket filled", || {
-        d_stats.published.load(Ordering::Relaxed) >= u64::from(catch_up)
-    });
-    let e = start_node(
-        &dir.path().join("e"),
-        Some(fleet_config(&cluster, "e", "bench_catchup", Some(&keys))),
-    );
-    let e_stats = e.fleet.clone().unwrap();
-    wait_until(Duration::from_secs(300), "delivered", || {
-        e_stats.received.load(Ordering::Relaxed) >= u64::from(catch_up)
-    });
-    let delivered = e.started_at.elapsed();
-    wait_until(Duration::from_secs(300), "catch-up", || {
-        e.server.stats().bans_active >= u64::from(catch_up)
-    });
-    let fleet_boot = e.started_at.elapsed();
-
+    // Catch-up. Baseline: F restores `catch_up` time-outs from its sled.
     let f_dir = dir.path().join("f");
     common::write_live_bans(&f_dir.join("db"), catch_up);
     let f = start_node(&f_dir, None);
@@ -378,16 +344,54 @@ fn main() {
         format!("boot: local sled restore of {catch_up} time-outs"),
         ms(sled_boot),
     ));
+    let versus = |d: Duration| {
+        format!(
+            "{} ({:.1}× sled; goal ≤ 3×)",
+            ms(d),
+            d.as_secs_f64() / sled_boot.as_secs_f64()
+        )
+    };
+    // A fresh node (an empty database) against a bucket another node
+    // filled, unsigned (the release before) and signed.
+    let (delivered, boot) = fresh_catch_up(&cluster, dir.path(), None, catch_up);
     rows.push((
-        format!("boot: … of which the engine's delivery of {catch_up} entries"),
+        format!("boot: fresh node, bucket of {catch_up} unsigned: delivered"),
         ms(delivered),
     ));
     rows.push((
-        format!("boot: catch-up from a bucket of {catch_up} signed time-outs"),
+        format!("boot: fresh node, bucket of {catch_up} unsigned: caught up"),
+        versus(boot),
+    ));
+    let (push, pull) = read_bucket_alone(&cluster, "bench_catchup_unsigned", catch_up);
+    rows.push((
+        format!("the engine alone: {catch_up} entries to a watch (ordered push)"),
+        ms(push),
+    ));
+    rows.push((
+        format!("the engine alone: {catch_up} entries to a batched pull consumer"),
+        ms(pull),
+    ));
+    let (delivered, boot) = fresh_catch_up(&cluster, dir.path(), Some(&keys), catch_up);
+    rows.push((
+        format!("boot: fresh node, bucket of {catch_up} signed: delivered"),
+        ms(delivered),
+    ));
+    rows.push((
+        format!("boot: fresh node, bucket of {catch_up} signed: caught up"),
+        versus(boot),
+    ));
+    // A node restarting on its database, which holds what the bucket holds.
+    let (restore, boot) = restart_catch_up(&cluster, dir.path(), &keys, catch_up);
+    rows.push((
+        format!("boot: restart, its sled restore of {catch_up}"),
+        ms(restore),
+    ));
+    rows.push((
+        format!("boot: restart, then catch-up of the same {catch_up} signed"),
         format!(
-            "{} ({:.1}× sled; goal ≤ 3×)",
-            ms(fleet_boot),
-            fleet_boot.as_secs_f64() / sled_boot.as_secs_f64()
+            "{} ({:.1}× its restore; goal ≤ 3×)",
+            ms(boot),
+            boot.as_secs_f64() / restore.as_secs_f64()
         ),
     ));
 
@@ -396,6 +400,202 @@ fn main() {
     for (name, value) in rows {
         println!("{name:<62} {value}");
     }
+}
+
+/// A node ("fill") fills a bucket of its own with `n` time-outs through
+/// its outbox; a fresh node ("boot") starts against it. The time from the
+/// start until the engine had delivered every entry, and until its table
+/// held them all. `keys`: signed records, else unsigned.
+fn fresh_catch_up(
+    cluster: &nats::NatsCluster,
+    dir: &Path,
+    keys: Option<&Keys>,
+    n: u32,
+) -> (Duration, Duration) {
+    let (bucket, fill, boot) = match keys {
+        Some(_) => ("bench_catchup", "d", "e"),
+        None => ("bench_catchup_unsigned", "ud", "ue"),
+    };
+    let filler = start_node(
+        &dir.join(fill),
+        Some(fleet_config(cluster, fill, bucket, keys)),
+    );
+    let stats = filler.fleet.clone().unwrap();
+    wait_until(Duration::from_secs(30), "fleet up", || {
+        stats.caught_up.load(Ordering::Relaxed)
+    });
+    for i in 0..n {
+        filler.server.report_detection(
+            addr(i),
+            BanCause::PortScan,
+            Default::default(),
+            "bench".into(),
+        );
+    }
+    wait_until(Duration::from_secs(300), "bucket filled", || {
+        stats.published.load(Ordering::Relaxed) >= u64::from(n)
+    });
+    let booted = start_node(
+        &dir.join(boot),
+        Some(fleet_config(cluster, boot, bucket, keys)),
+    );
+    let stats = booted.fleet.clone().unwrap();
+    wait_until(Duration::from_secs(300), "delivered", || {
+        stats.received.load(Ordering::Relaxed) >= u64::from(n)
+    });
+    let delivered = booted.started_at.elapsed();
+    wait_until(Duration::from_secs(300), "catch-up", || {
+        booted.server.stats().bans_active >= u64::from(n)
+    });
+    (delivered, booted.started_at.elapsed())
+}
+
+/// How long the engine takes to hand a client every entry of `bucket`
+/// (`n`), with nothing done with them: through a KV watch of the live
+/// values (an ordered push consumer, what the release before read at
+/// boot), and through an ephemeral pull consumer in batches (the
+/// catch-up's way).
+fn read_bucket_alone(cluster: &nats::NatsCluster, bucket: &str, n: u32) -> (Duration, Duration) {
+    use async_nats::jetstream::{self, consumer};
+    use futures_util::StreamExt;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let servers: Vec<async_nats::ServerAddr> =
+            cluster.urls().iter().map(|u| u.parse().unwrap()).collect();
+        let context = jetstream::new(async_nats::connect(servers).await.unwrap());
+        let store = context.get_key_value(bucket).await.unwrap();
+        let started = Instant::now();
+        let mut watch = store.watch_with_history(">").await.unwrap();
+        let mut seen = 0u32;
+        while let Some(entry) = watch.next().await {
+            let entry = entry.unwrap();
+            seen += 1;
+            if entry.delta == 0 {
+                break;
+            }
+        }
+        let push = started.elapsed();
+        assert_eq!(seen, n);
+        let started = Instant::now();
+        let pull = store
+            .stream
+            .create_consumer(consumer::pull::Config {
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ack_policy: consumer::AckPolicy::None,
+                filter_subject: format!("{}>", store.prefix),
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut messages = pull
+            .stream()
+            .max_messages_per_batch(8192)
+            .messages()
+            .await
+            .unwrap();
+        let mut seen = 0u32;
+        while let Some(message) = messages.next().await {
+            let message = message.unwrap();
+            seen += 1;
+            if message.info().unwrap().pending == 0 {
+                break;
+            }
+        }
+        assert_eq!(seen, n);
+        (push, started.elapsed())
+    })
+}
+
+/// A node ("g") restarting on a database that holds, as it should, the
+/// `n` time-outs node "d" made and the bucket holds: its sled restore,
+/// and the time from its start until it had caught up with the bucket.
+/// The database and the bucket are written directly (the same records,
+/// signed by d), so that both hold exactly the same.
+fn restart_catch_up(
+    cluster: &nats::NatsCluster,
+    dir: &Path,
+    keys: &Keys,
+    n: u32,
+) -> (Duration, Duration) {
+    use async_nats::jetstream::{self, kv};
+    const BUCKET: &str = "bench_restart";
+    let now = actors::now_ms();
+    let origin = model::Origin::new("d").unwrap();
+    let bans: Vec<model::BanInfo> = (0..n)
+        .map(|i| model::BanInfo {
+            prefix: model::Cidr::host(addr(i)),
+            cause: BanCause::PortScan.as_cause(),
+            first_bytes: Default::default(),
+            banned_at_ms: now,
+            expires_at_ms: now + 3_600_000,
+            repeat: 1,
+            origin,
+        })
+        .collect();
+    let g_dir = dir.join("g");
+    {
+        let store = Store::open(&g_dir.join("db"), &StoreOptions::default()).unwrap();
+        for ban in &bans {
+            store.bans().put(ban).unwrap();
+        }
+        store.flush().unwrap();
+    }
+    let d_key = keys.key("d");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let servers: Vec<async_nats::ServerAddr> =
+            cluster.urls().iter().map(|u| u.parse().unwrap()).collect();
+        let context = jetstream::new(async_nats::connect(servers).await.unwrap());
+        context
+            .create_key_value(kv::Config {
+                bucket: BUCKET.into(),
+                history: 1,
+                num_replicas: 3,
+                storage: jetstream::stream::StorageType::File,
+                limit_markers: Some(Duration::from_secs(60)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        for chunk in bans.chunks(1_000) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for ban in chunk {
+                let key = fleet::key::key_of(&ban.prefix);
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_TTL, "3600");
+                let record = fleet::record::encode_signed(
+                    &key,
+                    &fleet::record::Change::TimeOut(ban.clone()),
+                    &d_key,
+                );
+                acks.push(
+                    context
+                        .publish_with_headers(format!("$KV.{BUCKET}.{key}"), headers, record.into())
+                        .await
+                        .unwrap(),
+                );
+            }
+            for ack in acks {
+                ack.await.unwrap();
+            }
+        }
+    });
+    let g = start_node(&g_dir, Some(fleet_config(cluster, "g", BUCKET, Some(keys))));
+    assert_eq!(g.server.stats().bans_active, u64::from(n));
+    let stats = g.fleet.clone().unwrap();
+    wait_until(Duration::from_secs(300), "caught up", || {
+        stats.caught_up.load(Ordering::Relaxed)
+    });
+    let caught_up = g.started_at.elapsed();
+    let rejected: u64 = stats
+        .rejected
+        .iter()
+        .map(|r| r.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(rejected, 0, "G rejected some of the bucket");
+    (g.started_in, caught_up)
 }
 
 /// The median cost of signing one record, and of decoding and verifying

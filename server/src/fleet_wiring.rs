@@ -90,6 +90,7 @@ impl Fleet {
         self.link.start(
             self.config.clone(),
             store.outbox().clone(),
+            store.bans().clone(),
             Arc::new(Registry(server)),
         )
     }
