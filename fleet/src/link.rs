@@ -757,13 +757,7 @@ fn hand_over(inner: &Inner, receiver: &mut Receiver, entries: &[kv::Entry], recl
         std::thread::scope(|scope| {
             let workers: Vec<_> = entries
                 .chunks(per_thread)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|entry| read_entry(inner, entry, true))
-                            .collect::<Vec<_>>()
-                    })
-                })
+                .map(|part| scope.spawn(move || read_entries(inner, part, true)))
                 .collect();
             workers
                 .into_iter()
@@ -775,10 +769,7 @@ fn hand_over(inner: &Inner, receiver: &mut Receiver, entries: &[kv::Entry], recl
                 .collect()
         })
     } else {
-        entries
-            .iter()
-            .map(|entry| read_entry(inner, entry, reclaim_own))
-            .collect()
+        read_entries(inner, entries, reclaim_own)
     };
     let mut batch = Vec::with_capacity(entries.len());
     for (entry, read) in entries.iter().zip(reads) {
@@ -830,43 +821,74 @@ enum Read {
     Trusted(Change),
 }
 
-fn read_entry(inner: &Inner, entry: &kv::Entry, catching_up: bool) -> Read {
+/// An entry decoded: read already, or a record whose signer is still to
+/// be checked (many at once, [`read_entries`]).
+enum Decoded {
+    Read(Read),
+    Check(record::Record),
+}
+
+/// Reads `entries`, their signatures verified together.
+fn read_entries(inner: &Inner, entries: &[kv::Entry], catching_up: bool) -> Vec<Read> {
+    let decoded: Vec<Decoded> = entries
+        .iter()
+        .map(|entry| decode_entry(inner, entry, catching_up))
+        .collect();
+    let to_check: Vec<&record::Record> = decoded
+        .iter()
+        .filter_map(|decoded| match decoded {
+            Decoded::Check(record) => Some(record),
+            Decoded::Read(_) => None,
+        })
+        .collect();
+    let mut verdicts = inner
+        .config
+        .trust
+        .get()
+        .check_all(&to_check, inner.config.require_signatures)
+        .into_iter();
+    decoded
+        .into_iter()
+        .map(|decoded| match decoded {
+            Decoded::Read(read) => read,
+            Decoded::Check(record) => match verdicts.next() {
+                Some(Ok(())) => Read::Trusted(record.change),
+                Some(Err(rejection)) => Read::Rejected(rejection),
+                None => unreachable!("one verdict a record checked"),
+            },
+        })
+        .collect()
+}
+
+fn decode_entry(inner: &Inner, entry: &kv::Entry, catching_up: bool) -> Decoded {
     let Some(prefix) = prefix_of(&entry.key) else {
-        return Read::Skip("not a prefix key".into());
+        return Decoded::Read(Read::Skip("not a prefix key".into()));
     };
     let own_name = inner.config.node_id;
     let record = match entry.operation {
         kv::Operation::Put => match record::decode(&entry.key, prefix, &entry.value) {
             Ok(record) => record,
-            Err(error) => return Read::Skip(error.to_string()),
+            Err(error) => return Decoded::Read(Read::Skip(error.to_string())),
         },
         // A bare delete cannot be signed: a release of the previous
         // release, or anyone with write access to the bucket.
         kv::Operation::Delete => {
-            return if entry.value.as_ref() == own_name.as_str().as_bytes() {
+            return Decoded::Read(if entry.value.as_ref() == own_name.as_str().as_bytes() {
                 Read::Nothing
             } else if inner.config.require_signatures {
                 Read::Rejected(Rejection::Unsigned)
             } else {
                 Read::UnsignedRelease(prefix)
-            };
+            });
         }
         // The engine's marker of a TTL that ran out (or an operator's
         // purge): every node ends its time-outs by its own clock.
-        kv::Operation::Purge => return Read::Nothing,
+        kv::Operation::Purge => return Decoded::Read(Read::Nothing),
     };
     if catching_up && holds(inner, &record.change) {
-        return Read::Held(record.change);
+        return Decoded::Read(Read::Held(record.change));
     }
-    match inner
-        .config
-        .trust
-        .get()
-        .check(&record, inner.config.require_signatures)
-    {
-        Ok(()) => Read::Trusted(record.change),
-        Err(rejection) => Read::Rejected(rejection),
-    }
+    Decoded::Check(record)
 }
 
 /// Whether the local table holds `change` as it is (the same time-out,
@@ -1075,7 +1097,9 @@ mod tests {
         entry: &kv::Entry,
         reclaim_own: bool,
     ) -> Received {
-        let read = read_entry(inner, entry, false);
+        let read = read_entries(inner, std::slice::from_ref(entry), false)
+            .pop()
+            .expect("one read an entry");
         settle(inner, receiver, entry, read, reclaim_own)
     }
 
@@ -1255,6 +1279,47 @@ mod tests {
         ));
         assert_eq!(rejected(&inner, Rejection::Stale), 2);
         assert_eq!(inner.stats.received.load(Ordering::Relaxed), 2);
+    }
+
+    /// Catching up after a restart: what the table holds as the bucket has
+    /// it changes nothing, so it is neither verified nor applied; anything
+    /// else is read as ever.
+    #[test]
+    fn a_catch_up_passes_over_what_the_table_holds_already() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = storage::Store::open(dir.path(), &Default::default()).unwrap();
+        let nodes = nodes();
+        let inner = inner(&store, &nodes, true);
+        let mut rx = receiver();
+        let held = ban("node-b", "198.18.0.1/32", 10);
+        store.bans().put(&held).unwrap();
+        let mut newer = ban("node-b", "198.18.0.2/32", 10);
+        store.bans().put(&newer).unwrap();
+        newer.banned_at_ms = 20;
+        let mut entries: Vec<kv::Entry> = (0..PARALLEL_MIN as u8)
+            .map(|i| {
+                signed(
+                    Change::TimeOut(ban("node-c", &format!("198.18.1.{i}/32"), 10)),
+                    &nodes.c,
+                )
+            })
+            .collect();
+        entries.push(signed(Change::TimeOut(held.clone()), &nodes.b));
+        entries.push(signed(Change::TimeOut(newer), &nodes.b));
+        hand_over(&inner, &mut rx, &entries, true);
+        assert_eq!(rx.held, 1);
+        assert_eq!(rx.merged, PARALLEL_MIN as u64 + 1);
+        // The held one is noted: its replay, or anything older, is stale.
+        assert!(matches!(
+            receive(
+                &inner,
+                &mut rx,
+                &signed(Change::TimeOut(held), &nodes.b),
+                false
+            ),
+            Received::Nothing
+        ));
+        assert_eq!(rejected(&inner, Rejection::Stale), 1);
     }
 
     #[test]

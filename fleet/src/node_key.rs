@@ -123,6 +123,20 @@ impl NodePublicKey {
         self.0.verify_strict(message, &signature).is_ok()
     }
 
+    /// Whether every `(key, message, signature)` verifies, checked at once
+    /// (ed25519-dalek's batch verification: about half the work of one by
+    /// one). `false` says only that at least one does not: the caller then
+    /// checks them one by one to learn which.
+    pub fn verify_all(items: &[(&NodePublicKey, &[u8], &[u8; SIGNATURE_LEN])]) -> bool {
+        let keys: Vec<VerifyingKey> = items.iter().map(|(key, _, _)| key.0).collect();
+        let messages: Vec<&[u8]> = items.iter().map(|(_, message, _)| *message).collect();
+        let signatures: Vec<Signature> = items
+            .iter()
+            .map(|(_, _, signature)| Signature::from_bytes(signature))
+            .collect();
+        ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
+    }
+
     /// A short, stable name for logs: 16 hex digits of BLAKE2s(key).
     pub fn fingerprint(&self) -> String {
         let digest = Blake2s256::new()

@@ -150,6 +150,11 @@ impl Seal {
     pub fn verify(&self, key: &NodePublicKey) -> bool {
         key.as_bytes() == &self.signer && key.verify(&self.message, &self.signature)
     }
+
+    /// The bytes signed and the signature, for verifying many at once.
+    pub(crate) fn signed(&self) -> (&[u8], &[u8; SIGNATURE_LEN]) {
+        (&self.message, &self.signature)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

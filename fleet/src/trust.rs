@@ -193,21 +193,52 @@ impl TrustedNodes {
     /// trusted key whose name is the record's origin. Unsigned records
     /// pass only when signatures are not required (a roll-out).
     pub fn check(&self, record: &Record, require_signatures: bool) -> Result<(), Rejection> {
-        let Some(seal) = &record.seal else {
-            return if require_signatures {
-                Err(Rejection::Unsigned)
+        self.check_all(&[record], require_signatures)
+            .pop()
+            .expect("one verdict a record")
+    }
+
+    /// [`TrustedNodes::check`] of each record, their signatures verified
+    /// at once (one by one only if one of them does not verify).
+    pub fn check_all(
+        &self,
+        records: &[&Record],
+        require_signatures: bool,
+    ) -> Vec<Result<(), Rejection>> {
+        let mut verdicts: Vec<Result<(), Rejection>> = Vec::with_capacity(records.len());
+        let mut signed = Vec::new();
+        for (i, record) in records.iter().enumerate() {
+            let verdict = match &record.seal {
+                None if require_signatures => Err(Rejection::Unsigned),
+                None => Ok(()),
+                Some(seal) => match self.names.get(&seal.signer) {
+                    None => Err(Rejection::UnknownKey),
+                    Some((key, name)) => {
+                        signed.push((i, key, seal, *name));
+                        Ok(())
+                    }
+                },
+            };
+            verdicts.push(verdict);
+        }
+        let items: Vec<_> = signed
+            .iter()
+            .map(|(_, key, seal, _)| {
+                let (message, signature) = seal.signed();
+                (*key, message, signature)
+            })
+            .collect();
+        let all_verify = items.len() > 1 && NodePublicKey::verify_all(&items);
+        for (i, key, seal, name) in signed {
+            verdicts[i] = if !all_verify && !seal.verify(key) {
+                Err(Rejection::BadSignature)
+            } else if name != records[i].change.origin() {
+                Err(Rejection::OriginMismatch)
             } else {
                 Ok(())
             };
-        };
-        let (key, name) = self.names.get(&seal.signer).ok_or(Rejection::UnknownKey)?;
-        if !seal.verify(key) {
-            return Err(Rejection::BadSignature);
         }
-        if *name != record.change.origin() {
-            return Err(Rejection::OriginMismatch);
-        }
-        Ok(())
+        verdicts
     }
 
     /// Keys trusted, the node's own included.
@@ -285,5 +316,70 @@ mod tests {
         }
         let missing = start().read(&dir.path().join("nope")).unwrap_err();
         assert!(matches!(missing, TrustError::Io { .. }));
+    }
+
+    #[test]
+    fn records_checked_together_get_the_verdicts_of_one_by_one() {
+        use crate::record::{Change, decode, encode_signed, encode_unsigned};
+        let (a, b) = (NodeKey::generate(), NodeKey::generate());
+        let trusted = TrustedNodes::own(a.public_key(), node_name("node-a").unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let trusted = trusted
+            .read(&write(dir.path(), &format!("{} node-b\n", b.public_key())))
+            .unwrap();
+        // Signed for 198.18.0.`i`, read under the key of .`under`.
+        let moved = |origin: &str, by: &NodeKey, i: u8, under: u8| {
+            let prefix: model::Cidr = format!("198.18.0.{i}/32").parse().unwrap();
+            let key = crate::key::key_of(&prefix);
+            let ban = model::BanInfo {
+                prefix,
+                cause: "bad-magic".parse().unwrap(),
+                first_bytes: Default::default(),
+                banned_at_ms: 1,
+                expires_at_ms: 2,
+                repeat: 1,
+                origin: node_name(origin).unwrap(),
+            };
+            let bytes = encode_signed(&key, &Change::TimeOut(ban), by);
+            let read_as: model::Cidr = format!("198.18.0.{under}/32").parse().unwrap();
+            decode(&crate::key::key_of(&read_as), read_as, &bytes).unwrap()
+        };
+        let record = |origin: &str, by: &NodeKey, i: u8| moved(origin, by, i, i);
+        let good: Vec<Record> = (0..8).map(|i| record("node-b", &b, i)).collect();
+        let all: Vec<&Record> = good.iter().collect();
+        assert!(trusted.check_all(&all, true).iter().all(Result::is_ok));
+
+        let forged = moved("node-b", &b, 20, 21);
+        let posing = record("node-a", &b, 22);
+        let stranger = record("node-b", &NodeKey::generate(), 23);
+        let prefix: model::Cidr = "198.18.0.24/32".parse().unwrap();
+        let unsigned = decode(
+            &crate::key::key_of(&prefix),
+            prefix,
+            &encode_unsigned(&model::BanInfo {
+                origin: node_name("node-b").unwrap(),
+                ..match &good[0].change {
+                    Change::TimeOut(ban) => ban.clone(),
+                    Change::Release { .. } => unreachable!(),
+                }
+            }),
+        )
+        .unwrap();
+        let mut mixed: Vec<&Record> = good.iter().collect();
+        mixed.extend([&forged, &posing, &stranger, &unsigned]);
+        let verdicts = trusted.check_all(&mixed, true);
+        assert!(verdicts[..8].iter().all(Result::is_ok), "{verdicts:?}");
+        assert_eq!(
+            &verdicts[8..],
+            &[
+                Err(Rejection::BadSignature),
+                Err(Rejection::OriginMismatch),
+                Err(Rejection::UnknownKey),
+                Err(Rejection::Unsigned),
+            ]
+        );
+        for (record, verdict) in mixed.iter().zip(&verdicts) {
+            assert_eq!(&trusted.check(record, true), verdict);
+        }
     }
 }

@@ -284,7 +284,7 @@ fn main() {
         .map(|r| r.load(Ordering::Relaxed))
         .sum();
     assert_eq!(rejected, 0, "B rejected some of A's records");
-    let (sign, verify) = sign_and_verify_cost(&keys);
+    let (sign, verify, together) = sign_and_verify_cost(&keys);
     rows.push((
         "one record: signing (median of 10,000)".into(),
         format!("{:.1} µs", sign.as_secs_f64() * 1e6),
@@ -292,6 +292,10 @@ fn main() {
     rows.push((
         "one record: decoding and verifying (median of 10,000)".into(),
         format!("{:.1} µs", verify.as_secs_f64() * 1e6),
+    ));
+    rows.push((
+        "one record: verifying, 512 checked together (median of 21)".into(),
+        format!("{:.1} µs", together.as_secs_f64() * 1e6),
     ));
 
     // Storm: local time-to-ban at 10,000/s, fleet on (A publishing, B
@@ -598,9 +602,10 @@ fn restart_catch_up(
     (g.started_in, caught_up)
 }
 
-/// The median cost of signing one record, and of decoding and verifying
-/// one (what a node pays per record it receives), in batches of 100.
-fn sign_and_verify_cost(keys: &Keys) -> (Duration, Duration) {
+/// The median cost of signing one record, of decoding and verifying one
+/// (what a node pays per record it receives), in rounds of 100, and of
+/// verifying one of 512 checked together (a catch-up's chunk).
+fn sign_and_verify_cost(keys: &Keys) -> (Duration, Duration, Duration) {
     let key = keys.key("a");
     let trust = keys.trust().get();
     let prefix: model::Cidr = "198.18.0.1/32".parse().unwrap();
@@ -614,7 +619,7 @@ fn sign_and_verify_cost(keys: &Keys) -> (Duration, Duration) {
         repeat: 1,
         origin: model::Origin::new("a").unwrap(),
     };
-    let change = fleet::record::Change::TimeOut(ban);
+    let change = fleet::record::Change::TimeOut(ban.clone());
     let bytes = fleet::record::encode_signed(&name, &change, &key);
     let (mut sign, mut verify) = (Vec::new(), Vec::new());
     for _ in 0..100 {
@@ -633,7 +638,28 @@ fn sign_and_verify_cost(keys: &Keys) -> (Duration, Duration) {
     }
     sign.sort();
     verify.sort();
-    (sign[50], verify[50])
+    // 512 distinct records (a catch-up chunk) checked together.
+    let records: Vec<fleet::record::Record> = (0..512u32)
+        .map(|i| {
+            let prefix = model::Cidr::host(addr(i));
+            let name = fleet::key::key_of(&prefix);
+            let change = fleet::record::Change::TimeOut(model::BanInfo {
+                prefix,
+                ..ban.clone()
+            });
+            let bytes = fleet::record::encode_signed(&name, &change, &key);
+            fleet::record::decode(&name, prefix, &bytes).unwrap()
+        })
+        .collect();
+    let all: Vec<&fleet::record::Record> = records.iter().collect();
+    let mut together = Vec::new();
+    for _ in 0..21 {
+        let started = Instant::now();
+        assert!(trust.check_all(&all, true).iter().all(Result::is_ok));
+        together.push(started.elapsed() / 512);
+    }
+    together.sort();
+    (sign[50], verify[50], together[10])
 }
 
 /// 10,000 time-outs in 1 s: 10 every millisecond, the last of each ten
