@@ -34,6 +34,8 @@ command -v nats-server >/dev/null || { echo "nats-server not on PATH after pip i
 # The metrics test parses /metrics with the official Prometheus client's
 # OpenMetrics parser.
 python3 -c "import prometheus_client" 2>/dev/null || pip install -q prometheus_client
+# An engine in operator (JWT) mode for tests/fleet.rs (tests/tools/nats_operator.py).
+python3 -c "import nats_jwt" 2>/dev/null || pip install -q nats-jwt
 # The alert rules and the dashboard are tested with promtool and a real
 # Prometheus (Debian's; the tests start their own on loopback, so the
 # package's service is stopped where systemd runs it).

@@ -550,6 +550,14 @@ fn only_trusted_nodes_time_out_or_release_and_nothing_replays() {
     );
     let trusted = dirs[1].join("trusted_nodes");
     let listed = std::fs::read_to_string(&trusted).unwrap();
+    // A bad line: the reload is refused, the running keys kept.
+    std::fs::write(&trusted, listed.clone() + "not-a-key node-d\n").unwrap();
+    let (code, out, err) = b.admin_cli("reload", &[]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("fleet.trusted_nodes") && err.contains(":4:"),
+        "{out}{err}"
+    );
     std::fs::write(&trusted, listed + &d_line).unwrap();
     let (code, out, err) = b.admin_cli("reload", &[]);
     assert_eq!(code, 0, "{out}{err}");
@@ -557,6 +565,78 @@ fn only_trusted_nodes_time_out_or_release_and_nothing_replays() {
     time_out_on(&d, "127.0.7.10");
     wait_refused(b, "127.0.7.10", "D's time-out after B's reload");
     assert_eq!(b.ban_of("127.0.7.10/32").unwrap().origin.as_str(), "node-d");
+}
+
+/// A credentials file (`fleet.creds_file`) against an engine in operator
+/// (JWT) mode: an operator, an account with JetStream and a user, made by
+/// tests/tools/nats_operator.py with PyPI's nats-jwt.
+#[test]
+fn the_fleet_works_with_a_credentials_file_against_an_engine_in_operator_mode() {
+    if !fleet_ready() {
+        return;
+    }
+    let secrets = tempfile::tempdir().unwrap();
+    let made = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/tools/nats_operator.py"
+        ))
+        .arg(secrets.path())
+        .output()
+        .expect("python3");
+    if !made.status.success() {
+        skip_or_fail(&format!(
+            "cannot make an operator, account and user (pip install nats-jwt): {}",
+            String::from_utf8_lossy(&made.stderr)
+        ));
+        return;
+    }
+    let conf = std::fs::read_to_string(secrets.path().join("nats.conf")).unwrap();
+    let cluster = NatsCluster::start_single_with(&conf);
+    let creds = secrets.path().join("penaltybox.creds");
+    let config =
+        |id: &str| fleet_config(&cluster, id) + &format!("creds_file = {:?}\n", creds.display());
+    let dir = tempfile::tempdir().unwrap();
+    let dirs = trusting_each_other(dir.path(), &["node-a", "node-b"]);
+    let a = start_node(&dirs[0], &config("node-a"));
+    let b = start_node(&dirs[1], &config("node-b"));
+    wait_fleet_up(&a);
+    wait_fleet_up(&b);
+    time_out_on(&a, "127.0.6.41");
+    wait_refused(&b, "127.0.6.41", "with a credentials file in operator mode");
+
+    // Without the credentials the engine refuses the node, which serves
+    // alone and says why.
+    let c_dir = dir.path().join("node-c");
+    let c = start_node(&c_dir, &fleet_config(&cluster, "node-c"));
+    let line = c
+        .wait_log("working alone", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("{}", c.log_text()));
+    assert!(line.contains("fleet: cannot connect to"), "{line}");
+    assert!(c.served_from("127.0.6.49"), "C serves alone");
+
+    // C had no node key: it made one on its first start (0600, with its
+    // .pub), and `key pub` prints the public key the .pub holds.
+    assert!(
+        c.log_text().contains("generated a fleet node key pair"),
+        "{}",
+        c.log_text()
+    );
+    let key_path = c_dir.join("node.key");
+    let mode = std::fs::metadata(&key_path).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let public = std::fs::read_to_string(c_dir.join("node.pub")).unwrap();
+    let public = fleet::NodePublicKey::parse(&public, "node.pub").unwrap();
+    let (code, out, err) = cli(&["key", "pub", key_path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        format!("{public}\nfingerprint {}\n", public.fingerprint())
+    );
+    assert!(err.contains("trusted_nodes"), "{err}");
 }
 
 /// A test CA, and a server certificate for 127.0.0.1 and a client one

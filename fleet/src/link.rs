@@ -1155,6 +1155,22 @@ mod tests {
     }
 
     #[test]
+    fn rejections_are_logged_at_most_once_a_second() {
+        let mut log = PacedLog::default();
+        log.warn("198.18.0.1/32", &"unsigned");
+        for _ in 0..1_000 {
+            log.warn("198.18.0.1/32", &"unsigned");
+        }
+        assert_eq!(log.quiet, 1_000, "lines after the first within the second");
+        log.last = log.last.map(|t| t - Duration::from_secs(2));
+        log.warn("198.18.0.1/32", &"unsigned");
+        assert_eq!(
+            log.quiet, 0,
+            "the next second's line says how many were quiet"
+        );
+    }
+
+    #[test]
     fn the_first_connect_does_not_wait_and_retries_back_off() {
         assert_eq!(reconnect_delay(0), Duration::ZERO);
         assert_eq!(reconnect_delay(1), Duration::ZERO);

@@ -126,7 +126,10 @@ impl NodePublicKey {
     /// Whether every `(key, message, signature)` verifies, checked at once
     /// (ed25519-dalek's batch verification: about half the work of one by
     /// one). `false` says only that at least one does not: the caller then
-    /// checks them one by one to learn which.
+    /// checks them one by one to learn which. The batch equation is the
+    /// cofactored one: it can pass a signature `verify_strict` refuses only
+    /// if the key's owner built it so (small-order parts); a writer of the
+    /// bucket without the key can make nothing it passes.
     pub fn verify_all(items: &[(&NodePublicKey, &[u8], &[u8; SIGNATURE_LEN])]) -> bool {
         let keys: Vec<VerifyingKey> = items.iter().map(|(key, _, _)| key.0).collect();
         let messages: Vec<&[u8]> = items.iter().map(|(_, message, _)| *message).collect();
