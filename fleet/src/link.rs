@@ -567,6 +567,30 @@ impl PacedLog {
 
 /// Bucket entries read at once while catching up.
 const CATCH_UP_BATCH: usize = 8192;
+/// A catch-up that receives nothing for this long asks the engine whether
+/// anything is left to deliver.
+const CATCH_UP_IDLE: Duration = Duration::from_secs(1);
+
+/// A bucket entry's operation, read from its headers as the client's own
+/// watch reads them: `KV-Operation`, or the engine's marker of a TTL or a
+/// purge; a plain message is a put. One this node cannot read is taken for
+/// a purge (nothing to apply).
+fn operation_of(headers: Option<&HeaderMap>) -> kv::Operation {
+    let Some(headers) = headers else {
+        return kv::Operation::Put;
+    };
+    if let Some(operation) = headers.get("KV-Operation") {
+        return operation.as_str().parse().unwrap_or(kv::Operation::Purge);
+    }
+    match headers
+        .get(async_nats::header::NATS_MARKER_REASON)
+        .map(HeaderValue::as_str)
+    {
+        Some("Remove") => kv::Operation::Delete,
+        Some(_) => kv::Operation::Purge,
+        None => kv::Operation::Put,
+    }
+}
 
 /// Catches up with the bucket (its live values, read in batches), then
 /// watches it for good: a broken watch resumes after the last revision
@@ -691,7 +715,25 @@ async fn catch_up(
             .await
             .map_err(|error| failed(error.to_string()))?;
         let mut chunks = messages.ready_chunks(APPLY_BATCH);
-        while let Some(chunk) = chunks.next().await {
+        loop {
+            let chunk = match tokio::time::timeout(CATCH_UP_IDLE, chunks.next()).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                // Quiet: entries that expired after the consumer was made
+                // are never delivered, and the one marked "nothing pending"
+                // may be among them. The engine says whether any is left.
+                Err(_) => {
+                    let info = stream
+                        .consumer_info(&name)
+                        .await
+                        .map_err(|error| failed(error.to_string()))?;
+                    if info.num_pending == 0 {
+                        last_revision = last_revision.max(info.delivered.stream_sequence);
+                        break;
+                    }
+                    continue;
+                }
+            };
             let mut entries = Vec::with_capacity(chunk.len());
             let mut done = false;
             for message in chunk {
@@ -704,21 +746,6 @@ async fn catch_up(
                     .strip_prefix(store.prefix.as_str())
                     .unwrap_or_default()
                     .to_owned();
-                let operation = message
-                    .headers
-                    .as_ref()
-                    .and_then(|headers| {
-                        headers
-                            .get("KV-Operation")
-                            .map(|op| op.as_str().parse().ok())
-                            .or_else(|| {
-                                headers
-                                    .get(async_nats::header::NATS_MARKER_REASON)
-                                    .map(|_| Some(kv::Operation::Purge))
-                            })
-                    })
-                    .unwrap_or(Some(kv::Operation::Put))
-                    .unwrap_or(kv::Operation::Purge);
                 entries.push(kv::Entry {
                     bucket: inner.config.bucket.clone(),
                     key,
@@ -726,7 +753,7 @@ async fn catch_up(
                     revision: info.stream_sequence,
                     delta: info.pending,
                     created: info.published,
-                    operation,
+                    operation: operation_of(message.headers.as_ref()),
                     seen_current: done,
                 });
             }
@@ -1152,6 +1179,28 @@ mod tests {
 
     fn rejected(inner: &Inner, why: Rejection) -> u64 {
         inner.stats.rejected[why.index()].load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn operations_are_read_from_the_headers_as_the_client_reads_them() {
+        let with = |name: &str, value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, value);
+            headers
+        };
+        let marker = async_nats::header::NATS_MARKER_REASON.as_ref();
+        for (headers, expected) in [
+            (Some(with("KV-Operation", "DEL")), kv::Operation::Delete),
+            (Some(with("KV-Operation", "PURGE")), kv::Operation::Purge),
+            (Some(with("KV-Operation", "PUT")), kv::Operation::Put),
+            (Some(with("KV-Operation", "nonsense")), kv::Operation::Purge),
+            (Some(with(marker, "MaxAge")), kv::Operation::Purge),
+            (Some(with(marker, "Remove")), kv::Operation::Delete),
+            (Some(with("Nats-TTL", "60")), kv::Operation::Put),
+            (None, kv::Operation::Put),
+        ] {
+            assert_eq!(operation_of(headers.as_ref()), expected, "{headers:?}");
+        }
     }
 
     #[test]

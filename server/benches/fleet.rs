@@ -299,27 +299,40 @@ fn main() {
     ));
 
     // Storm: local time-to-ban at 10,000/s, fleet on (A publishing, B
-    // applying) against fleet off (C); and Q, the fleet on but its link
-    // not started: what the ban path itself pays (the outbox write).
-    // Rounds alternate.
+    // applying) against fleet off (C); UA, the same unsigned (UB
+    // applying); and Q, the fleet on but its link not started: what the
+    // ban path itself pays (the outbox write). Rounds alternate.
     let c = start_node(&dir.path().join("c"), None);
     let q = start_node_linked(
         &dir.path().join("q"),
         Some(fleet_config(&cluster, "q", "bench_unused", Some(&keys))),
         false,
     );
-    let (mut on, mut off, mut queued) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut on, mut off, mut queued, mut on_unsigned) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut next = 1_000_000u32;
+    // Each fleet round waits until the other node holds its last time-out,
+    // so that no round's tail runs into the next round's measurement.
+    let drained = |to: &Node, next: u32| {
+        let last = addr(next - 1);
+        wait_until(Duration::from_secs(60), "storm drained", || {
+            to.server.is_timed_out(last)
+        });
+    };
     for _ in 0..storm_rounds {
         off.push(storm(&c.server, &mut next));
         queued.push(storm(&q.server, &mut next));
+        on_unsigned.push(storm(&ua.server, &mut next));
+        drained(&ub, next);
         on.push(storm(&a.server, &mut next));
+        drained(&b, next);
     }
     let median = |mut v: Vec<Duration>| {
         v.sort();
         v[v.len() / 2]
     };
-    let (on, off, queued) = (median(on), median(off), median(queued));
+    let (on, off, queued, on_unsigned) =
+        (median(on), median(off), median(queued), median(on_unsigned));
     let ratio = |d: Duration| d.as_secs_f64() / off.as_secs_f64();
     rows.push((
         "storm 10,000/s: local time-to-ban p99, fleet off".into(),
@@ -330,7 +343,11 @@ fn main() {
         format!("{} ({:.2}× off)", ms(queued), ratio(queued)),
     ));
     rows.push((
-        "storm 10,000/s: p99, fleet on (A publishing, B applying)".into(),
+        "storm 10,000/s: p99, fleet on, unsigned (UA → UB)".into(),
+        format!("{} ({:.2}× off)", ms(on_unsigned), ratio(on_unsigned)),
+    ));
+    rows.push((
+        "storm 10,000/s: p99, fleet on, signed (A publishing, B applying)".into(),
         format!(
             "{} ({:.2}× off; goal ≤ 1.2×; medians of {storm_rounds} rounds)",
             ms(on),
