@@ -34,17 +34,15 @@ impl Fleet {
         }
     }
 
-    pub fn trust_handle(&self) -> TrustHandle {
-        TrustHandle {
+    /// What a reload replaces; `None` for a node that does not sign (it
+    /// has no key of its own to keep trusting).
+    pub fn trust_handle(&self) -> Option<TrustHandle> {
+        let own_key = self.config.node_key.as_ref()?.public_key();
+        Some(TrustHandle {
             trust: self.config.trust.clone(),
-            own_key: self
-                .config
-                .node_key
-                .as_ref()
-                .map(|key| key.public_key())
-                .expect("a serving node has a node key"),
+            own_key,
             name: self.config.node_id,
-        }
+        })
     }
 
     /// Where the ban core queues its changes.

@@ -262,8 +262,8 @@ async fn serve(
     reloader.set_feeds(std::sync::Arc::new(
         crate::feeds_wiring::FeedRunners::start(running.handle(), &plan.settings.feeds),
     ));
-    if let Some(fleet) = &tiers.fleet {
-        reloader.set_fleet_trust(fleet.trust_handle());
+    if let Some(handle) = tiers.fleet.as_ref().and_then(|f| f.trust_handle()) {
+        reloader.set_fleet_trust(handle);
     }
     if let Some(fleet) = &tiers.fleet
         && let Err(error) = fleet.start(&store, running.handle())

@@ -75,25 +75,6 @@ impl Settings {
                 model::ban::MAX_ORIGIN_LEN
             );
         };
-        let key_path = self.node_key_path();
-        let node_key = if key_path.exists() {
-            fleet::NodeKey::read(&key_path).context("fleet.node_key")?
-        } else if f.node_key.is_some() {
-            bail!("fleet.node_key: {} does not exist", key_path.display());
-        } else if make_node_key {
-            let key = fleet::NodeKey::generate();
-            let public = key.write_new(&key_path).context("fleet.node_key")?;
-            log::info!(
-                "generated a fleet node key pair: {} (0600) and {}; add `{} {node_id}` to the other nodes' trusted_nodes",
-                key_path.display(),
-                public.display(),
-                key.public_key()
-            );
-            key
-        } else {
-            fleet::NodeKey::generate()
-        };
-        let trusted = self.trusted_nodes(node_key.public_key(), node_name)?;
         let auth = match (&f.creds_file, &f.user, &f.password, &f.token) {
             (None, None, None, None) => fleet::Auth::None,
             (Some(path), None, None, None) => {
@@ -120,6 +101,26 @@ impl Settings {
             ca_file: f.tls_ca_file.clone(),
             client_cert,
         });
+        // Last, so that nothing is written for settings refused above.
+        let key_path = self.node_key_path();
+        let node_key = if key_path.exists() {
+            fleet::NodeKey::read(&key_path).context("fleet.node_key")?
+        } else if f.node_key.is_some() {
+            bail!("fleet.node_key: {} does not exist", key_path.display());
+        } else if make_node_key {
+            let key = fleet::NodeKey::generate();
+            let public = key.write_new(&key_path).context("fleet.node_key")?;
+            log::info!(
+                "generated a fleet node key pair: {} (0600) and {}; add `{} {node_id}` to the other nodes' trusted_nodes",
+                key_path.display(),
+                public.display(),
+                key.public_key()
+            );
+            key
+        } else {
+            fleet::NodeKey::generate()
+        };
+        let trusted = self.trusted_nodes(node_key.public_key(), node_name)?;
         Ok(Some(fleet::FleetConfig {
             servers: f.servers.clone(),
             bucket: f.bucket.clone(),
@@ -322,4 +323,65 @@ fn host_name() -> String {
         .ok()
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "penaltybox".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet_settings(dir: &Path) -> Settings {
+        let mut settings = Settings {
+            data_dir: dir.to_owned(),
+            ..Settings::default()
+        };
+        settings.fleet.servers = vec!["nats://127.0.0.1:4222".into()];
+        settings.fleet.node_id = Some("edge-1".into());
+        settings
+    }
+
+    #[test]
+    fn the_node_key_is_made_only_to_serve_and_trust_files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = fleet_settings(dir.path());
+        let key = dir.path().join("node.key");
+        // `check` and offline commands write nothing.
+        let checked = settings.fleet().unwrap().unwrap();
+        assert!(!key.exists());
+        assert_eq!(checked.trust.get().len(), 1, "itself only");
+        // Serving makes it once, then reads it.
+        let served = settings.fleet_to_serve().unwrap().unwrap();
+        let made = served.node_key.unwrap().public_key();
+        assert!(key.exists() && dir.path().join("node.pub").exists());
+        let again = settings.fleet_to_serve().unwrap().unwrap();
+        assert_eq!(again.node_key.unwrap().public_key(), made);
+
+        let error = |settings: &Settings| format!("{:#}", settings.fleet().unwrap_err());
+        std::fs::write(dir.path().join("trusted_nodes"), "garbage\n").unwrap();
+        let said = error(&settings);
+        assert!(said.starts_with("fleet.trusted_nodes: "), "{said}");
+        assert!(
+            said.contains("trusted_nodes:1: expected `KEY node-name`"),
+            "{said}"
+        );
+        settings.fleet.trusted_nodes = Some(dir.path().join("missing"));
+        assert!(error(&settings).starts_with("fleet.trusted_nodes: "));
+        settings.fleet.trusted_nodes = None;
+        std::fs::remove_file(dir.path().join("trusted_nodes")).unwrap();
+        settings.fleet.node_key = Some(dir.path().join("nope.key"));
+        assert!(
+            error(&settings).contains("fleet.node_key: "),
+            "{}",
+            error(&settings)
+        );
+        assert!(error(&settings).contains("does not exist"));
+        settings.fleet.node_key = Some(dir.path().join("server.key"));
+        protocol::PrivateKey::generate()
+            .write_new(&dir.path().join("server.key"))
+            .unwrap();
+        assert!(
+            error(&settings).contains("not a fleet node key"),
+            "{}",
+            error(&settings)
+        );
+    }
 }
