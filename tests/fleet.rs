@@ -565,6 +565,26 @@ fn only_trusted_nodes_time_out_or_release_and_nothing_replays() {
     time_out_on(&d, "127.0.7.10");
     wait_refused(b, "127.0.7.10", "D's time-out after B's reload");
     assert_eq!(b.ban_of("127.0.7.10/32").unwrap().origin.as_str(), "node-d");
+
+    // The bucket still holds the replay (it replaced A's tombstone). B
+    // restarts and catches up with it: what B applied before its restart
+    // is kept, so the replay is still stale.
+    let mut nodes = nodes;
+    let b = nodes.remove(1);
+    assert!(b.stop().success());
+    let b = start_node(&dirs[1], &node_config(&cluster, "node-b", &[]));
+    assert!(
+        b.wait_log("fleet: merged the bucket", PROPAGATION)
+            .is_some(),
+        "{}",
+        b.log_text()
+    );
+    assert!(
+        b.ban_of("127.0.7.1/32").is_none(),
+        "the replay applied after a restart"
+    );
+    assert!(rejected(&b, "stale") >= 1, "{}", b.log_text());
+    assert!(b.served_from("127.0.7.1"));
 }
 
 /// A credentials file (`fleet.creds_file`) against an engine in operator

@@ -9,8 +9,10 @@
 //! prefixes of records that verified, so a writer without a node key
 //! cannot grow it; it is swept when it has doubled since the last sweep.
 //!
-//! It lives in memory: a node that restarts after a replay overwrote a
-//! tombstone in the bucket takes the replayed record (until its expiry).
+//! What changes is handed out ([`Freshness::take_changes`]) for the link
+//! to keep in the store (`storage::fleet_seen`), and read back at start
+//! ([`Freshness::restore`]), so that a replay stays stale across a
+//! restart too.
 
 use std::collections::HashMap;
 
@@ -26,6 +28,17 @@ struct Stamp {
 pub struct Freshness {
     newest: HashMap<Cidr, Stamp>,
     sweep_at_len: usize,
+    /// Noted since the last [`Freshness::take_changes`].
+    noted: Vec<Cidr>,
+    /// Forgotten by sweeps since then.
+    forgotten: Vec<Cidr>,
+}
+
+/// What changed since the last call: stamps to keep, prefixes to forget.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FreshnessChanges {
+    pub stamps: Vec<storage::SeenStamp>,
+    pub forgotten: Vec<Cidr>,
 }
 
 const MIN_SWEEP_LEN: usize = 4096;
@@ -35,6 +48,8 @@ impl Default for Freshness {
         Freshness {
             newest: HashMap::new(),
             sweep_at_len: MIN_SWEEP_LEN,
+            noted: Vec::new(),
+            forgotten: Vec::new(),
         }
     }
 }
@@ -45,10 +60,17 @@ impl Freshness {
     /// it is noted as the newest.
     pub fn admit(&mut self, prefix: Cidr, changed_at_ms: u64, until_ms: u64, now_ms: u64) -> bool {
         if self.newest.len() >= self.sweep_at_len {
-            self.newest.retain(|_, stamp| stamp.keep_until_ms > now_ms);
+            let forgotten = &mut self.forgotten;
+            self.newest.retain(|prefix, stamp| {
+                let keep = stamp.keep_until_ms > now_ms;
+                if !keep {
+                    forgotten.push(*prefix);
+                }
+                keep
+            });
             self.sweep_at_len = (self.newest.len() * 2).max(MIN_SWEEP_LEN);
         }
-        match self.newest.get_mut(&prefix) {
+        let admitted = match self.newest.get_mut(&prefix) {
             Some(stamp) if stamp.keep_until_ms > now_ms && changed_at_ms <= stamp.newest_ms => {
                 false
             }
@@ -67,7 +89,57 @@ impl Freshness {
                 );
                 true
             }
+        };
+        if admitted {
+            self.noted.push(prefix);
         }
+        admitted
+    }
+
+    /// [`Freshness::admit`] of a change the local table holds as it is: its
+    /// stamp is not handed to the store (the table keeps the time-out
+    /// itself, and a restart finds it held again).
+    pub fn admit_held(&mut self, prefix: Cidr, changed_at_ms: u64, until_ms: u64, now_ms: u64) {
+        if self.admit(prefix, changed_at_ms, until_ms, now_ms) {
+            self.noted.pop();
+        }
+    }
+
+    /// The stamps kept before a restart (`storage::FleetSeenStore::load`).
+    pub fn restore(&mut self, stamps: &[storage::SeenStamp]) {
+        for stamp in stamps {
+            self.newest.insert(
+                stamp.prefix,
+                Stamp {
+                    newest_ms: stamp.newest_ms,
+                    keep_until_ms: stamp.keep_until_ms,
+                },
+            );
+        }
+        self.sweep_at_len = (self.newest.len() * 2).max(MIN_SWEEP_LEN);
+    }
+
+    /// What changed since the last call, for the store.
+    pub fn take_changes(&mut self) -> FreshnessChanges {
+        let mut noted = std::mem::take(&mut self.noted);
+        noted.sort_unstable();
+        noted.dedup();
+        let stamps = noted
+            .into_iter()
+            .filter_map(|prefix| {
+                let stamp = self.newest.get(&prefix)?;
+                Some(storage::SeenStamp {
+                    prefix,
+                    newest_ms: stamp.newest_ms,
+                    keep_until_ms: stamp.keep_until_ms,
+                })
+            })
+            .collect();
+        let forgotten = std::mem::take(&mut self.forgotten)
+            .into_iter()
+            .filter(|prefix| !self.newest.contains_key(prefix))
+            .collect();
+        FreshnessChanges { stamps, forgotten }
     }
 
     pub fn len(&self) -> usize {
@@ -111,5 +183,26 @@ mod tests {
             assert!(fresh.admit(p, at, at + 1, at));
         }
         assert!(fresh.len() <= 2 * MIN_SWEEP_LEN);
+        let changes = fresh.take_changes();
+        assert_eq!(changes.stamps.len(), fresh.len());
+        assert_eq!(changes.forgotten.len() + fresh.len(), 10_000);
+        assert_eq!(fresh.take_changes(), FreshnessChanges::default());
+    }
+
+    #[test]
+    fn restored_stamps_keep_replays_stale() {
+        let p: Cidr = "198.18.0.1/32".parse().unwrap();
+        let mut before = Freshness::default();
+        assert!(before.admit(p, 100, 10_000, 150));
+        assert!(before.admit(p, 200, 1_000, 250));
+        let kept = before.take_changes().stamps;
+        assert_eq!(kept.len(), 1);
+        let mut after = Freshness::default();
+        after.restore(&kept);
+        assert!(
+            !after.admit(p, 100, 10_000, 300),
+            "the replay after a restart"
+        );
+        assert!(after.admit(p, 300, 10_000, 300));
     }
 }

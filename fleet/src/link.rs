@@ -33,7 +33,7 @@ use async_nats::{ConnectOptions, Event, HeaderMap, HeaderValue};
 use futures_util::StreamExt;
 use model::Cidr;
 use model::ban::{BanInfo, Origin};
-use storage::{BanStore, FleetChange, OutboxStore, Pending};
+use storage::{BanStore, FleetChange, FleetSeenStore, OutboxStore, Pending, Store};
 use tokio::sync::Notify;
 
 use crate::FleetError;
@@ -141,6 +141,8 @@ struct Inner {
     outbox: OutboxStore,
     /// The local table, read while catching up (what it holds already).
     bans: BanStore,
+    /// The newest change applied per prefix, kept across restarts.
+    seen: FleetSeenStore,
     target: Arc<dyn FleetTarget>,
     wake: Arc<Notify>,
     stats: Arc<FleetStats>,
@@ -168,14 +170,14 @@ impl FleetLink {
     pub fn start(
         &self,
         config: FleetConfig,
-        outbox: OutboxStore,
-        bans: BanStore,
+        store: &Store,
         target: Arc<dyn FleetTarget>,
     ) -> std::io::Result<()> {
         let inner = Arc::new(Inner {
             config,
-            outbox,
-            bans,
+            outbox: store.outbox().clone(),
+            bans: store.bans().clone(),
+            seen: store.fleet_seen().clone(),
             target,
             wake: self.wake.clone(),
             stats: self.stats.clone(),
@@ -603,6 +605,12 @@ async fn watch(inner: Arc<Inner>, store: kv::Store) {
         own: 0,
         held: 0,
     };
+    match inner.seen.load(crate_now_ms()) {
+        Ok(stamps) => receiver.freshness.restore(&stamps),
+        Err(error) => log::warn!(
+            "fleet: cannot read the changes applied before the restart ({error}); a replayed record older than them may apply until it expires"
+        ),
+    }
     let mut backoff = MIN_BACKOFF;
     // The first failure of a run of them is a warning (a permission
     // missing, say); the retries after it are debug.
@@ -819,6 +827,11 @@ fn hand_over(inner: &Inner, receiver: &mut Receiver, entries: &[kv::Entry], recl
     if !batch.is_empty() {
         inner.target.apply(batch);
     }
+    let changes = receiver.freshness.take_changes();
+    if let Err(error) = inner.seen.update(&changes.stamps, &changes.forgotten) {
+        // Counted with the store's errors (and alerted on there).
+        log::debug!("fleet: cannot keep the newest changes applied: {error}");
+    }
 }
 
 /// What one bucket entry asks of this node.
@@ -963,7 +976,7 @@ fn settle(
         Read::Held(change) => {
             receiver.held += 1;
             // Noted, so that an older record of the prefix is stale.
-            receiver.freshness.admit(
+            receiver.freshness.admit_held(
                 entry_prefix(&change),
                 change.changed_at_ms(),
                 change.until_ms(),
@@ -1103,6 +1116,7 @@ mod tests {
             },
             outbox: store.outbox().clone(),
             bans: store.bans().clone(),
+            seen: store.fleet_seen().clone(),
             target: Arc::new(Nowhere),
             wake: Arc::new(Notify::new()),
             stats: Arc::default(),
@@ -1374,6 +1388,11 @@ mod tests {
         hand_over(&inner, &mut rx, &entries, true);
         assert_eq!(rx.held, 1);
         assert_eq!(rx.merged, PARALLEL_MIN as u64 + 1);
+        // What was applied is kept for after a restart; the held one is
+        // the table's to keep.
+        let kept = store.fleet_seen().load(0).unwrap();
+        assert_eq!(kept.len(), PARALLEL_MIN + 1);
+        assert!(kept.iter().all(|stamp| stamp.prefix != held.prefix));
         // The held one is noted: its replay, or anything older, is stale.
         assert!(matches!(
             receive(

@@ -85,12 +85,8 @@ impl Fleet {
                 "fleet: fleet.require_signatures is false: UNSIGNED records are applied too (anyone who can write the bucket can time out or release anyone); set it true once every node signs"
             );
         }
-        self.link.start(
-            self.config.clone(),
-            store.outbox().clone(),
-            store.bans().clone(),
-            Arc::new(Registry(server)),
-        )
+        self.link
+            .start(self.config.clone(), store, Arc::new(Registry(server)))
     }
 
     pub fn stats(&self) -> Arc<fleet::FleetStats> {

@@ -12,6 +12,8 @@
 //! - `meta`: the flush number, by which a start notices flushes that sled
 //!   lost to damage without saying so (`watermark.rs`);
 //! - `feeds`: each blocklist feed's list as last applied (see [`feeds`]).
+//! - `fleet_seen`: the fleet's newest change applied per prefix (see
+//!   [`fleet_seen`]).
 //!
 //! Writes go to sled at once (readers see them immediately) and are made
 //! durable by group commit ([`commit`]): one fsync at most every flush
@@ -42,6 +44,7 @@ pub mod bans;
 pub mod codec;
 mod commit;
 pub mod feeds;
+pub mod fleet_seen;
 mod layout;
 pub mod outbox;
 mod preread;
@@ -60,6 +63,7 @@ use std::time::Duration;
 
 pub use bans::{BanStore, History, HistoryAfter, LoadedBans};
 pub use feeds::{FeedStore, StoredFeed};
+pub use fleet_seen::{FleetSeenStore, SeenStamp};
 pub use outbox::{FleetChange, OutboxStore, Pending};
 pub use repair::OnDamage;
 pub use salvage::{CheckReport, TreeReport};
@@ -154,6 +158,7 @@ pub struct Store {
     volumes: VolumeStore,
     outbox: OutboxStore,
     feeds: FeedStore,
+    fleet_seen: FleetSeenStore,
     shared: Arc<StoreCore>,
     /// Held (flock) for as long as any clone lives.
     _lock: Arc<std::fs::File>,
@@ -320,6 +325,7 @@ impl Store {
             bans: BanStore::new(shared.clone()),
             outbox: OutboxStore::new(shared.clone()),
             feeds: FeedStore::new(shared.clone()),
+            fleet_seen: FleetSeenStore::new(shared.clone()),
             volumes,
             shared,
             _lock: Arc::new(lock),
@@ -340,6 +346,10 @@ impl Store {
 
     pub fn feeds(&self) -> &FeedStore {
         &self.feeds
+    }
+
+    pub fn fleet_seen(&self) -> &FleetSeenStore {
+        &self.fleet_seen
     }
 
     /// Storage errors seen since opening (writes, reads and flushes).

@@ -55,6 +55,9 @@ pub(crate) struct Trees {
     /// Blocklist feeds' lists, one record a feed, not journalled
     /// ([`crate::feeds`]).
     pub feeds: sled::Tree,
+    /// The fleet's newest change applied per prefix, not journalled
+    /// ([`crate::fleet_seen`]).
+    pub fleet_seen: sled::Tree,
 }
 
 impl Trees {
@@ -91,6 +94,7 @@ impl Trees {
             outbox: tree(outbox)?,
             meta: tree("meta")?,
             feeds: tree("feeds")?,
+            fleet_seen: tree("fleet_seen")?,
             db,
         })
     }
@@ -120,6 +124,7 @@ impl Trees {
         }
         count(&self.meta).map_err(|_| unreadable("meta"))?;
         count(&self.feeds).map_err(|_| unreadable("feeds"))?;
+        count(&self.fleet_seen).map_err(|_| unreadable("fleet_seen"))?;
         Ok(time_outs)
     }
 
