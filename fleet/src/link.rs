@@ -977,7 +977,7 @@ fn settle(
             receiver.held += 1;
             // Noted, so that an older record of the prefix is stale.
             receiver.freshness.admit_held(
-                entry_prefix(&change),
+                change.prefix(),
                 change.changed_at_ms(),
                 change.until_ms(),
                 crate_now_ms(),
@@ -990,7 +990,7 @@ fn settle(
         }
         Read::Trusted(change) => change,
     };
-    let prefix = entry_prefix(&change);
+    let prefix = change.prefix();
     if change.origin() == inner.config.node_id {
         // Unknown (a storage error) counts as held: the other nodes still
         // enforce it, and nothing stale comes back.
@@ -1021,13 +1021,6 @@ fn settle(
     match change {
         Change::TimeOut(ban) => Received::Apply(ban),
         Change::Release { prefix, .. } => Received::Release(prefix),
-    }
-}
-
-fn entry_prefix(change: &Change) -> Cidr {
-    match change {
-        Change::TimeOut(ban) => ban.prefix,
-        Change::Release { prefix, .. } => *prefix,
     }
 }
 
@@ -1123,6 +1116,30 @@ mod tests {
         }
     }
 
+    /// A store in a directory of its own, node a's link trusting b and c
+    /// over it, and a fresh receiver.
+    struct Bed {
+        _dir: tempfile::TempDir,
+        store: storage::Store,
+        nodes: Nodes,
+        inner: Inner,
+        rx: Receiver,
+    }
+
+    fn bed(require_signatures: bool) -> Bed {
+        let dir = tempfile::tempdir().unwrap();
+        let store = storage::Store::open(dir.path(), &Default::default()).unwrap();
+        let nodes = nodes();
+        let inner = inner(&store, &nodes, require_signatures);
+        Bed {
+            _dir: dir,
+            store,
+            nodes,
+            inner,
+            rx: receiver(),
+        }
+    }
+
     fn nodes() -> Nodes {
         Nodes {
             a: Arc::new(NodeKey::generate()),
@@ -1180,10 +1197,7 @@ mod tests {
     }
 
     fn signed(change: Change, by: &NodeKey) -> kv::Entry {
-        let prefix = match &change {
-            Change::TimeOut(ban) => ban.prefix,
-            Change::Release { prefix, .. } => *prefix,
-        };
+        let prefix = change.prefix();
         entry(
             &prefix.to_string(),
             record::encode_signed(&key_of(&prefix), &change, by),
@@ -1244,11 +1258,13 @@ mod tests {
 
     #[test]
     fn own_records_are_taken_back_only_at_start_and_never_over_a_pending_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = storage::Store::open(dir.path(), &Default::default()).unwrap();
-        let nodes = nodes();
-        let inner = inner(&store, &nodes, true);
-        let mut rx = receiver();
+        let Bed {
+            _dir,
+            store,
+            nodes,
+            inner,
+            mut rx,
+        } = bed(true);
         let own = signed(Change::TimeOut(ban("node-a", "192.0.2.1/32", 1)), &nodes.a);
         // An echo of our own publish, while watching: skipped.
         assert!(matches!(
@@ -1278,11 +1294,13 @@ mod tests {
 
     #[test]
     fn only_trusted_signed_fresh_records_are_applied() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = storage::Store::open(dir.path(), &Default::default()).unwrap();
-        let nodes = nodes();
-        let inner = inner(&store, &nodes, true);
-        let mut rx = receiver();
+        let Bed {
+            _dir,
+            store: _store,
+            nodes,
+            inner,
+            mut rx,
+        } = bed(true);
         let p = "198.18.0.1/32";
         // Unsigned (format 1) and bare deletes: rejected.
         let unsigned = entry(
@@ -1365,11 +1383,13 @@ mod tests {
     /// else is read as ever.
     #[test]
     fn a_catch_up_passes_over_what_the_table_holds_already() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = storage::Store::open(dir.path(), &Default::default()).unwrap();
-        let nodes = nodes();
-        let inner = inner(&store, &nodes, true);
-        let mut rx = receiver();
+        let Bed {
+            _dir,
+            store,
+            nodes,
+            inner,
+            mut rx,
+        } = bed(true);
         let held = ban("node-b", "198.18.0.1/32", 10);
         store.bans().put(&held).unwrap();
         let mut newer = ban("node-b", "198.18.0.2/32", 10);
@@ -1408,11 +1428,13 @@ mod tests {
 
     #[test]
     fn unsigned_records_pass_while_signatures_are_not_required() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = storage::Store::open(dir.path(), &Default::default()).unwrap();
-        let nodes = nodes();
-        let inner = inner(&store, &nodes, false);
-        let mut rx = receiver();
+        let Bed {
+            _dir,
+            store: _store,
+            nodes: _nodes,
+            inner,
+            mut rx,
+        } = bed(false);
         let p = "198.18.0.1/32";
         let unsigned = entry(
             p,

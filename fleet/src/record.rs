@@ -78,6 +78,14 @@ pub enum Change {
 }
 
 impl Change {
+    /// The prefix it changes (the bucket key's).
+    pub fn prefix(&self) -> Cidr {
+        match self {
+            Change::TimeOut(ban) => ban.prefix,
+            Change::Release { prefix, .. } => *prefix,
+        }
+    }
+
     pub fn origin(&self) -> Origin {
         match self {
             Change::TimeOut(ban) => ban.origin,
