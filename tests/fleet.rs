@@ -47,7 +47,7 @@ fn trusting_each_other(root: &Path, names: &[&str]) -> Vec<PathBuf> {
     let mut lines = String::new();
     for (dir, name) in dirs.iter().zip(names) {
         std::fs::create_dir_all(dir).unwrap();
-        let key = fleet::NodeKey::generate();
+        let key = fleet::NodeKey::generate().unwrap();
         key.write_new(&dir.join("node.key")).unwrap();
         lines += &format!("{} {name}\n", key.public_key());
     }
@@ -86,6 +86,14 @@ fn wait_fleet_up(server: &Server) {
         "never connected; log:\n{}",
         server.log_text()
     );
+}
+
+/// Waits for the line that says `server` caught up with the bucket, and
+/// answers it.
+fn wait_merged(server: &Server) -> String {
+    server
+        .wait_log("fleet: merged the bucket", PROPAGATION)
+        .unwrap_or_else(|| panic!("never caught up; log:\n{}", server.log_text()))
 }
 
 /// Polls until `server` refuses `source` at accept.
@@ -272,12 +280,7 @@ fn a_node_that_lost_its_database_takes_its_own_time_outs_back_from_the_bucket() 
     cluster.restart(0);
     cluster.wait_ready(0);
     let a = start_node(&a_dir, &a_config);
-    assert!(
-        a.wait_log("fleet: merged the bucket", PROPAGATION)
-            .is_some(),
-        "{}",
-        a.log_text()
-    );
+    wait_merged(&a);
     assert!(
         a.ban_of("127.0.5.22/32").is_none(),
         "released here, yet taken back"
@@ -289,9 +292,7 @@ fn a_node_that_lost_its_database_takes_its_own_time_outs_back_from_the_bucket() 
     // A's database is gone; its keys are kept, its node id the same.
     std::fs::remove_dir_all(a_dir.join("db")).unwrap();
     let a = start_node(&a_dir, &a_config);
-    let merged = a
-        .wait_log("fleet: merged the bucket", PROPAGATION)
-        .unwrap_or_else(|| panic!("{}", a.log_text()));
+    let merged = wait_merged(&a);
     assert!(merged.contains("1 of this node's own"), "{merged}");
     wait_refused(&a, "127.0.5.21", "A's own time-out, from the bucket");
     assert_eq!(a.ban_of("127.0.5.21/32").unwrap().origin.as_str(), "node-a");
@@ -360,13 +361,8 @@ struct BucketWriter {
 impl BucketWriter {
     fn connect(cluster: &NatsCluster) -> BucketWriter {
         let kv = block_on(async {
-            let servers: Vec<async_nats::ServerAddr> =
-                cluster.urls().iter().map(|u| u.parse().unwrap()).collect();
-            let client = async_nats::connect(servers).await.unwrap();
-            async_nats::jetstream::new(client)
-                .get_key_value("penaltybox_bans")
-                .await
-                .unwrap()
+            let context = cluster.jetstream().await;
+            context.get_key_value("penaltybox_bans").await.unwrap()
         });
         BucketWriter { kv }
     }
@@ -480,7 +476,11 @@ fn only_trusted_nodes_time_out_or_release_and_nothing_replays() {
     // Signed with a key of the writer's own, claiming A.
     writer.put(
         "127.0.7.3/32",
-        signed_by("127.0.7.3/32", "node-a", &fleet::NodeKey::generate()),
+        signed_by(
+            "127.0.7.3/32",
+            "node-a",
+            &fleet::NodeKey::generate().unwrap(),
+        ),
     );
     // A's genuine record, moved to another prefix.
     writer.put("127.0.7.4/32", a_record.clone());
@@ -573,12 +573,7 @@ fn only_trusted_nodes_time_out_or_release_and_nothing_replays() {
     let b = nodes.remove(1);
     assert!(b.stop().success());
     let b = start_node(&dirs[1], &node_config(&cluster, "node-b", &[]));
-    assert!(
-        b.wait_log("fleet: merged the bucket", PROPAGATION)
-            .is_some(),
-        "{}",
-        b.log_text()
-    );
+    wait_merged(&b);
     assert!(
         b.ban_of("127.0.7.1/32").is_none(),
         "the replay applied after a restart"

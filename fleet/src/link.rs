@@ -1142,9 +1142,9 @@ mod tests {
 
     fn nodes() -> Nodes {
         Nodes {
-            a: Arc::new(NodeKey::generate()),
-            b: NodeKey::generate(),
-            c: NodeKey::generate(),
+            a: Arc::new(NodeKey::generate().unwrap()),
+            b: NodeKey::generate().unwrap(),
+            c: NodeKey::generate().unwrap(),
         }
     }
 
@@ -1319,7 +1319,10 @@ mod tests {
         ));
         assert_eq!(rejected(&inner, Rejection::Unsigned), 2);
         // A key not trusted.
-        let stranger = signed(Change::TimeOut(ban("node-b", p, 10)), &NodeKey::generate());
+        let stranger = signed(
+            Change::TimeOut(ban("node-b", p, 10)),
+            &NodeKey::generate().unwrap(),
+        );
         assert!(matches!(
             receive(&inner, &mut rx, &stranger, false),
             Received::Nothing
@@ -1451,7 +1454,10 @@ mod tests {
             Received::Release(_)
         ));
         // Signed ones are still checked.
-        let stranger = signed(Change::TimeOut(ban("node-b", p, 30)), &NodeKey::generate());
+        let stranger = signed(
+            Change::TimeOut(ban("node-b", p, 30)),
+            &NodeKey::generate().unwrap(),
+        );
         assert!(matches!(
             receive(&inner, &mut rx, &stranger, false),
             Received::Nothing

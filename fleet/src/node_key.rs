@@ -32,6 +32,8 @@ pub enum NodeKeyError {
     NotANodeKey { path: PathBuf },
     #[error("{what}: not a node public key (44 characters of base64 encoding 32 bytes)")]
     BadPublicKey { what: String },
+    #[error("cannot make a node key: the system's random source failed ({0})")]
+    Random(getrandom::Error),
 }
 
 /// A node's signing key. ed25519-dalek zeroizes it on drop.
@@ -42,11 +44,11 @@ pub struct NodeKey(SigningKey);
 pub struct NodePublicKey(VerifyingKey);
 
 impl NodeKey {
-    pub fn generate() -> Self {
+    /// A new key from the kernel's random source.
+    pub fn generate() -> Result<Self, NodeKeyError> {
         let mut seed = [0u8; 32];
-        // The kernel's random source; without it there is no key to make.
-        getrandom::getrandom(&mut seed).expect("the system random source");
-        NodeKey(SigningKey::from_bytes(&seed))
+        getrandom::getrandom(&mut seed).map_err(NodeKeyError::Random)?;
+        Ok(NodeKey(SigningKey::from_bytes(&seed)))
     }
 
     pub fn public_key(&self) -> NodePublicKey {
@@ -96,7 +98,7 @@ impl NodeKey {
         if path.exists() {
             return Ok((Self::read(path)?, false));
         }
-        let key = Self::generate();
+        let key = Self::generate()?;
         key.write_new(path)?;
         Ok((key, true))
     }
@@ -203,7 +205,7 @@ mod tests {
         let error = NodeKey::read(&server).unwrap_err().to_string();
         assert!(error.contains("not a fleet node key"), "{error}");
         let node = dir.path().join("node.key");
-        NodeKey::generate().write_new(&node).unwrap();
+        NodeKey::generate().unwrap().write_new(&node).unwrap();
         let error = NodeKey::read(&node.with_extension("pub"))
             .unwrap_err()
             .to_string();

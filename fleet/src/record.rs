@@ -326,7 +326,7 @@ mod tests {
 
     #[test]
     fn signed_records_round_trip_and_verify_under_their_key_only() {
-        let node = NodeKey::generate();
+        let node = NodeKey::generate().unwrap();
         let release = Change::Release {
             prefix: ban().prefix,
             released_at_ms: 1_764_000_100_000,
@@ -340,13 +340,13 @@ mod tests {
             let seal = record.seal.unwrap();
             assert_eq!(&seal.signer, node.public_key().as_bytes());
             assert!(seal.verify(&node.public_key()));
-            assert!(!seal.verify(&NodeKey::generate().public_key()));
+            assert!(!seal.verify(&NodeKey::generate().unwrap().public_key()));
         }
     }
 
     #[test]
     fn a_signed_record_moved_to_another_key_fails() {
-        let node = NodeKey::generate();
+        let node = NodeKey::generate().unwrap();
         let bytes = encode_signed(&key(), &Change::TimeOut(ban()), &node);
         let other: Cidr = "198.18.0.0/15".parse().unwrap();
         let moved = decode(&key_of(&other), other, &bytes).unwrap();
@@ -364,7 +364,11 @@ mod tests {
     fn bad_records_are_errors_not_panics() {
         let prefix = ban().prefix;
         for bytes in [
-            encode_signed(&key(), &Change::TimeOut(ban()), &NodeKey::generate()),
+            encode_signed(
+                &key(),
+                &Change::TimeOut(ban()),
+                &NodeKey::generate().unwrap(),
+            ),
             encode_unsigned(&ban()),
         ] {
             for len in 0..bytes.len() {
@@ -411,7 +415,7 @@ mod tests {
         /// not verify under the key that signed it.
         #[test]
         fn any_change_to_a_signed_record_fails(at in any::<prop::sample::Index>(), flip in 1u8..=255) {
-            let node = NodeKey::generate();
+            let node = NodeKey::generate().unwrap();
             let mut bytes = encode_signed(&key(), &Change::TimeOut(ban()), &node);
             let at = at.index(bytes.len());
             bytes[at] ^= flip;

@@ -266,9 +266,9 @@ mod tests {
     fn lines_name_keys_and_bad_lines_say_where() {
         let dir = tempfile::tempdir().unwrap();
         let (own, a, b) = (
-            NodeKey::generate(),
-            NodeKey::generate(),
-            NodeKey::generate(),
+            NodeKey::generate().unwrap(),
+            NodeKey::generate().unwrap(),
+            NodeKey::generate().unwrap(),
         );
         let me = node_name("me").unwrap();
         let start = || TrustedNodes::own(own.public_key(), me);
@@ -286,7 +286,10 @@ mod tests {
         assert_eq!(trusted.name_of(&a.public_key()), node_name("node-a"));
         assert_eq!(trusted.name_of(&b.public_key()), node_name("node-b"));
         assert_eq!(trusted.name_of(&own.public_key()), Some(me));
-        assert_eq!(trusted.name_of(&NodeKey::generate().public_key()), None);
+        assert_eq!(
+            trusted.name_of(&NodeKey::generate().unwrap().public_key()),
+            None
+        );
 
         let cases = [
             (
@@ -321,7 +324,7 @@ mod tests {
     #[test]
     fn records_checked_together_get_the_verdicts_of_one_by_one() {
         use crate::record::{Change, decode, encode_signed, encode_unsigned};
-        let (a, b) = (NodeKey::generate(), NodeKey::generate());
+        let (a, b) = (NodeKey::generate().unwrap(), NodeKey::generate().unwrap());
         let trusted = TrustedNodes::own(a.public_key(), node_name("node-a").unwrap());
         let dir = tempfile::tempdir().unwrap();
         let trusted = trusted
@@ -351,7 +354,7 @@ mod tests {
 
         let forged = moved("node-b", &b, 20, 21);
         let posing = record("node-a", &b, 22);
-        let stranger = record("node-b", &NodeKey::generate(), 23);
+        let stranger = record("node-b", &NodeKey::generate().unwrap(), 23);
         let prefix: model::Cidr = "198.18.0.24/32".parse().unwrap();
         let unsigned = decode(
             &crate::key::key_of(&prefix),

@@ -111,7 +111,7 @@ impl Keys {
                 .map(|name| {
                     (
                         model::Origin::new(name).unwrap(),
-                        Arc::new(fleet::NodeKey::generate()),
+                        Arc::new(fleet::NodeKey::generate().unwrap()),
                     )
                 })
                 .collect(),
@@ -477,13 +477,11 @@ fn fresh_catch_up(
 /// boot), and through an ephemeral pull consumer in batches (the
 /// catch-up's way).
 fn read_bucket_alone(cluster: &nats::NatsCluster, bucket: &str, n: u32) -> (Duration, Duration) {
-    use async_nats::jetstream::{self, consumer};
+    use async_nats::jetstream::consumer;
     use futures_util::StreamExt;
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let servers: Vec<async_nats::ServerAddr> =
-            cluster.urls().iter().map(|u| u.parse().unwrap()).collect();
-        let context = jetstream::new(async_nats::connect(servers).await.unwrap());
+        let context = cluster.jetstream().await;
         let store = context.get_key_value(bucket).await.unwrap();
         let started = Instant::now();
         let mut watch = store.watch_with_history(">").await.unwrap();
@@ -566,9 +564,7 @@ fn restart_catch_up(
     let d_key = keys.key("d");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let servers: Vec<async_nats::ServerAddr> =
-            cluster.urls().iter().map(|u| u.parse().unwrap()).collect();
-        let context = jetstream::new(async_nats::connect(servers).await.unwrap());
+        let context = cluster.jetstream().await;
         context
             .create_key_value(kv::Config {
                 bucket: BUCKET.into(),

@@ -115,6 +115,15 @@ impl NatsCluster {
         self.nodes.iter().map(NatsNode::url).collect()
     }
 
+    /// A JetStream context on a client of every node: the bench and the
+    /// tests talking to the engine themselves (a bucket writer without a
+    /// node key, a bucket filled directly).
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let servers: Vec<async_nats::ServerAddr> =
+            self.urls().iter().map(|url| url.parse().unwrap()).collect();
+        async_nats::jetstream::new(async_nats::connect(servers).await.unwrap())
+    }
+
     /// A TOML array of [`NatsCluster::urls`].
     pub fn urls_toml(&self) -> String {
         let quoted: Vec<String> = self.urls().iter().map(|u| format!("{u:?}")).collect();

@@ -108,7 +108,7 @@ impl Settings {
         } else if f.node_key.is_some() {
             bail!("fleet.node_key: {} does not exist", key_path.display());
         } else if make_node_key {
-            let key = fleet::NodeKey::generate();
+            let key = fleet::NodeKey::generate()?;
             let public = key.write_new(&key_path).context("fleet.node_key")?;
             log::info!(
                 "generated a fleet node key pair: {} (0600) and {}; add `{} {node_id}` to the other nodes' trusted_nodes",
@@ -118,7 +118,7 @@ impl Settings {
             );
             key
         } else {
-            fleet::NodeKey::generate()
+            fleet::NodeKey::generate()?
         };
         let trusted = self.trusted_nodes(node_key.public_key(), node_name)?;
         Ok(Some(fleet::FleetConfig {
