@@ -94,16 +94,23 @@ impl Drop for Tmux {
     }
 }
 
+/// A server in a directory of its own, and `top` watching it in tmux
+/// session `session`, its first screen drawn.
+fn server_and_top(session: &str) -> (tempfile::TempDir, Server, Tmux) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let top = format!("{} {WATCHED}", top_command(&server));
+    let tmux = Tmux::start(session, &top);
+    tmux.wait_for("q quit");
+    (dir, server, tmux)
+}
+
 #[test]
 fn top_shows_time_outs_live_releases_one_and_gives_the_terminal_back() {
     if !have_tmux() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
-    let top = format!("{} {WATCHED}", top_command(&server));
-    let tmux = Tmux::start("live", &top);
-    tmux.wait_for("q quit");
+    let (_dir, server, tmux) = server_and_top("live");
 
     let sources = ["127.0.66.1", "127.0.66.2", "127.0.66.3"];
     for source in sources {
@@ -207,11 +214,7 @@ fn sigterm_ends_top_and_gives_the_terminal_back() {
     if !have_tmux() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
-    let top = format!("{} {WATCHED}", top_command(&server));
-    let tmux = Tmux::start("term", &top);
-    tmux.wait_for("q quit");
+    let (_dir, server, tmux) = server_and_top("term");
     let pid = top_pid(&server);
     assert!(server.stop().success());
     tmux.wait_for("connection lost");
